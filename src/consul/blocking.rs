@@ -1,0 +1,84 @@
+//! Blocking-query bookkeeping, per Consul's contract: wait on `X-Consul-Index`, reset when it goes
+//! backwards, back off on errors.
+
+use std::time::Duration;
+
+/// The index to send on the next blocking read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockingIndex(u64);
+
+impl BlockingIndex {
+    pub fn get(&self) -> u64 {
+        self.0
+    }
+
+    /// Records the `X-Consul-Index` of an answer. Returns whether the data may have changed.
+    /// An index that went backwards resets to 0 (Consul's rule); 0 itself is never sent as 0
+    /// after the first read, because index 0 would not block.
+    pub fn update(&mut self, header: u64) -> bool {
+        let prev = self.0;
+        self.0 = if header < prev { 0 } else { header.max(1) };
+        header != prev
+    }
+}
+
+/// Exponential back-off between failed reads, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { next: min, min, max }
+    }
+    /// The pause to take now; doubles the next one.
+    pub fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_going_backwards_resets_to_zero() {
+        let mut i = BlockingIndex::default();
+        assert!(i.update(10));
+        assert_eq!(i.get(), 10);
+        assert!(!i.update(10));
+        assert!(i.update(5));
+        assert_eq!(i.get(), 0);
+    }
+
+    #[test]
+    fn zero_header_never_gives_a_non_blocking_index() {
+        let mut i = BlockingIndex::default();
+        i.update(0);
+        assert_eq!(i.get(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        assert_eq!(b.fail(), Duration::from_millis(100));
+        assert_eq!(b.fail(), Duration::from_millis(200));
+        assert_eq!(b.fail(), Duration::from_millis(350));
+        b.reset();
+        assert_eq!(b.fail(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,44 @@
+//! `/v1/event`: fire and list user events.
+
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::client::{Client, ConsulError, QueryMeta, QueryOptions};
+
+/// A user event. Its list index is a hash: compare with `!=`, never `<`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserEvent {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    #[serde(default, deserialize_with = "de_payload")]
+    pub payload: Vec<u8>,
+    #[serde(rename = "LTime", default)]
+    pub ltime: u64,
+}
+
+fn de_payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s {
+        None => Ok(Vec::new()),
+        Some(s) => base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Client {
+    /// Fires a user event with a payload.
+    pub async fn event_fire(&self, name: &str, payload: &[u8]) -> Result<UserEvent, ConsulError> {
+        let path = format!("/v1/event/fire/{name}");
+        let r = self.request(reqwest::Method::PUT, &path).body(payload.to_vec());
+        let resp = self.send("PUT", &path, r).await?;
+        Client::json(&path, resp).await
+    }
+
+    /// Recent events, optionally of one name.
+    pub async fn event_list(&self, name: Option<&str>, q: &QueryOptions) -> Result<(Vec<UserEvent>, QueryMeta), ConsulError> {
+        let extra: Vec<(&str, String)> = name.map(|n| vec![("name", n.to_string())]).unwrap_or_default();
+        let (v, m) = self.get_json("/v1/event/list", q, &extra).await?;
+        Ok((v.unwrap_or_default(), m))
+    }
+}

@@ -1,0 +1,20 @@
+//! The typed Consul HTTP client. Architecture invariant: this module is the only code that speaks
+//! HTTP to Consul; everything else calls these typed methods.
+
+mod agent;
+mod blocking;
+mod catalog;
+mod client;
+mod event;
+mod kv;
+mod session;
+mod txn;
+
+pub use agent::{AgentCheckRegistration, AgentMember, AgentServiceRegistration, CheckUpdate};
+pub use blocking::{BlockingIndex, Backoff};
+pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
+pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
+pub use event::UserEvent;
+pub use kv::{KvPair, KvPutOptions};
+pub use session::{SessionBehavior, SessionEntry, SessionRequest};
+pub use txn::{TxnError, TxnKvOp, TxnOp, TxnOutcome, TxnResult};

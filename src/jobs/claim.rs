@@ -1,0 +1,231 @@
+//! Which queued job this node should try to claim, and when. Pure: no IO, time is passed in.
+//!
+//! Every node sees every job in `jobs/`. If all raced for each job, a job would cost one write per
+//! node. Instead each job has a preferred node, chosen by rendezvous hashing over the live
+//! servants: the first-ranked node claims at once, the k-th waits k × `stagger` and claims only
+//! if the job is still unclaimed. So a job costs about one claim write, whatever the node count,
+//! and a busy or dead preferred node delays it by one stagger only.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// 64-bit FNV-1a followed by a SplitMix64 finaliser: stable across builds and platforms, so every
+/// node computes the same ranking.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// This node's position (0 = preferred) for `key` among `live` nodes plus itself.
+pub fn rank(key: &str, me: &str, live: &[String]) -> usize {
+    let mine = stable_hash(&[key, me]);
+    live.iter()
+        .filter(|n| n.as_str() != me)
+        .filter(|n| {
+            let h = stable_hash(&[key, n]);
+            h > mine || (h == mine && n.as_str() < me)
+        })
+        .count()
+}
+
+/// The node that ranks first for `key`, if any node is live.
+pub fn preferred<'a>(key: &str, live: &'a [String]) -> Option<&'a str> {
+    live.iter().max_by(|a, b| stable_hash(&[key, a]).cmp(&stable_hash(&[key, b])).then(b.cmp(a))).map(String::as_str)
+}
+
+/// What a successful claim means, given the key's `LockIndex` after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Run it; this is attempt `attempt` (1-based).
+    Run { attempt: u64 },
+    /// Attempts exceed `Retries` + 1: the previous holder died mid-run too often.
+    Lost { attempt: u64 },
+}
+
+pub fn verdict(lock_index: u64, retries: u32) -> Verdict {
+    let attempt = lock_index.max(1);
+    if attempt > u64::from(retries) + 1 {
+        Verdict::Lost { attempt }
+    } else {
+        Verdict::Run { attempt }
+    }
+}
+
+/// An unclaimed job as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Absolute KV key.
+    pub key: String,
+    /// Raft index of the key's last write; a claim is conditional on it.
+    pub modify_index: u64,
+    /// Queue order.
+    pub create_index: u64,
+    /// True for `queues/<me>/...`: only this node may run it, so no ranking.
+    pub own_queue: bool,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Keys to claim now, oldest first.
+    pub claim: Vec<String>,
+    /// When to look again even if nothing changes.
+    pub wake_at: Option<Instant>,
+}
+
+/// Planner memory: when each candidate was first seen and which claims failed.
+#[derive(Debug, Default)]
+pub struct ClaimBook {
+    /// When each unclaimed key was first seen unclaimed; the stagger counts from here.
+    first_seen: HashMap<String, Instant>,
+    /// A failed claim at a ModifyIndex is not retried before the instant (lock-delay, races).
+    failed: HashMap<String, (u64, Instant)>,
+}
+
+/// Tunables of the planner.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanParams {
+    /// Delay per rank position.
+    pub stagger: Duration,
+    /// Pause before retrying a failed claim of an unchanged key.
+    pub retry_after: Duration,
+}
+
+impl ClaimBook {
+    /// Records a claim that did not happen.
+    pub fn claim_failed(&mut self, key: &str, modify_index: u64, now: Instant, p: &PlanParams) {
+        self.failed.insert(key.to_string(), (modify_index, now + p.retry_after));
+    }
+
+    /// Decides which candidates to claim now. `busy` are keys this node is already claiming or
+    /// running; `free` is how many more it may take.
+    pub fn plan(&mut self, now: Instant, candidates: &[Candidate], me: &str, live: &[String], busy: &HashSet<String>, free: usize, p: &PlanParams) -> Plan {
+        let present: HashSet<&str> = candidates.iter().map(|c| c.key.as_str()).collect();
+        self.first_seen.retain(|k, _| present.contains(k.as_str()));
+        self.failed.retain(|k, _| present.contains(k.as_str()));
+        let mut ordered: Vec<&Candidate> = candidates.iter().filter(|c| !busy.contains(&c.key)).collect();
+        ordered.sort_by_key(|c| (c.create_index, c.key.clone()));
+        let mut plan = Plan::default();
+        let mut wake = |t: Instant, plan: &mut Plan| {
+            plan.wake_at = Some(plan.wake_at.map_or(t, |w| w.min(t)));
+        };
+        for c in ordered {
+            let seen = *self.first_seen.entry(c.key.clone()).or_insert(now);
+            let mut due = if c.own_queue { seen } else { seen + p.stagger * rank(&c.key, me, live) as u32 };
+            if let Some((idx, until)) = self.failed.get(&c.key) {
+                if *idx == c.modify_index {
+                    due = due.max(*until);
+                }
+            }
+            if due > now {
+                wake(due, &mut plan);
+            } else if plan.claim.len() < free {
+                plan.claim.push(c.key.clone());
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nodes(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node{i}")).collect()
+    }
+
+    #[test]
+    fn exactly_one_node_ranks_first() {
+        let live = nodes(5);
+        for j in 0..200 {
+            let key = format!("jobs/{j}");
+            let firsts: Vec<_> = live.iter().filter(|n| rank(&key, n, &live) == 0).collect();
+            assert_eq!(firsts.len(), 1);
+            assert_eq!(Some(firsts[0].as_str()), preferred(&key, &live));
+        }
+    }
+
+    #[test]
+    fn preference_spreads_over_nodes() {
+        let live = nodes(3);
+        let mut counts = HashMap::new();
+        for j in 0..3000 {
+            *counts.entry(preferred(&format!("jobs/{j}"), &live).unwrap().to_string()).or_insert(0) += 1;
+        }
+        for n in &live {
+            let c = counts[n];
+            assert!((800..1200).contains(&c), "{n} got {c} of 3000");
+        }
+    }
+
+    #[test]
+    fn verdict_counts_attempts_against_retries() {
+        assert_eq!(verdict(1, 0), Verdict::Run { attempt: 1 });
+        assert_eq!(verdict(2, 0), Verdict::Lost { attempt: 2 });
+        assert_eq!(verdict(2, 1), Verdict::Run { attempt: 2 });
+        assert_eq!(verdict(3, 1), Verdict::Lost { attempt: 3 });
+    }
+
+    fn params() -> PlanParams {
+        PlanParams { stagger: Duration::from_millis(100), retry_after: Duration::from_millis(500) }
+    }
+
+    #[test]
+    fn lower_ranked_node_waits_its_stagger() {
+        let live = nodes(3);
+        let key = (0..100).map(|j| format!("jobs/{j}")).find(|k| rank(k, "node0", &live) == 2).unwrap();
+        let c = vec![Candidate { key: key.clone(), modify_index: 5, create_index: 5, own_queue: false }];
+        let mut book = ClaimBook::default();
+        let t0 = Instant::now();
+        let p = book.plan(t0, &c, "node0", &live, &HashSet::new(), 4, &params());
+        assert!(p.claim.is_empty());
+        assert_eq!(p.wake_at, Some(t0 + Duration::from_millis(200)));
+        let p = book.plan(t0 + Duration::from_millis(200), &c, "node0", &live, &HashSet::new(), 4, &params());
+        assert_eq!(p.claim, vec![key]);
+    }
+
+    #[test]
+    fn own_queue_is_claimed_at_once_and_capacity_is_respected() {
+        let c: Vec<_> = (0..5).map(|i| Candidate { key: format!("queues/me/{i}"), modify_index: i, create_index: i, own_queue: true }).collect();
+        let mut book = ClaimBook::default();
+        let p = book.plan(Instant::now(), &c, "me", &[], &HashSet::new(), 2, &params());
+        assert_eq!(p.claim, vec!["queues/me/0", "queues/me/1"]);
+    }
+
+    #[test]
+    fn failed_claim_waits_unless_the_key_changed() {
+        let mut c = vec![Candidate { key: "queues/me/a".into(), modify_index: 7, create_index: 7, own_queue: true }];
+        let mut book = ClaimBook::default();
+        let t0 = Instant::now();
+        book.claim_failed("queues/me/a", 7, t0, &params());
+        assert!(book.plan(t0, &c, "me", &[], &HashSet::new(), 1, &params()).claim.is_empty());
+        c[0].modify_index = 8;
+        assert_eq!(book.plan(t0, &c, "me", &[], &HashSet::new(), 1, &params()).claim.len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn ranks_are_a_permutation(key in "[a-z0-9/]{1,20}", n in 1usize..12) {
+            let live = nodes(n);
+            let mut ranks: Vec<usize> = live.iter().map(|m| rank(&key, m, &live)).collect();
+            ranks.sort();
+            prop_assert_eq!(ranks, (0..n).collect::<Vec<_>>());
+        }
+    }
+}

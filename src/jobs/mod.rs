@@ -1,0 +1,9 @@
+//! Jobs: consul_servant's queues in KV, done right.
+//!
+//! `spec`, `layout`, `result` and `claim` are pure; `runner` owns processes; `worker` is the thin
+//! IO loop that watches Consul and ties them together.
+
+pub mod claim;
+pub mod layout;
+pub mod result;
+pub mod spec;

@@ -1,0 +1,6 @@
+//! consul-servant: a cluster manager and orchestrator on HashiCorp Consul.
+#![forbid(unsafe_code)]
+
+pub mod consul;
+pub mod jobs;
+pub mod util;
