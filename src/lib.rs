@@ -1,6 +1,8 @@
 //! consul-servant: a cluster manager and orchestrator on HashiCorp Consul.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod cli;
 pub mod consul;
 pub mod jobs;
 pub mod util;

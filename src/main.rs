@@ -1,1 +1,66 @@
-fn main(){}
+//! The `servant` binary: a thin edge over the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use servant::cli::{self, Cli, Command};
+
+fn main() {
+    let args = cli::normalize_args(std::env::args().collect());
+    // The job shim runs before anything else: no runtime, no logging setup.
+    if args.get(1).map(String::as_str) == Some("__job-shim") {
+        std::process::exit(servant::jobs::shim::run(&args[2..]));
+    }
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SERVANT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Agent(_)) {
+                    "info"
+                } else {
+                    "warn"
+                })
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("servant: error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(dispatch(cli)).unwrap_or_else(|e| {
+        eprintln!("servant: error: {e:#}");
+        1
+    });
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Agent(a) = cli.command {
+        cli::agent::run(a, cli.http_addr, cli.token, &cli.kv_prefix).await?;
+        return Ok(0);
+    }
+    let ctx = cli.ctx()?;
+    match cli.command {
+        Command::Agent(_) | Command::JobShim { .. } => unreachable!("handled above"),
+        Command::Start(a) => cli::start::run(&ctx, a).await,
+        Command::Show(a) => cli::show::run(&ctx, a).await,
+        Command::Jobs(a) => cli::jobs::run(&ctx, a).await,
+        Command::Logs(a) => cli::logs::run(&ctx, a).await,
+        Command::Kv(c) => cli::kv::run(&ctx, c).await,
+        Command::Node(c) => cli::node::run(&ctx, c).await,
+        Command::KvGet(a) => cli::kv::run(&ctx, cli::kv::KvCommand::Get(a)).await,
+        Command::KvKeys(a) => cli::kv::run(&ctx, cli::kv::KvCommand::Keys(a)).await,
+        Command::KvList(a) => cli::kv::run(&ctx, cli::kv::KvCommand::List(a)).await,
+        Command::KvDeltree(a) => cli::kv::run(&ctx, cli::kv::KvCommand::Deltree(a)).await,
+        Command::NodeList(a) => cli::node::run(&ctx, cli::node::NodeCommand::List(a)).await,
+        Command::NodeEject(a) => cli::node::run(&ctx, cli::node::NodeCommand::Eject(a)).await,
+    }
+}

@@ -91,7 +91,9 @@ pub enum CheckUpdate {
 impl Client {
     /// `/v1/agent/self`: the agent's configuration and member record.
     pub async fn agent_self(&self) -> Result<Value, ConsulError> {
-        let (v, _) = self.get_json::<Value>("/v1/agent/self", &QueryOptions::default(), &[]).await?;
+        let (v, _) = self
+            .get_json::<Value>("/v1/agent/self", &QueryOptions::default(), &[])
+            .await?;
         Ok(v.unwrap_or(Value::Null))
     }
 
@@ -101,68 +103,106 @@ impl Client {
         v.pointer("/Config/NodeName")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| ConsulError::Decode { path: "/v1/agent/self".into(), detail: "no Config.NodeName".into() })
+            .ok_or_else(|| ConsulError::Decode {
+                path: "/v1/agent/self".into(),
+                detail: "no Config.NodeName".into(),
+            })
     }
 
     /// LAN members as seen by the local agent's gossip.
     pub async fn agent_members(&self) -> Result<Vec<AgentMember>, ConsulError> {
-        let (v, _) = self.get_json::<Vec<AgentMember>>("/v1/agent/members", &QueryOptions::default(), &[]).await?;
+        let (v, _) = self
+            .get_json::<Vec<AgentMember>>("/v1/agent/members", &QueryOptions::default(), &[])
+            .await?;
         Ok(v.unwrap_or_default())
     }
 
     /// Asks the local agent to join `addr`.
     pub async fn agent_join(&self, addr: &str) -> Result<(), ConsulError> {
-        self.put_unit(&format!("/v1/agent/join/{addr}"), None, &[]).await
+        self.put_unit(&format!("/v1/agent/join/{addr}"), None, &[])
+            .await
     }
 
     /// Forces a failed node into the left state (`node eject`).
     pub async fn agent_force_leave(&self, node: &str) -> Result<(), ConsulError> {
-        self.put_unit(&format!("/v1/agent/force-leave/{node}"), None, &[]).await
+        self.put_unit(&format!("/v1/agent/force-leave/{node}"), None, &[])
+            .await
     }
 
     /// Registers a service, with its checks, on the local agent.
-    pub async fn agent_service_register(&self, reg: &AgentServiceRegistration) -> Result<(), ConsulError> {
-        let body = serde_json::to_value(reg).map_err(|e| ConsulError::Decode { path: "service register".into(), detail: e.to_string() })?;
-        self.put_unit("/v1/agent/service/register", Some(&body), &[]).await
+    pub async fn agent_service_register(
+        &self,
+        reg: &AgentServiceRegistration,
+    ) -> Result<(), ConsulError> {
+        let body = serde_json::to_value(reg).map_err(|e| ConsulError::Decode {
+            path: "service register".into(),
+            detail: e.to_string(),
+        })?;
+        self.put_unit("/v1/agent/service/register", Some(&body), &[])
+            .await
     }
 
     /// Deregisters a service from the local agent.
     pub async fn agent_service_deregister(&self, id: &str) -> Result<(), ConsulError> {
-        self.put_unit(&format!("/v1/agent/service/deregister/{id}"), None, &[]).await
+        self.put_unit(&format!("/v1/agent/service/deregister/{id}"), None, &[])
+            .await
     }
 
     /// Services registered on the local agent, keyed by ID.
-    pub async fn agent_services(&self) -> Result<std::collections::BTreeMap<String, Value>, ConsulError> {
-        let (v, _) = self.get_json("/v1/agent/services", &QueryOptions::default(), &[]).await?;
+    pub async fn agent_services(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Value>, ConsulError> {
+        let (v, _) = self
+            .get_json("/v1/agent/services", &QueryOptions::default(), &[])
+            .await?;
         Ok(v.unwrap_or_default())
     }
 
     /// Registers a standalone check on the local agent.
-    pub async fn agent_check_register(&self, reg: &AgentCheckRegistration) -> Result<(), ConsulError> {
-        let body = serde_json::to_value(reg).map_err(|e| ConsulError::Decode { path: "check register".into(), detail: e.to_string() })?;
-        self.put_unit("/v1/agent/check/register", Some(&body), &[]).await
+    pub async fn agent_check_register(
+        &self,
+        reg: &AgentCheckRegistration,
+    ) -> Result<(), ConsulError> {
+        let body = serde_json::to_value(reg).map_err(|e| ConsulError::Decode {
+            path: "check register".into(),
+            detail: e.to_string(),
+        })?;
+        self.put_unit("/v1/agent/check/register", Some(&body), &[])
+            .await
     }
 
     /// Updates a TTL check: pass, warn or fail, with an optional note. Always a PUT.
-    pub async fn agent_check_update(&self, check_id: &str, update: CheckUpdate, note: Option<&str>) -> Result<(), ConsulError> {
+    pub async fn agent_check_update(
+        &self,
+        check_id: &str,
+        update: CheckUpdate,
+        note: Option<&str>,
+    ) -> Result<(), ConsulError> {
         let verb = match update {
             CheckUpdate::Pass => "pass",
             CheckUpdate::Warn => "warn",
             CheckUpdate::Fail => "fail",
         };
-        let extra: Vec<(&str, String)> = note.map(|n| vec![("note", n.to_string())]).unwrap_or_default();
-        self.put_unit(&format!("/v1/agent/check/{verb}/{check_id}"), None, &extra).await
+        let extra: Vec<(&str, String)> = note
+            .map(|n| vec![("note", n.to_string())])
+            .unwrap_or_default();
+        self.put_unit(&format!("/v1/agent/check/{verb}/{check_id}"), None, &extra)
+            .await
     }
 
     /// `/v1/status/leader`: the Raft leader's address, empty while there is none.
     pub async fn status_leader(&self) -> Result<String, ConsulError> {
-        let (v, _) = self.get_json::<String>("/v1/status/leader", &QueryOptions::default(), &[]).await?;
+        let (v, _) = self
+            .get_json::<String>("/v1/status/leader", &QueryOptions::default(), &[])
+            .await?;
         Ok(v.unwrap_or_default())
     }
 
     /// `/v1/status/peers`: the Raft peers.
     pub async fn status_peers(&self) -> Result<Vec<String>, ConsulError> {
-        let (v, _) = self.get_json::<Vec<String>>("/v1/status/peers", &QueryOptions::default(), &[]).await?;
+        let (v, _) = self
+            .get_json::<Vec<String>>("/v1/status/peers", &QueryOptions::default(), &[])
+            .await?;
         Ok(v.unwrap_or_default())
     }
 }

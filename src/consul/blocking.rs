@@ -1,7 +1,13 @@
 //! Blocking-query bookkeeping, per Consul's contract: wait on `X-Consul-Index`, reset when it goes
 //! backwards, back off on errors.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, error, warn};
+
+use super::client::{ConsulError, QueryMeta, QueryOptions};
 
 /// The index to send on the next blocking read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,7 +44,11 @@ impl Default for Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { next: min, min, max }
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
     }
     /// The pause to take now; doubles the next one.
     pub fn fail(&mut self) -> Duration {
@@ -48,6 +58,58 @@ impl Backoff {
     }
     pub fn reset(&mut self) {
         self.next = self.min;
+    }
+}
+
+/// Runs a blocking query in a loop and publishes each new answer on `tx`, until `shutdown`.
+///
+/// `fetch` is given the options of each request (index and wait). The first read does not block.
+/// An answer is published when `X-Consul-Index` changed (or on the first read). Errors back off
+/// exponentially; permission errors are logged as errors, since they need an operator.
+pub async fn watch_loop<T, F, Fut>(
+    what: &str,
+    wait: Duration,
+    mut fetch: F,
+    tx: watch::Sender<Option<T>>,
+    mut shutdown: broadcast::Receiver<()>,
+) where
+    F: FnMut(QueryOptions) -> Fut,
+    Fut: Future<Output = Result<(T, QueryMeta), ConsulError>>,
+{
+    let mut index = BlockingIndex::default();
+    let mut backoff = Backoff::default();
+    let mut first = true;
+    loop {
+        let q = QueryOptions::blocking(index.get(), wait);
+        let r = tokio::select! {
+            r = fetch(q) => r,
+            _ = shutdown.recv() => return,
+        };
+        match r {
+            Ok((v, meta)) => {
+                backoff.reset();
+                if index.update(meta.index) || first {
+                    first = false;
+                    debug!(watch = what, index = meta.index, "changed");
+                    if tx.send(Some(v)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                match &e {
+                    ConsulError::PermissionDenied { .. } => {
+                        error!(watch = what, error = %e, "watch refused")
+                    }
+                    _ => warn!(watch = what, error = %e, "watch failed; retrying"),
+                }
+                let pause = backoff.fail();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.recv() => return,
+                }
+            }
+        }
     }
 }
 

@@ -70,46 +70,90 @@ pub struct ServiceEntry {
 
 impl Client {
     /// All catalog nodes; blocking-capable.
-    pub async fn catalog_nodes(&self, q: &QueryOptions) -> Result<(Vec<CatalogNode>, QueryMeta), ConsulError> {
+    pub async fn catalog_nodes(
+        &self,
+        q: &QueryOptions,
+    ) -> Result<(Vec<CatalogNode>, QueryMeta), ConsulError> {
         let (v, m) = self.get_json("/v1/catalog/nodes", q, &[]).await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Service names with their tags; blocking-capable.
-    pub async fn catalog_services(&self, q: &QueryOptions) -> Result<(BTreeMap<String, Vec<String>>, QueryMeta), ConsulError> {
+    pub async fn catalog_services(
+        &self,
+        q: &QueryOptions,
+    ) -> Result<(BTreeMap<String, Vec<String>>, QueryMeta), ConsulError> {
         let (v, m) = self.get_json("/v1/catalog/services", q, &[]).await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Instances of one service, optionally filtered by tag; blocking-capable.
-    pub async fn catalog_service(&self, name: &str, tag: Option<&str>, q: &QueryOptions) -> Result<(Vec<CatalogService>, QueryMeta), ConsulError> {
-        let extra: Vec<(&str, String)> = tag.map(|t| vec![("tag", t.to_string())]).unwrap_or_default();
-        let (v, m) = self.get_json(&format!("/v1/catalog/service/{name}"), q, &extra).await?;
+    pub async fn catalog_service(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        q: &QueryOptions,
+    ) -> Result<(Vec<CatalogService>, QueryMeta), ConsulError> {
+        let extra: Vec<(&str, String)> = tag
+            .map(|t| vec![("tag", t.to_string())])
+            .unwrap_or_default();
+        let (v, m) = self
+            .get_json(&format!("/v1/catalog/service/{name}"), q, &extra)
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Checks of one node; blocking-capable.
-    pub async fn health_node(&self, node: &str, q: &QueryOptions) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
-        let (v, m) = self.get_json(&format!("/v1/health/node/{node}"), q, &[]).await?;
+    pub async fn health_node(
+        &self,
+        node: &str,
+        q: &QueryOptions,
+    ) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json(&format!("/v1/health/node/{node}"), q, &[])
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Checks of one service.
-    pub async fn health_checks(&self, service: &str, q: &QueryOptions) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
-        let (v, m) = self.get_json(&format!("/v1/health/checks/{service}"), q, &[]).await?;
+    pub async fn health_checks(
+        &self,
+        service: &str,
+        q: &QueryOptions,
+    ) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json(&format!("/v1/health/checks/{service}"), q, &[])
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Instances of a service with their node and checks; `passing` keeps healthy ones only.
-    pub async fn health_service(&self, name: &str, passing: bool, q: &QueryOptions) -> Result<(Vec<ServiceEntry>, QueryMeta), ConsulError> {
-        let extra: Vec<(&str, String)> = if passing { vec![("passing", String::new())] } else { vec![] };
-        let (v, m) = self.get_json(&format!("/v1/health/service/{name}"), q, &extra).await?;
+    pub async fn health_service(
+        &self,
+        name: &str,
+        passing: bool,
+        q: &QueryOptions,
+    ) -> Result<(Vec<ServiceEntry>, QueryMeta), ConsulError> {
+        let extra: Vec<(&str, String)> = if passing {
+            vec![("passing", String::new())]
+        } else {
+            vec![]
+        };
+        let (v, m) = self
+            .get_json(&format!("/v1/health/service/{name}"), q, &extra)
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// Checks in a state (`any`, `passing`, `warning`, `critical`); blocking-capable.
-    pub async fn health_state(&self, state: &str, q: &QueryOptions) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
-        let (v, m) = self.get_json(&format!("/v1/health/state/{state}"), q, &[]).await?;
+    pub async fn health_state(
+        &self,
+        state: &str,
+        q: &QueryOptions,
+    ) -> Result<(Vec<HealthCheck>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json(&format!("/v1/health/state/{state}"), q, &[])
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 }

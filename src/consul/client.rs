@@ -36,11 +36,16 @@ impl ClientConfig {
     /// The base URL, with a scheme: https when a CA or client certificate is configured and the
     /// address names none, as Consul's CLI does with CONSUL_HTTP_SSL.
     pub fn base_url(&self) -> String {
-        let addr = self.address.clone().unwrap_or_else(|| "127.0.0.1:8500".to_string());
+        let addr = self
+            .address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8500".to_string());
         if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
         } else {
-            let tls = std::env::var("CONSUL_HTTP_SSL").map(|v| v == "true" || v == "1").unwrap_or(false);
+            let tls = std::env::var("CONSUL_HTTP_SSL")
+                .map(|v| v == "true" || v == "1")
+                .unwrap_or(false);
             let scheme = if tls { "https" } else { "http" };
             format!("{scheme}://{}", addr.trim_end_matches('/'))
         }
@@ -57,9 +62,18 @@ pub enum ConsulError {
         source: reqwest::Error,
     },
     #[error("permission denied by consul for {method} {path}: {body} (set CONSUL_HTTP_TOKEN or -token to a token whose policy allows it)")]
-    PermissionDenied { method: String, path: String, body: String },
+    PermissionDenied {
+        method: String,
+        path: String,
+        body: String,
+    },
     #[error("consul answered {status} to {method} {path}: {body}")]
-    Status { status: u16, method: String, path: String, body: String },
+    Status {
+        status: u16,
+        method: String,
+        path: String,
+        body: String,
+    },
     #[error("cannot decode consul's answer to {path}: {detail}")]
     Decode { path: String, detail: String },
     #[error("bad TLS material {path}: {detail}")]
@@ -92,7 +106,11 @@ pub struct QueryOptions {
 
 impl QueryOptions {
     pub fn blocking(index: u64, wait: Duration) -> Self {
-        QueryOptions { index, wait: Some(wait), stale: false }
+        QueryOptions {
+            index,
+            wait: Some(wait),
+            stale: false,
+        }
     }
 }
 
@@ -122,29 +140,56 @@ const PLAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
     pub fn new(cfg: &ClientConfig) -> Result<Self, ConsulError> {
-        let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).pool_idle_timeout(Duration::from_secs(90));
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90));
         if let Some(ca) = &cfg.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| ConsulError::Tls { path: ca.clone(), detail: e.to_string() })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ConsulError::Tls { path: ca.clone(), detail: e.to_string() })?;
+            let pem = std::fs::read(ca).map_err(|e| ConsulError::Tls {
+                path: ca.clone(),
+                detail: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ConsulError::Tls {
+                    path: ca.clone(),
+                    detail: e.to_string(),
+                })?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }
         }
         match (&cfg.client_cert, &cfg.client_key) {
             (Some(cert), Some(key)) => {
-                let mut pem = std::fs::read(cert).map_err(|e| ConsulError::Tls { path: cert.clone(), detail: e.to_string() })?;
+                let mut pem = std::fs::read(cert).map_err(|e| ConsulError::Tls {
+                    path: cert.clone(),
+                    detail: e.to_string(),
+                })?;
                 pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| ConsulError::Tls { path: key.clone(), detail: e.to_string() })?);
-                let id = reqwest::Identity::from_pem(&pem).map_err(|e| ConsulError::Tls { path: cert.clone(), detail: e.to_string() })?;
+                pem.extend(std::fs::read(key).map_err(|e| ConsulError::Tls {
+                    path: key.clone(),
+                    detail: e.to_string(),
+                })?);
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| ConsulError::Tls {
+                    path: cert.clone(),
+                    detail: e.to_string(),
+                })?;
                 b = b.identity(id);
             }
             (Some(p), None) | (None, Some(p)) => {
-                return Err(ConsulError::Tls { path: p.clone(), detail: "a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY".into() })
+                return Err(ConsulError::Tls {
+                    path: p.clone(),
+                    detail:
+                        "a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY"
+                            .into(),
+                })
             }
             (None, None) => {}
         }
         let http = b.build().map_err(|e| ConsulError::Build(e.to_string()))?;
-        Ok(Client { http, base: cfg.base_url(), token: cfg.token.clone() })
+        Ok(Client {
+            http,
+            base: cfg.base_url(),
+            token: cfg.token.clone(),
+        })
     }
 
     /// The base URL this client talks to.
@@ -153,7 +198,10 @@ impl Client {
     }
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path)).timeout(PLAIN_TIMEOUT);
+        let mut r = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .timeout(PLAIN_TIMEOUT);
         if let Some(t) = &self.token {
             r = r.header("X-Consul-Token", t);
         }
@@ -165,8 +213,13 @@ impl Client {
         let mut r = self.request(Method::GET, path);
         if q.index > 0 {
             r = r.query(&[("index", q.index.to_string())]);
-            let wait = q.wait.unwrap_or(Duration::from_secs(300)).min(Duration::from_secs(600));
-            r = r.query(&[("wait", format!("{}ms", wait.as_millis()))]).timeout(wait + wait / 16 + BLOCKING_SLACK);
+            let wait = q
+                .wait
+                .unwrap_or(Duration::from_secs(300))
+                .min(Duration::from_secs(600));
+            r = r
+                .query(&[("wait", format!("{}ms", wait.as_millis()))])
+                .timeout(wait + wait / 16 + BLOCKING_SLACK);
         }
         if q.stale {
             r = r.query(&[("stale", "")]);
@@ -176,8 +229,16 @@ impl Client {
 
     /// Sends and classifies the status. Success and 404 come back as a response (a missing key is
     /// not an error); everything else is a classified error.
-    pub(crate) async fn send(&self, method: &str, path: &str, r: RequestBuilder) -> Result<Response, ConsulError> {
-        let resp = r.send().await.map_err(|e| ConsulError::Unreachable { url: format!("{}{}", self.base, path), source: e })?;
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        r: RequestBuilder,
+    ) -> Result<Response, ConsulError> {
+        let resp = r.send().await.map_err(|e| ConsulError::Unreachable {
+            url: format!("{}{}", self.base, path),
+            source: e,
+        })?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(resp);
@@ -186,13 +247,27 @@ impl Client {
         Err(classify(status, method, path, body))
     }
 
-    pub(crate) async fn json<T: DeserializeOwned>(path: &str, resp: Response) -> Result<T, ConsulError> {
-        let bytes = resp.bytes().await.map_err(|e| ConsulError::Decode { path: path.to_string(), detail: e.to_string() })?;
-        serde_json::from_slice(&bytes).map_err(|e| ConsulError::Decode { path: path.to_string(), detail: e.to_string() })
+    pub(crate) async fn json<T: DeserializeOwned>(
+        path: &str,
+        resp: Response,
+    ) -> Result<T, ConsulError> {
+        let bytes = resp.bytes().await.map_err(|e| ConsulError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ConsulError::Decode {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
     }
 
     /// GET a JSON body with query metadata. A 404 yields `None` with the metadata.
-    pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str, q: &QueryOptions, extra: &[(&str, String)]) -> Result<(Option<T>, QueryMeta), ConsulError> {
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        q: &QueryOptions,
+        extra: &[(&str, String)],
+    ) -> Result<(Option<T>, QueryMeta), ConsulError> {
         let r = self.query(path, q).query(extra);
         let resp = self.send("GET", path, r).await?;
         let meta = meta_of(&resp);
@@ -203,7 +278,12 @@ impl Client {
     }
 
     /// PUT with an optional JSON body; returns the answer's body decoded, if asked.
-    pub(crate) async fn put_json<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>, extra: &[(&str, String)]) -> Result<T, ConsulError> {
+    pub(crate) async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra: &[(&str, String)],
+    ) -> Result<T, ConsulError> {
         let mut r = self.request(Method::PUT, path).query(extra);
         if let Some(b) = body {
             r = r.json(b);
@@ -211,13 +291,23 @@ impl Client {
         let resp = self.send("PUT", path, r).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status { status: 404, method: "PUT".into(), path: path.into(), body });
+            return Err(ConsulError::Status {
+                status: 404,
+                method: "PUT".into(),
+                path: path.into(),
+                body,
+            });
         }
         Self::json(path, resp).await
     }
 
     /// PUT whose answer body is ignored (Consul often answers `true` or nothing).
-    pub(crate) async fn put_unit(&self, path: &str, body: Option<&serde_json::Value>, extra: &[(&str, String)]) -> Result<(), ConsulError> {
+    pub(crate) async fn put_unit(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra: &[(&str, String)],
+    ) -> Result<(), ConsulError> {
         let mut r = self.request(Method::PUT, path).query(extra);
         if let Some(b) = body {
             r = r.json(b);
@@ -225,7 +315,12 @@ impl Client {
         let resp = self.send("PUT", path, r).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status { status: 404, method: "PUT".into(), path: path.into(), body });
+            return Err(ConsulError::Status {
+                status: 404,
+                method: "PUT".into(),
+                path: path.into(),
+                body,
+            });
         }
         Ok(())
     }
@@ -233,16 +328,33 @@ impl Client {
 
 pub(crate) fn classify(status: StatusCode, method: &str, path: &str, body: String) -> ConsulError {
     let body = body.trim().to_string();
-    if status == StatusCode::FORBIDDEN || body.contains("Permission denied") || body.contains("ACL not found") {
-        ConsulError::PermissionDenied { method: method.into(), path: path.into(), body }
+    if status == StatusCode::FORBIDDEN
+        || body.contains("Permission denied")
+        || body.contains("ACL not found")
+    {
+        ConsulError::PermissionDenied {
+            method: method.into(),
+            path: path.into(),
+            body,
+        }
     } else {
-        ConsulError::Status { status: status.as_u16(), method: method.into(), path: path.into(), body }
+        ConsulError::Status {
+            status: status.as_u16(),
+            method: method.into(),
+            path: path.into(),
+            body,
+        }
     }
 }
 
 pub(crate) fn meta_of(resp: &Response) -> QueryMeta {
     let h = resp.headers();
-    let num = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let num = |k: &str| {
+        h.get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     QueryMeta {
         index: num("X-Consul-Index"),
         known_leader: h.get("X-Consul-KnownLeader").and_then(|v| v.to_str().ok()) == Some("true"),
@@ -253,6 +365,24 @@ pub(crate) fn meta_of(resp: &Response) -> QueryMeta {
 /// Percent-encodes each segment of a KV key for the URL path, keeping the `/` separators.
 pub(crate) fn encode_key(key: &str) -> String {
     use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-    const SEG: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'%').add(b'\\').add(b'^').add(b'|').add(b'[').add(b']');
-    key.split('/').map(|s| utf8_percent_encode(s, SEG).to_string()).collect::<Vec<_>>().join("/")
+    const SEG: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}')
+        .add(b'%')
+        .add(b'\\')
+        .add(b'^')
+        .add(b'|')
+        .add(b'[')
+        .add(b']');
+    key.split('/')
+        .map(|s| utf8_percent_encode(s, SEG).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }

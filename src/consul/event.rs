@@ -22,7 +22,9 @@ fn de_payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     match s {
         None => Ok(Vec::new()),
-        Some(s) => base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom),
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -30,14 +32,22 @@ impl Client {
     /// Fires a user event with a payload.
     pub async fn event_fire(&self, name: &str, payload: &[u8]) -> Result<UserEvent, ConsulError> {
         let path = format!("/v1/event/fire/{name}");
-        let r = self.request(reqwest::Method::PUT, &path).body(payload.to_vec());
+        let r = self
+            .request(reqwest::Method::PUT, &path)
+            .body(payload.to_vec());
         let resp = self.send("PUT", &path, r).await?;
         Client::json(&path, resp).await
     }
 
     /// Recent events, optionally of one name.
-    pub async fn event_list(&self, name: Option<&str>, q: &QueryOptions) -> Result<(Vec<UserEvent>, QueryMeta), ConsulError> {
-        let extra: Vec<(&str, String)> = name.map(|n| vec![("name", n.to_string())]).unwrap_or_default();
+    pub async fn event_list(
+        &self,
+        name: Option<&str>,
+        q: &QueryOptions,
+    ) -> Result<(Vec<UserEvent>, QueryMeta), ConsulError> {
+        let extra: Vec<(&str, String)> = name
+            .map(|n| vec![("name", n.to_string())])
+            .unwrap_or_default();
         let (v, m) = self.get_json("/v1/event/list", q, &extra).await?;
         Ok((v.unwrap_or_default(), m))
     }

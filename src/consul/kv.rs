@@ -42,7 +42,9 @@ fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     match s {
         None => Ok(Vec::new()),
-        Some(s) => base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom),
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -65,33 +67,62 @@ pub struct KvPutOptions {
 
 impl Client {
     /// Reads one key. A missing key is `None`, not an error.
-    pub async fn kv_get(&self, key: &str, q: &QueryOptions) -> Result<(Option<KvPair>, QueryMeta), ConsulError> {
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        q: &QueryOptions,
+    ) -> Result<(Option<KvPair>, QueryMeta), ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(key));
         let (v, meta) = self.get_json::<Vec<KvPair>>(&path, q, &[]).await?;
-        Ok((v.and_then(|mut v| if v.is_empty() { None } else { Some(v.swap_remove(0)) }), meta))
+        Ok((
+            v.and_then(|mut v| {
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(v.swap_remove(0))
+                }
+            }),
+            meta,
+        ))
     }
 
     /// Reads a key's raw value (`?raw`). A missing key is `None`.
     pub async fn kv_get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(key));
-        let r = self.query(&path, &QueryOptions::default()).query(&[("raw", "")]);
+        let r = self
+            .query(&path, &QueryOptions::default())
+            .query(&[("raw", "")]);
         let resp = self.send("GET", &path, r).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let b = resp.bytes().await.map_err(|e| ConsulError::Decode { path, detail: e.to_string() })?;
+        let b = resp.bytes().await.map_err(|e| ConsulError::Decode {
+            path,
+            detail: e.to_string(),
+        })?;
         Ok(Some(b.to_vec()))
     }
 
     /// Every entry under `prefix` (`?recurse`). A missing prefix is an empty list.
-    pub async fn kv_list(&self, prefix: &str, q: &QueryOptions) -> Result<(Vec<KvPair>, QueryMeta), ConsulError> {
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        q: &QueryOptions,
+    ) -> Result<(Vec<KvPair>, QueryMeta), ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(prefix));
-        let (v, meta) = self.get_json::<Vec<KvPair>>(&path, q, &[("recurse", String::new())]).await?;
+        let (v, meta) = self
+            .get_json::<Vec<KvPair>>(&path, q, &[("recurse", String::new())])
+            .await?;
         Ok((v.unwrap_or_default(), meta))
     }
 
     /// Key names under `prefix` (`?keys`), optionally folded at `separator`.
-    pub async fn kv_keys(&self, prefix: &str, separator: Option<&str>, q: &QueryOptions) -> Result<(Vec<String>, QueryMeta), ConsulError> {
+    pub async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        q: &QueryOptions,
+    ) -> Result<(Vec<String>, QueryMeta), ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(prefix));
         let mut extra = vec![("keys", String::new())];
         if let Some(s) = separator {
@@ -102,7 +133,12 @@ impl Client {
     }
 
     /// Writes a key. Returns Consul's verdict: false when a cas or acquire did not happen.
-    pub async fn kv_put(&self, key: &str, value: &[u8], opts: &KvPutOptions) -> Result<bool, ConsulError> {
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        opts: &KvPutOptions,
+    ) -> Result<bool, ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(key));
         let mut r = self.request(Method::PUT, &path).body(value.to_vec());
         if let Some(f) = opts.flags {
@@ -121,7 +157,12 @@ impl Client {
     }
 
     /// Deletes a key, or a whole tree with `recurse`. `cas` deletes only at that ModifyIndex.
-    pub async fn kv_delete(&self, key: &str, recurse: bool, cas: Option<u64>) -> Result<bool, ConsulError> {
+    pub async fn kv_delete(
+        &self,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Result<bool, ConsulError> {
         let path = format!("/v1/kv/{}", encode_key(key));
         let mut r = self.request(Method::DELETE, &path);
         if recurse {
@@ -133,13 +174,26 @@ impl Client {
         self.bool_answer("DELETE", path, r).await
     }
 
-    async fn bool_answer(&self, method: &str, path: String, r: reqwest::RequestBuilder) -> Result<bool, ConsulError> {
+    async fn bool_answer(
+        &self,
+        method: &str,
+        path: String,
+        r: reqwest::RequestBuilder,
+    ) -> Result<bool, ConsulError> {
         let resp = self.send(method, &path, r).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status { status: 404, method: method.into(), path, body });
+            return Err(ConsulError::Status {
+                status: 404,
+                method: method.into(),
+                path,
+                body,
+            });
         }
-        let text = resp.text().await.map_err(|e| ConsulError::Decode { path: path.clone(), detail: e.to_string() })?;
+        let text = resp.text().await.map_err(|e| ConsulError::Decode {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         Ok(text.trim() == "true")
     }
 }

@@ -84,14 +84,18 @@ impl Client {
         if let Some(d) = req.lock_delay {
             body["LockDelay"] = json!(format!("{}ms", d.as_millis()));
         }
-        let c: Created = self.put_json("/v1/session/create", Some(&body), &[]).await?;
+        let c: Created = self
+            .put_json("/v1/session/create", Some(&body), &[])
+            .await?;
         Ok(c.id)
     }
 
     /// Renews a TTL session. `Ok(None)` means the session no longer exists (invalidated).
     pub async fn session_renew(&self, id: &str) -> Result<Option<SessionEntry>, ConsulError> {
         let path = format!("/v1/session/renew/{id}");
-        let resp = self.send("PUT", &path, self.request(reqwest::Method::PUT, &path)).await?;
+        let resp = self
+            .send("PUT", &path, self.request(reqwest::Method::PUT, &path))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -101,24 +105,42 @@ impl Client {
 
     /// Destroys a session, releasing or deleting its locks per its behaviour.
     pub async fn session_destroy(&self, id: &str) -> Result<(), ConsulError> {
-        self.put_unit(&format!("/v1/session/destroy/{id}"), None, &[]).await
+        self.put_unit(&format!("/v1/session/destroy/{id}"), None, &[])
+            .await
     }
 
-    /// One session, or None if it does not exist.
-    pub async fn session_info(&self, id: &str) -> Result<Option<SessionEntry>, ConsulError> {
-        let (v, _) = self.get_json::<Vec<SessionEntry>>(&format!("/v1/session/info/{id}"), &QueryOptions::default(), &[]).await?;
-        Ok(v.and_then(|v| v.into_iter().next()))
+    /// One session, or None if it does not exist; blocking-capable.
+    pub async fn session_info(
+        &self,
+        id: &str,
+        q: &QueryOptions,
+    ) -> Result<(Option<SessionEntry>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json::<Vec<SessionEntry>>(&format!("/v1/session/info/{id}"), q, &[])
+            .await?;
+        Ok((v.and_then(|v| v.into_iter().next()), m))
     }
 
     /// Every session in the datacenter; blocking-capable.
-    pub async fn session_list(&self, q: &QueryOptions) -> Result<(Vec<SessionEntry>, QueryMeta), ConsulError> {
-        let (v, m) = self.get_json::<Vec<SessionEntry>>("/v1/session/list", q, &[]).await?;
+    pub async fn session_list(
+        &self,
+        q: &QueryOptions,
+    ) -> Result<(Vec<SessionEntry>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json::<Vec<SessionEntry>>("/v1/session/list", q, &[])
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 
     /// The sessions of one node.
-    pub async fn session_node(&self, node: &str, q: &QueryOptions) -> Result<(Vec<SessionEntry>, QueryMeta), ConsulError> {
-        let (v, m) = self.get_json::<Vec<SessionEntry>>(&format!("/v1/session/node/{node}"), q, &[]).await?;
+    pub async fn session_node(
+        &self,
+        node: &str,
+        q: &QueryOptions,
+    ) -> Result<(Vec<SessionEntry>, QueryMeta), ConsulError> {
+        let (v, m) = self
+            .get_json::<Vec<SessionEntry>>(&format!("/v1/session/node/{node}"), q, &[])
+            .await?;
         Ok((v.unwrap_or_default(), m))
     }
 }

@@ -10,18 +10,56 @@ use super::kv::KvPair;
 /// One KV verb in a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnKvOp {
-    Set { key: String, value: Vec<u8>, flags: u64 },
-    Cas { key: String, value: Vec<u8>, flags: u64, index: u64 },
-    Lock { key: String, value: Vec<u8>, flags: u64, session: String },
-    Unlock { key: String, value: Vec<u8>, flags: u64, session: String },
-    Get { key: String },
-    GetTree { key: String },
-    CheckIndex { key: String, index: u64 },
-    CheckSession { key: String, session: String },
-    CheckNotExists { key: String },
-    Delete { key: String },
-    DeleteTree { key: String },
-    DeleteCas { key: String, index: u64 },
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        index: u64,
+    },
+    Lock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Unlock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Get {
+        key: String,
+    },
+    GetTree {
+        key: String,
+    },
+    CheckIndex {
+        key: String,
+        index: u64,
+    },
+    CheckSession {
+        key: String,
+        session: String,
+    },
+    CheckNotExists {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteTree {
+        key: String,
+    },
+    DeleteCas {
+        key: String,
+        index: u64,
+    },
 }
 
 /// A transaction operation; only KV ops are used by the product.
@@ -35,18 +73,47 @@ impl TxnOp {
         let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
         let TxnOp::Kv(op) = self;
         let kv = match op {
-            TxnKvOp::Set { key, value, flags } => json!({"Verb": "set", "Key": key, "Value": b64(value), "Flags": flags}),
-            TxnKvOp::Cas { key, value, flags, index } => json!({"Verb": "cas", "Key": key, "Value": b64(value), "Flags": flags, "Index": index}),
-            TxnKvOp::Lock { key, value, flags, session } => json!({"Verb": "lock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session}),
-            TxnKvOp::Unlock { key, value, flags, session } => json!({"Verb": "unlock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session}),
+            TxnKvOp::Set { key, value, flags } => {
+                json!({"Verb": "set", "Key": key, "Value": b64(value), "Flags": flags})
+            }
+            TxnKvOp::Cas {
+                key,
+                value,
+                flags,
+                index,
+            } => {
+                json!({"Verb": "cas", "Key": key, "Value": b64(value), "Flags": flags, "Index": index})
+            }
+            TxnKvOp::Lock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                json!({"Verb": "lock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session})
+            }
+            TxnKvOp::Unlock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                json!({"Verb": "unlock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session})
+            }
             TxnKvOp::Get { key } => json!({"Verb": "get", "Key": key}),
             TxnKvOp::GetTree { key } => json!({"Verb": "get-tree", "Key": key}),
-            TxnKvOp::CheckIndex { key, index } => json!({"Verb": "check-index", "Key": key, "Index": index}),
-            TxnKvOp::CheckSession { key, session } => json!({"Verb": "check-session", "Key": key, "Session": session}),
+            TxnKvOp::CheckIndex { key, index } => {
+                json!({"Verb": "check-index", "Key": key, "Index": index})
+            }
+            TxnKvOp::CheckSession { key, session } => {
+                json!({"Verb": "check-session", "Key": key, "Session": session})
+            }
             TxnKvOp::CheckNotExists { key } => json!({"Verb": "check-not-exists", "Key": key}),
             TxnKvOp::Delete { key } => json!({"Verb": "delete", "Key": key}),
             TxnKvOp::DeleteTree { key } => json!({"Verb": "delete-tree", "Key": key}),
-            TxnKvOp::DeleteCas { key, index } => json!({"Verb": "delete-cas", "Key": key, "Index": index}),
+            TxnKvOp::DeleteCas { key, index } => {
+                json!({"Verb": "delete-cas", "Key": key, "Index": index})
+            }
         };
         json!({ "KV": kv })
     }
@@ -98,8 +165,13 @@ impl Client {
         let r = self.request(reqwest::Method::PUT, path).json(&body);
         let resp = match self.send("PUT", path, r).await {
             Ok(resp) => resp,
-            Err(ConsulError::Status { status: 409, body, .. }) => {
-                let a: Answer = serde_json::from_str(&body).map_err(|e| ConsulError::Decode { path: path.into(), detail: e.to_string() })?;
+            Err(ConsulError::Status {
+                status: 409, body, ..
+            }) => {
+                let a: Answer = serde_json::from_str(&body).map_err(|e| ConsulError::Decode {
+                    path: path.into(),
+                    detail: e.to_string(),
+                })?;
                 return Ok(TxnOutcome::RolledBack(a.errors.unwrap_or_default()));
             }
             Err(e) => return Err(e),

@@ -44,7 +44,13 @@ pub fn rank(key: &str, me: &str, live: &[String]) -> usize {
 
 /// The node that ranks first for `key`, if any node is live.
 pub fn preferred<'a>(key: &str, live: &'a [String]) -> Option<&'a str> {
-    live.iter().max_by(|a, b| stable_hash(&[key, a]).cmp(&stable_hash(&[key, b])).then(b.cmp(a))).map(String::as_str)
+    live.iter()
+        .max_by(|a, b| {
+            stable_hash(&[key, a])
+                .cmp(&stable_hash(&[key, b]))
+                .then(b.cmp(a))
+        })
+        .map(String::as_str)
 }
 
 /// What a successful claim means, given the key's `LockIndex` after it.
@@ -88,8 +94,12 @@ pub struct Plan {
 }
 
 /// Planner memory: when each candidate was first seen and which claims failed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClaimBook {
+    /// This node's name, for the ranking.
+    me: String,
+    /// Tunables.
+    params: PlanParams,
     /// When each unclaimed key was first seen unclaimed; the stagger counts from here.
     first_seen: HashMap<String, Instant>,
     /// A failed claim at a ModifyIndex is not retried before the instant (lock-delay, races).
@@ -106,26 +116,53 @@ pub struct PlanParams {
 }
 
 impl ClaimBook {
+    pub fn new(me: &str, params: PlanParams) -> Self {
+        ClaimBook {
+            me: me.to_string(),
+            params,
+            first_seen: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
     /// Records a claim that did not happen.
-    pub fn claim_failed(&mut self, key: &str, modify_index: u64, now: Instant, p: &PlanParams) {
-        self.failed.insert(key.to_string(), (modify_index, now + p.retry_after));
+    pub fn claim_failed(&mut self, key: &str, modify_index: u64, now: Instant) {
+        self.failed.insert(
+            key.to_string(),
+            (modify_index, now + self.params.retry_after),
+        );
     }
 
     /// Decides which candidates to claim now. `busy` are keys this node is already claiming or
     /// running; `free` is how many more it may take.
-    pub fn plan(&mut self, now: Instant, candidates: &[Candidate], me: &str, live: &[String], busy: &HashSet<String>, free: usize, p: &PlanParams) -> Plan {
+    pub fn plan(
+        &mut self,
+        now: Instant,
+        candidates: &[Candidate],
+        live: &[String],
+        busy: &HashSet<String>,
+        free: usize,
+    ) -> Plan {
+        let (me, p) = (self.me.as_str(), self.params);
         let present: HashSet<&str> = candidates.iter().map(|c| c.key.as_str()).collect();
         self.first_seen.retain(|k, _| present.contains(k.as_str()));
         self.failed.retain(|k, _| present.contains(k.as_str()));
-        let mut ordered: Vec<&Candidate> = candidates.iter().filter(|c| !busy.contains(&c.key)).collect();
+        let mut ordered: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| !busy.contains(&c.key))
+            .collect();
         ordered.sort_by_key(|c| (c.create_index, c.key.clone()));
         let mut plan = Plan::default();
-        let mut wake = |t: Instant, plan: &mut Plan| {
+        let wake = |t: Instant, plan: &mut Plan| {
             plan.wake_at = Some(plan.wake_at.map_or(t, |w| w.min(t)));
         };
         for c in ordered {
             let seen = *self.first_seen.entry(c.key.clone()).or_insert(now);
-            let mut due = if c.own_queue { seen } else { seen + p.stagger * rank(&c.key, me, live) as u32 };
+            let mut due = if c.own_queue {
+                seen
+            } else {
+                seen + p.stagger * rank(&c.key, me, live) as u32
+            };
             if let Some((idx, until)) = self.failed.get(&c.key) {
                 if *idx == c.modify_index {
                     due = due.max(*until);
@@ -166,7 +203,9 @@ mod tests {
         let live = nodes(3);
         let mut counts = HashMap::new();
         for j in 0..3000 {
-            *counts.entry(preferred(&format!("jobs/{j}"), &live).unwrap().to_string()).or_insert(0) += 1;
+            *counts
+                .entry(preferred(&format!("jobs/{j}"), &live).unwrap().to_string())
+                .or_insert(0) += 1;
         }
         for n in &live {
             let c = counts[n];
@@ -183,40 +222,69 @@ mod tests {
     }
 
     fn params() -> PlanParams {
-        PlanParams { stagger: Duration::from_millis(100), retry_after: Duration::from_millis(500) }
+        PlanParams {
+            stagger: Duration::from_millis(100),
+            retry_after: Duration::from_millis(500),
+        }
     }
 
     #[test]
     fn lower_ranked_node_waits_its_stagger() {
         let live = nodes(3);
-        let key = (0..100).map(|j| format!("jobs/{j}")).find(|k| rank(k, "node0", &live) == 2).unwrap();
-        let c = vec![Candidate { key: key.clone(), modify_index: 5, create_index: 5, own_queue: false }];
-        let mut book = ClaimBook::default();
+        let key = (0..100)
+            .map(|j| format!("jobs/{j}"))
+            .find(|k| rank(k, "node0", &live) == 2)
+            .unwrap();
+        let c = vec![Candidate {
+            key: key.clone(),
+            modify_index: 5,
+            create_index: 5,
+            own_queue: false,
+        }];
+        let mut book = ClaimBook::new("node0", params());
         let t0 = Instant::now();
-        let p = book.plan(t0, &c, "node0", &live, &HashSet::new(), 4, &params());
+        let p = book.plan(t0, &c, &live, &HashSet::new(), 4);
         assert!(p.claim.is_empty());
         assert_eq!(p.wake_at, Some(t0 + Duration::from_millis(200)));
-        let p = book.plan(t0 + Duration::from_millis(200), &c, "node0", &live, &HashSet::new(), 4, &params());
+        let p = book.plan(
+            t0 + Duration::from_millis(200),
+            &c,
+            &live,
+            &HashSet::new(),
+            4,
+        );
         assert_eq!(p.claim, vec![key]);
     }
 
     #[test]
     fn own_queue_is_claimed_at_once_and_capacity_is_respected() {
-        let c: Vec<_> = (0..5).map(|i| Candidate { key: format!("queues/me/{i}"), modify_index: i, create_index: i, own_queue: true }).collect();
-        let mut book = ClaimBook::default();
-        let p = book.plan(Instant::now(), &c, "me", &[], &HashSet::new(), 2, &params());
+        let c: Vec<_> = (0..5)
+            .map(|i| Candidate {
+                key: format!("queues/me/{i}"),
+                modify_index: i,
+                create_index: i,
+                own_queue: true,
+            })
+            .collect();
+        let mut book = ClaimBook::new("me", params());
+        let p = book.plan(Instant::now(), &c, &[], &HashSet::new(), 2);
         assert_eq!(p.claim, vec!["queues/me/0", "queues/me/1"]);
     }
 
     #[test]
     fn failed_claim_waits_unless_the_key_changed() {
-        let mut c = vec![Candidate { key: "queues/me/a".into(), modify_index: 7, create_index: 7, own_queue: true }];
-        let mut book = ClaimBook::default();
+        let mut c = vec![Candidate {
+            key: "queues/me/a".into(),
+            modify_index: 7,
+            create_index: 7,
+            own_queue: true,
+        }];
+        let mut book = ClaimBook::new("me", params());
         let t0 = Instant::now();
-        book.claim_failed("queues/me/a", 7, t0, &params());
-        assert!(book.plan(t0, &c, "me", &[], &HashSet::new(), 1, &params()).claim.is_empty());
+        book.claim_failed("queues/me/a", 7, t0);
+        assert!(book.plan(t0, &c, &[], &HashSet::new(), 1).claim.is_empty());
         c[0].modify_index = 8;
-        assert_eq!(book.plan(t0, &c, "me", &[], &HashSet::new(), 1, &params()).claim.len(), 1);
+        assert_eq!(book.plan(t0, &c, &[], &HashSet::new(), 1).claim.len(), 1);
     }
 
     proptest! {

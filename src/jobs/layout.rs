@@ -34,7 +34,13 @@ impl JobKey {
 impl Layout {
     pub fn new(prefix: &str) -> Self {
         let p = prefix.trim_matches('/');
-        Layout { prefix: if p.is_empty() { String::new() } else { format!("{p}/") } }
+        Layout {
+            prefix: if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            },
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -74,7 +80,10 @@ impl Layout {
         }
         let rest = rel.strip_prefix("queues/")?;
         let (node, id) = rest.split_once('/')?;
-        (!node.is_empty() && !id.is_empty()).then(|| JobKey::Node { node: node.to_string(), id: id.to_string() })
+        (!node.is_empty() && !id.is_empty()).then(|| JobKey::Node {
+            node: node.to_string(),
+            id: id.to_string(),
+        })
     }
 
     /// Parses an absolute result key back to the job key it belongs to.
@@ -94,7 +103,10 @@ mod tests {
         let k = JobKey::Any { id: "job1".into() };
         assert_eq!(l.job_key(&k), "jobs/job1");
         assert_eq!(l.result_key(&k), "jdone_jid/jobs/job1");
-        let q = JobKey::Node { node: "node1".into(), id: "j".into() };
+        let q = JobKey::Node {
+            node: "node1".into(),
+            id: "j".into(),
+        };
         assert_eq!(l.job_key(&q), "queues/node1/j");
         assert_eq!(l.result_key(&q), "jdone_jid/queues/node1/j");
         assert_eq!(l.parse_job_key("queues/node1/j"), Some(q.clone()));
@@ -111,14 +123,22 @@ mod tests {
     fn prefix_namespaces_everything() {
         let l = Layout::new("/team-a/");
         assert_eq!(l.jobs_prefix(), "team-a/jobs/");
-        assert_eq!(l.parse_job_key("team-a/jobs/x"), Some(JobKey::Any { id: "x".into() }));
+        assert_eq!(
+            l.parse_job_key("team-a/jobs/x"),
+            Some(JobKey::Any { id: "x".into() })
+        );
         assert_eq!(l.parse_job_key("jobs/x"), None);
     }
 
     #[test]
     fn nested_ids_are_kept_whole_for_rejection() {
         let l = Layout::new("");
-        assert_eq!(l.parse_job_key("jobs/a/../b"), Some(JobKey::Any { id: "a/../b".into() }));
+        assert_eq!(
+            l.parse_job_key("jobs/a/../b"),
+            Some(JobKey::Any {
+                id: "a/../b".into()
+            })
+        );
         assert_eq!(l.parse_job_key("jobs/"), None);
     }
 }

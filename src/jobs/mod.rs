@@ -6,4 +6,8 @@
 pub mod claim;
 pub mod layout;
 pub mod result;
+pub mod runner;
+pub mod shim;
 pub mod spec;
+pub mod view;
+pub mod worker;

@@ -80,8 +80,15 @@ impl JobResult {
         JobResult {
             id: job.id.clone(),
             name: job.name.clone(),
-            command: if job.job_type == JobType::Exec && job.command.is_empty() { job.argv.join(" ") } else { job.command.clone() },
-            job_type: serde_json::to_value(job.job_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            command: if job.job_type == JobType::Exec && job.command.is_empty() {
+                job.argv.join(" ")
+            } else {
+                job.command.clone()
+            },
+            job_type: serde_json::to_value(job.job_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             no_wait: job.no_wait,
             execution_node: node.to_string(),
             timeout: job.timeout.as_secs(),
@@ -131,9 +138,33 @@ mod tests {
 
     #[test]
     fn result_keeps_consul_servant_names() {
-        let r = JobResult { id: "x".into(), ..Default::default() };
+        let r = JobResult {
+            id: "x".into(),
+            ..Default::default()
+        };
         let v = serde_json::to_value(&r).unwrap();
-        for k in ["ID", "Name", "Command", "Output", "OutputErrors", "Type", "NoWait", "StartTime", "EndTime", "StartTimeStr", "EndTimeStr", "ExecutionNode", "Timeout", "ExitErrors", "Services", "ExitCode", "Status", "Attempt", "OutputTruncated", "OutputErrorsTruncated"] {
+        for k in [
+            "ID",
+            "Name",
+            "Command",
+            "Output",
+            "OutputErrors",
+            "Type",
+            "NoWait",
+            "StartTime",
+            "EndTime",
+            "StartTimeStr",
+            "EndTimeStr",
+            "ExecutionNode",
+            "Timeout",
+            "ExitErrors",
+            "Services",
+            "ExitCode",
+            "Status",
+            "Attempt",
+            "OutputTruncated",
+            "OutputErrorsTruncated",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
     }

@@ -67,11 +67,17 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// The service name: `Name`, else `ID`.
     pub fn name(&self) -> &str {
-        self.name.as_deref().or(self.id.as_deref()).unwrap_or_default()
+        self.name
+            .as_deref()
+            .or(self.id.as_deref())
+            .unwrap_or_default()
     }
     /// The service ID: `ID`, else `Name`.
     pub fn id(&self) -> &str {
-        self.id.as_deref().or(self.name.as_deref()).unwrap_or_default()
+        self.id
+            .as_deref()
+            .or(self.name.as_deref())
+            .unwrap_or_default()
     }
 }
 
@@ -79,10 +85,20 @@ fn de_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
     use serde::de::Error;
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).map(Some).ok_or_else(|| D::Error::custom(format!("port {n} is not in 0..=65535"))),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("port {n} is not in 0..=65535"))),
         Value::String(s) if s.trim().is_empty() => Ok(None),
-        Value::String(s) => s.trim().parse::<u16>().map(Some).map_err(|_| D::Error::custom(format!("port {s:?} is not a number in 0..=65535"))),
-        other => Err(D::Error::custom(format!("port must be a number or a numeric string, not {other}"))),
+        Value::String(s) => s
+            .trim()
+            .parse::<u16>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("port {s:?} is not a number in 0..=65535"))),
+        other => Err(D::Error::custom(format!(
+            "port must be a number or a numeric string, not {other}"
+        ))),
     }
 }
 
@@ -90,8 +106,6 @@ fn de_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RawJob {
-    #[serde(rename = "ID", default)]
-    id: Option<String>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -159,7 +173,10 @@ pub enum Rejection {
 }
 
 /// The canonical top-level field names; input keys match them case-insensitively.
-const FIELDS: &[&str] = &["ID", "Name", "Command", "NoWait", "Timeout", "Type", "Services", "Env", "Dir", "User", "Retries", "Args", "Image"];
+const FIELDS: &[&str] = &[
+    "ID", "Name", "Command", "NoWait", "Timeout", "Type", "Services", "Env", "Dir", "User",
+    "Retries", "Args", "Image",
+];
 const SERVICE_FIELDS: &[&str] = &["ID", "Name", "Tags", "Port", "Address", "Check"];
 const CHECK_FIELDS: &[&str] = &["TTL", "HTTP", "TCP", "Args", "Interval", "Timeout"];
 
@@ -167,7 +184,11 @@ fn canonical_keys(v: &mut Value, names: &[&str]) {
     if let Value::Object(map) = v {
         let old = std::mem::take(map);
         for (k, val) in old {
-            let key = names.iter().find(|n| n.eq_ignore_ascii_case(&k)).map(|n| n.to_string()).unwrap_or(k);
+            let key = names
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(&k))
+                .map(|n| n.to_string())
+                .unwrap_or(k);
             map.insert(key, val);
         }
     }
@@ -175,7 +196,12 @@ fn canonical_keys(v: &mut Value, names: &[&str]) {
 
 /// Checks that a job ID can be a single, safe key segment.
 pub fn validate_id(id: &str) -> Result<(), Rejection> {
-    let bad = id.is_empty() || id == "." || id.contains("..") || id.contains('/') || id.chars().any(|c| c.is_whitespace() || c.is_control()) || id.len() > 200;
+    let bad = id.is_empty()
+        || id == "."
+        || id.contains("..")
+        || id.contains('/')
+        || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        || id.len() > 200;
     if bad {
         Err(Rejection::BadId(id.to_string()))
     } else {
@@ -186,9 +212,13 @@ pub fn validate_id(id: &str) -> Result<(), Rejection> {
 /// Parses a job stored under a key whose last segment is `id`.
 pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
     validate_id(id)?;
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let mut v: Value =
+        serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
     if !v.is_object() {
-        return Err(Rejection::Malformed(format!("a job is a JSON object, not {}", kind(&v))));
+        return Err(Rejection::Malformed(format!(
+            "a job is a JSON object, not {}",
+            kind(&v)
+        )));
     }
     canonical_keys(&mut v, FIELDS);
     if let Some(Value::Array(svcs)) = v.get_mut("Services") {
@@ -203,7 +233,12 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
         let path = e.path().to_string();
         Rejection::WrongType(format!("{path}: {}", e.into_inner()))
     })?;
-    let job_type = match raw.job_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let job_type = match raw
+        .job_type
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("shell") => JobType::Shell,
         Some("exec") => JobType::Exec,
         Some("docker") => JobType::Docker,
@@ -212,17 +247,29 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
     let timeout = match raw.timeout {
         None | Some(Value::Null) => DEFAULT_TIMEOUT,
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(s) if s < 0.0 => return Err(Rejection::Invalid(format!("Timeout: negative value {n}"))),
-            Some(s) if s == 0.0 => DEFAULT_TIMEOUT,
-            Some(s) => Duration::try_from_secs_f64(s).map_err(|_| Rejection::Invalid(format!("Timeout: {n} is out of range")))?,
-            None => return Err(Rejection::Invalid(format!("Timeout: {n} is not a number of seconds"))),
+            Some(s) if s < 0.0 => {
+                return Err(Rejection::Invalid(format!("Timeout: negative value {n}")))
+            }
+            Some(0.0) => DEFAULT_TIMEOUT,
+            Some(s) => Duration::try_from_secs_f64(s)
+                .map_err(|_| Rejection::Invalid(format!("Timeout: {n} is out of range")))?,
+            None => {
+                return Err(Rejection::Invalid(format!(
+                    "Timeout: {n} is not a number of seconds"
+                )))
+            }
         },
         Some(Value::String(s)) => match parse_duration(&s) {
             Ok(d) if d.is_zero() => DEFAULT_TIMEOUT,
             Ok(d) => d,
             Err(e) => return Err(Rejection::WrongType(format!("Timeout: {e}"))),
         },
-        Some(other) => return Err(Rejection::WrongType(format!("Timeout: expected seconds or a duration string, found {}", kind(&other)))),
+        Some(other) => {
+            return Err(Rejection::WrongType(format!(
+                "Timeout: expected seconds or a duration string, found {}",
+                kind(&other)
+            )))
+        }
     };
     let command = raw.command.unwrap_or_default();
     let argv = match job_type {
@@ -233,20 +280,34 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
         _ => raw.args.unwrap_or_default(),
     };
     match job_type {
-        JobType::Shell if command.trim().is_empty() => return Err(Rejection::Invalid("Command is empty".into())),
-        JobType::Exec if argv.is_empty() => return Err(Rejection::Invalid("an exec job needs Args or a Command".into())),
+        JobType::Shell if command.trim().is_empty() => {
+            return Err(Rejection::Invalid("Command is empty".into()))
+        }
+        JobType::Exec if argv.is_empty() => {
+            return Err(Rejection::Invalid(
+                "an exec job needs Args or a Command".into(),
+            ))
+        }
         JobType::Docker => return Err(Rejection::DockerUnsupported),
         _ => {}
     }
     let services = raw.services.unwrap_or_default();
     for (i, s) in services.iter().enumerate() {
         if s.name().is_empty() {
-            return Err(Rejection::Invalid(format!("Services[{i}]: a service needs a Name or an ID")));
+            return Err(Rejection::Invalid(format!(
+                "Services[{i}]: a service needs a Name or an ID"
+            )));
         }
         if let Some(c) = &s.check {
-            for (field, val) in [("Interval", &c.interval), ("Timeout", &c.timeout), ("TTL", &c.ttl)] {
+            for (field, val) in [
+                ("Interval", &c.interval),
+                ("Timeout", &c.timeout),
+                ("TTL", &c.ttl),
+            ] {
                 if let Some(v) = val {
-                    parse_duration(v).map_err(|e| Rejection::Invalid(format!("Services[{i}].Check.{field}: {e}")))?;
+                    parse_duration(v).map_err(|e| {
+                        Rejection::Invalid(format!("Services[{i}].Check.{field}: {e}"))
+                    })?;
                 }
             }
         }
@@ -258,7 +319,10 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
     }
     Ok(JobSpec {
         id: id.to_string(),
-        name: raw.name.filter(|n| !n.is_empty()).unwrap_or_else(|| id.to_string()),
+        name: raw
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| id.to_string()),
         command,
         job_type,
         argv,
@@ -276,9 +340,19 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
 /// Best-effort fields of a job that failed to parse, so its rejection still names it.
 pub fn salvage(body: &[u8]) -> (String, String, bool) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let get = |name: &str| v.as_object().and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()));
-    let name = get("Name").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let command = get("Command").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned());
+    let get = |name: &str| {
+        v.as_object().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let name = get("Name")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let command = get("Command")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned());
     let no_wait = get("NoWait").and_then(|v| v.as_bool()).unwrap_or(false);
     (name, command, no_wait)
 }
@@ -312,30 +386,70 @@ mod tests {
     fn service_port_as_string_from_the_readme() {
         let j = parse_job("61", br#"{"Command": "docker ps", "Timeout": 3, "Services": [ { "ID": "blu3", "Name": "blu3", "Port": "80", "Check": {"TTL": "23s"}} ] }"#).unwrap();
         assert_eq!(j.services[0].port, Some(80));
-        assert_eq!(j.services[0].check.as_ref().unwrap().ttl.as_deref(), Some("23s"));
+        assert_eq!(
+            j.services[0].check.as_ref().unwrap().ttl.as_deref(),
+            Some("23s")
+        );
         assert_eq!(j.timeout, Duration::from_secs(3));
     }
 
     #[test]
     fn field_names_match_case_insensitively_like_go() {
-        let j = parse_job("a", br#"{"command": "true", "nowait": true, "TIMEOUT": "90s"}"#).unwrap();
+        let j = parse_job(
+            "a",
+            br#"{"command": "true", "nowait": true, "TIMEOUT": "90s"}"#,
+        )
+        .unwrap();
         assert!(j.no_wait);
         assert_eq!(j.timeout, Duration::from_secs(90));
     }
 
     #[test]
     fn rejections_are_classified() {
-        assert!(matches!(parse_job("a", b"{not json"), Err(Rejection::Malformed(_))));
-        assert!(matches!(parse_job("a", b"[1]"), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            parse_job("a", b"{not json"),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_job("a", b"[1]"),
+            Err(Rejection::Malformed(_))
+        ));
         let e = parse_job("a", br#"{"Command": "true", "NoWait": "yes"}"#).unwrap_err();
-        assert!(matches!(&e, Rejection::WrongType(m) if m.contains("NoWait")), "{e}");
-        assert!(matches!(parse_job("a", br#"{"Command": "true", "Type": "rocket"}"#), Err(Rejection::UnknownType(_))));
-        assert!(matches!(parse_job("a", br#"{"Command": "true", "Type": "docker"}"#), Err(Rejection::DockerUnsupported)));
-        assert!(matches!(parse_job("a b", br#"{"Command": "true"}"#), Err(Rejection::BadId(_))));
-        assert!(matches!(parse_job("..", br#"{"Command": "true"}"#), Err(Rejection::BadId(_))));
-        assert!(matches!(parse_job("a", br#"{"Command": "true", "Services": [{"Name": "x", "Port": "http"}]}"#), Err(Rejection::WrongType(_))));
-        assert!(matches!(parse_job("a", br#"{"Command": "true", "Timeout": "soon"}"#), Err(Rejection::WrongType(_))));
-        assert!(matches!(parse_job("a", br#"{"Command": ""}"#), Err(Rejection::Invalid(_))));
+        assert!(
+            matches!(&e, Rejection::WrongType(m) if m.contains("NoWait")),
+            "{e}"
+        );
+        assert!(matches!(
+            parse_job("a", br#"{"Command": "true", "Type": "rocket"}"#),
+            Err(Rejection::UnknownType(_))
+        ));
+        assert!(matches!(
+            parse_job("a", br#"{"Command": "true", "Type": "docker"}"#),
+            Err(Rejection::DockerUnsupported)
+        ));
+        assert!(matches!(
+            parse_job("a b", br#"{"Command": "true"}"#),
+            Err(Rejection::BadId(_))
+        ));
+        assert!(matches!(
+            parse_job("..", br#"{"Command": "true"}"#),
+            Err(Rejection::BadId(_))
+        ));
+        assert!(matches!(
+            parse_job(
+                "a",
+                br#"{"Command": "true", "Services": [{"Name": "x", "Port": "http"}]}"#
+            ),
+            Err(Rejection::WrongType(_))
+        ));
+        assert!(matches!(
+            parse_job("a", br#"{"Command": "true", "Timeout": "soon"}"#),
+            Err(Rejection::WrongType(_))
+        ));
+        assert!(matches!(
+            parse_job("a", br#"{"Command": ""}"#),
+            Err(Rejection::Invalid(_))
+        ));
     }
 
     #[test]

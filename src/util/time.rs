@@ -4,12 +4,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds since the Unix epoch, as consul_servant's StartTime/EndTime.
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// RFC 3339 UTC text of a nanosecond timestamp, e.g. "2026-11-21T22:45:01.123Z".
@@ -19,7 +25,12 @@ pub fn rfc3339_ns(ns: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -43,7 +54,13 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ns(1_700_000_000_123_000_000), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339_ns(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_ns(1_700_000_000_123_000_000),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            rfc3339_ns(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

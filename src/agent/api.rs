@@ -1,0 +1,77 @@
+//! The agent's HTTP API: job logs from this node's disk (`servant logs` reads them here).
+
+use std::path::PathBuf;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::jobs::runner::LogPaths;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Where the worker keeps job logs.
+    pub log_dir: PathBuf,
+    /// This node's name, reported by `/v1/agent`.
+    pub node: String,
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    /// The job's KV key, e.g. `jobs/job1` (with the kv_prefix, if any).
+    key: String,
+    /// `stdout`, `stderr`, or both when absent.
+    stream: Option<String>,
+}
+
+async fn logs(State(st): State<ApiState>, Query(q): Query<LogQuery>) -> Response {
+    let paths = LogPaths::for_key(&st.log_dir, &q.key);
+    let read = |p: PathBuf| async move { tokio::fs::read(&p).await.ok() };
+    let body = match q.stream.as_deref() {
+        Some("stdout") => read(paths.stdout).await,
+        Some("stderr") => read(paths.stderr).await,
+        None | Some("") => {
+            let out = read(paths.stdout).await;
+            let err = read(paths.stderr).await;
+            match (out, err) {
+                (None, None) => None,
+                (o, e) => {
+                    let mut v = o.unwrap_or_default();
+                    v.extend(e.unwrap_or_default());
+                    Some(v)
+                }
+            }
+        }
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown stream {other:?}: use stdout or stderr"),
+            )
+                .into_response()
+        }
+    };
+    match body {
+        Some(b) => (StatusCode::OK, b).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no log of {} on node {}", q.key, st.node),
+        )
+            .into_response(),
+    }
+}
+
+async fn agent(State(st): State<ApiState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "Node": st.node }))
+}
+
+/// The router of the agent API.
+pub fn router(st: ApiState) -> Router {
+    Router::new()
+        .route("/v1/logs", get(logs))
+        .route("/v1/agent", get(agent))
+        .with_state(st)
+}

@@ -1,0 +1,260 @@
+//! Agent configuration: a TOML or JSON file, overridden by environment variables and flags (the
+//! CLI applies those on top of what `load` returns).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::util::duration::parse_duration;
+
+/// Everything the agent can be told. Field names are the file's keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Consul's HTTP address (CONSUL_HTTP_ADDR); default 127.0.0.1:8500, or the launched agent's.
+    pub http_addr: Option<String>,
+    /// ACL token (CONSUL_HTTP_TOKEN).
+    pub token: Option<String>,
+    /// TLS to Consul: CA bundle, client certificate and key (CONSUL_CACERT, ...).
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// Where logs of jobs and the launched Consul's data live.
+    pub data_dir: PathBuf,
+    /// Namespaces every KV path ("" keeps consul_servant's paths).
+    pub kv_prefix: String,
+    /// Jobs run at once on this node.
+    pub max_parallel: usize,
+    /// Node session TTL (Consul's minimum is 10s).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub session_ttl: Duration,
+    /// Lock-delay of the node session: how long a dead node's jobs wait before a retry.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub lock_delay: Duration,
+    /// Claim delay per rendezvous rank.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub claim_stagger: Duration,
+    /// Running jobs' time to finish after SIGINT/SIGTERM.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    /// Between SIGTERM and SIGKILL of a job's process group.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub kill_grace: Duration,
+    /// Bytes of stdout and of stderr kept in a KV result (the full log stays on disk).
+    pub output_cap: usize,
+    /// Results older than this are deleted.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub result_max_age: Duration,
+    /// `wait` of blocking queries.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub watch_wait: Duration,
+    /// The agent's own HTTP API (job logs), registered in Consul as service `servant`.
+    pub api_addr: String,
+    /// A Consul agent to launch and supervise; none by default.
+    pub consul: LaunchConfig,
+}
+
+/// The one-executable cluster start: launch `consul agent` beside the servant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LaunchConfig {
+    /// Launch a Consul agent (implied by join, server, bootstrap_expect or dev).
+    pub launch: bool,
+    /// The consul binary; default CONSUL_BIN, then PATH.
+    pub bin: Option<String>,
+    /// Addresses to join (`-retry-join`).
+    pub join: Vec<String>,
+    pub server: bool,
+    pub bootstrap_expect: Option<u32>,
+    /// A throwaway in-memory `consul agent -dev`.
+    pub dev: bool,
+    /// Consul's `-data-dir`; default `<data_dir>/consul`.
+    pub data_dir: Option<PathBuf>,
+    /// Consul's `-bind` and `-client` addresses.
+    pub bind: Option<String>,
+    pub client: Option<String>,
+    /// Consul's `-node`.
+    pub node: Option<String>,
+    /// More arguments passed to `consul agent` as they are.
+    pub extra_args: Vec<String>,
+}
+
+impl LaunchConfig {
+    pub fn wanted(&self) -> bool {
+        self.launch
+            || self.dev
+            || self.server
+            || self.bootstrap_expect.is_some()
+            || !self.join.is_empty()
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            http_addr: None,
+            token: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            data_dir: PathBuf::from("servant-data"),
+            kv_prefix: String::new(),
+            max_parallel: 8,
+            session_ttl: Duration::from_secs(15),
+            lock_delay: Duration::from_secs(1),
+            claim_stagger: Duration::from_millis(25),
+            shutdown_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+            output_cap: 128 * 1024,
+            result_max_age: Duration::from_secs(24 * 3600),
+            watch_wait: Duration::from_secs(300),
+            api_addr: "127.0.0.1:8686".to_string(),
+            consul: LaunchConfig::default(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("invalid setting {field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::util::duration::go_format(*d))
+}
+
+impl AgentConfig {
+    /// Reads a file: `.json` as JSON, anything else as TOML.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let parsed = if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|detail| ConfigError::Parse {
+            path: path.display().to_string(),
+            detail,
+        })
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_ttl < Duration::from_secs(10)
+            || self.session_ttl > Duration::from_secs(86400)
+        {
+            return Err(ConfigError::Invalid {
+                field: "session_ttl",
+                detail: "Consul accepts 10s to 24h".into(),
+            });
+        }
+        if self.lock_delay > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid {
+                field: "lock_delay",
+                detail: "Consul accepts at most 60s".into(),
+            });
+        }
+        if self.max_parallel == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_parallel",
+                detail: "must be at least 1".into(),
+            });
+        }
+        if self.output_cap == 0 || self.output_cap > 200 * 1024 {
+            return Err(ConfigError::Invalid {
+                field: "output_cap",
+                detail: "must be 1 to 204800 bytes (a result must fit Consul's 512 KB value limit)"
+                    .into(),
+            });
+        }
+        if self.consul.dev
+            && (self.consul.server
+                || !self.consul.join.is_empty()
+                || self.consul.bootstrap_expect.is_some())
+        {
+            return Err(ConfigError::Invalid {
+                field: "consul.dev",
+                detail: "a dev agent cannot join, be a server or expect peers".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The Consul client settings: this config, else Consul's environment variables.
+    pub fn client_config(&self) -> crate::consul::ClientConfig {
+        let env = crate::consul::ClientConfig::from_env();
+        crate::consul::ClientConfig {
+            address: self.http_addr.clone().or(env.address),
+            token: self.token.clone().or(env.token),
+            ca_cert: self.ca_cert.clone().or(env.ca_cert),
+            client_cert: self.client_cert.clone().or(env.client_cert),
+            client_key: self.client_key.clone().or(env.client_key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_files_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(&t, "max_parallel = 3\nsession_ttl = \"20s\"\nlock_delay = 2\n[consul]\njoin = [\"127.0.0.2\"]\n").unwrap();
+        let c = AgentConfig::load(&t).unwrap();
+        assert_eq!(c.max_parallel, 3);
+        assert_eq!(c.session_ttl, Duration::from_secs(20));
+        assert_eq!(c.lock_delay, Duration::from_secs(2));
+        assert!(c.consul.wanted());
+        let j = dir.path().join("a.json");
+        std::fs::write(&j, r#"{"kv_prefix": "x", "shutdown_grace": "1m"}"#).unwrap();
+        let c = AgentConfig::load(&j).unwrap();
+        assert_eq!(c.kv_prefix, "x");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(&t, "max_paralel = 3\n").unwrap();
+        let e = AgentConfig::load(&t).unwrap_err().to_string();
+        assert!(e.contains("max_paralel"), "{e}");
+        std::fs::write(&t, "session_ttl = \"soon\"\n").unwrap();
+        assert!(AgentConfig::load(&t).is_err());
+        assert!(AgentConfig::load(&dir.path().join("missing.toml")).is_err());
+        let c = AgentConfig {
+            session_ttl: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

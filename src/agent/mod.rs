@@ -1,0 +1,7 @@
+//! The agent: configuration, the node session, the supervised Consul process and the HTTP API.
+
+pub mod api;
+pub mod config;
+pub mod consul_proc;
+pub mod run;
+pub mod session;

@@ -1,0 +1,213 @@
+//! `servant agent`: wires the pieces together and owns graceful shutdown.
+//!
+//! Order at start: launch Consul if asked and wait for a leader; learn the node name; create the
+//! node session; serve the API and register it; run the job worker. At SIGINT/SIGTERM: stop
+//! taking jobs, let running ones finish within the grace period, destroy the session, deregister,
+//! and stop the launched Consul last.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::api::{router, ApiState};
+use super::config::AgentConfig;
+use super::consul_proc::{ConsulProcess, LaunchError};
+use super::session::{SessionKeeper, SessionSettings};
+use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
+use crate::jobs::layout::Layout;
+use crate::jobs::worker::{Worker, WorkerConfig};
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the agent API on {addr}: {source}")]
+    Api {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot find the servant executable: {0}")]
+    Exe(std::io::Error),
+}
+
+/// How long to wait for a launched Consul's leader, or for Consul to answer at all.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the agent until a termination signal.
+pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source: e,
+    })?;
+    cfg.data_dir = cfg
+        .data_dir
+        .canonicalize()
+        .map_err(|e| AgentError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source: e,
+        })?;
+    if cfg.consul.wanted() && cfg.http_addr.is_none() {
+        // Talk to the agent we launch, on its client address.
+        let host = cfg
+            .consul
+            .client
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        cfg.http_addr = Some(format!("{host}:8500"));
+    }
+    let client = Client::new(&cfg.client_config())?;
+    let consul = if cfg.consul.wanted() {
+        Some(
+            ConsulProcess::start(&cfg.consul, &cfg.data_dir, client.clone(), STARTUP_TIMEOUT)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let outcome = serve(&cfg, client).await;
+    if let Some(c) = consul {
+        info!("stopping the launched consul agent");
+        c.stop().await;
+    }
+    outcome
+}
+
+async fn node_name(client: &Client) -> Result<String, ConsulError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        match client.agent_node_name().await {
+            Ok(n) => return Ok(n),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "waiting for consul");
+                tokio::time::sleep(backoff.fail()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
+    let node = node_name(&client).await?;
+    let layout = Layout::new(&cfg.kv_prefix);
+    let session_name = if layout.prefix().is_empty() {
+        "servant".to_string()
+    } else {
+        format!("servant:{}", layout.prefix())
+    };
+    info!(node = %node, consul = client.base_url(), "servant agent starting");
+    let (keeper, session_rx) = SessionKeeper::new(
+        client.clone(),
+        SessionSettings {
+            name: session_name.clone(),
+            ttl: cfg.session_ttl,
+            lock_delay: cfg.lock_delay,
+        },
+    );
+    keeper.start().await?;
+
+    let log_dir = cfg.data_dir.join("logs");
+    let listener = tokio::net::TcpListener::bind(&cfg.api_addr)
+        .await
+        .map_err(|e| AgentError::Api {
+            addr: cfg.api_addr.clone(),
+            source: e,
+        })?;
+    let api_addr = listener.local_addr().map_err(|e| AgentError::Api {
+        addr: cfg.api_addr.clone(),
+        source: e,
+    })?;
+    let (shutdown, _) = broadcast::channel::<()>(4);
+    let mut api_stop = shutdown.subscribe();
+    let api_state = ApiState {
+        log_dir,
+        node: node.clone(),
+    };
+    let api = tokio::spawn(async move {
+        let app = router(api_state);
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.recv().await;
+            })
+            .await;
+    });
+    let service_id = format!("servant-{node}");
+    let reg = AgentServiceRegistration {
+        id: Some(service_id.clone()),
+        name: "servant".into(),
+        port: Some(api_addr.port()),
+        address: Some(api_addr.ip().to_string()),
+        meta: [("kv_prefix".to_string(), cfg.kv_prefix.clone())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    if let Err(e) = client.agent_service_register(&reg).await {
+        warn!(error = %e, "cannot register the agent API as service servant; `servant logs` will not find this node");
+    }
+    info!(api = %api_addr, "agent API listening");
+
+    let (keeper_stop, _) = broadcast::channel::<()>(1);
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
+    let worker = Worker::new(
+        client.clone(),
+        WorkerConfig {
+            layout,
+            node: node.clone(),
+            session_name,
+            max_parallel: cfg.max_parallel,
+            claim_stagger: cfg.claim_stagger,
+            claim_retry: Duration::from_millis(500)
+                .min(cfg.lock_delay.max(Duration::from_millis(100))),
+            output_cap: cfg.output_cap,
+            kill_grace: cfg.kill_grace,
+            shutdown_grace: cfg.shutdown_grace,
+            log_dir: cfg.data_dir.join("logs"),
+            shim_exe: std::env::current_exe().map_err(AgentError::Exe)?,
+            watch_wait: cfg.watch_wait,
+            result_max_age: cfg.result_max_age,
+            gc_interval: Duration::from_secs(600),
+        },
+        session_rx,
+    );
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    info!(node = %node, "servant agent ready");
+
+    termination().await;
+    info!("signal received: no new jobs; waiting for running jobs");
+    let _ = shutdown.send(());
+    let _ = worker_task.await;
+    let _ = keeper_stop.send(());
+    let _ = keeper_task.await;
+    if let Err(e) = client.agent_service_deregister(&service_id).await {
+        warn!(error = %e, "cannot deregister the agent API service");
+    }
+    let _ = api.await;
+    info!("servant agent stopped");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Running one job's process: spawn through the shim in a new process group, stdout and stderr
+//! straight to log files, timeout, and killing the whole group.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::spec::{JobSpec, JobType};
+
+/// Why a running job is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// The node's session was invalidated: the job is no longer ours.
+    Fenced,
+    /// The agent is stopping and the grace period is over.
+    Shutdown,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited by itself with this code (128+n if the command died of signal n).
+    Exited(i32),
+    /// Ran past its timeout; the group was killed.
+    TimedOut,
+    /// Stopped from outside.
+    Killed(KillReason),
+}
+
+/// Where a run's output goes on disk.
+#[derive(Debug, Clone)]
+pub struct LogPaths {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl LogPaths {
+    /// The log files of a job key under `log_dir`. The key is percent-encoded into one safe file
+    /// name, so `..` or `/` in an ID cannot escape the directory.
+    pub fn for_key(log_dir: &Path, key: &str) -> Self {
+        let mut name = String::new();
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                name.push(b as char);
+            } else {
+                name.push_str(&format!("%{b:02X}"));
+            }
+        }
+        LogPaths {
+            stdout: log_dir.join(format!("{name}.out")),
+            stderr: log_dir.join(format!("{name}.err")),
+        }
+    }
+}
+
+/// A started job.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    /// The process group (= the shim's pid).
+    pub pgid: u32,
+}
+
+/// Errors before the command could run.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create log file {path}: {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the job: {0}")]
+    Spawn(std::io::Error),
+    #[error("working directory {0:?} does not exist or is not a directory")]
+    Dir(String),
+}
+
+/// Starts `job` through the shim at `shim_exe`, output into `logs`.
+pub fn spawn(job: &JobSpec, shim_exe: &Path, logs: &LogPaths) -> Result<Running, SpawnError> {
+    if let Some(d) = &job.dir {
+        if !Path::new(d).is_dir() {
+            return Err(SpawnError::Dir(d.clone()));
+        }
+    }
+    let open = |p: &Path| {
+        std::fs::File::create(p).map_err(|e| SpawnError::Log {
+            path: p.display().to_string(),
+            source: e,
+        })
+    };
+    let out = open(&logs.stdout)?;
+    let err = open(&logs.stderr)?;
+    let mut cmd = Command::new(shim_exe);
+    cmd.arg("__job-shim");
+    if let Some(u) = &job.user {
+        cmd.arg("--user").arg(u);
+    }
+    cmd.arg("--");
+    match job.job_type {
+        JobType::Exec => cmd.args(&job.argv),
+        _ => cmd.arg("/bin/sh").arg("-c").arg(&job.command),
+    };
+    cmd.envs(&job.env);
+    if let Some(d) = &job.dir {
+        cmd.current_dir(d);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = cmd.spawn().map_err(SpawnError::Spawn)?;
+    let pgid = child.id().unwrap_or(0);
+    Ok(Running { child, pgid })
+}
+
+/// Sends `sig` to the whole group, ignoring a group that is already gone.
+pub fn signal_group(pgid: u32, sig: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid as i32), sig);
+    }
+}
+
+/// SIGTERM the group, then SIGKILL it after `grace`.
+pub async fn kill_group(pgid: u32, grace: Duration) {
+    signal_group(pgid, Signal::SIGTERM);
+    tokio::time::sleep(grace).await;
+    signal_group(pgid, Signal::SIGKILL);
+}
+
+impl Running {
+    /// Waits for the job to end, its timeout (None = no timeout), or a kill request.
+    /// On timeout or kill, the whole group gets SIGTERM, then SIGKILL after `grace`.
+    pub async fn supervise(
+        mut self,
+        timeout: Option<Duration>,
+        mut kill: watch::Receiver<Option<KillReason>>,
+        grace: Duration,
+    ) -> Outcome {
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let killed = async {
+            loop {
+                if let Some(r) = *kill.borrow_and_update() {
+                    return r;
+                }
+                if kill.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            st = self.child.wait() => {
+                let code = st.map(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+                }).unwrap_or(-1);
+                // Leftover background processes of a finished job die with it.
+                signal_group(self.pgid, Signal::SIGKILL);
+                return Outcome::Exited(code);
+            }
+            _ = deadline => Outcome::TimedOut,
+            r = killed => Outcome::Killed(r),
+        };
+        signal_group(self.pgid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(self.pgid, Signal::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+        // Grandchildren may outlive the shim's exit on SIGTERM: make sure the group is gone.
+        signal_group(self.pgid, Signal::SIGKILL);
+        outcome
+    }
+}
+
+/// Reads at most `cap` bytes of a log file, lossily as UTF-8; returns whether more was there.
+pub async fn read_capped(path: &Path, cap: usize) -> (String, bool) {
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return (String::new(), false);
+    };
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(cap.min(len as usize));
+    let _ = (&mut f).take(cap as u64).read_to_end(&mut buf).await;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    let truncated = len > cap as u64;
+    if truncated {
+        // A cut multi-byte character shows as U+FFFD; drop it.
+        if text.ends_with('\u{FFFD}') {
+            text.pop();
+        }
+    }
+    (text, truncated)
+}

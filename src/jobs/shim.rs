@@ -1,0 +1,132 @@
+//! `servant __job-shim`: the process-group leader between the agent and a job's command.
+//!
+//! Why it exists: a job must die with its agent. If the agent is SIGKILLed, the job's lock is
+//! released and another node may retry it; the old process must not go on running beside the
+//! retry. The shim is spawned as a new process group, runs the command as its child, and kills
+//! the whole group as soon as its parent changes (the agent died). It also switches to `User`.
+//! It uses no async runtime: it only waits and polls.
+
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{getpgrp, getppid, User};
+
+/// How often the shim checks that its parent is alive.
+const PARENT_POLL: Duration = Duration::from_millis(50);
+
+/// Shim arguments: `[--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ShimArgs {
+    pub user: Option<String>,
+    pub pid_file: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// Parses the shim's own small argument list.
+pub fn parse_args(args: &[String]) -> Result<ShimArgs, String> {
+    let mut out = ShimArgs::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--user" => out.user = Some(it.next().ok_or("--user needs a value")?.clone()),
+            "--pid-file" => {
+                out.pid_file = Some(it.next().ok_or("--pid-file needs a value")?.clone())
+            }
+            "--" => {
+                out.argv = it.cloned().collect();
+                break;
+            }
+            other => return Err(format!("unexpected shim argument {other:?}")),
+        }
+    }
+    if out.argv.is_empty() {
+        return Err("no command after --".into());
+    }
+    Ok(out)
+}
+
+/// Exit code of the shim for a child's status: the code, or 128 + signal like a shell.
+fn code_of(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Runs the shim and returns its exit code. 127 means the command could not start.
+pub fn run(args: &[String]) -> i32 {
+    let a = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("servant job-shim: {e}");
+            return 127;
+        }
+    };
+    let parent = getppid();
+    let mut cmd = Command::new(&a.argv[0]);
+    cmd.args(&a.argv[1..]);
+    if let Some(name) = &a.user {
+        use std::os::unix::process::CommandExt;
+        match User::from_name(name) {
+            Ok(Some(u)) => {
+                cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+                cmd.env("HOME", &u.dir)
+                    .env("USER", &u.name)
+                    .env("LOGNAME", &u.name);
+            }
+            Ok(None) => {
+                eprintln!("servant: user {name:?} does not exist");
+                return 127;
+            }
+            Err(e) => {
+                eprintln!("servant: cannot look up user {name:?}: {e}");
+                return 127;
+            }
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("servant: cannot start {:?}: {e}", a.argv[0]);
+            return 127;
+        }
+    };
+    if let Some(p) = &a.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", child.id())) {
+            eprintln!("servant: cannot write pid file {p}: {e}");
+        }
+    }
+    // A watchdog thread takes the group down if the agent dies; this thread just waits.
+    std::thread::spawn(move || loop {
+        if getppid() != parent {
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+        }
+        std::thread::sleep(PARENT_POLL);
+    });
+    match child.wait() {
+        Ok(status) => code_of(status),
+        Err(e) => {
+            eprintln!("servant: cannot wait for the command: {e}");
+            127
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_shim_args() {
+        let v: Vec<String> = ["--user", "nobody", "--", "sh", "-c", "echo --"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let a = parse_args(&v).unwrap();
+        assert_eq!(a.user.as_deref(), Some("nobody"));
+        assert_eq!(a.argv, vec!["sh", "-c", "echo --"]);
+        assert!(parse_args(&[]).is_err());
+        assert!(parse_args(&["--".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! The job worker: the thin IO loop around the pure planner. It watches `jobs/` and
+//! `queues/<node>/` with blocking queries, claims with one conditional lock, runs, and writes the
+//! result in one transaction that also deletes the job key.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::agent::session::SessionState;
+use crate::consul::{
+    watch_loop, AgentCheckRegistration, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp,
+    TxnOutcome,
+};
+use crate::util::duration::{go_format, parse_duration};
+use crate::util::time::{now_ms, now_ns, rfc3339_ns};
+
+use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
+use super::layout::{JobKey, Layout};
+use super::result::{cap_text, JobResult, JobStatus};
+use super::runner::{self, KillReason, LogPaths, Outcome};
+use super::spec::{self, JobSpec, Rejection, ServiceSpec};
+
+/// Largest result document written to KV; Consul's value limit is 512 KiB.
+const MAX_RESULT_BYTES: usize = 500 * 1024;
+
+/// Settings of the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub layout: Layout,
+    /// This node's Consul node name.
+    pub node: String,
+    /// Name of the servants' node sessions; the live servants are the nodes holding one.
+    pub session_name: String,
+    /// Jobs this node runs at once.
+    pub max_parallel: usize,
+    /// Claim delay per rendezvous rank.
+    pub claim_stagger: Duration,
+    /// Pause before retrying a failed claim of an unchanged key (lock-delay).
+    pub claim_retry: Duration,
+    /// Bytes of stdout and of stderr kept in the KV result.
+    pub output_cap: usize,
+    /// Between SIGTERM and SIGKILL of a job's process group.
+    pub kill_grace: Duration,
+    /// How long running jobs may finish after the agent is asked to stop.
+    pub shutdown_grace: Duration,
+    /// Where full job logs are kept.
+    pub log_dir: PathBuf,
+    /// The servant executable, used as the job shim.
+    pub shim_exe: PathBuf,
+    /// `wait` of the blocking queries.
+    pub watch_wait: Duration,
+    /// Results older than this are deleted by housekeeping.
+    pub result_max_age: Duration,
+    /// How often housekeeping runs.
+    pub gc_interval: Duration,
+}
+
+/// One job this node is claiming or running.
+struct Handle {
+    /// Tells the job to stop, and why.
+    kill: watch::Sender<Option<KillReason>>,
+    /// The session the claim was made with; a new session fences the job.
+    session: String,
+}
+
+/// What a job task reports when it ends.
+struct Done {
+    key: String,
+    /// The ModifyIndex the claim was conditioned on.
+    claimed_at: u64,
+    /// The claim did not happen (lost a race, lock-delay, Consul error).
+    claim_failed: bool,
+}
+
+/// The worker and its shared context.
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    session: watch::Receiver<SessionState>,
+}
+
+struct Ctx {
+    client: Client,
+    cfg: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(client: Client, cfg: WorkerConfig, session: watch::Receiver<SessionState>) -> Self {
+        Worker {
+            ctx: Arc::new(Ctx { client, cfg }),
+            session,
+        }
+    }
+
+    /// Runs until `shutdown` fires, then drains: running jobs get `shutdown_grace` to finish and
+    /// are then killed with a result that says so.
+    pub async fn run(mut self, shutdown: broadcast::Sender<()>) {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.cfg;
+        if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
+            error!(dir = %cfg.log_dir.display(), error = %e, "cannot create the job log directory");
+        }
+        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
+        let (queue_tx, mut queue_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
+        let (live_tx, mut live_rx) = watch::channel::<Option<Vec<String>>>(None);
+        {
+            let c = ctx.client.clone();
+            let p = cfg.layout.jobs_prefix();
+            tokio::spawn(watch_loop(
+                "jobs",
+                cfg.watch_wait,
+                move |q| {
+                    let c = c.clone();
+                    let p = p.clone();
+                    async move { c.kv_list(&p, &q).await }
+                },
+                jobs_tx,
+                shutdown.subscribe(),
+            ));
+            let c = ctx.client.clone();
+            let p = cfg.layout.queue_prefix(&cfg.node);
+            tokio::spawn(watch_loop(
+                "queue",
+                cfg.watch_wait,
+                move |q| {
+                    let c = c.clone();
+                    let p = p.clone();
+                    async move { c.kv_list(&p, &q).await }
+                },
+                queue_tx,
+                shutdown.subscribe(),
+            ));
+            let c = ctx.client.clone();
+            let name = cfg.session_name.clone();
+            tokio::spawn(watch_loop(
+                "servants",
+                cfg.watch_wait,
+                move |q| {
+                    let c = c.clone();
+                    let name = name.clone();
+                    async move {
+                        let (sessions, meta) = c.session_list(&q).await?;
+                        let mut nodes: Vec<String> = sessions
+                            .into_iter()
+                            .filter(|s| s.name == name)
+                            .map(|s| s.node)
+                            .collect();
+                        nodes.sort();
+                        nodes.dedup();
+                        Ok((nodes, meta))
+                    }
+                },
+                live_tx,
+                shutdown.subscribe(),
+            ));
+            tokio::spawn(housekeeping(
+                ctx.clone(),
+                live_rx.clone(),
+                shutdown.subscribe(),
+            ));
+        }
+
+        let params = PlanParams {
+            stagger: cfg.claim_stagger,
+            retry_after: cfg.claim_retry,
+        };
+        let mut book = ClaimBook::new(&cfg.node, params);
+        let mut handles: HashMap<String, Handle> = HashMap::new();
+        // Keys this node finished, with the ModifyIndex it claimed them at: a stale snapshot
+        // showing them unclaimed must not cause a second claim attempt.
+        let mut finished: HashMap<String, u64> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut stop = shutdown.subscribe();
+        let mut wake: Option<Instant> = None;
+        let mut session_id = self.session.borrow().id.clone();
+        loop {
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = jobs_rx.changed() => {}
+                _ = queue_rx.changed() => {}
+                _ = live_rx.changed() => {}
+                r = self.session.changed() => {
+                    if r.is_err() { break; }
+                    let now_id = self.session.borrow().id.clone();
+                    if now_id != session_id {
+                        if let Some(old) = &session_id {
+                            for (key, h) in handles.iter().filter(|(_, h)| &h.session == old) {
+                                warn!(key = %key, "session lost: killing the job; its lock is no longer ours");
+                                let _ = h.kill.send(Some(KillReason::Fenced));
+                            }
+                        }
+                        session_id = now_id;
+                    }
+                }
+                Some(d) = done_rx.recv() => {
+                    handles.remove(&d.key);
+                    if d.claim_failed {
+                        book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
+                    } else {
+                        finished.insert(d.key, d.claimed_at);
+                    }
+                }
+                _ = sleep => {}
+                _ = stop.recv() => break,
+            }
+            wake = None;
+            let Some(session) = session_id.clone() else {
+                continue;
+            };
+            let mut entries: HashMap<String, KvPair> = HashMap::new();
+            let mut candidates = Vec::new();
+            let own_queue = cfg.layout.queue_prefix(&cfg.node);
+            for e in jobs_rx
+                .borrow()
+                .iter()
+                .flatten()
+                .chain(queue_rx.borrow().iter().flatten())
+            {
+                if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
+                    continue;
+                }
+                if finished.get(&e.key) == Some(&e.modify_index) {
+                    continue;
+                }
+                candidates.push(Candidate {
+                    key: e.key.clone(),
+                    modify_index: e.modify_index,
+                    create_index: e.create_index,
+                    own_queue: e.key.starts_with(&own_queue),
+                });
+                entries.insert(e.key.clone(), e.clone());
+            }
+            finished.retain(|k, _| entries.contains_key(k));
+            let live = live_rx.borrow().clone().unwrap_or_default();
+            let busy: HashSet<String> = handles.keys().cloned().collect();
+            let free = cfg.max_parallel.saturating_sub(handles.len());
+            let plan = book.plan(std::time::Instant::now(), &candidates, &live, &busy, free);
+            if let Some(w) = plan.wake_at {
+                wake = Some(Instant::from_std(w));
+            }
+            for key in plan.claim {
+                let Some(entry) = entries.remove(&key) else {
+                    continue;
+                };
+                let (kill_tx, kill_rx) = watch::channel(None);
+                handles.insert(
+                    key.clone(),
+                    Handle {
+                        kill: kill_tx,
+                        session: session.clone(),
+                    },
+                );
+                let ctx = ctx.clone();
+                let done = done_tx.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    let claimed_at = entry.modify_index;
+                    let claim_failed = !claim_and_run(&ctx, entry, &session, kill_rx).await;
+                    let _ = done.send(Done {
+                        key,
+                        claimed_at,
+                        claim_failed,
+                    });
+                });
+            }
+        }
+        drain(handles, done_rx, cfg.shutdown_grace, cfg.kill_grace).await;
+    }
+}
+
+/// Lets running jobs finish within `grace`, then kills the rest (they write a result saying so).
+async fn drain(
+    mut handles: HashMap<String, Handle>,
+    mut done_rx: mpsc::UnboundedReceiver<Done>,
+    grace: Duration,
+    kill_grace: Duration,
+) {
+    if handles.is_empty() {
+        return;
+    }
+    info!(jobs = handles.len(), grace = ?grace, "stopping: waiting for running jobs");
+    let deadline = Instant::now() + grace;
+    while !handles.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(d)) => {
+                handles.remove(&d.key);
+            }
+            Ok(None) => return,
+            Err(_) => break,
+        }
+    }
+    for (key, h) in &handles {
+        warn!(key = %key, "grace period over: killing the job");
+        let _ = h.kill.send(Some(KillReason::Shutdown));
+    }
+    let deadline = Instant::now() + kill_grace + Duration::from_secs(10);
+    while !handles.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(d)) => {
+                handles.remove(&d.key);
+            }
+            _ => break,
+        }
+    }
+}
+
+/// Claims `entry` and, if the claim holds, runs it and writes its result. Returns false when the
+/// claim did not happen.
+async fn claim_and_run(
+    ctx: &Ctx,
+    entry: KvPair,
+    session: &str,
+    kill: watch::Receiver<Option<KillReason>>,
+) -> bool {
+    let cfg = &ctx.cfg;
+    let Some(jk) = cfg.layout.parse_job_key(&entry.key) else {
+        return false;
+    };
+    let ops = [
+        TxnOp::Kv(TxnKvOp::CheckIndex {
+            key: entry.key.clone(),
+            index: entry.modify_index,
+        }),
+        // Flags carry the claim time (ms), so `servant show` can say "running since" for free.
+        TxnOp::Kv(TxnKvOp::Lock {
+            key: entry.key.clone(),
+            value: entry.value.clone(),
+            flags: now_ms(),
+            session: session.to_string(),
+        }),
+    ];
+    let lock_index = match ctx.client.txn(&ops).await {
+        Ok(TxnOutcome::Committed(results)) => results
+            .iter()
+            .filter_map(|r| r.kv.as_ref())
+            .find(|kv| kv.key == entry.key)
+            .map(|kv| kv.lock_index)
+            .unwrap_or(entry.lock_index + 1),
+        Ok(TxnOutcome::RolledBack(errs)) => {
+            debug!(key = %entry.key, errors = ?errs, "claim not taken");
+            return false;
+        }
+        Err(e) => {
+            warn!(key = %entry.key, error = %e, "claim failed");
+            return false;
+        }
+    };
+    let result = match spec::parse_job(jk.id(), &entry.value) {
+        Err(rej) => Some(rejected(&jk, &entry.value, &rej, &cfg.node, lock_index)),
+        Ok(job) => {
+            match claim::verdict(lock_index, job.retries) {
+                Verdict::Lost { attempt } => {
+                    let mut r = JobResult::for_job(&job, &cfg.node, attempt);
+                    r.status = Some(JobStatus::Lost);
+                    r.exit_errors = format!("lost: attempt {attempt} exceeds Retries {} + 1; the node running it failed", job.retries);
+                    stamp_end(&mut r);
+                    Some(r)
+                }
+                Verdict::Run { attempt } => {
+                    run_job(ctx, &jk, &entry.key, &job, attempt, session, kill).await
+                }
+            }
+        }
+    };
+    if let Some(r) = result {
+        info!(key = %entry.key, status = r.status_str(), attempt = r.attempt, "job finished");
+        write_result(
+            ctx,
+            &entry.key,
+            &cfg.layout.result_key(&jk),
+            session,
+            r,
+            true,
+        )
+        .await;
+    }
+    true
+}
+
+fn rejected(jk: &JobKey, body: &[u8], rej: &Rejection, node: &str, attempt: u64) -> JobResult {
+    let (name, command, no_wait) = spec::salvage(body);
+    let mut r = JobResult {
+        id: jk.id().to_string(),
+        name,
+        command,
+        no_wait,
+        execution_node: node.to_string(),
+        status: Some(JobStatus::Rejected),
+        exit_errors: format!("rejected: {rej}"),
+        exit_code: -1,
+        attempt,
+        ..Default::default()
+    };
+    cap_text(&mut r.command, 64 * 1024);
+    let now = now_ns();
+    r.start_time = now;
+    r.start_time_str = rfc3339_ns(now);
+    stamp_end(&mut r);
+    r
+}
+
+fn stamp_end(r: &mut JobResult) {
+    let now = now_ns();
+    if r.start_time == 0 {
+        r.start_time = now;
+        r.start_time_str = rfc3339_ns(now);
+    }
+    r.end_time = now;
+    r.end_time_str = rfc3339_ns(now);
+}
+
+/// Runs a claimed job. Returns None when the job was fenced (its lock is no longer ours).
+async fn run_job(
+    ctx: &Ctx,
+    jk: &JobKey,
+    key: &str,
+    job: &JobSpec,
+    attempt: u64,
+    session: &str,
+    kill: watch::Receiver<Option<KillReason>>,
+) -> Option<JobResult> {
+    let cfg = &ctx.cfg;
+    let mut r = JobResult::for_job(job, &cfg.node, attempt);
+    let start = now_ns();
+    r.start_time = start;
+    r.start_time_str = rfc3339_ns(start);
+    let mut registered = Vec::new();
+    for s in &job.services {
+        match ctx
+            .client
+            .agent_service_register(&registration(s, jk))
+            .await
+        {
+            Ok(()) => registered.push(s.id().to_string()),
+            Err(e) => {
+                deregister(ctx, &registered).await;
+                r.status = Some(JobStatus::Failed);
+                r.exit_errors = format!("cannot register service {:?}: {e}", s.id());
+                stamp_end(&mut r);
+                return Some(r);
+            }
+        }
+    }
+    let logs = LogPaths::for_key(&cfg.log_dir, key);
+    let running = match runner::spawn(job, &cfg.shim_exe, &logs) {
+        Ok(p) => p,
+        Err(e) => {
+            deregister(ctx, &registered).await;
+            r.status = Some(JobStatus::Failed);
+            r.exit_errors = e.to_string();
+            stamp_end(&mut r);
+            return Some(r);
+        }
+    };
+    info!(key = %key, attempt, pgid = running.pgid, "job started");
+    let timeout = if job.no_wait { None } else { Some(job.timeout) };
+    if job.no_wait {
+        let mut started = r.clone();
+        started.status = Some(JobStatus::Started);
+        started.pid = Some(running.pgid);
+        write_result(
+            ctx,
+            key,
+            &cfg.layout.result_key(jk),
+            session,
+            started,
+            false,
+        )
+        .await;
+        r.pid = Some(running.pgid);
+    }
+    let outcome = running.supervise(timeout, kill, cfg.kill_grace).await;
+    deregister(ctx, &registered).await;
+    stamp_end(&mut r);
+    let (out, out_cut) = runner::read_capped(&logs.stdout, cfg.output_cap).await;
+    let (err, err_cut) = runner::read_capped(&logs.stderr, cfg.output_cap).await;
+    r.output = out;
+    r.output_errors = err;
+    r.output_truncated = out_cut;
+    r.output_errors_truncated = err_cut;
+    match outcome {
+        Outcome::Exited(0) => {
+            r.status = Some(JobStatus::Succeeded);
+            r.exit_code = 0;
+        }
+        Outcome::Exited(code) => {
+            r.status = Some(JobStatus::Failed);
+            r.exit_code = code;
+            r.exit_errors = if code > 128 {
+                format!("exit status {code} (signal {})", code - 128)
+            } else {
+                format!("exit status {code}")
+            };
+        }
+        Outcome::TimedOut => {
+            r.status = Some(JobStatus::TimedOut);
+            r.exit_errors = format!(
+                "timed out after {}; the process group was killed",
+                go_format(job.timeout)
+            );
+        }
+        Outcome::Killed(KillReason::Shutdown) => {
+            r.status = Some(JobStatus::Failed);
+            r.exit_errors = format!(
+                "killed: the agent on {} stopped before the job finished (shutdown grace {})",
+                cfg.node,
+                go_format(cfg.shutdown_grace)
+            );
+        }
+        Outcome::Killed(KillReason::Fenced) => return None,
+    }
+    Some(r)
+}
+
+/// The agent registration of a job's service. The job key goes into the service's meta.
+fn registration(s: &ServiceSpec, jk: &JobKey) -> AgentServiceRegistration {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("servant_job".to_string(), jk.relative());
+    let checks = s
+        .check
+        .as_ref()
+        .map(|c| {
+            let interval = c
+                .interval
+                .clone()
+                .or_else(|| (c.ttl.is_none()).then(|| "10s".to_string()));
+            vec![AgentCheckRegistration {
+                name: Some(format!("{} check", s.name())),
+                ttl: c.ttl.clone(),
+                http: c.http.clone(),
+                tcp: c.tcp.clone(),
+                args: c.args.clone(),
+                interval: if c.ttl.is_some() { None } else { interval },
+                timeout: c.timeout.clone().filter(|t| parse_duration(t).is_ok()),
+                ..Default::default()
+            }]
+        })
+        .unwrap_or_default();
+    AgentServiceRegistration {
+        id: Some(s.id().to_string()),
+        name: s.name().to_string(),
+        tags: s.tags.clone(),
+        port: s.port,
+        address: s.address.clone(),
+        meta,
+        checks,
+    }
+}
+
+async fn deregister(ctx: &Ctx, ids: &[String]) {
+    for id in ids {
+        if let Err(e) = ctx.client.agent_service_deregister(id).await {
+            warn!(service = %id, error = %e, "cannot deregister the job's service");
+        }
+    }
+}
+
+/// Shrinks the output fields until the result fits Consul's value limit.
+fn encode_result(mut r: JobResult) -> Vec<u8> {
+    loop {
+        let bytes = serde_json::to_vec(&r).unwrap_or_default();
+        if bytes.len() <= MAX_RESULT_BYTES || (r.output.is_empty() && r.output_errors.is_empty()) {
+            return bytes;
+        }
+        for (text, flag) in [
+            (&mut r.output, &mut r.output_truncated),
+            (&mut r.output_errors, &mut r.output_errors_truncated),
+        ] {
+            let half = text.len() / 2;
+            if cap_text(text, half) {
+                *flag = true;
+            }
+        }
+    }
+}
+
+/// Writes a result while this node's session still holds the job's lock; `finish` also deletes
+/// the job key in the same transaction.
+async fn write_result(
+    ctx: &Ctx,
+    job_key: &str,
+    result_key: &str,
+    session: &str,
+    r: JobResult,
+    finish: bool,
+) {
+    let mut ops = vec![
+        TxnOp::Kv(TxnKvOp::CheckSession {
+            key: job_key.to_string(),
+            session: session.to_string(),
+        }),
+        TxnOp::Kv(TxnKvOp::Set {
+            key: result_key.to_string(),
+            value: encode_result(r),
+            flags: 0,
+        }),
+    ];
+    if finish {
+        ops.push(TxnOp::Kv(TxnKvOp::Delete {
+            key: job_key.to_string(),
+        }));
+    }
+    let mut pause = Duration::from_millis(200);
+    for _ in 0..20 {
+        match ctx.client.txn(&ops).await {
+            Ok(TxnOutcome::Committed(_)) => return,
+            Ok(TxnOutcome::RolledBack(errs)) => {
+                warn!(key = %job_key, errors = ?errs, "result not written: this node no longer holds the job");
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                warn!(key = %job_key, error = %e, "cannot write the result yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                error!(key = %job_key, error = %e, "cannot write the result");
+                return;
+            }
+        }
+    }
+}
+
+/// Deletes results older than `result_max_age`. Each node deletes the results it wrote, and the
+/// rendezvous-preferred live node deletes those of nodes that are gone.
+async fn housekeeping(
+    ctx: Arc<Ctx>,
+    live: watch::Receiver<Option<Vec<String>>>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let cfg = &ctx.cfg;
+    let mut first = true;
+    loop {
+        let pause = if first {
+            cfg.gc_interval.min(Duration::from_secs(60))
+        } else {
+            cfg.gc_interval
+        };
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.recv() => return,
+        }
+        let live_nodes = live.borrow().clone().unwrap_or_default();
+        let (entries, _) = match ctx
+            .client
+            .kv_list(&cfg.layout.results_prefix(), &Default::default())
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "housekeeping: cannot list results");
+                continue;
+            }
+        };
+        let cutoff = now_ns() - cfg.result_max_age.as_nanos().min(i64::MAX as u128) as i64;
+        let mut ops = Vec::new();
+        for e in entries {
+            let Ok(r) = serde_json::from_slice::<JobResult>(&e.value) else {
+                continue;
+            };
+            if r.end_time == 0 || r.end_time > cutoff {
+                continue;
+            }
+            let mine = r.execution_node == cfg.node
+                || (!live_nodes.contains(&r.execution_node)
+                    && claim::preferred(&e.key, &live_nodes) == Some(cfg.node.as_str()));
+            if mine {
+                ops.push(TxnOp::Kv(TxnKvOp::DeleteCas {
+                    key: e.key.clone(),
+                    index: e.modify_index,
+                }));
+            }
+        }
+        let n = ops.len();
+        for chunk in ops.chunks(64) {
+            if let Err(e) = ctx.client.txn(chunk).await {
+                warn!(error = %e, "housekeeping: cannot delete old results");
+            }
+        }
+        if n > 0 {
+            info!(deleted = n, "housekeeping: old results deleted");
+        }
+    }
+}
