@@ -261,7 +261,7 @@ impl Client {
         })
     }
 
-    /// GET a JSON body with query metadata. A 404 yields `None` with the metadata.
+    /// GET a JSON body with query metadata. A 404 or a `null` body yields `None` with the metadata.
     pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -274,7 +274,8 @@ impl Client {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok((None, meta));
         }
-        Ok((Some(Self::json(path, resp).await?), meta))
+        // Consul answers `null` for some empty results (a missing session's info, for one).
+        Ok((Self::json::<Option<T>>(path, resp).await?, meta))
     }
 
     /// PUT with an optional JSON body; returns the answer's body decoded, if asked.

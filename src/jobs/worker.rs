@@ -339,10 +339,10 @@ async fn claim_and_run(
         }),
     ];
     let lock_index = match ctx.client.txn(&ops).await {
+        // Results come in op order: [check-index, lock]. The lock's entry has the new LockIndex.
         Ok(TxnOutcome::Committed(results)) => results
-            .iter()
-            .filter_map(|r| r.kv.as_ref())
-            .find(|kv| kv.key == entry.key)
+            .get(1)
+            .and_then(|r| r.kv.as_ref())
             .map(|kv| kv.lock_index)
             .unwrap_or(entry.lock_index + 1),
         Ok(TxnOutcome::RolledBack(errs)) => {

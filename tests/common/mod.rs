@@ -1,0 +1,339 @@
+//! Test harness: real Consul agents and real servant agents on private loopback addresses, each
+//! stopped by PID when its guard drops.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The consul binary: CONSUL_BIN, else what scripts/install-consul prints (it is idempotent).
+pub fn consul_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(b) = std::env::var("CONSUL_BIN") {
+            if !b.is_empty() {
+                return PathBuf::from(b);
+            }
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-consul");
+        let out = Command::new(script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/install-consul");
+        assert!(out.status.success(), "scripts/install-consul failed");
+        PathBuf::from(String::from_utf8(out.stdout).expect("utf8 path").trim())
+    })
+    .clone()
+}
+
+pub fn servant_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_servant")
+}
+
+/// A /24 of loopback addresses no other test uses: 127.A.B.0 with A from the process id and B
+/// from a counter, so parallel tests and test binaries do not collide.
+pub fn subnet() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    let a = 20 + (pid % 200);
+    let b = (pid / 200 * 7 + n) % 250 + 1;
+    format!("127.{a}.{b}")
+}
+
+/// A child process killed (SIGKILL, by PID) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+    /// Waits for the process to exit by itself, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("TEST_SHOW_LOGS").is_some() {
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().expect("clone"))
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    Proc {
+        child,
+        name: name.to_string(),
+        log: log.to_path_buf(),
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal blocking HTTP helper for tests (tests may speak HTTP to Consul directly).
+pub struct Http {
+    pub base: String,
+    pub token: Option<String>,
+    agent: reqwest::blocking::Client,
+}
+
+impl Http {
+    pub fn new(addr: &str) -> Self {
+        Http {
+            base: format!("http://{addr}"),
+            token: None,
+            agent: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+    pub fn with_token(mut self, t: &str) -> Self {
+        self.token = Some(t.to_string());
+        self
+    }
+    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let mut r = self.agent.request(m, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            r = r.header("X-Consul-Token", t);
+        }
+        r
+    }
+    /// GET that tolerates a server not up yet.
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let r = self.req(reqwest::Method::GET, path).send().ok()?;
+        Some((r.status().as_u16(), r.text().unwrap_or_default()))
+    }
+    /// GET; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.req(reqwest::Method::GET, path).send().expect("GET");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+    pub fn get_json(&self, path: &str) -> Option<Value> {
+        let (s, b) = self.get(path);
+        (s == 200).then(|| serde_json::from_str(&b).expect("json"))
+    }
+    pub fn put(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
+        let r = self
+            .req(reqwest::Method::PUT, path)
+            .body(body)
+            .send()
+            .expect("PUT");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+    pub fn delete(&self, path: &str) -> (u16, String) {
+        let r = self
+            .req(reqwest::Method::DELETE, path)
+            .send()
+            .expect("DELETE");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+    /// A KV value, raw.
+    pub fn kv_raw(&self, key: &str) -> Option<String> {
+        let (s, b) = self.get(&format!("/v1/kv/{key}?raw"));
+        (s == 200).then_some(b)
+    }
+    /// Waits for a final job result at `key` and returns it.
+    pub fn wait_result(&self, key: &str, limit: Duration) -> Value {
+        wait_for(&format!("a final result at {key}"), limit, || {
+            let v: Value = serde_json::from_str(&self.kv_raw(key)?).ok()?;
+            let st = v["Status"].as_str().unwrap_or("");
+            (st != "started" && st != "running").then_some(v)
+        })
+    }
+    /// The X-Consul-Index of the KV store right now.
+    pub fn index(&self) -> u64 {
+        let r = self
+            .req(reqwest::Method::GET, "/v1/kv/?keys")
+            .send()
+            .expect("GET");
+        r.headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A `consul agent -dev` on its own loopback address.
+pub struct ConsulDev {
+    pub proc: Proc,
+    pub ip: String,
+    pub node: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl ConsulDev {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let ip = format!("{}.2", subnet());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = format!("dev-{}", ip.replace('.', "-"));
+        let mut cmd = Command::new(consul_bin());
+        cmd.args([
+            "agent", "-dev", "-bind", &ip, "-client", &ip, "-node", &node,
+        ])
+        .args(extra);
+        let proc = spawn_logged("consul", &mut cmd, &dir.path().join("consul.log"));
+        let http = Http::new(&format!("{ip}:8500"));
+        let d = ConsulDev {
+            proc,
+            ip,
+            node,
+            dir,
+        };
+        wait_for("consul dev leader", Duration::from_secs(30), || {
+            let (s, b) = http.try_get("/v1/status/leader")?;
+            (s == 200 && b.len() > 4).then_some(())
+        });
+        d
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:8500", self.ip)
+    }
+
+    pub fn http(&self) -> Http {
+        Http::new(&self.addr())
+    }
+
+    /// Starts a servant agent against this Consul.
+    pub fn servant(&self, extra: &[&str]) -> Servant {
+        Servant::start(&self.addr(), &self.ip, extra, &[])
+    }
+}
+
+/// A `servant agent` process.
+pub struct Servant {
+    pub proc: Proc,
+    pub data: tempfile::TempDir,
+}
+
+impl Servant {
+    pub fn start(http_addr: &str, api_ip: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(servant_bin());
+        cmd.args(["agent", "--http-addr", http_addr, "--data-dir"])
+            .arg(data.path())
+            .args(["--api-addr", &format!("{api_ip}:0")])
+            .args(extra);
+        cmd.env("SERVANT_LOG", "info,servant=debug")
+            .env_remove("CONSUL_HTTP_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = data.path().join("agent.log");
+        let proc = spawn_logged("servant", &mut cmd, &log);
+        let s = Servant { proc, data };
+        s
+    }
+
+    /// Waits until the agent logs that it is ready.
+    pub fn ready(mut self) -> Self {
+        let text = wait_for("servant ready", Duration::from_secs(60), || {
+            let t = self.proc.log_text();
+            if t.contains("servant agent ready") {
+                return Some(t);
+            }
+            if !self.proc.alive() {
+                panic!("servant exited early:\n{t}");
+            }
+            None
+        });
+        drop(text);
+        self
+    }
+}
+
+/// Runs the servant CLI against `addr`; returns (exit code, stdout, stderr).
+pub fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(servant_bin())
+        .arg("--http-addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("SERVANT_KV_PREFIX")
+        .output()
+        .expect("run servant");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Processes whose command line contains `needle`.
+pub fn procs_matching(needle: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            v.push(pid);
+        }
+    }
+    v
+}

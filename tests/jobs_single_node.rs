@@ -1,0 +1,514 @@
+//! Jobs on one node: a real `consul agent -dev` and a real `servant agent`, per test.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn readme_curl_put_jobs_and_get_result_raw() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let base = format!("http://{}", c.addr());
+    // Verbatim from consul_servant's README (host and port made ours).
+    curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{ "Command": "echo hello world" }"#,
+        &format!("{base}/v1/kv/jobs/job1"),
+    ]);
+    let r = wait_for("result", T, || {
+        let body = curl(&[
+            "-X",
+            "GET",
+            &format!("{base}/v1/kv/jdone_jid/jobs/job1?raw"),
+        ]);
+        serde_json::from_str::<Value>(&body).ok()
+    });
+    assert_eq!(r["Output"], "hello world\n");
+    assert_eq!(r["Status"], "succeeded");
+    assert_eq!(r["ExitCode"], 0);
+    assert_eq!(r["ExecutionNode"], c.node.as_str());
+    assert_eq!(r["Attempt"], 1);
+    // The job key is gone once the result is written.
+    assert_eq!(c.http().get("/v1/kv/jobs/job1").0, 404);
+}
+
+#[test]
+fn readme_curl_node_queue() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let base = format!("http://{}", c.addr());
+    curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{ "Command": "echo hello world" }"#,
+        &format!("{base}/v1/kv/queues/{}/qjob", c.node),
+    ]);
+    let r = c
+        .http()
+        .wait_result(&format!("jdone_jid/queues/{}/qjob", c.node), T);
+    assert_eq!(r["Output"], "hello world\n");
+    // A queue of another node is not ours: it stays queued.
+    curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{ "Command": "true" }"#,
+        &format!("{base}/v1/kv/queues/{}0/other", c.node),
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        c.http().get(&format!("/v1/kv/queues/{}0/other", c.node)).0,
+        200
+    );
+}
+
+#[test]
+fn readme_service_registration_example() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let h = c.http();
+    let base = format!("http://{}", c.addr());
+    // Verbatim: Port is the string "80".
+    curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"Command": "docker ps", "Timeout": 3, "Services": [ { "ID": "blu3", "Name": "blu3", "Port": "80", "Check": {"TTL": "23s"}} ] }"#,
+        &format!("{base}/v1/kv/jobs/61"),
+    ]);
+    let r = h.wait_result("jdone_jid/jobs/61", T);
+    assert_ne!(r["Status"], "rejected", "{r}");
+    assert_eq!(r["Services"][0]["Port"], 80);
+    // The same service on a job that runs long enough to look at it.
+    curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"Command": "sleep 3", "Timeout": 10, "Services": [ { "ID": "blu3", "Name": "blu3", "Port": "80", "Check": {"TTL": "23s"}} ] }"#,
+        &format!("{base}/v1/kv/jobs/62"),
+    ]);
+    let svc = wait_for("blu3 in the catalog", T, || {
+        let v = h.get_json("/v1/catalog/service/blu3")?;
+        v.as_array().filter(|a| !a.is_empty()).cloned()
+    });
+    assert_eq!(svc[0]["ServicePort"], 80);
+    h.wait_result("jdone_jid/jobs/62", T);
+    wait_for("blu3 gone from the catalog", T, || {
+        let v = h.get_json("/v1/catalog/service/blu3")?;
+        v.as_array().filter(|a| a.is_empty()).map(|_| ())
+    });
+}
+
+#[test]
+fn timeout_kills_grandchildren() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&["--kill-grace", "1s"]).ready();
+    let h = c.http();
+    // A sleep length no other test uses, so we can look for leftovers.
+    let marker = format!("sleep {}", 3000 + std::process::id() % 1000);
+    let cmd = format!("sh -c '{marker} & {marker}'");
+    h.put(
+        "/v1/kv/jobs/tk",
+        json!({"Command": cmd, "Timeout": "2s"}).to_string(),
+    );
+    wait_for("the sleeps to start", T, || {
+        (procs_matching(&marker).len() >= 2).then_some(())
+    });
+    let r = h.wait_result("jdone_jid/jobs/tk", T);
+    assert_eq!(r["Status"], "timed_out");
+    assert!(r["ExitErrors"].as_str().unwrap().contains("timed out"));
+    wait_for("no sleep left behind", Duration::from_secs(5), || {
+        procs_matching(&format!("{marker}"))
+            .iter()
+            .all(|p| *p == 0)
+            .then_some(())
+            .or_else(|| procs_matching(&marker).is_empty().then_some(()))
+    });
+}
+
+#[test]
+fn bad_input_gets_a_result_and_the_agent_keeps_working() {
+    let c = ConsulDev::start();
+    let mut s = c.servant(&["--output-cap", "65536"]).ready();
+    let h = c.http();
+    h.put("/v1/kv/jobs/malformed", "{ \"Command\": ");
+    h.put(
+        "/v1/kv/jobs/wrongtype",
+        r#"{"Command": "true", "NoWait": "yes"}"#,
+    );
+    h.put(
+        "/v1/kv/jobs/unknowntype",
+        r#"{"Command": "true", "Type": "rocket"}"#,
+    );
+    h.put(
+        "/v1/kv/jobs/docker",
+        r#"{"Command": "true", "Type": "docker", "Image": "x"}"#,
+    );
+    h.put(
+        "/v1/kv/jobs/big",
+        r#"{"Command": "head -c 10000000 /dev/zero | tr '\\0' a; echo err >&2"}"#,
+    );
+    h.put("/v1/kv/jobs/with%20space", r#"{"Command": "true"}"#);
+    // A key with `..` cannot travel in a URL path (it is normalised away), so write it by txn.
+    let dots = json!([{"KV": {"Verb": "set", "Key": "jobs/a..b", "Value": base64(br#"{"Command": "true"}"#)}}]);
+    assert_eq!(h.put("/v1/txn", dots.to_string()).0, 200);
+
+    let expect = [
+        ("malformed", "malformed job JSON"),
+        ("wrongtype", "NoWait"),
+        ("unknowntype", "unknown Type"),
+        ("docker", "docker"),
+        ("with space", "invalid job ID"),
+        ("a..b", "invalid job ID"),
+    ];
+    for (id, why) in expect {
+        let key = format!("jdone_jid/jobs/{}", id.replace(' ', "%20"));
+        let r = if id.contains("..") {
+            wait_for("a..b result", T, || {
+                txn_get(&h, &format!("jdone_jid/jobs/{id}"))
+            })
+        } else {
+            h.wait_result(&key, T)
+        };
+        assert_eq!(r["Status"], "rejected", "{id}: {r}");
+        assert!(r["ExitErrors"].as_str().unwrap().contains(why), "{id}: {r}");
+    }
+    let big = h.wait_result("jdone_jid/jobs/big", T);
+    assert_eq!(big["Status"], "succeeded");
+    assert_eq!(big["OutputTruncated"], true);
+    assert_eq!(big["Output"].as_str().unwrap().len(), 65536);
+    assert_eq!(big["OutputErrors"], "err\n");
+    // The full output is on the node, served by `servant logs`.
+    let out = Command::new(servant_bin())
+        .args([
+            "--http-addr",
+            &c.addr(),
+            "logs",
+            "--stream",
+            "stdout",
+            "big",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 10_000_000);
+    // Still working.
+    h.put("/v1/kv/jobs/after", r#"{"Command": "echo still here"}"#);
+    assert_eq!(
+        h.wait_result("jdone_jid/jobs/after", T)["Output"],
+        "still here\n"
+    );
+    assert!(s.proc.alive());
+}
+
+fn base64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn txn_get(h: &Http, key: &str) -> Option<Value> {
+    let (st, body) = h.put(
+        "/v1/txn",
+        json!([{"KV": {"Verb": "get", "Key": key}}]).to_string(),
+    );
+    if st != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    let b64 = v["Results"][0]["KV"]["Value"].as_str()?;
+    use base64::Engine;
+    serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
+}
+
+#[test]
+fn cli_start_wait_show_jobs_and_aliases() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let a = c.addr();
+    let tricky = r#"printf '%s|' "dq\"x" 'sq' {{.Name}} back\\slash"#;
+    let (code, out, err) = cli(&a, &["start", "--wait", "-c", tricky, "tricky"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "tricky\ndq\"x|sq|{{.Name}}|back\\slash|");
+    let r: Value =
+        serde_json::from_str(&c.http().kv_raw("jdone_jid/jobs/tricky").unwrap()).unwrap();
+    assert_eq!(r["Command"], tricky);
+    // --wait exits with the job's exit code.
+    let (code, _, _) = cli(&a, &["s", "--wait", "-c", "exit 7"]);
+    assert_eq!(code, 7);
+    // A generated ID is printed.
+    let (code, out, _) = cli(&a, &["start", "-c", "sleep 3"]);
+    assert_eq!(code, 0);
+    let id = out.trim().to_string();
+    assert_eq!(id.len(), 12);
+    let running = wait_for("show says running", T, || {
+        let (_, out, _) = cli(&a, &["w", &id]);
+        out.contains("running").then_some(out)
+    });
+    assert!(running.contains(&c.node), "{running}");
+    let (_, out, _) = cli(&a, &["show", "--json", "tricky"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["State"], "done");
+    assert_eq!(v[0]["Result"]["Status"], "succeeded");
+    let (code, out, _) = cli(&a, &["jobs"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("jobs/tricky") && out.contains(&id), "{out}");
+    // Duplicate IDs are refused while queued.
+    let (code, _, err) = cli(&a, &["start", "-c", "true", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already queued"), "{err}");
+    // consul_visa aliases.
+    assert_eq!(cli(&a, &["kv", "put", "x/y", "v1"]).0, 0);
+    assert_eq!(cli(&a, &["kv-get", "x/y"]).1, "v1");
+    assert_eq!(cli(&a, &["kv-keys", "x/"]).1, "x/y\n");
+    assert_eq!(cli(&a, &["kv-list", "x/"]).1, "x/y=v1\n");
+    assert_eq!(cli(&a, &["kv-deltree", "x/"]).0, 0);
+    let (code, _, err) = cli(&a, &["kv-get", "x/y"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("key not found"), "{err}");
+    assert!(cli(&a, &["node-list"]).1.contains(&c.node));
+    let (code, _, err) = cli(&a, &["node-eject", "no-such-node"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no node named"), "{err}");
+    // Errors exit non-zero with a message (consul_visa exited 0).
+    let (code, _, err) = cli(&a, &["show", "missing-job"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no job missing-job"), "{err}");
+    let (code, _, err) = cli("127.0.0.1:1", &["kv", "get", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach consul"), "{err}");
+}
+
+#[test]
+fn job_file_and_node_flag() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("job1.job");
+    std::fs::write(&f, r#"{ "ID": "job1", "Command": "echo hello world" }"#).unwrap();
+    let (code, out, err) = cli(&c.addr(), &["start", "--wait", f.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "job1\nhello world\n");
+    let (code, out, _) = cli(
+        &c.addr(),
+        &["start", "--wait", "-n", &c.node, "-c", "echo on node", "j2"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out, "j2\non node\n");
+    assert!(c
+        .http()
+        .kv_raw(&format!("jdone_jid/queues/{}/j2", c.node))
+        .is_some());
+}
+
+#[test]
+fn env_dir_user_exec_and_nowait() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let h = c.http();
+    h.put("/v1/kv/jobs/env", json!({"Command": "echo $GREETING; pwd; id -un", "Env": {"GREETING": "hi"}, "Dir": "/tmp", "User": "nobody"}).to_string());
+    assert_eq!(
+        h.wait_result("jdone_jid/jobs/env", T)["Output"],
+        "hi\n/tmp\nnobody\n"
+    );
+    h.put(
+        "/v1/kv/jobs/exec",
+        json!({"Type": "exec", "Args": ["printf", "%s", "$HOME;|"]}).to_string(),
+    );
+    assert_eq!(h.wait_result("jdone_jid/jobs/exec", T)["Output"], "$HOME;|");
+    h.put(
+        "/v1/kv/jobs/baduser",
+        json!({"Command": "true", "User": "no-such-user-x"}).to_string(),
+    );
+    let r = h.wait_result("jdone_jid/jobs/baduser", T);
+    assert_eq!(r["Status"], "failed");
+    assert!(
+        r["OutputErrors"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{r}"
+    );
+    h.put(
+        "/v1/kv/jobs/baddir",
+        json!({"Command": "true", "Dir": "/no/such/dir"}).to_string(),
+    );
+    let r = h.wait_result("jdone_jid/jobs/baddir", T);
+    assert!(
+        r["ExitErrors"].as_str().unwrap().contains("/no/such/dir"),
+        "{r}"
+    );
+    // NoWait: first `started` with a pid, then completed when the process exits.
+    h.put(
+        "/v1/kv/jobs/bg",
+        json!({"Command": "sleep 2; echo done", "NoWait": true}).to_string(),
+    );
+    let started = wait_for("started result", T, || {
+        let v: Value = serde_json::from_str(&h.kv_raw("jdone_jid/jobs/bg")?).ok()?;
+        (v["Status"] == "started").then_some(v)
+    });
+    assert!(started["Pid"].as_u64().unwrap() > 1);
+    let done = h.wait_result("jdone_jid/jobs/bg", T);
+    assert_eq!(done["Status"], "succeeded");
+    assert_eq!(done["Output"], "done\n");
+}
+
+#[test]
+fn sigterm_lets_jobs_finish_then_reports_the_rest() {
+    let c = ConsulDev::start();
+    let mut s = c
+        .servant(&["--shutdown-grace", "2s", "--kill-grace", "1s"])
+        .ready();
+    let h = c.http();
+    h.put("/v1/kv/jobs/short", r#"{"Command": "sleep 1; echo short"}"#);
+    h.put(
+        "/v1/kv/jobs/long",
+        r#"{"Command": "sleep 60", "Timeout": 120}"#,
+    );
+    wait_for("both running", T, || {
+        let a = h.get_json("/v1/kv/jobs/short")?;
+        let b = h.get_json("/v1/kv/jobs/long")?;
+        (a[0]["Session"].is_string() && b[0]["Session"].is_string()).then_some(())
+    });
+    s.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    // Jobs queued after the signal are not taken.
+    std::thread::sleep(Duration::from_millis(300));
+    h.put("/v1/kv/jobs/late", r#"{"Command": "true"}"#);
+    let st = s
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent exits");
+    assert!(st.success(), "{}", s.proc.log_text());
+    assert_eq!(
+        h.wait_result("jdone_jid/jobs/short", T)["Output"],
+        "short\n"
+    );
+    let long = h.wait_result("jdone_jid/jobs/long", T);
+    assert_eq!(long["Status"], "failed");
+    assert!(
+        long["ExitErrors"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before the job finished"),
+        "{long}"
+    );
+    assert_eq!(
+        h.get("/v1/kv/jobs/late").0,
+        200,
+        "a late job must stay queued"
+    );
+    // The node session is destroyed.
+    let sessions = h.get_json(&format!("/v1/session/node/{}", c.node)).unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 0, "{sessions}");
+}
+
+#[test]
+fn lost_session_fences_running_jobs_and_the_agent_recovers() {
+    let c = ConsulDev::start();
+    let mut s = c
+        .servant(&["--lock-delay", "0s", "--kill-grace", "1s"])
+        .ready();
+    let h = c.http();
+    let marker = format!("sleep {}", 5000 + std::process::id() % 1000);
+    h.put(
+        "/v1/kv/jobs/fenced",
+        json!({"Command": marker, "Timeout": 120}).to_string(),
+    );
+    let sid = wait_for("claimed", T, || {
+        h.get_json("/v1/kv/jobs/fenced")?[0]["Session"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let first = wait_for("job running", T, || {
+        Some(procs_matching(&marker)).filter(|p| !p.is_empty())
+    });
+    assert_eq!(h.put(&format!("/v1/session/destroy/{sid}"), "").0, 200);
+    wait_for("fenced job killed", T, || {
+        first
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    // The agent made a new session and claimed the job again (its lock was released): that is
+    // attempt 2, and with Retries 0 the job is reported lost instead of run twice.
+    let r = h.wait_result("jdone_jid/jobs/fenced", T);
+    assert_eq!(r["Status"], "lost", "{r}");
+    assert_eq!(r["Attempt"], 2);
+    let holders = h.get_json(&format!("/v1/session/node/{}", c.node)).unwrap();
+    assert_eq!(holders.as_array().unwrap().len(), 1);
+    assert_ne!(holders[0]["ID"], sid.as_str());
+    h.put("/v1/kv/jobs/next", r#"{"Command": "echo ok"}"#);
+    assert_eq!(h.wait_result("jdone_jid/jobs/next", T)["Output"], "ok\n");
+    assert!(s.proc.alive());
+}
+
+/// consul_servant waited on a key's ModifyIndex instead of X-Consul-Index and spun forever after
+/// its first job. An idle agent must use almost no CPU after jobs come and go.
+#[test]
+fn regression_busy_loop_after_first_job() {
+    let c = ConsulDev::start();
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    for i in 0..3 {
+        h.put(&format!("/v1/kv/jobs/b{i}"), r#"{"Command": "true"}"#);
+        h.wait_result(&format!("jdone_jid/jobs/b{i}"), T);
+    }
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.proc.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = ticks() - before;
+    // A busy loop burns ~300 ticks in 3 s; an idle agent a handful.
+    assert!(used < 60, "idle agent used {used} clock ticks in 3 s");
+}
+
+#[test]
+fn bad_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "max_paralel = 3\n").unwrap();
+    let out = Command::new(servant_bin())
+        .args(["agent", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_paralel") && err.contains("c.toml"),
+        "{err}"
+    );
+}
