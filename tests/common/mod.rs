@@ -282,8 +282,7 @@ impl Servant {
         }
         let log = data.path().join("agent.log");
         let proc = spawn_logged("servant", &mut cmd, &log);
-        let s = Servant { proc, data };
-        s
+        Servant { proc, data }
     }
 
     /// Waits until the agent logs that it is ready.
