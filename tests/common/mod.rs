@@ -285,6 +285,17 @@ impl Servant {
         Servant { proc, data }
     }
 
+    /// A servant that launches its own Consul agent (`--server`, `--join`, ...).
+    pub fn launch(api_ip: &str, args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(servant_bin());
+        cmd.args(["agent", "--data-dir"]).arg(data.path()).args(["--api-addr", &format!("{api_ip}:0")]).args(args);
+        cmd.env("SERVANT_LOG", "info,servant=debug").env_remove("CONSUL_HTTP_TOKEN").env_remove("CONSUL_HTTP_ADDR");
+        let log = data.path().join("agent.log");
+        let proc = spawn_logged("servant", &mut cmd, &log);
+        Servant { proc, data }
+    }
+
     /// Waits until the agent logs that it is ready.
     pub fn ready(mut self) -> Self {
         let text = wait_for("servant ready", Duration::from_secs(60), || {
