@@ -30,16 +30,37 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let name = format!("node{}", i + 1);
-            let mut args: Vec<String> = vec!["--server".into(), "--bootstrap-expect".into(), "3".into(), "--bind".into(), ip.clone(), "--client".into(), ip.clone(), "--node".into(), name.clone()];
+            let mut args: Vec<String> = vec![
+                "--server".into(),
+                "--bootstrap-expect".into(),
+                "3".into(),
+                "--bind".into(),
+                ip.clone(),
+                "--client".into(),
+                ip.clone(),
+                "--node".into(),
+                name.clone(),
+            ];
             for other in &ips {
                 args.push("--join".into());
                 args.push(other.clone());
             }
-            args.extend(["--consul-bin".into(), consul.display().to_string(), "--lock-delay".into(), "1s".into(), "--kill-grace".into(), "1s".into()]);
+            args.extend([
+                "--consul-bin".into(),
+                consul.display().to_string(),
+                "--lock-delay".into(),
+                "1s".into(),
+                "--kill-grace".into(),
+                "1s".into(),
+            ]);
             args.push("--consul-arg=-hcl=performance { raft_multiplier = 1 }".into());
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             let s = Servant::launch(ip, &refs);
-            nodes.push(Node { name, ip: ip.clone(), servant: Some(s) });
+            nodes.push(Node {
+                name,
+                ip: ip.clone(),
+                servant: Some(s),
+            });
         }
         for n in &mut nodes {
             let s = n.servant.take().unwrap().ready();
@@ -49,7 +70,12 @@ impl Cluster {
         let h = c.http(0);
         wait_for("three live servants", T, || {
             let v = h.get_json("/v1/session/list")?;
-            (v.as_array()?.iter().filter(|s| s["Name"] == "servant").count() == 3).then_some(())
+            (v.as_array()?
+                .iter()
+                .filter(|s| s["Name"] == "servant")
+                .count()
+                == 3)
+                .then_some(())
         });
         c
     }
@@ -85,14 +111,23 @@ fn cluster_runs_each_job_once_spread_and_targeted() {
     let runs = dir.path().join("runs.log");
     for i in 0..200 {
         let cmd = format!("echo j{i} >> {}", runs.display());
-        assert_eq!(h.put(&format!("/v1/kv/jobs/j{i}"), json!({ "Command": cmd }).to_string()).0, 200);
+        assert_eq!(
+            h.put(
+                &format!("/v1/kv/jobs/j{i}"),
+                json!({ "Command": cmd }).to_string()
+            )
+            .0,
+            200
+        );
     }
     let mut per_node: HashMap<String, usize> = HashMap::new();
     for i in 0..200 {
         let r = h.wait_result(&format!("jdone_jid/jobs/j{i}"), T);
         assert_eq!(r["Status"], "succeeded", "{r}");
         assert_eq!(r["Attempt"], 1, "{r}");
-        *per_node.entry(r["ExecutionNode"].as_str().unwrap().to_string()).or_default() += 1;
+        *per_node
+            .entry(r["ExecutionNode"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     let text = std::fs::read_to_string(&runs).unwrap();
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -102,17 +137,34 @@ fn cluster_runs_each_job_once_spread_and_targeted() {
     assert_eq!(seen.len(), 200);
     assert!(seen.values().all(|n| *n == 1), "some job ran twice");
     for n in c.names() {
-        assert!(per_node.get(&n).copied().unwrap_or(0) >= 20, "poor spread: {per_node:?}");
+        assert!(
+            per_node.get(&n).copied().unwrap_or(0) >= 20,
+            "poor spread: {per_node:?}"
+        );
     }
 
     // -n runs only on that node.
-    let (code, out, err) = cli(&c.addr(0), &["start", "--wait", "-n", "node2", "-c", "echo targeted", "t1"]);
+    let (code, out, err) = cli(
+        &c.addr(0),
+        &[
+            "start",
+            "--wait",
+            "-n",
+            "node2",
+            "-c",
+            "echo targeted",
+            "t1",
+        ],
+    );
     assert_eq!((code, out.as_str()), (0, "t1\ntargeted\n"), "{err}");
     let r: Value = serde_json::from_str(&h.kv_raw("jdone_jid/queues/node2/t1").unwrap()).unwrap();
     assert_eq!(r["ExecutionNode"], "node2");
 
     // --all runs on every alive node.
-    let (code, out, err) = cli(&c.addr(0), &["start", "--wait", "--all", "-c", "echo everywhere", "a1"]);
+    let (code, out, err) = cli(
+        &c.addr(0),
+        &["start", "--wait", "--all", "-c", "echo everywhere", "a1"],
+    );
     assert_eq!(code, 0, "{err}");
     for n in c.names() {
         assert!(out.contains(&format!("==> {n} (succeeded")), "{out}");
@@ -125,11 +177,20 @@ fn cluster_runs_each_job_once_spread_and_targeted() {
     c.sigkill(2);
     wait_for("node3 failed", T, || {
         let m = h.get_json("/v1/agent/members")?;
-        m.as_array()?.iter().any(|m| m["Name"] == "node3" && m["Status"] != 1).then_some(())
+        m.as_array()?
+            .iter()
+            .any(|m| m["Name"] == "node3" && m["Status"] != 1)
+            .then_some(())
     });
-    let (code, out, err) = cli(&c.addr(0), &["start", "--wait", "--all", "-c", "echo survivors", "a2"]);
+    let (code, out, err) = cli(
+        &c.addr(0),
+        &["start", "--wait", "--all", "-c", "echo survivors", "a2"],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("==> node1") && out.contains("==> node2") && !out.contains("node3"), "{out}");
+    assert!(
+        out.contains("==> node1") && out.contains("==> node2") && !out.contains("node3"),
+        "{out}"
+    );
     assert_eq!(h.get("/v1/kv/queues/node3/a2").0, 404);
 }
 
@@ -152,16 +213,28 @@ fn cluster_sigkill_mid_job_retries_elsewhere_or_reports_lost() {
     let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..200 {
         let id = format!("g{i}");
-        let pref = servant::jobs::claim::preferred(&format!("jobs/{id}"), &names).unwrap().to_string();
+        let pref = servant::jobs::claim::preferred(&format!("jobs/{id}"), &names)
+            .unwrap()
+            .to_string();
         by_node.entry(pref).or_default().push(id);
     }
     let victim = "node2";
     let ids = &by_node[victim];
     let (retry_id, lost_id) = (ids[0].clone(), ids[1].clone());
-    h.put(&format!("/v1/kv/jobs/{retry_id}"), guarded_job(dir.path(), &retry_id, 1).to_string());
-    h.put(&format!("/v1/kv/jobs/{lost_id}"), guarded_job(dir.path(), &lost_id, 0).to_string());
+    h.put(
+        &format!("/v1/kv/jobs/{retry_id}"),
+        guarded_job(dir.path(), &retry_id, 1).to_string(),
+    );
+    h.put(
+        &format!("/v1/kv/jobs/{lost_id}"),
+        guarded_job(dir.path(), &lost_id, 0).to_string(),
+    );
     for id in [&retry_id, &lost_id] {
-        let holder = wait_for("claimed", T, || h.get_json(&format!("/v1/kv/jobs/{id}"))?[0]["Session"].as_str().map(str::to_string));
+        let holder = wait_for("claimed", T, || {
+            h.get_json(&format!("/v1/kv/jobs/{id}"))?[0]["Session"]
+                .as_str()
+                .map(str::to_string)
+        });
         let info = h.get_json(&format!("/v1/session/info/{holder}")).unwrap();
         assert_eq!(info[0]["Node"], victim, "the preferred node claims first");
     }
@@ -172,14 +245,23 @@ fn cluster_sigkill_mid_job_retries_elsewhere_or_reports_lost() {
     });
     c.sigkill(c.index_of(victim));
 
-    let r = h.wait_result(&format!("jdone_jid/jobs/{retry_id}"), Duration::from_secs(90));
+    let r = h.wait_result(
+        &format!("jdone_jid/jobs/{retry_id}"),
+        Duration::from_secs(90),
+    );
     assert_eq!(r["Status"], "succeeded", "{r}");
     assert_eq!(r["Attempt"], 2);
     assert_ne!(r["ExecutionNode"], victim);
     let log = std::fs::read_to_string(dir.path().join(format!("{retry_id}.log"))).unwrap();
-    assert_eq!(log, "start\nstart\nend\n", "never two runs at once, and the killed run never finished");
+    assert_eq!(
+        log, "start\nstart\nend\n",
+        "never two runs at once, and the killed run never finished"
+    );
 
-    let l = h.wait_result(&format!("jdone_jid/jobs/{lost_id}"), Duration::from_secs(90));
+    let l = h.wait_result(
+        &format!("jdone_jid/jobs/{lost_id}"),
+        Duration::from_secs(90),
+    );
     assert_eq!(l["Status"], "lost", "{l}");
     assert_eq!(l["Attempt"], 2);
     let log = std::fs::read_to_string(dir.path().join(format!("{lost_id}.log"))).unwrap();

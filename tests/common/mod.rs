@@ -244,6 +244,11 @@ impl ConsulDev {
             let (s, b) = http.try_get("/v1/status/leader")?;
             (s == 200 && b.len() > 4).then_some(())
         });
+        // Sessions need the node's own registration and serfHealth in the catalog.
+        wait_for("node registered", Duration::from_secs(30), || {
+            let (s, b) = http.try_get(&format!("/v1/health/node/{}", d.node))?;
+            (s == 200 && b.contains("serfHealth") && b.contains("passing")).then_some(())
+        });
         d
     }
 
@@ -289,8 +294,13 @@ impl Servant {
     pub fn launch(api_ip: &str, args: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(servant_bin());
-        cmd.args(["agent", "--data-dir"]).arg(data.path()).args(["--api-addr", &format!("{api_ip}:0")]).args(args);
-        cmd.env("SERVANT_LOG", "info,servant=debug").env_remove("CONSUL_HTTP_TOKEN").env_remove("CONSUL_HTTP_ADDR");
+        cmd.args(["agent", "--data-dir"])
+            .arg(data.path())
+            .args(["--api-addr", &format!("{api_ip}:0")])
+            .args(args);
+        cmd.env("SERVANT_LOG", "info,servant=debug")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_ADDR");
         let log = data.path().join("agent.log");
         let proc = spawn_logged("servant", &mut cmd, &log);
         Servant { proc, data }
