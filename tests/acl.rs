@@ -16,7 +16,7 @@ fn acl_token_limited_to_servant_prefixes_works_and_no_token_is_a_clear_error() {
     let hcl = format!(
         r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
     );
-    let c = ConsulDev::start_with(&["-hcl", &hcl]);
+    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
     let admin = c.http().with_token(&root);
     let rules = format!(
         r#"

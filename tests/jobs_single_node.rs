@@ -508,3 +508,25 @@ fn bad_config_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn old_results_are_cleaned_up() {
+    let c = ConsulDev::start();
+    let _s = c
+        .servant(&["--result-max-age", "2s", "--result-gc-interval", "1s"])
+        .ready();
+    let h = c.http();
+    h.put("/v1/kv/jobs/old", r#"{"Command": "true"}"#);
+    h.wait_result("jdone_jid/jobs/old", T);
+    // A result of a node that no longer exists is cleaned by a live node.
+    let orphan = json!({"ID": "orphan", "Status": "succeeded", "ExecutionNode": "gone-node", "EndTime": 1_000_000_000i64});
+    h.put("/v1/kv/jdone_jid/jobs/orphan", orphan.to_string());
+    // Something that is not a result is left alone.
+    h.put("/v1/kv/jdone_jid/jobs/notes", "not json");
+    wait_for("old results deleted", T, || {
+        (h.get("/v1/kv/jdone_jid/jobs/old").0 == 404
+            && h.get("/v1/kv/jdone_jid/jobs/orphan").0 == 404)
+            .then_some(())
+    });
+    assert_eq!(h.get("/v1/kv/jdone_jid/jobs/notes").0, 200);
+}

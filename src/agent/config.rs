@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// Results older than this are deleted.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub result_max_age: Duration,
+    /// How often old results are looked for (the first pass runs within a minute of start).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub result_gc_interval: Duration,
     /// `wait` of blocking queries.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub watch_wait: Duration,
@@ -108,6 +111,7 @@ impl Default for AgentConfig {
             kill_grace: Duration::from_secs(5),
             output_cap: 128 * 1024,
             result_max_age: Duration::from_secs(24 * 3600),
+            result_gc_interval: Duration::from_secs(600),
             watch_wait: Duration::from_secs(300),
             api_addr: "127.0.0.1:8686".to_string(),
             consul: LaunchConfig::default(),

@@ -191,7 +191,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             shim_exe: std::env::current_exe().map_err(AgentError::Exe)?,
             watch_wait: cfg.watch_wait,
             result_max_age: cfg.result_max_age,
-            gc_interval: Duration::from_secs(600),
+            gc_interval: cfg.result_gc_interval,
         },
         session_rx,
     );

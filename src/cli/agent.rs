@@ -44,6 +44,9 @@ pub struct AgentArgs {
     /// Age after which results are deleted.
     #[arg(long, env = "SERVANT_RESULT_MAX_AGE", value_parser = duration)]
     pub result_max_age: Option<std::time::Duration>,
+    /// How often old results are looked for.
+    #[arg(long, env = "SERVANT_RESULT_GC_INTERVAL", value_parser = duration)]
+    pub result_gc_interval: Option<std::time::Duration>,
     /// `wait` of blocking queries.
     #[arg(long, env = "SERVANT_WATCH_WAIT", value_parser = duration)]
     pub watch_wait: Option<std::time::Duration>,
@@ -110,6 +113,7 @@ impl AgentArgs {
             kill_grace,
             output_cap,
             result_max_age,
+            result_gc_interval,
             watch_wait,
             api_addr
         );
@@ -159,4 +163,133 @@ pub async fn run(
     let cfg = args.config(http_addr, token, kv_prefix)?;
     crate::agent::run::run(cfg).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn agent_config(args: &[&str]) -> crate::agent::config::AgentConfig {
+        let mut full = vec!["servant", "agent"];
+        full.extend_from_slice(args);
+        let cli = Cli::parse_from(crate::cli::normalize_args(
+            full.iter().map(|s| s.to_string()).collect(),
+        ));
+        match cli.command {
+            Command::Agent(a) => a.config(cli.http_addr, cli.token, &cli.kv_prefix).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let c = agent_config(&[
+            "--data-dir",
+            "/d",
+            "--max-parallel",
+            "3",
+            "--session-ttl",
+            "20s",
+            "--lock-delay",
+            "2s",
+            "--claim-stagger",
+            "5ms",
+            "--shutdown-grace",
+            "7s",
+            "--kill-grace",
+            "3s",
+            "--output-cap",
+            "1000",
+            "--result-max-age",
+            "1h",
+            "--result-gc-interval",
+            "9s",
+            "--watch-wait",
+            "30s",
+            "--api-addr",
+            "127.0.0.1:1",
+            "-join",
+            "127.0.0.2",
+            "-server",
+            "-bootstrap-expect",
+            "3",
+            "--bind",
+            "127.0.0.3",
+            "--client",
+            "127.0.0.4",
+            "--node",
+            "n",
+            "--consul-bin",
+            "/c",
+            "--consul-arg=-hcl=x",
+            "--kv-prefix",
+            "ns",
+            "--http-addr",
+            "h:1",
+            "--token",
+            "t",
+        ]);
+        use std::time::Duration as D;
+        assert_eq!(c.data_dir, std::path::PathBuf::from("/d"));
+        assert_eq!(c.max_parallel, 3);
+        assert_eq!(
+            (c.session_ttl, c.lock_delay, c.claim_stagger),
+            (D::from_secs(20), D::from_secs(2), D::from_millis(5))
+        );
+        assert_eq!(
+            (c.shutdown_grace, c.kill_grace),
+            (D::from_secs(7), D::from_secs(3))
+        );
+        assert_eq!(c.output_cap, 1000);
+        assert_eq!(
+            (c.result_max_age, c.result_gc_interval, c.watch_wait),
+            (D::from_secs(3600), D::from_secs(9), D::from_secs(30))
+        );
+        assert_eq!(c.api_addr, "127.0.0.1:1");
+        assert_eq!(c.consul.join, vec!["127.0.0.2"]);
+        assert!(c.consul.server);
+        assert_eq!(c.consul.bootstrap_expect, Some(3));
+        assert_eq!(
+            (
+                c.consul.bind.as_deref(),
+                c.consul.client.as_deref(),
+                c.consul.node.as_deref()
+            ),
+            (Some("127.0.0.3"), Some("127.0.0.4"), Some("n"))
+        );
+        assert_eq!(c.consul.bin.as_deref(), Some("/c"));
+        assert_eq!(c.consul.extra_args, vec!["-hcl=x"]);
+        assert_eq!(
+            (
+                c.kv_prefix.as_str(),
+                c.http_addr.as_deref(),
+                c.token.as_deref()
+            ),
+            ("ns", Some("h:1"), Some("t"))
+        );
+    }
+
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "output_cap = 100\nkill_grace = \"9s\"\nmax_parallel = 2\n",
+        )
+        .unwrap();
+        // Only this test sets this variable.
+        std::env::set_var("SERVANT_OUTPUT_CAP", "200");
+        let c = agent_config(&["--config", f.to_str().unwrap(), "--max-parallel", "4"]);
+        std::env::remove_var("SERVANT_OUTPUT_CAP");
+        assert_eq!(c.output_cap, 200, "environment over file");
+        assert_eq!(c.max_parallel, 4, "flag over file");
+        assert_eq!(
+            c.kill_grace,
+            std::time::Duration::from_secs(9),
+            "file over default"
+        );
+    }
 }

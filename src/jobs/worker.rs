@@ -651,6 +651,7 @@ async fn housekeeping(
             _ = shutdown.recv() => return,
         }
         let live_nodes = live.borrow().clone().unwrap_or_default();
+        debug!(live = ?live_nodes, "housekeeping pass");
         let (entries, _) = match ctx
             .client
             .kv_list(&cfg.layout.results_prefix(), &Default::default())

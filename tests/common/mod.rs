@@ -220,10 +220,11 @@ pub struct ConsulDev {
 
 impl ConsulDev {
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_with(&[], None)
     }
 
-    pub fn start_with(extra: &[&str]) -> Self {
+    /// With extra `consul agent` arguments; `token` reads the catalog when ACLs deny by default.
+    pub fn start_with(extra: &[&str], token: Option<&str>) -> Self {
         let ip = format!("{}.2", subnet());
         let dir = tempfile::tempdir().expect("tempdir");
         let node = format!("dev-{}", ip.replace('.', "-"));
@@ -233,7 +234,10 @@ impl ConsulDev {
         ])
         .args(extra);
         let proc = spawn_logged("consul", &mut cmd, &dir.path().join("consul.log"));
-        let http = Http::new(&format!("{ip}:8500"));
+        let mut http = Http::new(&format!("{ip}:8500"));
+        if let Some(t) = token {
+            http = http.with_token(t);
+        }
         let d = ConsulDev {
             proc,
             ip,
