@@ -147,22 +147,41 @@ impl ClaimBook {
         let present: HashSet<&str> = candidates.iter().map(|c| c.key.as_str()).collect();
         self.first_seen.retain(|k, _| present.contains(k.as_str()));
         self.failed.retain(|k, _| present.contains(k.as_str()));
-        let mut ordered: Vec<&Candidate> = candidates
+        // Own-queue jobs first, then by this node's rank. Under load this is work stealing: if
+        // every saturated node took "the oldest job" whenever a slot freed, they would all race
+        // for the same key. So a node takes its preferred jobs (rank 0) oldest first, and takes
+        // other nodes' jobs (rank >= 1) newest first, from the far end of their owners' queue.
+        let mut ordered: Vec<(usize, &Candidate)> = candidates
             .iter()
             .filter(|c| !busy.contains(&c.key))
+            .map(|c| {
+                (
+                    if c.own_queue {
+                        0
+                    } else {
+                        rank(&c.key, me, live)
+                    },
+                    c,
+                )
+            })
             .collect();
-        ordered.sort_by_key(|c| (c.create_index, c.key.clone()));
+        let age = |r: usize, c: &Candidate| {
+            if r == 0 {
+                c.create_index as i128
+            } else {
+                -(c.create_index as i128)
+            }
+        };
+        ordered.sort_by(|(ra, a), (rb, b)| {
+            (!a.own_queue, ra, age(*ra, a), &a.key).cmp(&(!b.own_queue, rb, age(*rb, b), &b.key))
+        });
         let mut plan = Plan::default();
         let wake = |t: Instant, plan: &mut Plan| {
             plan.wake_at = Some(plan.wake_at.map_or(t, |w| w.min(t)));
         };
-        for c in ordered {
+        for (r, c) in ordered {
             let seen = *self.first_seen.entry(c.key.clone()).or_insert(now);
-            let mut due = if c.own_queue {
-                seen
-            } else {
-                seen + p.stagger * rank(&c.key, me, live) as u32
-            };
+            let mut due = seen + p.stagger * r as u32;
             if let Some((idx, until)) = self.failed.get(&c.key) {
                 if *idx == c.modify_index {
                     due = due.max(*until);
@@ -254,6 +273,36 @@ mod tests {
             4,
         );
         assert_eq!(p.claim, vec![key]);
+    }
+
+    #[test]
+    fn a_saturated_node_takes_its_own_preferred_jobs_first() {
+        let live = nodes(3);
+        let c: Vec<_> = (0..30)
+            .map(|i| Candidate {
+                key: format!("jobs/{i}"),
+                modify_index: i,
+                create_index: i,
+                own_queue: false,
+            })
+            .collect();
+        let mut book = ClaimBook::new("node1", params());
+        let t0 = Instant::now();
+        book.plan(t0, &c, &live, &HashSet::new(), 0);
+        let later = t0 + Duration::from_secs(1);
+        let p = book.plan(later, &c, &live, &HashSet::new(), 3);
+        assert_eq!(p.claim.len(), 3);
+        for k in &p.claim {
+            assert_eq!(rank(k, "node1", &live), 0, "{k}");
+        }
+        // Jobs preferred by others are stolen newest first, away from their owners' end.
+        let others: Vec<_> = c
+            .iter()
+            .filter(|c| rank(&c.key, "node1", &live) == 1)
+            .cloned()
+            .collect();
+        let p = book.plan(later, &others, &live, &HashSet::new(), 1);
+        assert_eq!(p.claim, vec![others.last().unwrap().key.clone()]);
     }
 
     #[test]
