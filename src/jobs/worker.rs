@@ -217,6 +217,7 @@ impl Worker {
                 continue;
             };
             let mut entries: HashMap<String, KvPair> = HashMap::new();
+            let mut present: HashSet<String> = HashSet::new();
             let mut candidates = Vec::new();
             let own_queue = cfg.layout.queue_prefix(&cfg.node);
             for e in jobs_rx
@@ -225,6 +226,7 @@ impl Worker {
                 .flatten()
                 .chain(queue_rx.borrow().iter().flatten())
             {
+                present.insert(e.key.clone());
                 if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
                     continue;
                 }
@@ -239,7 +241,8 @@ impl Worker {
                 });
                 entries.insert(e.key.clone(), e.clone());
             }
-            finished.retain(|k, _| entries.contains_key(k));
+            // Forget a finished key only once the watch no longer lists it at all (deleted).
+            finished.retain(|k, _| present.contains(k));
             let live = live_rx.borrow().clone().unwrap_or_default();
             let busy: HashSet<String> = handles.keys().cloned().collect();
             let free = cfg.max_parallel.saturating_sub(handles.len());
