@@ -530,3 +530,73 @@ fn old_results_are_cleaned_up() {
     });
     assert_eq!(h.get("/v1/kv/jdone_jid/jobs/notes").0, 200);
 }
+
+/// `servant agent --consul-dev` launches Consul, restarts it if it dies, and stops it on exit.
+#[test]
+fn launched_consul_is_supervised_and_stopped_with_the_agent() {
+    let ip = format!("{}.2", subnet());
+    let bin = consul_bin().display().to_string();
+    let mut s = Servant::launch(
+        &ip,
+        &[
+            "--consul-dev",
+            "--bind",
+            &ip,
+            "--client",
+            &ip,
+            "--node",
+            "launched",
+            "--consul-bin",
+            &bin,
+            "--lock-delay",
+            "0s",
+        ],
+    )
+    .ready();
+    let h = Http::new(&format!("{ip}:8500"));
+    h.put("/v1/kv/jobs/l1", r#"{"Command": "echo one"}"#);
+    assert_eq!(h.wait_result("jdone_jid/jobs/l1", T)["Output"], "one\n");
+    let pid_file = s.data.path().join("consul.pid");
+    let first: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // A new Consul comes up (a dev agent starts empty), the agent makes a new session and works.
+    let second = wait_for("consul restarted", Duration::from_secs(60), || {
+        let p: i32 = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (p != first && std::path::Path::new(&format!("/proc/{p}")).exists()).then_some(p)
+    });
+    wait_for("job after restart", Duration::from_secs(60), || {
+        let (st, _) = h.try_get("/v1/status/leader")?;
+        if st != 200 {
+            return None;
+        }
+        let _ = h.try_put("/v1/kv/jobs/l2", r#"{"Command": "echo two"}"#)?;
+        let v: Value = serde_json::from_str(&h.kv_raw("jdone_jid/jobs/l2")?).ok()?;
+        (v["Output"] == "two\n").then_some(())
+    });
+    assert!(s.proc.alive());
+    s.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(s
+        .proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exits")
+        .success());
+    wait_for("consul stopped", Duration::from_secs(15), || {
+        (!std::path::Path::new(&format!("/proc/{second}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{second}/cmdline"))
+                .map(|c| c.is_empty())
+                .unwrap_or(true))
+        .then_some(())
+    });
+}

@@ -119,6 +119,7 @@ impl SessionKeeper {
                     index.update(meta.index);
                 }
                 Ok(Err(e)) => {
+                    index = BlockingIndex::default();
                     warn!(error = %e, "cannot watch the node session");
                     tokio::time::sleep(backoff.fail()).await;
                 }

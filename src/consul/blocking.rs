@@ -63,7 +63,8 @@ impl Backoff {
 
 /// Runs a blocking query in a loop and publishes each new answer on `tx`, until `shutdown`.
 ///
-/// `fetch` is given the options of each request (index and wait). The first read does not block.
+/// `fetch` is given the options of each request (index and wait). The first read does not block,
+/// nor does the first read after an error.
 /// An answer is published when `X-Consul-Index` changed (or on the first read). Errors back off
 /// exponentially; permission errors are logged as errors, since they need an operator.
 pub async fn watch_loop<T, F, Fut>(
@@ -97,6 +98,10 @@ pub async fn watch_loop<T, F, Fut>(
                 }
             }
             Err(e) => {
+                // After an error, start over with a plain read: the agent may have restarted with
+                // a lower index, and a blocking read at the old index would hang until `wait`.
+                index = BlockingIndex::default();
+                first = true;
                 match &e {
                     ConsulError::PermissionDenied { .. } => {
                         error!(watch = what, error = %e, "watch refused")

@@ -168,6 +168,15 @@ impl Http {
         let (s, b) = self.get(path);
         (s == 200).then(|| serde_json::from_str(&b).expect("json"))
     }
+    /// PUT that tolerates a server not up yet.
+    pub fn try_put(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        let r = self
+            .req(reqwest::Method::PUT, path)
+            .body(body.to_string())
+            .send()
+            .ok()?;
+        Some((r.status().as_u16(), r.text().unwrap_or_default()))
+    }
     pub fn put(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
         let r = self
             .req(reqwest::Method::PUT, path)
