@@ -278,13 +278,13 @@ impl Client {
         Ok((Self::json::<Option<T>>(path, resp).await?, meta))
     }
 
-    /// PUT with an optional JSON body; returns the answer's body decoded, if asked.
-    pub(crate) async fn put_json<T: DeserializeOwned>(
+    /// PUT with an optional JSON body. A 404 is an error here (unknown session, check, ...).
+    async fn put_checked(
         &self,
         path: &str,
         body: Option<&serde_json::Value>,
         extra: &[(&str, String)],
-    ) -> Result<T, ConsulError> {
+    ) -> Result<Response, ConsulError> {
         let mut r = self.request(Method::PUT, path).query(extra);
         if let Some(b) = body {
             r = r.json(b);
@@ -299,6 +299,17 @@ impl Client {
                 body,
             });
         }
+        Ok(resp)
+    }
+
+    /// PUT whose answer is JSON.
+    pub(crate) async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra: &[(&str, String)],
+    ) -> Result<T, ConsulError> {
+        let resp = self.put_checked(path, body, extra).await?;
         Self::json(path, resp).await
     }
 
@@ -309,21 +320,7 @@ impl Client {
         body: Option<&serde_json::Value>,
         extra: &[(&str, String)],
     ) -> Result<(), ConsulError> {
-        let mut r = self.request(Method::PUT, path).query(extra);
-        if let Some(b) = body {
-            r = r.json(b);
-        }
-        let resp = self.send("PUT", path, r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status {
-                status: 404,
-                method: "PUT".into(),
-                path: path.into(),
-                body,
-            });
-        }
-        Ok(())
+        self.put_checked(path, body, extra).await.map(|_| ())
     }
 }
 

@@ -1,7 +1,6 @@
 //! `/v1/event`: fire and list user events.
 
-use base64::Engine;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::client::{Client, ConsulError, QueryMeta, QueryOptions};
 
@@ -12,20 +11,10 @@ pub struct UserEvent {
     #[serde(rename = "ID")]
     pub id: String,
     pub name: String,
-    #[serde(default, deserialize_with = "de_payload")]
+    #[serde(default, deserialize_with = "super::kv::de_b64")]
     pub payload: Vec<u8>,
     #[serde(rename = "LTime", default)]
     pub ltime: u64,
-}
-
-fn de_payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    match s {
-        None => Ok(Vec::new()),
-        Some(s) => base64::engine::general_purpose::STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom),
-    }
 }
 
 impl Client {

@@ -38,7 +38,8 @@ impl KvPair {
     }
 }
 
-fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+/// Consul's base64 values (`null` is empty).
+pub(crate) fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     match s {
         None => Ok(Vec::new()),
