@@ -44,7 +44,12 @@ fn main() {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Agent(a) = cli.command {
-        cli::agent::run(a, cli.http_addr, cli.token, &cli.kv_prefix).await?;
+        let tls = cli::agent::Tls {
+            ca_file: cli.ca_file,
+            client_cert: cli.client_cert,
+            client_key: cli.client_key,
+        };
+        cli::agent::run(a, cli.http_addr, cli.token, tls, &cli.kv_prefix).await?;
         return Ok(0);
     }
     let ctx = cli.ctx()?;

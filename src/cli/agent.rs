@@ -11,6 +11,14 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// TLS material from the global flags (`--ca-file`, `--client-cert`, `--client-key`).
+#[derive(Debug, Default)]
+pub struct Tls {
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
 /// Flags override environment variables (SERVANT_*), which override the config file.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -94,6 +102,7 @@ impl AgentArgs {
         &self,
         http_addr: Option<String>,
         token: Option<String>,
+        tls: Tls,
         kv_prefix: &str,
     ) -> anyhow::Result<AgentConfig> {
         let mut c = match &self.config {
@@ -122,6 +131,15 @@ impl AgentArgs {
         }
         if token.is_some() {
             c.token = token;
+        }
+        for (dst, src) in [
+            (&mut c.ca_cert, tls.ca_file),
+            (&mut c.client_cert, tls.client_cert),
+            (&mut c.client_key, tls.client_key),
+        ] {
+            if src.is_some() {
+                *dst = src;
+            }
         }
         if !kv_prefix.is_empty() {
             c.kv_prefix = kv_prefix.to_string();
@@ -158,9 +176,10 @@ pub async fn run(
     args: AgentArgs,
     http_addr: Option<String>,
     token: Option<String>,
+    tls: Tls,
     kv_prefix: &str,
 ) -> anyhow::Result<()> {
-    let cfg = args.config(http_addr, token, kv_prefix)?;
+    let cfg = args.config(http_addr, token, tls, kv_prefix)?;
     crate::agent::run::run(cfg).await?;
     Ok(())
 }
@@ -178,7 +197,18 @@ mod tests {
             full.iter().map(|s| s.to_string()).collect(),
         ));
         match cli.command {
-            Command::Agent(a) => a.config(cli.http_addr, cli.token, &cli.kv_prefix).unwrap(),
+            Command::Agent(a) => a
+                .config(
+                    cli.http_addr,
+                    cli.token,
+                    super::Tls {
+                        ca_file: cli.ca_file,
+                        client_cert: cli.client_cert,
+                        client_key: cli.client_key,
+                    },
+                    &cli.kv_prefix,
+                )
+                .unwrap(),
             _ => unreachable!(),
         }
     }

@@ -32,6 +32,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// CA bundle to verify Consul's HTTPS certificate.
+    #[arg(long, global = true, env = "CONSUL_CACERT", value_name = "FILE")]
+    pub ca_file: Option<String>,
+    /// Client certificate for Consul's HTTPS (verify_incoming).
+    #[arg(long, global = true, env = "CONSUL_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<String>,
+    /// Key of the client certificate.
+    #[arg(long, global = true, env = "CONSUL_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<String>,
     /// Namespace of every KV path (must match the agents').
     #[arg(
         long,
@@ -105,6 +114,15 @@ impl Cli {
         }
         if self.token.is_some() {
             cfg.token = self.token.clone();
+        }
+        for (dst, src) in [
+            (&mut cfg.ca_cert, &self.ca_file),
+            (&mut cfg.client_cert, &self.client_cert),
+            (&mut cfg.client_key, &self.client_key),
+        ] {
+            if src.is_some() {
+                *dst = src.clone();
+            }
         }
         Ok(Ctx {
             client: Client::new(&cfg)?,

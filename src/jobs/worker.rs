@@ -596,25 +596,32 @@ async fn write_result(
     r: JobResult,
     finish: bool,
 ) {
-    let mut ops = vec![
-        TxnOp::Kv(TxnKvOp::CheckSession {
-            key: job_key.to_string(),
-            session: session.to_string(),
-        }),
-        TxnOp::Kv(TxnKvOp::Set {
-            key: result_key.to_string(),
-            value: encode_result(r),
-            flags: 0,
-        }),
-    ];
-    if finish {
-        ops.push(TxnOp::Kv(TxnKvOp::Delete {
-            key: job_key.to_string(),
-        }));
-    }
+    let ops = |r: &JobResult| {
+        let mut ops = vec![
+            TxnOp::Kv(TxnKvOp::CheckSession {
+                key: job_key.to_string(),
+                session: session.to_string(),
+            }),
+            TxnOp::Kv(TxnKvOp::Set {
+                key: result_key.to_string(),
+                value: encode_result(r.clone()),
+                flags: 0,
+            }),
+        ];
+        if finish {
+            ops.push(TxnOp::Kv(TxnKvOp::Delete {
+                key: job_key.to_string(),
+            }));
+        }
+        ops
+    };
+    let mut current = r;
+    let mut stripped = false;
     let mut pause = Duration::from_millis(200);
-    for _ in 0..20 {
-        match ctx.client.txn(&ops).await {
+    // Transient errors (Consul restarting, no leader) are retried for as long as it takes: a
+    // job must not stay locked without a result. Only losing the lock ends the attempts.
+    loop {
+        match ctx.client.txn(&ops(&current)).await {
             Ok(TxnOutcome::Committed(_)) => return,
             Ok(TxnOutcome::RolledBack(errs)) => {
                 warn!(key = %job_key, errors = ?errs, "result not written: this node no longer holds the job");
@@ -625,7 +632,25 @@ async fn write_result(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
+            Err(e) if !stripped => {
+                // Refused as it is (too large, or something in the output): keep the verdict,
+                // drop the output, which stays in the log on this node.
+                error!(key = %job_key, error = %e, "result refused; writing it without its output");
+                stripped = true;
+                current.exit_errors = format!(
+                    "{} (result refused by consul: {e}; see `servant logs`)",
+                    current.exit_errors
+                )
+                .trim_start()
+                .to_string();
+                current.output.clear();
+                current.output_errors.clear();
+                current.output_truncated = true;
+                current.output_errors_truncated = true;
+            }
             Err(e) => {
+                // Nothing more this node can do (permissions, most likely); say so loudly. The
+                // job stays held by this node, so `servant show` points here.
                 error!(key = %job_key, error = %e, "cannot write the result");
                 return;
             }
