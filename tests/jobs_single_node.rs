@@ -600,3 +600,118 @@ fn launched_consul_is_supervised_and_stopped_with_the_agent() {
         .then_some(())
     });
 }
+
+/// On timeout the command gets SIGTERM and its grace period; the shim does not die first.
+#[test]
+fn timeout_gives_the_command_its_sigterm_grace() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&["--kill-grace", "5s"]).ready();
+    let h = c.http();
+    h.put("/v1/kv/jobs/trap", json!({"Command": "trap 'sleep 1; echo cleaned up; exit 0' TERM; sleep 30 & wait", "Timeout": "1s"}).to_string());
+    let r = h.wait_result("jdone_jid/jobs/trap", T);
+    assert_eq!(r["Status"], "timed_out", "{r}");
+    assert_eq!(r["Output"], "cleaned up\n", "{r}");
+}
+
+#[test]
+fn oversized_job_is_rejected_without_a_claim() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&[]).ready();
+    let h = c.http();
+    let big = json!({"Command": format!("echo {}", "x".repeat(400 * 1024))}).to_string();
+    assert_eq!(h.put("/v1/kv/jobs/huge", big).0, 200);
+    let r = h.wait_result("jdone_jid/jobs/huge", T);
+    assert_eq!(r["Status"], "rejected");
+    assert!(r["ExitErrors"].as_str().unwrap().contains("at most"), "{r}");
+    assert_eq!(h.get("/v1/kv/jobs/huge").0, 404);
+}
+
+#[test]
+fn services_left_by_a_killed_agent_are_deregistered_at_start() {
+    let c = ConsulDev::start();
+    let h = c.http();
+    let reg = json!({"ID": "left1", "Name": "left", "Meta": {"servant_job": "jobs/x", "servant_prefix": ""}});
+    assert_eq!(h.put("/v1/agent/service/register", reg.to_string()).0, 200);
+    let other = json!({"ID": "mine", "Name": "mine"});
+    assert_eq!(
+        h.put("/v1/agent/service/register", other.to_string()).0,
+        200
+    );
+    let _s = c.servant(&[]).ready();
+    let services = h.get_json("/v1/agent/services").unwrap();
+    assert!(services.get("left1").is_none(), "{services}");
+    assert!(
+        services.get("mine").is_some(),
+        "services the agent did not make stay"
+    );
+}
+
+/// If Consul stops answering, the agent cannot know whether its session is still valid; it
+/// kills its jobs before the lock-delay could let another node start them.
+#[test]
+fn unconfirmed_session_fences_jobs_before_the_lock_delay() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&["--lock-delay", "4s"]).ready();
+    let h = c.http();
+    let marker = format!("sleep {}", 6000 + std::process::id() % 1000);
+    h.put(
+        "/v1/kv/jobs/paused",
+        json!({"Command": marker, "Timeout": 120}).to_string(),
+    );
+    let pids = wait_for("job running", T, || {
+        Some(procs_matching(&marker)).filter(|p| !p.is_empty())
+    });
+    c.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    let t0 = std::time::Instant::now();
+    wait_for(
+        "job killed while consul is paused",
+        Duration::from_secs(15),
+        || {
+            pids.iter()
+                .all(|p| {
+                    !std::path::Path::new(&format!("/proc/{p}/cmdline")).exists()
+                        || std::fs::read(format!("/proc/{p}/cmdline"))
+                            .map(|c| c.is_empty())
+                            .unwrap_or(true)
+                })
+                .then_some(())
+        },
+    );
+    let fenced_after = t0.elapsed();
+    c.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    // The abandoned session is destroyed, its lock released, and the next claim is attempt 2:
+    // with Retries 0 the job is reported lost, never run twice.
+    let r = h.wait_result("jdone_jid/jobs/paused", T);
+    assert_eq!(r["Status"], "lost", "{r}");
+    assert!(
+        fenced_after < Duration::from_secs(4),
+        "fenced after {fenced_after:?}, not before the 4 s lock-delay"
+    );
+}
+
+/// A key held by this node's session with no task behind it (a claim whose answer was lost) is
+/// released and run again rather than left locked forever.
+#[test]
+fn key_held_by_our_session_without_a_task_is_released() {
+    let c = ConsulDev::start();
+    let _s = c.servant(&["--lock-delay", "0s"]).ready();
+    let h = c.http();
+    let sid = wait_for("agent session", T, || {
+        let v = h.get_json(&format!("/v1/session/node/{}", c.node))?;
+        v.as_array()?
+            .iter()
+            .find(|s| s["Name"] == "servant")
+            .and_then(|s| s["ID"].as_str())
+            .map(str::to_string)
+    });
+    // Take the lock in the agent's name, as a claim whose reply was lost would have.
+    let (st, body) = h.put(
+        &format!("/v1/kv/jobs/orphan?acquire={sid}"),
+        r#"{"Command": "echo rerun", "Retries": 1}"#,
+    );
+    assert_eq!((st, body.trim()), (200, "true"));
+    let r = h.wait_result("jdone_jid/jobs/orphan", T);
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    assert_eq!(r["Output"], "rerun\n");
+    assert_eq!(r["Attempt"], 2);
+}

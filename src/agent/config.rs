@@ -105,7 +105,7 @@ impl Default for AgentConfig {
             kv_prefix: String::new(),
             max_parallel: 8,
             session_ttl: Duration::from_secs(15),
-            lock_delay: Duration::from_secs(1),
+            lock_delay: Duration::from_secs(5),
             claim_stagger: Duration::from_millis(25),
             shutdown_grace: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
@@ -191,11 +191,12 @@ impl AgentConfig {
                 detail: "must be at least 1".into(),
             });
         }
-        if self.output_cap == 0 || self.output_cap > 200 * 1024 {
+        if self.output_cap == 0 || self.output_cap > 160 * 1024 {
             return Err(ConfigError::Invalid {
                 field: "output_cap",
-                detail: "must be 1 to 204800 bytes (a result must fit Consul's 512 KB value limit)"
-                    .into(),
+                detail:
+                    "must be 1 to 163840 bytes (a result must fit a 512 KiB Consul transaction)"
+                        .into(),
             });
         }
         if self.consul.dev
@@ -209,6 +210,12 @@ impl AgentConfig {
             });
         }
         Ok(())
+    }
+
+    /// How long the node session may go unconfirmed before the agent kills its own jobs: half the
+    /// lock-delay, so they are dead before another node may claim them (at least 500 ms).
+    pub fn fence_after(&self) -> Duration {
+        (self.lock_delay / 2).max(Duration::from_millis(500))
     }
 
     /// The Consul client settings: this config, else Consul's environment variables.

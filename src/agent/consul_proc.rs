@@ -114,6 +114,8 @@ fn spawn(
     let _ = std::fs::remove_file(pid_file);
     let child = Command::new(shim)
         .arg("__job-shim")
+        .arg("--parent")
+        .arg(std::process::id().to_string())
         .arg("--pid-file")
         .arg(pid_file)
         .arg("--")

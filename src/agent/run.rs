@@ -127,6 +127,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             name: session_name.clone(),
             ttl: cfg.session_ttl,
             lock_delay: cfg.lock_delay,
+            fence_after: cfg.fence_after(),
         },
     );
     keeper.start().await?;

@@ -29,6 +29,9 @@ pub struct SessionSettings {
     pub name: String,
     pub ttl: Duration,
     pub lock_delay: Duration,
+    /// Without Consul's confirmation for this long, the agent fences itself. Must be well under
+    /// `lock_delay`, so a job is dead here before another node may take it.
+    pub fence_after: Duration,
 }
 
 /// Creates the node session (retrying transient errors) and keeps it alive until shutdown.
@@ -91,51 +94,79 @@ impl SessionKeeper {
     pub async fn run(self, mut shutdown: broadcast::Receiver<()>) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let renew_every = self.settings.ttl / 2;
+        let fence_after = self.settings.fence_after;
         let mut next_renew = Instant::now() + renew_every;
         let mut index = BlockingIndex::default();
+        // The last instant Consul confirmed the session: a blocking read sent then came back
+        // with the session in it. A read in flight keeps the session confirmed (Consul would
+        // answer at once if the session went away); a broken or hung connection does not.
+        let mut confirmed = Instant::now();
+        // A session this agent gave up on without Consul's word; destroyed once Consul answers,
+        // so the locks it may still hold are released.
+        let mut abandoned: Option<String> = None;
         loop {
             let current = self.tx.borrow().id.clone();
             let Some(id) = current else {
                 tokio::select! {
-                    _ = self.recreate(&mut backoff) => {}
+                    _ = self.recreate(&mut backoff, &mut abandoned) => {}
                     _ = shutdown.recv() => break,
                 }
                 index = BlockingIndex::default();
                 next_renew = Instant::now() + renew_every;
+                confirmed = Instant::now();
                 continue;
             };
+            let sent = Instant::now();
             let wait = next_renew
-                .saturating_duration_since(Instant::now())
+                .saturating_duration_since(sent)
+                .min(fence_after * 3 / 4)
                 .max(Duration::from_millis(10));
             let q = QueryOptions::blocking(index.get(), wait);
             let watched = tokio::select! {
-                r = tokio::time::timeout(wait + Duration::from_secs(1), self.client.session_info(&id, &q)) => r,
+                r = tokio::time::timeout(fence_after.max(wait + Duration::from_millis(500)), self.client.session_info(&id, &q)) => r,
                 _ = shutdown.recv() => break,
             };
             let mut gone = false;
+            let answered = matches!(watched, Ok(Ok(_)));
             match watched {
                 Ok(Ok((None, _))) => gone = true,
                 Ok(Ok((Some(_), meta))) => {
+                    confirmed = sent;
                     index.update(meta.index);
                 }
                 Ok(Err(e)) => {
                     index = BlockingIndex::default();
                     warn!(error = %e, "cannot watch the node session");
-                    tokio::time::sleep(backoff.fail()).await;
                 }
-                Err(_) => {}
+                Err(_) => {
+                    index = BlockingIndex::default();
+                    warn!("consul did not answer the session watch in time");
+                }
             }
             if !gone && Instant::now() >= next_renew {
-                next_renew = Instant::now() + renew_every;
                 match self.client.session_renew(&id).await {
-                    Ok(Some(_)) => backoff.reset(),
+                    Ok(Some(_)) => {
+                        backoff.reset();
+                        next_renew = Instant::now() + renew_every;
+                    }
                     Ok(None) => gone = true,
-                    Err(e) => warn!(error = %e, "cannot renew the node session"),
+                    Err(e) => {
+                        warn!(error = %e, "cannot renew the node session");
+                        next_renew = Instant::now() + backoff.fail();
+                    }
                 }
             }
             if gone {
                 error!(session = %id, "node session was invalidated: fencing this node's jobs");
                 self.tx.send_modify(|s| s.id = None);
+            } else if confirmed.elapsed() > fence_after {
+                // Consul may have invalidated the session without us hearing it; after the
+                // lock-delay another node may take our jobs. Stop them first.
+                error!(session = %id, unconfirmed = ?confirmed.elapsed(), "consul has not confirmed the node session: fencing this node's jobs");
+                abandoned = Some(id);
+                self.tx.send_modify(|s| s.id = None);
+            } else if !answered {
+                tokio::time::sleep(backoff.fail().min(fence_after / 4)).await;
             }
         }
         let current = self.tx.borrow().id.clone();
@@ -148,7 +179,21 @@ impl SessionKeeper {
         self.tx.send_modify(|s| s.id = None);
     }
 
-    async fn recreate(&self, backoff: &mut Backoff) {
+    async fn recreate(&self, backoff: &mut Backoff, abandoned: &mut Option<String>) {
+        if let Some(old) = abandoned.clone() {
+            // Release whatever the old session still holds before taking new work.
+            match self.client.session_destroy(&old).await {
+                Ok(()) => {
+                    info!(session = %old, "abandoned node session destroyed");
+                    *abandoned = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot destroy the abandoned node session yet");
+                    tokio::time::sleep(backoff.fail()).await;
+                    return;
+                }
+            }
+        }
         match self.create().await {
             Ok(id) => {
                 info!(session = %id, "new node session created");

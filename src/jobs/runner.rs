@@ -52,6 +52,11 @@ impl LogPaths {
                 name.push_str(&format!("%{b:02X}"));
             }
         }
+        // File names are limited to 255 bytes: keep a readable head and a stable hash.
+        if name.len() > 150 {
+            let hash = crate::jobs::claim::stable_hash(&[key]);
+            name = format!("{}~{hash:016x}", &name[..120]);
+        }
         LogPaths {
             stdout: log_dir.join(format!("{name}.out")),
             stderr: log_dir.join(format!("{name}.err")),
@@ -97,7 +102,9 @@ pub fn spawn(job: &JobSpec, shim_exe: &Path, logs: &LogPaths) -> Result<Running,
     let out = open(&logs.stdout)?;
     let err = open(&logs.stderr)?;
     let mut cmd = Command::new(shim_exe);
-    cmd.arg("__job-shim");
+    cmd.arg("__job-shim")
+        .arg("--parent")
+        .arg(std::process::id().to_string());
     if let Some(u) = &job.user {
         cmd.arg("--user").arg(u);
     }
@@ -172,6 +179,13 @@ impl Running {
             _ = deadline => Outcome::TimedOut,
             r = killed => Outcome::Killed(r),
         };
+        // A fenced job is no longer ours: another node may start it after the lock-delay, so
+        // it gets no grace period.
+        let grace = if outcome == Outcome::Killed(KillReason::Fenced) {
+            Duration::ZERO
+        } else {
+            grace
+        };
         signal_group(self.pgid, Signal::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait())
             .await
@@ -203,4 +217,23 @@ pub async fn read_capped(path: &Path, cap: usize) -> (String, bool) {
         }
     }
     (text, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names_are_safe_and_short() {
+        let p = LogPaths::for_key(Path::new("/l"), "jobs/../x y");
+        assert_eq!(p.stdout, Path::new("/l/jobs%2F%2E%2E%2Fx%20y.out"));
+        let long = format!("jobs/{}", "ж".repeat(100));
+        let p = LogPaths::for_key(Path::new("/l"), &long);
+        let name = p.stdout.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.len() < 200, "{}", name.len());
+        assert_ne!(
+            LogPaths::for_key(Path::new("/l"), &format!("{long}a")).stdout,
+            p.stdout
+        );
+    }
 }

@@ -15,9 +15,12 @@ use nix::unistd::{getpgrp, getppid, User};
 /// How often the shim checks that its parent is alive.
 const PARENT_POLL: Duration = Duration::from_millis(50);
 
-/// Shim arguments: `[--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
+/// Shim arguments: `[--parent PID] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ShimArgs {
+    /// The agent's pid. Passed in, not read with getppid() after exec: if the agent died in
+    /// between, getppid() would already name init and the watchdog would never fire.
+    pub parent: Option<i32>,
     pub user: Option<String>,
     pub pid_file: Option<String>,
     pub argv: Vec<String>,
@@ -29,6 +32,13 @@ pub fn parse_args(args: &[String]) -> Result<ShimArgs, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--parent" => {
+                out.parent = Some(
+                    it.next()
+                        .and_then(|p| p.parse().ok())
+                        .ok_or("--parent needs a pid")?,
+                )
+            }
             "--user" => out.user = Some(it.next().ok_or("--user needs a value")?.clone()),
             "--pid-file" => {
                 out.pid_file = Some(it.next().ok_or("--pid-file needs a value")?.clone())
@@ -63,7 +73,14 @@ pub fn run(args: &[String]) -> i32 {
             return 127;
         }
     };
-    let parent = getppid();
+    let parent = a
+        .parent
+        .map(nix::unistd::Pid::from_raw)
+        .unwrap_or_else(getppid);
+    if getppid() != parent {
+        // The agent is already gone: run nothing.
+        return 137;
+    }
     let mut cmd = Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
     if let Some(name) = &a.user {
@@ -96,6 +113,17 @@ pub fn run(args: &[String]) -> i32 {
         if let Err(e) = std::fs::write(p, format!("{}\n", child.id())) {
             eprintln!("servant: cannot write pid file {p}: {e}");
         }
+    }
+    // SIGTERM/SIGINT/SIGHUP sent to the group reach the command directly; the shim must outlive
+    // them so the command gets its grace period (the agent SIGKILLs the group after it).
+    // Handlers are installed after the spawn, so the command keeps default dispositions.
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
     }
     // A watchdog thread takes the group down if the agent dies; this thread just waits.
     std::thread::spawn(move || loop {

@@ -25,8 +25,12 @@ use super::result::{cap_text, JobResult, JobStatus};
 use super::runner::{self, KillReason, LogPaths, Outcome};
 use super::spec::{self, JobSpec, Rejection, ServiceSpec};
 
-/// Largest result document written to KV; Consul's value limit is 512 KiB.
-const MAX_RESULT_BYTES: usize = 500 * 1024;
+/// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and
+/// values travel base64-encoded in it (4/3 larger).
+const MAX_RESULT_BYTES: usize = 360 * 1024;
+
+/// Largest job document that can be claimed: the claim transaction carries it base64-encoded.
+pub const MAX_JOB_BYTES: usize = 360 * 1024;
 
 /// Settings of the worker.
 #[derive(Debug, Clone)]
@@ -75,6 +79,44 @@ struct Done {
     claimed_at: u64,
     /// The claim did not happen (lost a race, lock-delay, Consul error).
     claim_failed: bool,
+}
+
+/// How long a key may look held by us with no task behind it before it is released. Longer
+/// than any watch lag, so a job that just finished is never mistaken for one.
+const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+
+/// Gives an orphaned key back, unchanged, so the next claim (another attempt) can run it.
+async fn release(ctx: Arc<Ctx>, e: KvPair, session: String) {
+    warn!(key = %e.key, "held by this node with no task running it: releasing it");
+    let ops = [
+        TxnOp::Kv(TxnKvOp::CheckSession {
+            key: e.key.clone(),
+            session: session.clone(),
+        }),
+        TxnOp::Kv(TxnKvOp::Unlock {
+            key: e.key.clone(),
+            value: e.value.clone(),
+            flags: e.flags,
+            session,
+        }),
+    ];
+    if let Err(err) = ctx.client.txn(&ops).await {
+        warn!(key = %e.key, error = %err, "cannot release the key");
+    }
+}
+
+/// Sends the task's `Done` when dropped.
+struct DoneGuard {
+    done: mpsc::UnboundedSender<Done>,
+    report: Option<Done>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.report.take() {
+            let _ = self.done.send(r);
+        }
+    }
 }
 
 /// The worker and its shared context.
@@ -164,6 +206,7 @@ impl Worker {
             ));
         }
 
+        deregister_leftover_services(&ctx).await;
         let params = PlanParams {
             stagger: cfg.claim_stagger,
             retry_after: cfg.claim_retry,
@@ -173,6 +216,9 @@ impl Worker {
         // Keys this node finished, with the ModifyIndex it claimed them at: a stale snapshot
         // showing them unclaimed must not cause a second claim attempt.
         let mut finished: HashMap<String, u64> = HashMap::new();
+        // Keys held by this node's session with no task of ours behind them (a claim whose
+        // answer was lost, a result that could not be written), and since when.
+        let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut stop = shutdown.subscribe();
         let mut wake: Option<Instant> = None;
@@ -227,6 +273,15 @@ impl Worker {
                 .chain(queue_rx.borrow().iter().flatten())
             {
                 present.insert(e.key.clone());
+                if e.holder() == Some(session.as_str()) && !handles.contains_key(&e.key) {
+                    let since = *orphans
+                        .entry(e.key.clone())
+                        .or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > ORPHAN_GRACE {
+                        orphans.remove(&e.key);
+                        tokio::spawn(release(ctx.clone(), e.clone(), session.clone()));
+                    }
+                }
                 if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
                     continue;
                 }
@@ -243,12 +298,18 @@ impl Worker {
             }
             // Forget a finished key only once the watch no longer lists it at all (deleted).
             finished.retain(|k, _| present.contains(k));
+            orphans.retain(|k, _| present.contains(k) && !handles.contains_key(k));
+            if !orphans.is_empty() {
+                let w = Instant::now() + ORPHAN_GRACE;
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
             let live = live_rx.borrow().clone().unwrap_or_default();
             let busy: HashSet<String> = handles.keys().cloned().collect();
             let free = cfg.max_parallel.saturating_sub(handles.len());
             let plan = book.plan(std::time::Instant::now(), &candidates, &live, &busy, free);
             if let Some(w) = plan.wake_at {
-                wake = Some(Instant::from_std(w));
+                let w = Instant::from_std(w);
+                wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             for key in plan.claim {
                 let Some(entry) = entries.remove(&key) else {
@@ -266,13 +327,19 @@ impl Worker {
                 let done = done_tx.clone();
                 let session = session.clone();
                 tokio::spawn(async move {
-                    let claimed_at = entry.modify_index;
-                    let claim_failed = !claim_and_run(&ctx, entry, &session, kill_rx).await;
-                    let _ = done.send(Done {
-                        key,
-                        claimed_at,
-                        claim_failed,
-                    });
+                    // Reports on drop, so even a panicking task frees its slot.
+                    let mut guard = DoneGuard {
+                        done,
+                        report: Some(Done {
+                            key,
+                            claimed_at: entry.modify_index,
+                            claim_failed: true,
+                        }),
+                    };
+                    let claimed = claim_and_run(&ctx, entry, &session, kill_rx).await;
+                    if let Some(r) = guard.report.as_mut() {
+                        r.claim_failed = !claimed;
+                    }
                 });
             }
         }
@@ -328,6 +395,31 @@ async fn claim_and_run(
     let Some(jk) = cfg.layout.parse_job_key(&entry.key) else {
         return false;
     };
+    if entry.value.len() > MAX_JOB_BYTES {
+        // Too large to travel in a claim transaction (base64 in a 512 KiB body): reject it
+        // without a lock. check-index makes sure exactly one node does.
+        let rej = Rejection::Invalid(format!(
+            "the job document is {} bytes; at most {MAX_JOB_BYTES} are accepted",
+            entry.value.len()
+        ));
+        let mut r = rejected(&jk, &entry.value, &rej, &cfg.node, entry.lock_index + 1);
+        r.command = format!("({} bytes, not shown)", entry.value.len());
+        let ops = [
+            TxnOp::Kv(TxnKvOp::CheckIndex {
+                key: entry.key.clone(),
+                index: entry.modify_index,
+            }),
+            TxnOp::Kv(TxnKvOp::Set {
+                key: cfg.layout.result_key(&jk),
+                value: encode_result(r),
+                flags: 0,
+            }),
+            TxnOp::Kv(TxnKvOp::Delete {
+                key: entry.key.clone(),
+            }),
+        ];
+        return matches!(ctx.client.txn(&ops).await, Ok(TxnOutcome::Committed(_)));
+    }
     let ops = [
         TxnOp::Kv(TxnKvOp::CheckIndex {
             key: entry.key.clone(),
@@ -353,8 +445,13 @@ async fn claim_and_run(
             return false;
         }
         Err(e) => {
-            warn!(key = %entry.key, error = %e, "claim failed");
-            return false;
+            // The claim may have committed even though the answer was lost: look before
+            // walking away, or the job could stay locked by us with nobody running it.
+            warn!(key = %entry.key, error = %e, "claim outcome unknown; reading the key back");
+            match claimed_after_error(ctx, &entry.key, session).await {
+                Some(lock_index) => lock_index,
+                None => return false,
+            }
         }
     };
     let result = match spec::parse_job(jk.id(), &entry.value) {
@@ -387,6 +484,25 @@ async fn claim_and_run(
         .await;
     }
     true
+}
+
+/// After a claim error: the key's LockIndex if our session holds it, else None. Retries the read
+/// while Consul is unreachable, for up to a minute.
+async fn claimed_after_error(ctx: &Ctx, key: &str, session: &str) -> Option<u64> {
+    let mut backoff =
+        crate::consul::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ctx.client.kv_get(key, &Default::default()).await {
+            Ok((Some(e), _)) if e.holder() == Some(session) => return Some(e.lock_index),
+            Ok(_) => return None,
+            Err(e) if Instant::now() < deadline => {
+                debug!(key, error = %e, "cannot read the key back yet");
+                tokio::time::sleep(backoff.fail()).await;
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 fn rejected(jk: &JobKey, body: &[u8], rej: &Rejection, node: &str, attempt: u64) -> JobResult {
@@ -440,7 +556,7 @@ async fn run_job(
     for s in &job.services {
         match ctx
             .client
-            .agent_service_register(&registration(s, jk))
+            .agent_service_register(&registration(s, jk, cfg.layout.prefix()))
             .await
         {
             Ok(()) => registered.push(s.id().to_string()),
@@ -525,9 +641,10 @@ async fn run_job(
 }
 
 /// The agent registration of a job's service. The job key goes into the service's meta.
-fn registration(s: &ServiceSpec, jk: &JobKey) -> AgentServiceRegistration {
+fn registration(s: &ServiceSpec, jk: &JobKey, prefix: &str) -> AgentServiceRegistration {
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("servant_job".to_string(), jk.relative());
+    meta.insert("servant_prefix".to_string(), prefix.to_string());
     let checks = s
         .check
         .as_ref()
@@ -557,6 +674,31 @@ fn registration(s: &ServiceSpec, jk: &JobKey) -> AgentServiceRegistration {
         meta,
         checks,
     }
+}
+
+/// Services of jobs registered by an earlier run of this agent (killed before it could
+/// deregister them) would stay in the catalog and DNS. No job runs yet, so all of them go.
+async fn deregister_leftover_services(ctx: &Ctx) {
+    let services = match ctx.client.agent_services().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot list this node's services");
+            return;
+        }
+    };
+    let prefix = ctx.cfg.layout.prefix();
+    let stale: Vec<String> = services
+        .iter()
+        .filter(|(_, v)| {
+            v.pointer("/Meta/servant_job").is_some()
+                && v.pointer("/Meta/servant_prefix").and_then(|p| p.as_str()) == Some(prefix)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &stale {
+        info!(service = %id, "deregistering a service left by an earlier run");
+    }
+    deregister(ctx, &stale).await;
 }
 
 async fn deregister(ctx: &Ctx, ids: &[String]) {
@@ -697,7 +839,13 @@ async fn housekeeping(
             let Ok(r) = serde_json::from_slice::<JobResult>(&e.value) else {
                 continue;
             };
-            if r.end_time == 0 || r.end_time > cutoff {
+            // A `started` result whose final result never came is aged by its start.
+            let age_from = if r.end_time > 0 {
+                r.end_time
+            } else {
+                r.start_time
+            };
+            if age_from == 0 || age_from > cutoff {
                 continue;
             }
             let mine = r.execution_node == cfg.node
