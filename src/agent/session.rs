@@ -97,9 +97,9 @@ impl SessionKeeper {
         let fence_after = self.settings.fence_after;
         let mut next_renew = Instant::now() + renew_every;
         let mut index = BlockingIndex::default();
-        // The last instant Consul confirmed the session: a blocking read sent then came back
-        // with the session in it. A read in flight keeps the session confirmed (Consul would
-        // answer at once if the session went away); a broken or hung connection does not.
+        // The last instant Consul confirmed the session: a blocking read came back with the
+        // session in it. A read in flight keeps the session confirmed (Consul would answer at
+        // once if the session went away); a broken connection or a read past its time does not.
         let mut confirmed = Instant::now();
         // A session this agent gave up on without Consul's word; destroyed once Consul answers,
         // so the locks it may still hold are released.
@@ -131,7 +131,8 @@ impl SessionKeeper {
             match watched {
                 Ok(Ok((None, _))) => gone = true,
                 Ok(Ok((Some(_), meta))) => {
-                    confirmed = sent;
+                    // The read held while the session existed; it is valid as of the answer.
+                    confirmed = Instant::now();
                     index.update(meta.index);
                 }
                 Ok(Err(e)) => {
