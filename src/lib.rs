@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod cli;
 pub mod consul;
+pub mod devserver;
 pub mod jobs;
 pub mod util;

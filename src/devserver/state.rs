@@ -1,0 +1,1031 @@
+//! The embedded server's state machine: KV, sessions and their locks, with Consul 1.8.7's
+//! semantics. Pure: no IO, no clock (time comes in as milliseconds), so every rule is
+//! unit-testable and the HTTP layer around it stays thin.
+//!
+//! Index rules follow Consul's state store:
+//! - every write (a PUT, a DELETE, a whole transaction, a session change) takes the next index;
+//! - a single-key read answers the KV table's index;
+//! - a prefix listing answers the highest index under the prefix, counting deleted keys
+//!   (tombstones), so deleting the newest key never makes a blocking list go backwards.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Consul's value size limit.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+/// Consul's limit of operations in one transaction.
+pub const MAX_TXN_OPS: usize = 64;
+/// Consul invalidates a TTL session this many TTLs after its last renewal.
+pub const TTL_MULTIPLIER: u64 = 2;
+/// Tombstones kept for index continuity; the oldest go first beyond this.
+pub const MAX_TOMBSTONES: usize = 50_000;
+
+/// A stored key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+    /// The session holding the lock.
+    pub session: Option<String>,
+}
+
+/// What happens to a session's locks when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Behavior {
+    Release,
+    Delete,
+}
+
+/// A session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// Health checks whose failure invalidates the session.
+    pub checks: Vec<String>,
+    /// TTL in seconds, 0 for none.
+    pub ttl_secs: u64,
+    pub behavior: Behavior,
+    /// Lock-delay in milliseconds.
+    pub lock_delay_ms: u64,
+    pub create_index: u64,
+    /// When a TTL session expires unless renewed (ms since the epoch); 0 for none.
+    pub expires_at_ms: u64,
+}
+
+/// Errors shaped for Consul-like answers; the HTTP layer maps them to status codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// HTTP 413.
+    #[error("Value exceeds {MAX_VALUE_BYTES} byte limit")]
+    TooLarge,
+    /// HTTP 500, as Consul answers an unknown session on acquire.
+    #[error("invalid session {0:?}")]
+    InvalidSession(String),
+    /// HTTP 500.
+    #[error("Invalid Session TTL '{0}', must be between [10s=24h0m0s]")]
+    BadTtl(String),
+    /// HTTP 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// HTTP 404.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// One KV verb of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        index: u64,
+    },
+    Lock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Unlock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    Get {
+        key: String,
+    },
+    GetTree {
+        key: String,
+    },
+    CheckIndex {
+        key: String,
+        index: u64,
+    },
+    CheckSession {
+        key: String,
+        session: String,
+    },
+    CheckNotExists {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteTree {
+        key: String,
+    },
+    DeleteCas {
+        key: String,
+        index: u64,
+    },
+}
+
+/// The state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The last index handed out.
+    pub index: u64,
+    /// Index of the last KV change (writes, deletes, lock releases).
+    pub kv_index: u64,
+    pub kv: BTreeMap<String, Entry>,
+    /// Deleted keys and the index of their deletion.
+    pub tombstones: BTreeMap<String, u64>,
+    pub sessions: BTreeMap<String, Session>,
+    /// Keys under lock-delay, until this instant (ms).
+    pub lock_delays: BTreeMap<String, u64>,
+}
+
+/// Options of a KV PUT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub flags: u64,
+    pub cas: Option<u64>,
+    pub acquire: Option<String>,
+    pub release: Option<String>,
+}
+
+/// A transaction's verdict: results for committed ops, or errors with their op index.
+pub type TxnVerdict = Result<Vec<Option<(String, Entry)>>, Vec<(usize, String)>>;
+
+impl State {
+    fn next_index(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    /// The index a single-key read answers.
+    pub fn kv_table_index(&self) -> u64 {
+        self.kv_index.max(1)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.kv.get(key)
+    }
+
+    /// Entries under `prefix` and the listing's index.
+    pub fn list(&self, prefix: &str) -> (u64, Vec<(&String, &Entry)>) {
+        let entries: Vec<_> = self
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect();
+        (
+            self.prefix_index(
+                prefix,
+                entries
+                    .iter()
+                    .map(|(_, e)| e.modify_index)
+                    .max()
+                    .unwrap_or(0),
+            ),
+            entries,
+        )
+    }
+
+    /// Key names under `prefix`, folded after `separator` like Consul's `?keys&separator=`.
+    pub fn keys(&self, prefix: &str, separator: Option<&str>) -> (u64, Vec<String>) {
+        let (index, entries) = self.list(prefix);
+        let mut out: Vec<String> = Vec::new();
+        for (k, _) in entries {
+            let name = match separator.filter(|s| !s.is_empty()) {
+                Some(sep) => match k[prefix.len()..].find(sep) {
+                    Some(pos) => k[..prefix.len() + pos + sep.len()].to_string(),
+                    None => k.clone(),
+                },
+                None => k.clone(),
+            };
+            if out.last() != Some(&name) {
+                out.push(name);
+            }
+        }
+        (index, out)
+    }
+
+    fn prefix_index(&self, prefix: &str, entries_max: u64) -> u64 {
+        if prefix.is_empty() {
+            return self.kv_table_index();
+        }
+        let graves = self
+            .tombstones
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(0);
+        let idx = entries_max.max(graves);
+        if idx == 0 {
+            self.kv_table_index()
+        } else {
+            idx
+        }
+    }
+
+    fn check_value(value: &[u8]) -> Result<(), StateError> {
+        if value.len() > MAX_VALUE_BYTES {
+            Err(StateError::TooLarge)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn valid_session(&self, id: &str) -> Result<(), StateError> {
+        if self.sessions.contains_key(id) {
+            Ok(())
+        } else {
+            Err(StateError::InvalidSession(id.to_string()))
+        }
+    }
+
+    /// A KV PUT. Ok(false) is Consul's `false`: a cas or lock that did not happen.
+    pub fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        o: &PutOptions,
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        Self::check_value(&value)?;
+        if o.acquire.is_some() && o.cas.is_some() {
+            return Err(StateError::BadRequest(
+                "Conflicting flags: cas=, acquire=".into(),
+            ));
+        }
+        if o.acquire.is_some() && o.release.is_some() {
+            return Err(StateError::BadRequest(
+                "Conflicting flags: acquire=, release=".into(),
+            ));
+        }
+        if let Some(cas) = o.cas {
+            match (cas, self.kv.get(key)) {
+                (0, Some(_)) => return Ok(false),
+                (c, Some(e)) if c != 0 && e.modify_index != c => return Ok(false),
+                (c, None) if c != 0 => return Ok(false),
+                _ => {}
+            }
+        }
+        if let Some(s) = &o.acquire {
+            self.valid_session(s)?;
+            if !self.can_lock(key, s, now_ms) {
+                return Ok(false);
+            }
+            let idx = self.next_index();
+            self.write_lock(key, value, o.flags, s, idx);
+            return Ok(true);
+        }
+        if let Some(s) = &o.release {
+            self.valid_session(s)?;
+            match self.kv.get(key) {
+                Some(e) if e.session.as_deref() == Some(s.as_str()) => {}
+                _ => return Ok(false),
+            }
+            let idx = self.next_index();
+            self.write_unlock(key, value, o.flags, idx);
+            return Ok(true);
+        }
+        let idx = self.next_index();
+        self.write_set(key, value, o.flags, idx);
+        Ok(true)
+    }
+
+    fn can_lock(&self, key: &str, session: &str, now_ms: u64) -> bool {
+        match self.kv.get(key).and_then(|e| e.session.as_deref()) {
+            Some(holder) => holder == session,
+            None => self
+                .lock_delays
+                .get(key)
+                .is_none_or(|until| *until <= now_ms),
+        }
+    }
+
+    fn write_set(&mut self, key: &str, value: Vec<u8>, flags: u64, idx: u64) {
+        self.kv_index = idx;
+        self.tombstones.remove(key);
+        match self.kv.get_mut(key) {
+            Some(e) => {
+                e.value = value;
+                e.flags = flags;
+                e.modify_index = idx;
+            }
+            None => {
+                self.kv.insert(
+                    key.to_string(),
+                    Entry {
+                        value,
+                        flags,
+                        create_index: idx,
+                        modify_index: idx,
+                        lock_index: 0,
+                        session: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn write_lock(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str, idx: u64) {
+        let already = self.kv.get(key).and_then(|e| e.session.as_deref()) == Some(session);
+        self.write_set(key, value, flags, idx);
+        if let Some(e) = self.kv.get_mut(key) {
+            if !already {
+                e.lock_index += 1;
+                e.session = Some(session.to_string());
+            }
+        }
+    }
+
+    fn write_unlock(&mut self, key: &str, value: Vec<u8>, flags: u64, idx: u64) {
+        self.write_set(key, value, flags, idx);
+        if let Some(e) = self.kv.get_mut(key) {
+            e.session = None;
+        }
+    }
+
+    fn write_delete(&mut self, key: &str, idx: u64) -> bool {
+        if self.kv.remove(key).is_some() {
+            self.kv_index = idx;
+            self.tombstones.insert(key.to_string(), idx);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A KV DELETE. With `cas`, only at that ModifyIndex (Ok(false) otherwise).
+    pub fn delete(&mut self, key: &str, recurse: bool, cas: Option<u64>) -> bool {
+        if let Some(c) = cas {
+            match self.kv.get(key) {
+                Some(e) if e.modify_index == c => {}
+                None if c == 0 => return true,
+                _ => return false,
+            }
+        }
+        let keys: Vec<String> = if recurse {
+            self.kv
+                .range(key.to_string()..)
+                .take_while(|(k, _)| k.starts_with(key))
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            vec![key.to_string()]
+        };
+        if keys.iter().all(|k| !self.kv.contains_key(k)) {
+            return true;
+        }
+        let idx = self.next_index();
+        for k in keys {
+            self.write_delete(&k, idx);
+        }
+        self.reap_tombstones();
+        true
+    }
+
+    fn reap_tombstones(&mut self) {
+        if self.tombstones.len() <= MAX_TOMBSTONES {
+            return;
+        }
+        let mut by_index: Vec<(u64, String)> = self
+            .tombstones
+            .iter()
+            .map(|(k, i)| (*i, k.clone()))
+            .collect();
+        by_index.sort();
+        let excess = self.tombstones.len() - MAX_TOMBSTONES;
+        for (_, k) in by_index.into_iter().take(excess) {
+            self.tombstones.remove(&k);
+        }
+    }
+
+    /// Runs a transaction atomically: all ops see one index, and any failure changes nothing.
+    pub fn txn(&mut self, ops: &[TxnOp], now_ms: u64) -> Result<TxnVerdict, StateError> {
+        if ops.len() > MAX_TXN_OPS {
+            return Err(StateError::BadRequest(format!(
+                "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
+                ops.len()
+            )));
+        }
+        let mut scratch = self.clone_for_txn(ops);
+        let idx = scratch.index + 1;
+        scratch.index = idx;
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        let mut wrote = false;
+        for (i, op) in ops.iter().enumerate() {
+            match scratch.apply_op(op, idx, now_ms) {
+                Ok((r, w)) => {
+                    wrote |= w;
+                    results.push(r);
+                }
+                Err(what) => errors.push((i, what)),
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        if wrote {
+            self.merge_txn(scratch, ops);
+        }
+        Ok(Ok(results))
+    }
+
+    /// A copy holding what a transaction's ops can touch (the keys and trees they name), so a
+    /// transaction costs what it touches, not the store's size.
+    fn clone_for_txn(&self, ops: &[TxnOp]) -> State {
+        let mut s = State {
+            index: self.index,
+            kv_index: self.kv_index,
+            sessions: self.sessions.clone(),
+            ..Default::default()
+        };
+        for op in ops {
+            let (key, tree) = op_key(op);
+            let range: Vec<(&String, &Entry)> = if tree {
+                self.kv
+                    .range(key.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(key))
+                    .collect()
+            } else {
+                self.kv.get_key_value(key).into_iter().collect()
+            };
+            for (k, e) in range {
+                s.kv.insert(k.clone(), e.clone());
+            }
+            if let Some(d) = self.lock_delays.get(key) {
+                s.lock_delays.insert(key.to_string(), *d);
+            }
+        }
+        s
+    }
+
+    fn merge_txn(&mut self, scratch: State, ops: &[TxnOp]) {
+        for op in ops {
+            let (key, tree) = op_key(op);
+            let before: Vec<String> = if tree {
+                self.kv
+                    .range(key.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(key))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            } else {
+                vec![key.to_string()]
+            };
+            for k in before {
+                if !scratch.kv.contains_key(&k) && self.kv.remove(&k).is_some() {
+                    self.tombstones.insert(k, scratch.index);
+                }
+            }
+        }
+        for (k, e) in scratch.kv {
+            if e.modify_index == scratch.index {
+                self.tombstones.remove(&k);
+            }
+            self.kv.insert(k, e);
+        }
+        self.index = scratch.index;
+        self.kv_index = scratch.index;
+        self.reap_tombstones();
+    }
+
+    /// One op on the scratch copy: its result entry and whether it wrote.
+    fn apply_op(
+        &mut self,
+        op: &TxnOp,
+        idx: u64,
+        now_ms: u64,
+    ) -> Result<(Option<(String, Entry)>, bool), String> {
+        let meta = |s: &State, k: &str| {
+            s.kv.get(k).map(|e| {
+                (
+                    k.to_string(),
+                    Entry {
+                        value: Vec::new(),
+                        ..e.clone()
+                    },
+                )
+            })
+        };
+        let missing = |k: &str| format!("key {k:?} doesn't exist");
+        match op {
+            TxnOp::Set { key, value, flags } => {
+                Self::check_value(value).map_err(|e| e.to_string())?;
+                self.write_set(key, value.clone(), *flags, idx);
+                Ok((meta(self, key), true))
+            }
+            TxnOp::Cas {
+                key,
+                value,
+                flags,
+                index,
+            } => {
+                Self::check_value(value).map_err(|e| e.to_string())?;
+                let ok = match (self.kv.get(key), *index) {
+                    (None, 0) => true,
+                    (Some(e), i) => e.modify_index == i,
+                    (None, _) => false,
+                };
+                if !ok {
+                    return Err(format!("failed to set key {key:?}, index is stale"));
+                }
+                self.write_set(key, value.clone(), *flags, idx);
+                Ok((meta(self, key), true))
+            }
+            TxnOp::Lock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                self.valid_session(session).map_err(|e| e.to_string())?;
+                if !self.can_lock(key, session, now_ms) {
+                    let held = self.kv.get(key).is_some_and(|e| e.session.is_some());
+                    return Err(if held {
+                        format!("failed to lock key {key:?}, lock is already held")
+                    } else {
+                        format!("failed to lock key {key:?} due to lock delay")
+                    });
+                }
+                self.write_lock(key, value.clone(), *flags, session, idx);
+                Ok((meta(self, key), true))
+            }
+            TxnOp::Unlock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                match self.kv.get(key) {
+                    Some(e) if e.session.as_deref() == Some(session.as_str()) => {}
+                    _ => return Err(format!("failed to unlock key {key:?}, lock isn't held, or is held by another session")),
+                }
+                self.write_unlock(key, value.clone(), *flags, idx);
+                Ok((meta(self, key), true))
+            }
+            TxnOp::Get { key } => match self.kv.get(key) {
+                Some(e) => Ok((Some((key.clone(), e.clone())), false)),
+                None => Err(missing(key)),
+            },
+            TxnOp::GetTree { .. } => Ok((None, false)),
+            TxnOp::CheckIndex { key, index } => match self.kv.get(key) {
+                Some(e) if e.modify_index == *index => Ok((meta(self, key), false)),
+                Some(_) => Err(format!(
+                    "current modify index {} != {index}",
+                    self.kv[key].modify_index
+                )),
+                None => Err(missing(key)),
+            },
+            TxnOp::CheckSession { key, session } => match self.kv.get(key) {
+                Some(e) if e.session.as_deref() == Some(session.as_str()) => {
+                    Ok((meta(self, key), false))
+                }
+                Some(e) => Err(format!(
+                    "lock is currently held by {:?}",
+                    e.session.clone().unwrap_or_default()
+                )),
+                None => Err(missing(key)),
+            },
+            TxnOp::CheckNotExists { key } => match self.kv.get(key) {
+                Some(_) => Err(format!("key {key:?} exists")),
+                None => Ok((None, false)),
+            },
+            TxnOp::Delete { key } => {
+                let w = self.write_delete(key, idx);
+                Ok((None, w))
+            }
+            TxnOp::DeleteTree { key } => {
+                let keys: Vec<String> = self
+                    .kv
+                    .range(key.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(key.as_str()))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let w = !keys.is_empty();
+                for k in keys {
+                    self.write_delete(&k, idx);
+                }
+                Ok((None, w))
+            }
+            TxnOp::DeleteCas { key, index } => match self.kv.get(key) {
+                Some(e) if e.modify_index == *index => Ok((None, self.write_delete(key, idx))),
+                Some(_) => Err(format!("failed to delete key {key:?}, index is stale")),
+                None => Err(missing(key)),
+            },
+        }
+    }
+
+    /// Entries of a `get-tree` op, read after the transaction (it never writes).
+    pub fn tree(&self, prefix: &str) -> Vec<(String, Entry)> {
+        self.list(prefix)
+            .1
+            .into_iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Creates a session. `ttl` is Consul's duration text; 10s to 24h, or empty.
+    pub fn session_create(
+        &mut self,
+        mut s: Session,
+        ttl_secs: Option<u64>,
+        ttl_text: &str,
+        now_ms: u64,
+    ) -> Result<String, StateError> {
+        if let Some(t) = ttl_secs {
+            if !(10..=86_400).contains(&t) {
+                return Err(StateError::BadTtl(ttl_text.to_string()));
+            }
+            s.ttl_secs = t;
+            s.expires_at_ms = now_ms + t * 1000 * TTL_MULTIPLIER;
+        }
+        let idx = self.next_index();
+        s.create_index = idx;
+        let id = s.id.clone();
+        self.sessions.insert(id.clone(), s);
+        Ok(id)
+    }
+
+    /// Renews a TTL session; None if it does not exist.
+    pub fn session_renew(&mut self, id: &str, now_ms: u64) -> Option<&Session> {
+        let s = self.sessions.get_mut(id)?;
+        if s.ttl_secs > 0 {
+            s.expires_at_ms = now_ms + s.ttl_secs * 1000 * TTL_MULTIPLIER;
+        }
+        Some(s)
+    }
+
+    /// Ends a session: its locks are released or their keys deleted, and each of those keys
+    /// enters the session's lock-delay. Returns whether it existed.
+    pub fn session_destroy(&mut self, id: &str, now_ms: u64) -> bool {
+        let Some(s) = self.sessions.remove(id) else {
+            return false;
+        };
+        let idx = self.next_index();
+        let held: Vec<String> = self
+            .kv
+            .iter()
+            .filter(|(_, e)| e.session.as_deref() == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in held {
+            if s.lock_delay_ms > 0 {
+                self.lock_delays.insert(k.clone(), now_ms + s.lock_delay_ms);
+            }
+            match s.behavior {
+                Behavior::Release => {
+                    if let Some(e) = self.kv.get_mut(&k) {
+                        e.session = None;
+                        e.modify_index = idx;
+                        self.kv_index = idx;
+                    }
+                }
+                Behavior::Delete => {
+                    self.write_delete(&k, idx);
+                }
+            }
+        }
+        self.lock_delays.retain(|_, until| *until > now_ms);
+        true
+    }
+
+    /// Invalidates TTL sessions past their time. Returns the IDs ended.
+    pub fn expire_sessions(&mut self, now_ms: u64) -> Vec<String> {
+        let expired: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.expires_at_ms > 0 && s.expires_at_ms <= now_ms)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &expired {
+            self.session_destroy(id, now_ms);
+        }
+        expired
+    }
+
+    /// Invalidates every session that names `check` (it went critical). Returns the IDs ended.
+    pub fn invalidate_sessions_of_check(
+        &mut self,
+        node: &str,
+        check: &str,
+        now_ms: u64,
+    ) -> Vec<String> {
+        let ids: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.node == node && s.checks.iter().any(|c| c == check))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            self.session_destroy(id, now_ms);
+        }
+        ids
+    }
+
+    /// The earliest instant a TTL session expires, for the expiry timer.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.sessions
+            .values()
+            .map(|s| s.expires_at_ms)
+            .filter(|t| *t > 0)
+            .min()
+    }
+}
+
+/// The key an op names, and whether it names a whole tree.
+fn op_key(op: &TxnOp) -> (&str, bool) {
+    match op {
+        TxnOp::Set { key, .. }
+        | TxnOp::Cas { key, .. }
+        | TxnOp::Lock { key, .. }
+        | TxnOp::Unlock { key, .. }
+        | TxnOp::Get { key }
+        | TxnOp::CheckIndex { key, .. }
+        | TxnOp::CheckSession { key, .. }
+        | TxnOp::CheckNotExists { key }
+        | TxnOp::Delete { key }
+        | TxnOp::DeleteCas { key, .. } => (key, false),
+        TxnOp::GetTree { key } | TxnOp::DeleteTree { key } => (key, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session(id: &str, behavior: Behavior, lock_delay_ms: u64) -> Session {
+        Session {
+            id: id.into(),
+            name: String::new(),
+            node: "n".into(),
+            checks: vec!["serfHealth".into()],
+            ttl_secs: 0,
+            behavior,
+            lock_delay_ms,
+            create_index: 0,
+            expires_at_ms: 0,
+        }
+    }
+
+    fn put(s: &mut State, k: &str, v: &str) -> bool {
+        s.put(k, v.as_bytes().to_vec(), &PutOptions::default(), 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn cas_zero_means_absent_only() {
+        let mut s = State::default();
+        let o = PutOptions {
+            cas: Some(0),
+            ..Default::default()
+        };
+        assert!(s.put("a", b"1".to_vec(), &o, 0).unwrap());
+        assert!(!s.put("a", b"2".to_vec(), &o, 0).unwrap());
+        let mi = s.get("a").unwrap().modify_index;
+        assert!(s
+            .put(
+                "a",
+                b"3".to_vec(),
+                &PutOptions {
+                    cas: Some(mi),
+                    ..Default::default()
+                },
+                0
+            )
+            .unwrap());
+        assert_eq!(s.get("a").unwrap().value, b"3");
+        assert_eq!(s.get("a").unwrap().create_index, mi);
+    }
+
+    #[test]
+    fn acquire_by_a_second_session_fails_and_lock_delay_holds_after_invalidation() {
+        let mut s = State::default();
+        s.session_create(session("s1", Behavior::Release, 1000), None, "", 0)
+            .unwrap();
+        s.session_create(session("s2", Behavior::Release, 0), None, "", 0)
+            .unwrap();
+        let acq = |id: &str| PutOptions {
+            acquire: Some(id.into()),
+            ..Default::default()
+        };
+        assert!(s.put("l", b"x".to_vec(), &acq("s1"), 0).unwrap());
+        assert_eq!(s.get("l").unwrap().lock_index, 1);
+        assert!(!s.put("l", b"y".to_vec(), &acq("s2"), 0).unwrap());
+        // Re-acquire by the holder updates the value without counting a new lock.
+        assert!(s.put("l", b"z".to_vec(), &acq("s1"), 0).unwrap());
+        assert_eq!(s.get("l").unwrap().lock_index, 1);
+        assert!(s.session_destroy("s1", 5_000));
+        assert_eq!(s.get("l").unwrap().session, None);
+        assert!(
+            !s.put("l", b"y".to_vec(), &acq("s2"), 5_500).unwrap(),
+            "lock-delay"
+        );
+        assert!(s.put("l", b"y".to_vec(), &acq("s2"), 6_000).unwrap());
+        assert_eq!(s.get("l").unwrap().lock_index, 2);
+        assert_eq!(
+            s.put("l", vec![], &acq("nope"), 0),
+            Err(StateError::InvalidSession("nope".into()))
+        );
+        assert!(matches!(
+            s.put(
+                "l",
+                vec![],
+                &PutOptions {
+                    acquire: Some("s2".into()),
+                    cas: Some(1),
+                    ..Default::default()
+                },
+                0
+            ),
+            Err(StateError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn behavior_delete_removes_held_keys() {
+        let mut s = State::default();
+        s.session_create(session("d", Behavior::Delete, 0), None, "", 0)
+            .unwrap();
+        assert!(s
+            .put(
+                "r",
+                b"1".to_vec(),
+                &PutOptions {
+                    acquire: Some("d".into()),
+                    ..Default::default()
+                },
+                0
+            )
+            .unwrap());
+        s.session_destroy("d", 0);
+        assert!(s.get("r").is_none());
+    }
+
+    #[test]
+    fn deleting_the_newest_key_keeps_the_list_index_from_going_back() {
+        let mut s = State::default();
+        put(&mut s, "p/a", "1");
+        put(&mut s, "p/b", "2");
+        let (i1, _) = s.list("p/");
+        s.delete("p/b", false, None);
+        let (i2, entries) = s.list("p/");
+        assert_eq!(entries.len(), 1);
+        assert!(i2 > i1, "{i2} > {i1}");
+        // An untouched prefix keeps its index.
+        put(&mut s, "q/x", "1");
+        let (iq, _) = s.list("q/");
+        put(&mut s, "other", "1");
+        assert_eq!(s.list("q/").0, iq);
+    }
+
+    #[test]
+    fn keys_fold_at_the_separator() {
+        let mut s = State::default();
+        for k in ["t/a/1", "t/a/2", "t/b", "t/c/d/e"] {
+            put(&mut s, k, "v");
+        }
+        assert_eq!(s.keys("t/", Some("/")).1, vec!["t/a/", "t/b", "t/c/"]);
+        assert_eq!(s.keys("t/", None).1.len(), 4);
+    }
+
+    #[test]
+    fn txn_is_all_or_nothing_with_one_index() {
+        let mut s = State::default();
+        s.session_create(session("s", Behavior::Release, 0), None, "", 0)
+            .unwrap();
+        put(&mut s, "j", "job");
+        let mi = s.get("j").unwrap().modify_index;
+        let ok = s
+            .txn(
+                &[
+                    TxnOp::CheckIndex {
+                        key: "j".into(),
+                        index: mi,
+                    },
+                    TxnOp::Lock {
+                        key: "j".into(),
+                        value: b"job".to_vec(),
+                        flags: 9,
+                        session: "s".into(),
+                    },
+                    TxnOp::Set {
+                        key: "r".into(),
+                        value: b"x".to_vec(),
+                        flags: 0,
+                    },
+                ],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok[1].as_ref().unwrap().1.lock_index, 1);
+        assert_eq!(
+            s.get("j").unwrap().modify_index,
+            s.get("r").unwrap().modify_index
+        );
+        let before = s.clone();
+        let bad = s
+            .txn(
+                &[
+                    TxnOp::Set {
+                        key: "z".into(),
+                        value: vec![],
+                        flags: 0,
+                    },
+                    TxnOp::CheckIndex {
+                        key: "missing".into(),
+                        index: 1,
+                    },
+                ],
+                0,
+            )
+            .unwrap();
+        assert_eq!(bad.unwrap_err()[0].0, 1);
+        assert_eq!(s, before, "a failed transaction changes nothing");
+        let done = s
+            .txn(
+                &[
+                    TxnOp::CheckSession {
+                        key: "j".into(),
+                        session: "s".into(),
+                    },
+                    TxnOp::Set {
+                        key: "res".into(),
+                        value: b"ok".to_vec(),
+                        flags: 0,
+                    },
+                    TxnOp::Delete { key: "j".into() },
+                ],
+                0,
+            )
+            .unwrap();
+        assert!(done.is_ok());
+        assert!(s.get("j").is_none());
+        assert!(s.tombstones.contains_key("j"));
+        assert!(s.txn(&vec![TxnOp::Get { key: "x".into() }; 65], 0).is_err());
+    }
+
+    #[test]
+    fn ttl_sessions_expire_after_twice_their_ttl() {
+        let mut s = State::default();
+        assert!(matches!(
+            s.session_create(session("t", Behavior::Release, 0), Some(5), "5s", 0),
+            Err(StateError::BadTtl(_))
+        ));
+        s.session_create(session("t", Behavior::Release, 0), Some(10), "10s", 0)
+            .unwrap();
+        assert!(s.expire_sessions(19_999).is_empty());
+        s.session_renew("t", 10_000);
+        assert!(s.expire_sessions(29_999).is_empty());
+        assert_eq!(s.expire_sessions(30_000), vec!["t"]);
+        assert!(s.session_renew("t", 0).is_none());
+    }
+
+    #[test]
+    fn value_limit() {
+        let mut s = State::default();
+        assert_eq!(
+            s.put(
+                "big",
+                vec![0; MAX_VALUE_BYTES + 1],
+                &PutOptions::default(),
+                0
+            ),
+            Err(StateError::TooLarge)
+        );
+        assert!(s
+            .put("ok", vec![0; MAX_VALUE_BYTES], &PutOptions::default(), 0)
+            .unwrap());
+    }
+
+    proptest! {
+        /// Indexes never go backwards for any prefix, whatever the writes and deletes.
+        #[test]
+        fn list_index_is_monotonic(ops in proptest::collection::vec((0u8..3, "[ab]/[xyz]"), 1..60)) {
+            let mut s = State::default();
+            let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+            for (op, key) in &ops {
+                match op {
+                    0 => { s.put(key, b"v".to_vec(), &PutOptions::default(), 0).unwrap(); }
+                    1 => { s.delete(key, false, None); }
+                    _ => { s.delete(&key[..2], true, None); }
+                }
+                for p in ["a/", "b/", ""] {
+                    let (i, _) = s.list(p);
+                    let prev = last.insert(p, i).unwrap_or(0);
+                    prop_assert!(i >= prev, "prefix {p}: {i} < {prev}");
+                }
+            }
+        }
+    }
+}
