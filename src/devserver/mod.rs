@@ -5,3 +5,4 @@
 //! conformance suite against real Consul.
 
 pub mod state;
+pub mod store;

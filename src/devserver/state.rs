@@ -8,7 +8,7 @@
 //! - a prefix listing answers the highest index under the prefix, counting deleted keys
 //!   (tombstones), so deleting the newest key never makes a blocking list go backwards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -144,8 +144,15 @@ pub struct State {
     /// Deleted keys and the index of their deletion.
     pub tombstones: BTreeMap<String, u64>,
     pub sessions: BTreeMap<String, Session>,
-    /// Keys under lock-delay, until this instant (ms).
+    /// Keys under lock-delay, until this instant (ms). Not persisted: like Consul's, it lives
+    /// in memory only.
     pub lock_delays: BTreeMap<String, u64>,
+    /// Keys changed since the store last persisted (written or deleted).
+    #[serde(skip)]
+    pub dirty_kv: BTreeSet<String>,
+    /// Sessions created or ended since the store last persisted.
+    #[serde(skip)]
+    pub dirty_sessions: BTreeSet<String>,
 }
 
 /// Options of a KV PUT.
@@ -312,6 +319,7 @@ impl State {
 
     fn write_set(&mut self, key: &str, value: Vec<u8>, flags: u64, idx: u64) {
         self.kv_index = idx;
+        self.dirty_kv.insert(key.to_string());
         self.tombstones.remove(key);
         match self.kv.get_mut(key) {
             Some(e) => {
@@ -355,6 +363,7 @@ impl State {
 
     fn write_delete(&mut self, key: &str, idx: u64) -> bool {
         if self.kv.remove(key).is_some() {
+            self.dirty_kv.insert(key.to_string());
             self.kv_index = idx;
             self.tombstones.insert(key.to_string(), idx);
             true
@@ -483,6 +492,7 @@ impl State {
             };
             for k in before {
                 if !scratch.kv.contains_key(&k) && self.kv.remove(&k).is_some() {
+                    self.dirty_kv.insert(k.clone());
                     self.tombstones.insert(k, scratch.index);
                 }
             }
@@ -490,6 +500,7 @@ impl State {
         for (k, e) in scratch.kv {
             if e.modify_index == scratch.index {
                 self.tombstones.remove(&k);
+                self.dirty_kv.insert(k.clone());
             }
             self.kv.insert(k, e);
         }
@@ -651,6 +662,7 @@ impl State {
         let idx = self.next_index();
         s.create_index = idx;
         let id = s.id.clone();
+        self.dirty_sessions.insert(id.clone());
         self.sessions.insert(id.clone(), s);
         Ok(id)
     }
@@ -670,6 +682,7 @@ impl State {
         let Some(s) = self.sessions.remove(id) else {
             return false;
         };
+        self.dirty_sessions.insert(id.to_string());
         let idx = self.next_index();
         let held: Vec<String> = self
             .kv
@@ -687,6 +700,7 @@ impl State {
                         e.session = None;
                         e.modify_index = idx;
                         self.kv_index = idx;
+                        self.dirty_kv.insert(k.clone());
                     }
                 }
                 Behavior::Delete => {

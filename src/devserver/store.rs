@@ -1,0 +1,234 @@
+//! Durability of the embedded server: the state's rows in a redb file, written in one fsynced
+//! transaction per batch of writes, before any of those writes is answered.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::state::{Entry, Session, State};
+
+/// key → (flags, create_index, modify_index, lock_index, session or "", value).
+const KV: TableDefinition<&str, (u64, u64, u64, u64, &str, &[u8])> = TableDefinition::new("kv");
+/// session ID → the session as JSON.
+const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
+/// deleted key → index of its deletion (keeps list indexes from going back after a restart).
+const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("tombstones");
+/// "index", "kv_index".
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Why the data file cannot be used. The file is never emptied to get past one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the data file {path}: {detail} (it is left as it is; move it away to start empty)")]
+    Open { path: String, detail: String },
+    #[error("the data file {path} is unreadable: {detail} (it is left as it is; move it away to start empty)")]
+    Corrupt { path: String, detail: String },
+    #[error("cannot write the data file: {0}")]
+    Write(String),
+}
+
+/// The data file.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the file and loads the state it holds. TTL sessions get a fresh timer
+    /// (`now_ms`), as after a Consul leader change.
+    pub fn open(path: &Path, now_ms: u64) -> Result<(Store, State), StoreError> {
+        let shown = path.display().to_string();
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+            path: shown.clone(),
+            detail: e.to_string(),
+        };
+        // Make sure the tables exist, so a fresh file reads as empty.
+        let w = db.begin_write().map_err(|e| corrupt(&e))?;
+        {
+            w.open_table(KV).map_err(|e| corrupt(&e))?;
+            w.open_table(SESSIONS).map_err(|e| corrupt(&e))?;
+            w.open_table(META).map_err(|e| corrupt(&e))?;
+            w.open_table(TOMBSTONES).map_err(|e| corrupt(&e))?;
+        }
+        w.commit().map_err(|e| corrupt(&e))?;
+        let mut st = State::default();
+        let r = db.begin_read().map_err(|e| corrupt(&e))?;
+        let meta = r.open_table(META).map_err(|e| corrupt(&e))?;
+        st.index = meta
+            .get("index")
+            .map_err(|e| corrupt(&e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        st.kv_index = meta
+            .get("kv_index")
+            .map_err(|e| corrupt(&e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let kv = r.open_table(KV).map_err(|e| corrupt(&e))?;
+        for row in kv.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            let (flags, create_index, modify_index, lock_index, session, value) = v.value();
+            st.kv.insert(
+                k.value().to_string(),
+                Entry {
+                    value: value.to_vec(),
+                    flags,
+                    create_index,
+                    modify_index,
+                    lock_index,
+                    session: (!session.is_empty()).then(|| session.to_string()),
+                },
+            );
+        }
+        let graves = r.open_table(TOMBSTONES).map_err(|e| corrupt(&e))?;
+        for row in graves.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            st.tombstones.insert(k.value().to_string(), v.value());
+        }
+        let sessions = r.open_table(SESSIONS).map_err(|e| corrupt(&e))?;
+        for row in sessions.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            let mut s: Session = serde_json::from_str(v.value())
+                .map_err(|e| corrupt(&format!("session {}: {e}", k.value())))?;
+            if s.ttl_secs > 0 {
+                s.expires_at_ms = now_ms + s.ttl_secs * 1000 * super::state::TTL_MULTIPLIER;
+            }
+            st.sessions.insert(s.id.clone(), s);
+        }
+        Ok((Store { db }, st))
+    }
+
+    /// Writes what changed since the last call, in one durable transaction, and clears the
+    /// change marks.
+    pub fn persist(&self, st: &mut State) -> Result<(), StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+        let w = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut kv = w.open_table(KV).map_err(|e| err(&e))?;
+            let mut graves = w.open_table(TOMBSTONES).map_err(|e| err(&e))?;
+            for k in &st.dirty_kv {
+                match st.tombstones.get(k) {
+                    Some(i) => graves.insert(k.as_str(), *i).map_err(|e| err(&e))?,
+                    None => graves.remove(k.as_str()).map_err(|e| err(&e))?,
+                };
+                match st.kv.get(k) {
+                    Some(e) => {
+                        kv.insert(
+                            k.as_str(),
+                            (
+                                e.flags,
+                                e.create_index,
+                                e.modify_index,
+                                e.lock_index,
+                                e.session.as_deref().unwrap_or(""),
+                                e.value.as_slice(),
+                            ),
+                        )
+                        .map_err(|e| err(&e))?;
+                    }
+                    None => {
+                        kv.remove(k.as_str()).map_err(|e| err(&e))?;
+                    }
+                }
+            }
+            let mut sessions = w.open_table(SESSIONS).map_err(|e| err(&e))?;
+            for id in &st.dirty_sessions {
+                match st.sessions.get(id) {
+                    Some(s) => {
+                        let json = serde_json::to_string(s).map_err(|e| err(&e))?;
+                        sessions
+                            .insert(id.as_str(), json.as_str())
+                            .map_err(|e| err(&e))?;
+                    }
+                    None => {
+                        sessions.remove(id.as_str()).map_err(|e| err(&e))?;
+                    }
+                }
+            }
+            let mut meta = w.open_table(META).map_err(|e| err(&e))?;
+            meta.insert("index", st.index).map_err(|e| err(&e))?;
+            meta.insert("kv_index", st.kv_index).map_err(|e| err(&e))?;
+        }
+        w.commit().map_err(|e| err(&e))?;
+        st.dirty_kv.clear();
+        st.dirty_sessions.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devserver::state::{Behavior, PutOptions};
+
+    #[test]
+    fn state_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.redb");
+        let (store, mut st) = Store::open(&path, 0).unwrap();
+        st.put(
+            "a/bin",
+            vec![0, 1, 255],
+            &PutOptions {
+                flags: 7,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let s = Session {
+            id: "s1".into(),
+            name: "n".into(),
+            node: "dev".into(),
+            checks: vec![],
+            ttl_secs: 10,
+            behavior: Behavior::Release,
+            lock_delay_ms: 0,
+            create_index: 0,
+            expires_at_ms: 0,
+        };
+        st.session_create(s, Some(10), "10s", 0).unwrap();
+        st.put(
+            "a/lock",
+            b"x".to_vec(),
+            &PutOptions {
+                acquire: Some("s1".into()),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        st.put("gone", b"x".to_vec(), &PutOptions::default(), 0)
+            .unwrap();
+        store.persist(&mut st).unwrap();
+        st.delete("gone", false, None);
+        store.persist(&mut st).unwrap();
+        drop(store);
+        let (_store, back) = Store::open(&path, 1_000).unwrap();
+        assert_eq!(back.kv, st.kv);
+        assert_eq!(back.index, st.index);
+        assert_eq!(back.kv_index, st.kv_index);
+        assert_eq!(
+            back.sessions["s1"].expires_at_ms, 21_000,
+            "a TTL session gets a fresh timer"
+        );
+        assert!(back.get("gone").is_none());
+        assert_eq!(back.tombstones.get("gone"), st.tombstones.get("gone"));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.redb");
+        std::fs::write(&path, b"this is not a database, but it is someone's data").unwrap();
+        let e = Store::open(&path, 0).err().expect("refused");
+        assert!(e.to_string().contains("dev.redb"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"this is not a database, but it is someone's data"
+        );
+    }
+}
