@@ -7,8 +7,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::state::{Entry, Session, State};
 
-/// key → (flags, create_index, modify_index, lock_index, session or "", value).
-const KV: TableDefinition<&str, (u64, u64, u64, u64, &str, &[u8])> = TableDefinition::new("kv");
+/// A KV row: (flags, create_index, modify_index, lock_index, session or "", value).
+type KvRow = (u64, u64, u64, u64, &'static str, &'static [u8]);
+/// key → its row.
+const KV: TableDefinition<&str, KvRow> = TableDefinition::new("kv");
 /// session ID → the session as JSON.
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
 /// deleted key → index of its deletion (keeps list indexes from going back after a restart).
