@@ -49,7 +49,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             client_cert: cli.client_cert,
             client_key: cli.client_key,
         };
-        cli::agent::run(a, cli.http_addr, cli.token, tls, &cli.kv_prefix).await?;
+        cli::agent::run(*a, cli.http_addr, cli.token, tls, &cli.kv_prefix).await?;
         return Ok(0);
     }
     let ctx = cli.ctx()?;

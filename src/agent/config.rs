@@ -54,6 +54,10 @@ pub struct AgentConfig {
     pub watch_wait: Duration,
     /// The agent's own HTTP API (job logs), registered in Consul as service `servant`.
     pub api_addr: String,
+    /// Run the embedded single-node server (`servant agent -dev`) instead of talking to Consul.
+    pub dev: bool,
+    /// Where the embedded server listens.
+    pub dev_listen: String,
     /// A Consul agent to launch and supervise; none by default.
     pub consul: LaunchConfig,
 }
@@ -114,6 +118,8 @@ impl Default for AgentConfig {
             result_gc_interval: Duration::from_secs(600),
             watch_wait: Duration::from_secs(300),
             api_addr: "127.0.0.1:8686".to_string(),
+            dev: false,
+            dev_listen: "127.0.0.1:8500".to_string(),
             consul: LaunchConfig::default(),
         }
     }
@@ -197,6 +203,12 @@ impl AgentConfig {
                 detail:
                     "must be 1 to 163840 bytes (a result must fit a 512 KiB Consul transaction)"
                         .into(),
+            });
+        }
+        if self.dev && self.consul.wanted() {
+            return Err(ConfigError::Invalid {
+                field: "dev",
+                detail: "-dev runs an embedded single-node server, not a distributed store: it cannot join, be a server or launch Consul. For a cluster, run real Consul (scripts/install-consul) with -join/-server".into(),
             });
         }
         if self.consul.dev

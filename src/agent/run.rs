@@ -15,6 +15,7 @@ use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::session::{SessionKeeper, SessionSettings};
 use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
+use crate::devserver::DevServer;
 use crate::jobs::layout::Layout;
 use crate::jobs::worker::{Worker, WorkerConfig};
 
@@ -37,6 +38,8 @@ pub enum AgentError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Dev(#[from] crate::devserver::DevError),
     #[error("cannot find the servant executable: {0}")]
     Exe(std::io::Error),
 }
@@ -80,6 +83,23 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
             .unwrap_or_else(|| "127.0.0.1".into());
         cfg.http_addr = Some(format!("{host}:8500"));
     }
+    let dev = if cfg.dev {
+        let node = cfg.consul.node.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "servant-dev".into())
+        });
+        let d = DevServer::start(&cfg.data_dir, &cfg.dev_listen, &node).await?;
+        if let Some(other) = &cfg.http_addr {
+            warn!(ignored = %other, "-dev: the agent talks to its embedded server, not to the configured Consul address");
+        }
+        info!(addr = %d.addr, data = %cfg.data_dir.join("dev.redb").display(), "embedded single-node server listening");
+        cfg.http_addr = Some(d.addr.to_string());
+        Some(d)
+    } else {
+        None
+    };
     let client = Client::new(&cfg.client_config())?;
     let consul = if cfg.consul.wanted() {
         Some(
@@ -93,6 +113,9 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
     if let Some(c) = consul {
         info!("stopping the launched consul agent");
         c.stop().await;
+    }
+    if let Some(d) = dev {
+        d.stop();
     }
     outcome
 }

@@ -70,6 +70,12 @@ pub struct AgentArgs {
     /// Launch Consul as a server expecting N servers.
     #[arg(long, value_name = "N")]
     pub bootstrap_expect: Option<u32>,
+    /// Run the embedded single-node server: nothing else needed (data under --data-dir).
+    #[arg(long)]
+    pub dev: bool,
+    /// Where the embedded server listens.
+    #[arg(long, env = "SERVANT_DEV_LISTEN")]
+    pub dev_listen: Option<String>,
     /// Launch a throwaway `consul agent -dev`.
     #[arg(long)]
     pub consul_dev: bool,
@@ -143,6 +149,10 @@ impl AgentArgs {
         }
         if !kv_prefix.is_empty() {
             c.kv_prefix = kv_prefix.to_string();
+        }
+        c.dev |= self.dev;
+        if let Some(d) = &self.dev_listen {
+            c.dev_listen = d.clone();
         }
         let l = &mut c.consul;
         l.join.extend(self.join.iter().cloned());

@@ -57,7 +57,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent on this node.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Start a job in the cluster.
     #[command(visible_alias = "s")]
     Start(start::StartArgs),

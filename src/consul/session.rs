@@ -54,7 +54,8 @@ pub struct SessionEntry {
     pub lock_delay: u64,
     #[serde(default)]
     pub create_index: u64,
-    #[serde(default)]
+    /// `NodeChecks` since Consul 1.7, `Checks` before.
+    #[serde(default, alias = "NodeChecks")]
     pub checks: Option<Vec<String>>,
 }
 

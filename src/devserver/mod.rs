@@ -1,8 +1,63 @@
-//! The embedded single-node server behind `servant agent -dev` (issue 3, in progress).
+//! The embedded single-node server behind `servant agent -dev` (issue 3, in progress): the
+//! subset of Consul's HTTP API that the product uses, on one machine, persisted under the data
+//! dir, so the product runs with nothing else installed.
 //!
-//! So far: the pure state machine (KV, transactions, sessions and locks with Consul 1.8.7's
-//! rules). Still to come: the HTTP API, persistence, agent/catalog/health/events, and the
-//! conformance suite against real Consul.
+//! - `state`: the pure state machine (KV, transactions, sessions, locks, services).
+//! - `store`: durability in redb, written before a write is answered.
+//! - `server`: the state behind a lock, the group-commit writer thread, blocking reads, expiry.
+//! - `http`: the HTTP API (axum).
 
+pub mod http;
+pub mod server;
 pub mod state;
 pub mod store;
+
+use std::path::Path;
+
+/// Why the embedded server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running embedded server.
+pub struct DevServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DevServer {
+    /// Opens `<dir>/dev.redb` and serves on `listen`.
+    pub async fn start(dir: &Path, listen: &str, node: &str) -> Result<DevServer, DevError> {
+        let listener =
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| DevError::Listen {
+                    addr: listen.to_string(),
+                    source: e,
+                })?;
+        let addr = listener.local_addr().map_err(|e| DevError::Listen {
+            addr: listen.to_string(),
+            source: e,
+        })?;
+        let core = server::Core::open(&dir.join("dev.redb"), node, &addr.ip().to_string())?;
+        tokio::spawn(core.clone().run_expiry());
+        let app = http::router(core);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(DevServer { addr, task })
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}

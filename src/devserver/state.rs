@@ -147,6 +147,13 @@ pub struct State {
     /// Keys under lock-delay, until this instant (ms). Not persisted: like Consul's, it lives
     /// in memory only.
     pub lock_delays: BTreeMap<String, u64>,
+    /// Services registered on the agent, by ID, as registered (Consul's own JSON). Kept in
+    /// memory only for now.
+    #[serde(skip)]
+    pub services: BTreeMap<String, serde_json::Value>,
+    /// Index of the last catalog change.
+    #[serde(skip)]
+    pub catalog_index: u64,
     /// Keys changed since the store last persisted (written or deleted).
     #[serde(skip)]
     pub dirty_kv: BTreeSet<String>,
@@ -743,6 +750,23 @@ impl State {
             self.session_destroy(id, now_ms);
         }
         ids
+    }
+
+    /// Registers (or replaces) a service on the agent.
+    pub fn service_register(&mut self, id: &str, reg: serde_json::Value) {
+        let idx = self.next_index();
+        self.catalog_index = idx;
+        self.services.insert(id.to_string(), reg);
+    }
+
+    /// Deregisters a service; false if it was not there.
+    pub fn service_deregister(&mut self, id: &str) -> bool {
+        if self.services.remove(id).is_none() {
+            return false;
+        }
+        let idx = self.next_index();
+        self.catalog_index = idx;
+        true
     }
 
     /// The earliest instant a TTL session expires, for the expiry timer.

@@ -205,6 +205,16 @@ impl Http {
             (st != "started" && st != "running").then_some(v)
         })
     }
+    /// The X-Consul-Index answered to a GET of `path`.
+    pub fn index_of(&self, path: &str) -> u64 {
+        let r = self.req(reqwest::Method::GET, path).send().expect("GET");
+        r.headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The X-Consul-Index of the KV store right now.
     pub fn index(&self) -> u64 {
         let r = self
@@ -333,6 +343,54 @@ impl Servant {
         });
         drop(text);
         self
+    }
+}
+
+/// `servant agent -dev`: the embedded server on `ip:8500`, data in its own temporary dir.
+pub struct DevAgent {
+    pub servant: Servant,
+    pub ip: String,
+}
+
+impl DevAgent {
+    pub fn start() -> Self {
+        let ip = format!("{}.2", subnet());
+        let data = tempfile::tempdir().expect("tempdir");
+        Self::start_in(ip, data)
+    }
+
+    /// Starts (or restarts) on `ip` with the data dir `data`.
+    pub fn start_in(ip: String, data: tempfile::TempDir) -> Self {
+        let mut cmd = Command::new(servant_bin());
+        cmd.args([
+            "agent",
+            "-dev",
+            "--dev-listen",
+            &format!("{ip}:8500"),
+            "--api-addr",
+            &format!("{ip}:0"),
+            "--node",
+            "devnode",
+            "--data-dir",
+        ])
+        .arg(data.path());
+        cmd.env("SERVANT_LOG", "info,servant=debug")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_ADDR");
+        let log = data.path().join("agent.log");
+        let proc = spawn_logged("servant-dev", &mut cmd, &log);
+        DevAgent {
+            servant: Servant { proc, data }.ready(),
+            ip,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:8500", self.ip)
+    }
+
+    pub fn http(&self) -> Http {
+        Http::new(&self.addr())
     }
 }
 

@@ -1,0 +1,797 @@
+//! The embedded server's HTTP API: the subset of Consul's that the product and common clients
+//! use, with Consul's shapes, status codes and index headers.
+//!
+//! Done so far: `/v1/kv`, `/v1/txn`, `/v1/session`, `/v1/status`, `/v1/agent/self`,
+//! `/v1/agent/members`, agent service register/deregister/list, `/v1/catalog/nodes`,
+//! `/v1/catalog/services`, `/v1/catalog/service`, `/v1/health/node`, `/v1/health/service`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::server::Core;
+use super::state::{Behavior, Entry, PutOptions, Session, State, StateError, TxnOp};
+use crate::util::duration::parse_duration;
+
+type Q = Query<HashMap<String, String>>;
+
+/// The router of the embedded server.
+pub fn router(core: Core) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/",
+            get(kv_get_root).put(kv_put_root).delete(kv_delete_root),
+        )
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/txn", put(txn))
+        .route("/v1/session/create", put(session_create))
+        .route("/v1/session/destroy/{id}", put(session_destroy))
+        .route("/v1/session/renew/{id}", put(session_renew))
+        .route("/v1/session/info/{id}", get(session_info))
+        .route("/v1/session/list", get(session_list))
+        .route("/v1/session/node/{node}", get(session_node))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/members", get(agent_members))
+        .route("/v1/agent/services", get(agent_services))
+        .route("/v1/agent/service/register", put(service_register))
+        .route("/v1/agent/service/deregister/{id}", put(service_deregister))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/service/{name}", get(health_service))
+        .with_state(core)
+}
+
+fn with_index(mut r: Response, index: u64) -> Response {
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&index.max(1).to_string()) {
+        h.insert("X-Consul-Index", v);
+    }
+    h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    r
+}
+
+fn json_at(index: u64, v: Value) -> Response {
+    with_index((StatusCode::OK, axum::Json(v)).into_response(), index)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.into(),
+    )
+        .into_response()
+}
+
+fn state_error(e: StateError) -> Response {
+    match e {
+        StateError::TooLarge => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body({}) too large, max size: {} bytes",
+                "value",
+                super::state::MAX_VALUE_BYTES
+            ),
+        ),
+        StateError::InvalidSession(_) | StateError::BadTtl(_) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        StateError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
+        StateError::NotFound(m) => text(StatusCode::NOT_FOUND, m),
+    }
+}
+
+fn core_error(e: super::server::CoreError) -> Response {
+    text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `index` and `wait` of a blocking read; wait is clamped to 10 minutes and gets Consul's
+/// jitter of up to wait/16.
+fn blocking(q: &HashMap<String, String>) -> Result<(u64, Duration), BadInput> {
+    let index = match q.get("index") {
+        Some(i) => i
+            .parse::<u64>()
+            .map_err(|_| BadInput(format!("Invalid index: {i}")))?,
+        None => 0,
+    };
+    let wait = match q.get("wait") {
+        Some(w) => parse_duration(w).map_err(|_| BadInput(format!("Invalid wait time: {w}")))?,
+        None => Duration::from_secs(300),
+    };
+    let wait = wait.min(Duration::from_secs(600));
+    let jitter = if wait.is_zero() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(rand_nanos() % (wait.as_nanos() as u64 / 16).max(1))
+    };
+    Ok((index, wait + jitter))
+}
+
+/// A query parameter that does not parse: HTTP 400 with the message.
+struct BadInput(String);
+
+impl IntoResponse for BadInput {
+    fn into_response(self) -> Response {
+        text(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+fn rand_nanos() -> u64 {
+    crate::jobs::claim::stable_hash(&[&crate::util::time::now_ns().to_string()])
+}
+
+fn entry_json(key: &str, e: &Entry, with_value: bool) -> Value {
+    let mut v = json!({
+        "LockIndex": e.lock_index,
+        "Key": key,
+        "Flags": e.flags,
+        "Value": if with_value && !e.value.is_empty() { Value::String(base64::engine::general_purpose::STANDARD.encode(&e.value)) } else { Value::Null },
+        "CreateIndex": e.create_index,
+        "ModifyIndex": e.modify_index,
+    });
+    if let Some(s) = &e.session {
+        v["Session"] = json!(s);
+    }
+    v
+}
+
+async fn kv_get_root(st: AxState<Core>, q: Q) -> Response {
+    kv_read(st.0, String::new(), q.0).await
+}
+async fn kv_get(st: AxState<Core>, Path(key): Path<String>, q: Q) -> Response {
+    kv_read(st.0, key, q.0).await
+}
+
+async fn kv_read(core: Core, key: String, q: HashMap<String, String>) -> Response {
+    let (index, wait) = match blocking(&q) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    if q.contains_key("keys") {
+        let sep = q.get("separator").cloned();
+        let (idx, keys) = core
+            .block(index, wait, |st| st.keys(&key, sep.as_deref()))
+            .await;
+        if keys.is_empty() {
+            return with_index(StatusCode::NOT_FOUND.into_response(), idx);
+        }
+        return json_at(idx, json!(keys));
+    }
+    if q.contains_key("recurse") {
+        let (idx, list) = core
+            .block(index, wait, |st| {
+                let (i, entries) = st.list(&key);
+                (
+                    i,
+                    entries
+                        .into_iter()
+                        .map(|(k, e)| entry_json(k, e, true))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await;
+        if list.is_empty() {
+            return with_index(StatusCode::NOT_FOUND.into_response(), idx);
+        }
+        return json_at(idx, Value::Array(list));
+    }
+    let (idx, entry) = core
+        .block(index, wait, |st| {
+            (
+                st.get(&key)
+                    .map(|e| e.modify_index)
+                    .unwrap_or_else(|| st.kv_table_index()),
+                st.get(&key).cloned(),
+            )
+        })
+        .await;
+    match entry {
+        None => with_index(StatusCode::NOT_FOUND.into_response(), idx),
+        Some(e) if q.contains_key("raw") => {
+            with_index((StatusCode::OK, e.value).into_response(), idx)
+        }
+        Some(e) => json_at(idx, json!([entry_json(&key, &e, true)])),
+    }
+}
+
+fn num(q: &HashMap<String, String>, k: &str) -> Result<Option<u64>, BadInput> {
+    match q.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| BadInput(format!("Invalid {k} value: {v:?}"))),
+    }
+}
+
+async fn kv_put_root(st: AxState<Core>, q: Q, body: Bytes) -> Response {
+    kv_write(st.0, String::new(), q.0, body).await
+}
+async fn kv_put(st: AxState<Core>, Path(key): Path<String>, q: Q, body: Bytes) -> Response {
+    kv_write(st.0, key, q.0, body).await
+}
+
+async fn kv_write(core: Core, key: String, q: HashMap<String, String>, body: Bytes) -> Response {
+    if key.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Missing key name");
+    }
+    let (flags, cas) = match (num(&q, "flags"), num(&q, "cas")) {
+        (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let o = PutOptions {
+        flags,
+        cas,
+        acquire: q.get("acquire").cloned(),
+        release: q.get("release").cloned(),
+    };
+    let value = body.to_vec();
+    match core
+        .write(move |st, now| st.put(&key, value, &o, now))
+        .await
+    {
+        Ok(Ok(b)) => json_at(0, json!(b)),
+        Ok(Err(e)) => state_error(e),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn kv_delete_root(st: AxState<Core>, q: Q) -> Response {
+    kv_del(st.0, String::new(), q.0).await
+}
+async fn kv_delete(st: AxState<Core>, Path(key): Path<String>, q: Q) -> Response {
+    kv_del(st.0, key, q.0).await
+}
+
+async fn kv_del(core: Core, key: String, q: HashMap<String, String>) -> Response {
+    let cas = match num(&q, "cas") {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let recurse = q.contains_key("recurse");
+    match core.write(move |st, _| st.delete(&key, recurse, cas)).await {
+        Ok(b) => json_at(0, json!(b)),
+        Err(e) => core_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TxnItem {
+    #[serde(rename = "KV")]
+    kv: Option<TxnKv>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnKv {
+    verb: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    flags: u64,
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    session: String,
+}
+
+fn txn_op(kv: TxnKv) -> Result<TxnOp, String> {
+    let value = match kv.value {
+        Some(v) => base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(|e| format!("Failed to parse body: illegal base64 data: {e}"))?,
+        None => Vec::new(),
+    };
+    let (key, flags, index, session) = (kv.key, kv.flags, kv.index, kv.session);
+    Ok(match kv.verb.as_str() {
+        "set" => TxnOp::Set { key, value, flags },
+        "cas" => TxnOp::Cas {
+            key,
+            value,
+            flags,
+            index,
+        },
+        "lock" => TxnOp::Lock {
+            key,
+            value,
+            flags,
+            session,
+        },
+        "unlock" => TxnOp::Unlock {
+            key,
+            value,
+            flags,
+            session,
+        },
+        "get" => TxnOp::Get { key },
+        "get-tree" => TxnOp::GetTree { key },
+        "check-index" => TxnOp::CheckIndex { key, index },
+        "check-session" => TxnOp::CheckSession { key, session },
+        "check-not-exists" => TxnOp::CheckNotExists { key },
+        "delete" => TxnOp::Delete { key },
+        "delete-tree" => TxnOp::DeleteTree { key },
+        "delete-cas" => TxnOp::DeleteCas { key, index },
+        other => return Err(format!("Failed to parse body: unknown KV verb {other:?}")),
+    })
+}
+
+async fn txn(AxState(core): AxState<Core>, body: Bytes) -> Response {
+    let items: Vec<TxnItem> = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to parse body: {e}"),
+            )
+        }
+    };
+    let mut ops = Vec::new();
+    for it in items {
+        let Some(kv) = it.kv else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Failed to parse body: only KV operations are supported",
+            );
+        };
+        match txn_op(kv) {
+            Ok(op) => ops.push(op),
+            Err(m) => return text(StatusCode::BAD_REQUEST, m),
+        }
+    }
+    let outcome = core
+        .write(move |st: &mut State, now| {
+            st.txn(&ops, now).map(|verdict| {
+                verdict.map(|results| {
+                    let mut out = Vec::new();
+                    for (op, r) in ops.iter().zip(results) {
+                        match (op, r) {
+                            (TxnOp::GetTree { key }, _) => out.extend(
+                                st.tree(key)
+                                    .iter()
+                                    .map(|(k, e)| json!({"KV": entry_json(k, e, true)})),
+                            ),
+                            (TxnOp::Get { .. }, Some((k, e))) => {
+                                out.push(json!({"KV": entry_json(&k, &e, true)}))
+                            }
+                            (_, Some((k, e))) => out.push(json!({"KV": entry_json(&k, &e, false)})),
+                            (_, None) => {}
+                        }
+                    }
+                    (st.index, out)
+                })
+            })
+        })
+        .await;
+    match outcome {
+        Ok(Ok(Ok((idx, results)))) => json_at(idx, json!({"Results": results, "Errors": null})),
+        Ok(Ok(Err(errors))) => {
+            let errs: Vec<Value> = errors
+                .into_iter()
+                .map(|(i, w)| json!({"OpIndex": i, "What": w}))
+                .collect();
+            (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"Results": null, "Errors": errs})),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => state_error(e),
+        Err(e) => core_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct SessionBody {
+    name: String,
+    node: Option<String>,
+    checks: Option<Vec<String>>,
+    #[serde(rename = "TTL")]
+    ttl: String,
+    behavior: String,
+    lock_delay: Option<Value>,
+}
+
+fn session_json(s: &Session) -> Value {
+    json!({
+        "ID": s.id,
+        "Name": s.name,
+        "Node": s.node,
+        "NodeChecks": s.checks,
+        "ServiceChecks": null,
+        "LockDelay": s.lock_delay_ms * 1_000_000,
+        "Behavior": match s.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
+        "TTL": if s.ttl_secs > 0 { format!("{}s", s.ttl_secs) } else { String::new() },
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.create_index,
+    })
+}
+
+async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
+    let b: SessionBody = if body.is_empty() {
+        SessionBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Request decode failed: {e}"),
+                )
+            }
+        }
+    };
+    let behavior = match b.behavior.as_str() {
+        "" | "release" => Behavior::Release,
+        "delete" => Behavior::Delete,
+        other => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid Behavior setting '{other}'"),
+            )
+        }
+    };
+    let lock_delay_ms = match b.lock_delay {
+        None | Some(Value::Null) => 15_000,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|ns| {
+                if ns < 1_000_000 {
+                    ns * 1000
+                } else {
+                    ns / 1_000_000
+                }
+            })
+            .unwrap_or(15_000),
+        Some(Value::String(s)) => match parse_duration(&s) {
+            Ok(d) => d.as_millis() as u64,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Request decode failed: invalid LockDelay {s:?}"),
+                )
+            }
+        },
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Request decode failed: invalid LockDelay {other}"),
+            )
+        }
+    };
+    if lock_delay_ms > 60_000 {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Invalid lock-delay, must be less than 60s",
+        );
+    }
+    let ttl_secs = if b.ttl.is_empty() {
+        None
+    } else {
+        match parse_duration(&b.ttl) {
+            Ok(d) => Some(d.as_secs()),
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Request decode failed: invalid TTL {:?}", b.ttl),
+                )
+            }
+        }
+    };
+    let node = b.node.unwrap_or_else(|| core.node().to_string());
+    if node != core.node() {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Missing node registration",
+        );
+    }
+    let checks = b.checks.unwrap_or_else(|| vec!["serfHealth".to_string()]);
+    if let Some(c) = checks.iter().find(|c| c.as_str() != "serfHealth") {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Missing check '{c}' registration"),
+        );
+    }
+    let s = Session {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: b.name,
+        node,
+        checks,
+        ttl_secs: 0,
+        behavior,
+        lock_delay_ms,
+        create_index: 0,
+        expires_at_ms: 0,
+    };
+    let ttl_text = b.ttl.clone();
+    match core
+        .write(move |st, now| st.session_create(s, ttl_secs, &ttl_text, now))
+        .await
+    {
+        Ok(Ok(id)) => json_at(0, json!({"ID": id})),
+        Ok(Err(e)) => state_error(e),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn session_destroy(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
+    match core
+        .write(move |st, now| st.session_destroy(&id, now))
+        .await
+    {
+        Ok(_) => json_at(0, json!(true)),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn session_renew(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
+    let id2 = id.clone();
+    match core
+        .write(move |st, now| st.session_renew(&id2, now).map(session_json))
+        .await
+    {
+        Ok(Some(s)) => json_at(0, json!([s])),
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!("Session id '{id}' not found"),
+        ),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn session_info(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, s) = core
+        .block(index, wait, |st| {
+            (st.index, st.sessions.get(&id).map(session_json))
+        })
+        .await;
+    json_at(idx, s.map(|s| json!([s])).unwrap_or(Value::Null))
+}
+
+async fn session_list(AxState(core): AxState<Core>, q: Q) -> Response {
+    sessions_where(core, q.0, None).await
+}
+
+async fn session_node(AxState(core): AxState<Core>, Path(node): Path<String>, q: Q) -> Response {
+    sessions_where(core, q.0, Some(node)).await
+}
+
+async fn sessions_where(core: Core, q: HashMap<String, String>, node: Option<String>) -> Response {
+    let (index, wait) = match blocking(&q) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, list) = core
+        .block(index, wait, |st| {
+            (
+                st.index,
+                st.sessions
+                    .values()
+                    .filter(|s| node.as_ref().is_none_or(|n| &s.node == n))
+                    .map(session_json)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+    json_at(idx, Value::Array(list))
+}
+
+async fn status_leader(AxState(core): AxState<Core>) -> Response {
+    axum::Json(json!(format!("{}:8300", core.addr()))).into_response()
+}
+
+async fn status_peers(AxState(core): AxState<Core>) -> Response {
+    axum::Json(json!([format!("{}:8300", core.addr())])).into_response()
+}
+
+fn member(core: &Core) -> Value {
+    json!({"Name": core.node(), "Addr": core.addr(), "Port": 8301, "Tags": {"role": "consul", "dc": "dc1", "build": "servant-dev"}, "Status": 1})
+}
+
+async fn agent_self(AxState(core): AxState<Core>) -> Response {
+    axum::Json(json!({
+        "Config": {"Datacenter": "dc1", "NodeName": core.node(), "Server": true, "Version": "1.8.7", "Revision": "servant-dev"},
+        "Member": member(&core),
+    }))
+    .into_response()
+}
+
+async fn agent_members(AxState(core): AxState<Core>) -> Response {
+    axum::Json(json!([member(&core)])).into_response()
+}
+
+fn service_view(id: &str, reg: &Value) -> Value {
+    json!({
+        "ID": id,
+        "Service": reg.get("Name").cloned().unwrap_or(Value::Null),
+        "Tags": reg.get("Tags").cloned().unwrap_or(json!([])),
+        "Meta": reg.get("Meta").cloned().unwrap_or(json!({})),
+        "Port": reg.get("Port").cloned().unwrap_or(json!(0)),
+        "Address": reg.get("Address").cloned().unwrap_or(json!("")),
+    })
+}
+
+async fn agent_services(AxState(core): AxState<Core>) -> Response {
+    let map = core.read(|st| {
+        st.services
+            .iter()
+            .map(|(id, r)| (id.clone(), service_view(id, r)))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    axum::Json(Value::Object(map)).into_response()
+}
+
+async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
+    let reg: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Request decode failed: expected a JSON object",
+            )
+        }
+    };
+    let Some(name) = reg.get("Name").and_then(Value::as_str).map(str::to_string) else {
+        return text(StatusCode::BAD_REQUEST, "Missing service name");
+    };
+    let id = reg
+        .get("ID")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or(name);
+    match core.write(move |st, _| st.service_register(&id, reg)).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
+    let id2 = id.clone();
+    match core.write(move |st, _| st.service_deregister(&id2)).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => text(StatusCode::NOT_FOUND, format!("Unknown service {id:?}")),
+        Err(e) => core_error(e),
+    }
+}
+
+fn node_json(core: &Core) -> Value {
+    json!({"Node": core.node(), "Address": core.addr(), "Datacenter": "dc1", "TaggedAddresses": {"lan": core.addr(), "wan": core.addr()}, "Meta": {}})
+}
+
+async fn catalog_nodes(AxState(core): AxState<Core>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, _) = core
+        .block(index, wait, |st| (st.catalog_index.max(1), ()))
+        .await;
+    json_at(idx, json!([node_json(&core)]))
+}
+
+async fn catalog_services(AxState(core): AxState<Core>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, map) = core
+        .block(index, wait, |st| {
+            let mut m = serde_json::Map::new();
+            m.insert("consul".into(), json!([]));
+            for reg in st.services.values() {
+                if let Some(n) = reg.get("Name").and_then(Value::as_str) {
+                    let tags = m.entry(n.to_string()).or_insert(json!([]));
+                    if let (Some(all), Some(new)) = (
+                        tags.as_array_mut(),
+                        reg.get("Tags").and_then(Value::as_array),
+                    ) {
+                        for t in new {
+                            if !all.contains(t) {
+                                all.push(t.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            (st.catalog_index.max(1), m)
+        })
+        .await;
+    json_at(idx, Value::Object(map))
+}
+
+fn instances(st: &State, name: &str, tag: Option<&str>) -> Vec<(String, Value)> {
+    st.services
+        .iter()
+        .filter(|(_, r)| r.get("Name").and_then(Value::as_str) == Some(name))
+        .filter(|(_, r)| {
+            tag.is_none_or(|t| {
+                r.get("Tags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+            })
+        })
+        .map(|(id, r)| (id.clone(), r.clone()))
+        .collect()
+}
+
+async fn catalog_service(AxState(core): AxState<Core>, Path(name): Path<String>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let tag = q.0.get("tag").cloned();
+    let (idx, list) = core
+        .block(index, wait, |st| {
+            (
+                st.catalog_index.max(1),
+                instances(st, &name, tag.as_deref()),
+            )
+        })
+        .await;
+    let out: Vec<Value> = list
+        .iter()
+        .map(|(id, r)| {
+            json!({
+                "Node": core.node(), "Address": core.addr(), "Datacenter": "dc1",
+                "ServiceID": id, "ServiceName": name,
+                "ServiceTags": r.get("Tags").cloned().unwrap_or(json!([])),
+                "ServiceAddress": r.get("Address").cloned().unwrap_or(json!("")),
+                "ServicePort": r.get("Port").cloned().unwrap_or(json!(0)),
+                "ServiceMeta": r.get("Meta").cloned().unwrap_or(json!({})),
+            })
+        })
+        .collect();
+    json_at(idx, Value::Array(out))
+}
+
+fn serf_health(core: &Core) -> Value {
+    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": ""})
+}
+
+async fn health_node(AxState(core): AxState<Core>, Path(node): Path<String>) -> Response {
+    if node != core.node() {
+        return json_at(1, json!([]));
+    }
+    let idx = core.read(|st| st.index);
+    json_at(idx, json!([serf_health(&core)]))
+}
+
+async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, list) = core
+        .block(index, wait, |st| {
+            (
+                st.catalog_index.max(1),
+                instances(st, &name, q.0.get("tag").map(String::as_str)),
+            )
+        })
+        .await;
+    let out: Vec<Value> = list
+        .iter()
+        .map(|(id, r)| json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": [serf_health(&core)]}))
+        .collect();
+    json_at(idx, Value::Array(out))
+}

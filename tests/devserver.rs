@@ -1,0 +1,312 @@
+//! `servant agent -dev`: the embedded single-node server. The conformance scenario runs the same
+//! requests against a real Consul 1.8.7 dev agent and against the embedded server, and compares
+//! status codes and bodies (index values and generated IDs left out).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn dev_runs_jobs_with_nothing_else_installed() {
+    let d = DevAgent::start();
+    let h = d.http();
+    // consul_servant's README, verbatim but for the address.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            "-d",
+            r#"{ "Command": "echo hello world" }"#,
+            &format!("http://{}/v1/kv/jobs/job1", d.addr()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "true");
+    let r = h.wait_result("jdone_jid/jobs/job1", T);
+    assert_eq!(r["Output"], "hello world\n");
+    assert_eq!(r["ExecutionNode"], "devnode");
+    let (code, out, err) = cli(&d.addr(), &["start", "--wait", "-c", "echo from cli", "j2"]);
+    assert_eq!((code, out.as_str()), (0, "j2\nfrom cli\n"), "{err}");
+    let (code, out, _) = cli(&d.addr(), &["logs", "job1"]);
+    assert_eq!((code, out.as_str()), (0, "hello world\n"));
+}
+
+#[test]
+fn dev_data_survives_kill_9() {
+    let d = DevAgent::start();
+    let h = d.http();
+    assert_eq!(h.put("/v1/kv/keep/me", vec![0u8, 1, 2, 255]).0, 200);
+    let DevAgent { servant, ip } = d;
+    servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let Servant { mut proc, data } = servant;
+    proc.wait_exit(Duration::from_secs(10)).expect("killed");
+    drop(proc);
+    let d = DevAgent::start_in(ip, data);
+    let v = d.http().get_json("/v1/kv/keep/me").unwrap();
+    assert_eq!(v[0]["Value"], "AAEC/w==");
+}
+
+#[test]
+fn dev_refuses_to_join_or_serve_a_cluster() {
+    for extra in [["-join", "127.0.0.9"], ["-server", "--bind"]] {
+        let mut args = vec!["agent", "-dev"];
+        args.extend(extra.iter().filter(|a| !a.starts_with("--")));
+        let out = Command::new(servant_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a distributed store") && err.contains("real Consul"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn consul_cli_works_against_the_embedded_server() {
+    let d = DevAgent::start();
+    let consul = |args: &[&str]| {
+        let out = Command::new(consul_bin())
+            .args(args)
+            .env("CONSUL_HTTP_ADDR", d.addr())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(consul(&["kv", "put", "app/a", "one"]).0);
+    assert!(consul(&["kv", "put", "app/b", "two"]).0);
+    assert_eq!(consul(&["kv", "get", "app/a"]).1, "one\n");
+    assert_eq!(
+        consul(&["kv", "get", "-recurse", "app/"]).1,
+        "app/a:one\napp/b:two\n"
+    );
+    let (ok, export, _) = consul(&["kv", "export", "app/"]);
+    assert!(ok);
+    assert!(consul(&["kv", "delete", "-recurse", "app/"]).0);
+    assert!(!consul(&["kv", "get", "app/a"]).0);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("export.json");
+    std::fs::write(&f, &export).unwrap();
+    assert!(consul(&["kv", "import", &format!("@{}", f.display())]).0);
+    assert_eq!(consul(&["kv", "get", "app/b"]).1, "two\n");
+    let (ok, members, err) = consul(&["members"]);
+    assert!(ok, "{err}");
+    assert!(
+        members.contains("devnode") && members.contains("alive"),
+        "{members}"
+    );
+    let (ok, out, err) = consul(&["lock", "locks/x", "echo inside the lock"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("inside the lock"), "{out}");
+}
+
+/// Runs one scenario of requests and returns what each answered, normalised: index fields and
+/// generated IDs are replaced, so two backends can be compared.
+fn scenario(h: &Http) -> Vec<(String, u16, Value)> {
+    let mut out = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut record = |what: &str, st: u16, body: &str, ids: &mut Vec<String>| {
+        let mut v: Value =
+            serde_json::from_str(body).unwrap_or(Value::String(body.trim().to_string()));
+        normalise(&mut v, ids);
+        out.push((what.to_string(), st, v));
+    };
+    let (st, b) = h.get("/v1/kv/c/missing");
+    record("get missing", st, &b, &mut ids);
+    let (st, b) = h.put("/v1/kv/c/a?flags=42", "alpha");
+    record("put", st, &b, &mut ids);
+    let (st, b) = h.put("/v1/kv/c/a?cas=0", "again");
+    record("cas 0 on existing", st, &b, &mut ids);
+    let (st, b) = h.put("/v1/kv/c/new?cas=0", "fresh");
+    record("cas 0 on new", st, &b, &mut ids);
+    let (st, b) = h.put("/v1/kv/c/bin", vec![0u8, 159, 146, 150, 255]);
+    record("binary put", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/bin");
+    record("binary get", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/a");
+    record("get", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/a?raw");
+    record("raw", st, &b, &mut ids);
+    h.put("/v1/kv/c/d/e/f", "x");
+    let (st, b) = h.get("/v1/kv/c/?keys&separator=/");
+    record("keys separator", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/?recurse");
+    record("recurse", st, &b, &mut ids);
+    let (st, b) = h.put(
+        "/v1/session/create",
+        r#"{"Name": "one", "LockDelay": "2s", "TTL": "15s"}"#,
+    );
+    let s1 = serde_json::from_str::<Value>(&b)
+        .ok()
+        .and_then(|v| v["ID"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    record("session create", st, &b, &mut ids);
+    let (st, b) = h.put(
+        "/v1/session/create",
+        r#"{"Name": "two", "LockDelay": "0s", "Behavior": "delete"}"#,
+    );
+    let s2 = serde_json::from_str::<Value>(&b)
+        .ok()
+        .and_then(|v| v["ID"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    record("session create 2", st, &b, &mut ids);
+    let (st, b) = h.put("/v1/session/create", r#"{"TTL": "5s"}"#);
+    record(
+        "session bad ttl",
+        st,
+        if st == 500 { "error" } else { &b },
+        &mut ids,
+    );
+    let (st, b) = h.get(&format!("/v1/session/info/{s1}"));
+    record("session info", st, &b, &mut ids);
+    let (st, b) = h.put(&format!("/v1/kv/c/lock?acquire={s1}"), "held");
+    record("acquire", st, &b, &mut ids);
+    let (st, b) = h.put(&format!("/v1/kv/c/lock?acquire={s2}"), "stolen");
+    record("acquire by second session", st, &b, &mut ids);
+    let (st, b) = h.put(&format!("/v1/kv/c/lock?acquire={s1}&cas=1"), "x");
+    record(
+        "acquire with cas",
+        st,
+        if st == 400 { "conflicting" } else { &b },
+        &mut ids,
+    );
+    let (st, b) = h.get("/v1/kv/c/lock");
+    record("locked entry", st, &b, &mut ids);
+    let (st, b) = h.put(&format!("/v1/session/destroy/{s1}"), "");
+    record("destroy", st, &b, &mut ids);
+    let (st, b) = h.put(&format!("/v1/kv/c/lock?acquire={s2}"), "too soon");
+    record("acquire during lock-delay", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/lock");
+    record("released entry", st, &b, &mut ids);
+    let txn_ok = json!([
+        {"KV": {"Verb": "set", "Key": "c/t1", "Value": "dHgx"}},
+        {"KV": {"Verb": "get", "Key": "c/a"}},
+        {"KV": {"Verb": "check-not-exists", "Key": "c/none"}}
+    ]);
+    let (st, b) = h.put("/v1/txn", txn_ok.to_string());
+    record("txn", st, &b, &mut ids);
+    let txn_bad = json!([
+        {"KV": {"Verb": "set", "Key": "c/t2", "Value": "dHgy"}},
+        {"KV": {"Verb": "check-index", "Key": "c/none", "Index": 3}}
+    ]);
+    let (st, b) = h.put("/v1/txn", txn_bad.to_string());
+    let mut v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+    if let Some(errs) = v["Errors"].as_array_mut() {
+        for e in errs {
+            e["What"] = json!("...");
+        }
+    }
+    record("txn rolled back", st, &v.to_string(), &mut ids);
+    let (st, b) = h.get("/v1/kv/c/t2");
+    record("nothing from the rolled back txn", st, &b, &mut ids);
+    let (st, b) = h.delete("/v1/kv/c/?recurse");
+    record("delete tree", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/kv/c/?recurse");
+    record("empty tree", st, &b, &mut ids);
+    let (st, b) = h.get("/v1/status/leader");
+    record(
+        "leader",
+        st,
+        if b.contains(":8300") { "leader" } else { &b },
+        &mut ids,
+    );
+    out
+}
+
+fn normalise(v: &mut Value, ids: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for k in ["CreateIndex", "ModifyIndex", "LockIndex"] {
+                if let Some(x) = m.get_mut(k) {
+                    // LockIndex is kept as a count; the others are positions in a log.
+                    if k != "LockIndex" {
+                        *x = json!("idx");
+                    }
+                }
+            }
+            for k in ["ID", "Session"] {
+                if let Some(Value::String(s)) = m.get_mut(k) {
+                    let n = match ids.iter().position(|x| x == s) {
+                        Some(n) => n,
+                        None => {
+                            ids.push(s.clone());
+                            ids.len() - 1
+                        }
+                    };
+                    *s = format!("id{n}");
+                }
+            }
+            m.remove("Node");
+            for (_, x) in m.iter_mut() {
+                normalise(x, ids);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, ids)),
+        _ => {}
+    }
+}
+
+#[test]
+fn conformance_kv_txn_sessions_match_real_consul() {
+    let real = ConsulDev::start();
+    let dev = DevAgent::start();
+    let a = scenario(&real.http());
+    let b = scenario(&dev.http());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
+    }
+}
+
+/// Blocking behaviour on both backends: a list waits, wakes on a write under its prefix, and
+/// deleting the newest key still moves the index forward.
+#[test]
+fn conformance_blocking_queries() {
+    let real = ConsulDev::start();
+    let dev = DevAgent::start();
+    for h in [real.http(), dev.http()] {
+        h.put("/v1/kv/b/1", "one");
+        h.put("/v1/kv/b/2", "two");
+        let i0 = h.index_of("/v1/kv/b/?recurse");
+        // Nothing changes: the read holds for its wait.
+        let t = Instant::now();
+        let (st, _) = h.get(&format!("/v1/kv/b/?recurse&index={i0}&wait=300ms"));
+        assert_eq!(st, 200);
+        assert!(
+            t.elapsed() >= Duration::from_millis(280),
+            "{:?} on {}",
+            t.elapsed(),
+            h.base
+        );
+        // A write elsewhere does not wake a prefix with entries (Consul watches the prefix).
+        // Deleting the newest key wakes it with a higher index.
+        let base = h.base.clone();
+        let waiter = std::thread::spawn(move || {
+            let h = Http::new(base.trim_start_matches("http://"));
+            let t = Instant::now();
+            let (st, body) = h.get(&format!("/v1/kv/b/?recurse&index={i0}&wait=10s"));
+            (st, body, t.elapsed(), h.index_of("/v1/kv/b/?recurse"))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        h.delete("/v1/kv/b/2");
+        let (st, body, took, i1) = waiter.join().unwrap();
+        assert_eq!(st, 200);
+        assert!(
+            took < Duration::from_secs(5),
+            "woke after {took:?} on {}",
+            h.base
+        );
+        assert!(body.contains("b/1") && !body.contains("b/2"));
+        assert!(i1 > i0, "index went from {i0} to {i1} on {}", h.base);
+    }
+}
