@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn dev_runs_jobs_with_nothing_else_installed() {
-    let d = DevAgent::start();
+    let d = Single::start(Backend::Dev, &[]);
     let h = d.http();
     // consul_servant's README, verbatim but for the address.
     let out = Command::new("curl")
@@ -40,15 +40,15 @@ fn dev_runs_jobs_with_nothing_else_installed() {
 
 #[test]
 fn dev_data_survives_kill_9() {
-    let d = DevAgent::start();
+    let d = Single::start(Backend::Dev, &[]);
     let h = d.http();
     assert_eq!(h.put("/v1/kv/keep/me", vec![0u8, 1, 2, 255]).0, 200);
-    let DevAgent { servant, ip } = d;
+    let Single { servant, ip, .. } = d;
     servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
     let Servant { mut proc, data } = servant;
     proc.wait_exit(Duration::from_secs(10)).expect("killed");
     drop(proc);
-    let d = DevAgent::start_in(ip, data);
+    let d = Single::dev_in(ip, data, &[]);
     let v = d.http().get_json("/v1/kv/keep/me").unwrap();
     assert_eq!(v[0]["Value"], "AAEC/w==");
 }
@@ -70,7 +70,7 @@ fn dev_refuses_to_join_or_serve_a_cluster() {
 
 #[test]
 fn consul_cli_works_against_the_embedded_server() {
-    let d = DevAgent::start();
+    let d = Single::start(Backend::Dev, &[]);
     let consul = |args: &[&str]| {
         let out = Command::new(consul_bin())
             .args(args)
@@ -259,7 +259,7 @@ fn normalise(v: &mut Value, ids: &mut Vec<String>) {
 #[test]
 fn conformance_kv_txn_sessions_match_real_consul() {
     let real = ConsulDev::start();
-    let dev = DevAgent::start();
+    let dev = Single::start(Backend::Dev, &[]);
     let a = scenario(&real.http());
     let b = scenario(&dev.http());
     assert_eq!(a.len(), b.len());
@@ -273,7 +273,7 @@ fn conformance_kv_txn_sessions_match_real_consul() {
 #[test]
 fn conformance_blocking_queries() {
     let real = ConsulDev::start();
-    let dev = DevAgent::start();
+    let dev = Single::start(Backend::Dev, &[]);
     for h in [real.http(), dev.http()] {
         h.put("/v1/kv/b/1", "one");
         h.put("/v1/kv/b/2", "two");

@@ -24,10 +24,8 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn readme_curl_put_jobs_and_get_result_raw() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn readme_curl_put_jobs_and_get_result_raw(b: Backend) {
+    let c = Single::start(b, &[]);
     let base = format!("http://{}", c.addr());
     // Verbatim from consul_servant's README (host and port made ours).
     curl(&[
@@ -54,10 +52,8 @@ fn readme_curl_put_jobs_and_get_result_raw() {
     assert_eq!(c.http().get("/v1/kv/jobs/job1").0, 404);
 }
 
-#[test]
-fn readme_curl_node_queue() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn readme_curl_node_queue(b: Backend) {
+    let c = Single::start(b, &[]);
     let base = format!("http://{}", c.addr());
     curl(&[
         "-X",
@@ -85,10 +81,8 @@ fn readme_curl_node_queue() {
     );
 }
 
-#[test]
-fn readme_service_registration_example() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn readme_service_registration_example(b: Backend) {
+    let c = Single::start(b, &[]);
     let h = c.http();
     let base = format!("http://{}", c.addr());
     // Verbatim: Port is the string "80".
@@ -122,10 +116,8 @@ fn readme_service_registration_example() {
     });
 }
 
-#[test]
-fn timeout_kills_grandchildren() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&["--kill-grace", "1s"]).ready();
+fn timeout_kills_grandchildren(b: Backend) {
+    let c = Single::start(b, &["--kill-grace", "1s"]);
     let h = c.http();
     // A sleep length no other test uses, so we can look for leftovers.
     let marker = format!("sleep {}", 3000 + std::process::id() % 1000);
@@ -145,10 +137,8 @@ fn timeout_kills_grandchildren() {
     });
 }
 
-#[test]
-fn bad_input_gets_a_result_and_the_agent_keeps_working() {
-    let c = ConsulDev::start();
-    let mut s = c.servant(&["--output-cap", "65536"]).ready();
+fn bad_input_gets_a_result_and_the_agent_keeps_working(b: Backend) {
+    let mut c = Single::start(b, &["--output-cap", "65536"]);
     let h = c.http();
     h.put("/v1/kv/jobs/malformed", "{ \"Command\": ");
     h.put(
@@ -221,7 +211,7 @@ fn bad_input_gets_a_result_and_the_agent_keeps_working() {
         h.wait_result("jdone_jid/jobs/after", T)["Output"],
         "still here\n"
     );
-    assert!(s.proc.alive());
+    assert!(c.servant.proc.alive());
 }
 
 fn base64(b: &[u8]) -> String {
@@ -243,10 +233,8 @@ fn txn_get(h: &Http, key: &str) -> Option<Value> {
     serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
 }
 
-#[test]
-fn cli_start_wait_show_jobs_and_aliases() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn cli_start_wait_show_jobs_and_aliases(b: Backend) {
+    let c = Single::start(b, &[]);
     let a = c.addr();
     let tricky = r#"printf '%s|' "dq\"x" 'sq' {{.Name}} back\\slash"#;
     let (code, out, err) = cli(&a, &["start", "--wait", "-c", tricky, "tricky"]);
@@ -301,10 +289,8 @@ fn cli_start_wait_show_jobs_and_aliases() {
     assert!(err.contains("cannot reach consul"), "{err}");
 }
 
-#[test]
-fn job_file_and_node_flag() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn job_file_and_node_flag(b: Backend) {
+    let c = Single::start(b, &[]);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("job1.job");
     std::fs::write(&f, r#"{ "ID": "job1", "Command": "echo hello world" }"#).unwrap();
@@ -323,10 +309,8 @@ fn job_file_and_node_flag() {
         .is_some());
 }
 
-#[test]
-fn env_dir_user_exec_and_nowait() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn env_dir_user_exec_and_nowait(b: Backend) {
+    let c = Single::start(b, &[]);
     let h = c.http();
     h.put("/v1/kv/jobs/env", json!({"Command": "echo $GREETING; pwd; id -un", "Env": {"GREETING": "hi"}, "Dir": "/tmp", "User": "nobody"}).to_string());
     assert_eq!(
@@ -424,12 +408,8 @@ fn sigterm_lets_jobs_finish_then_reports_the_rest() {
     assert_eq!(sessions.as_array().unwrap().len(), 0, "{sessions}");
 }
 
-#[test]
-fn lost_session_fences_running_jobs_and_the_agent_recovers() {
-    let c = ConsulDev::start();
-    let mut s = c
-        .servant(&["--lock-delay", "0s", "--kill-grace", "1s"])
-        .ready();
+fn lost_session_fences_running_jobs_and_the_agent_recovers(b: Backend) {
+    let mut c = Single::start(b, &["--lock-delay", "0s", "--kill-grace", "1s"]);
     let h = c.http();
     let marker = format!("sleep {}", 5000 + std::process::id() % 1000);
     h.put(
@@ -461,22 +441,20 @@ fn lost_session_fences_running_jobs_and_the_agent_recovers() {
     assert_ne!(holders[0]["ID"], sid.as_str());
     h.put("/v1/kv/jobs/next", r#"{"Command": "echo ok"}"#);
     assert_eq!(h.wait_result("jdone_jid/jobs/next", T)["Output"], "ok\n");
-    assert!(s.proc.alive());
+    assert!(c.servant.proc.alive());
 }
 
 /// consul_servant waited on a key's ModifyIndex instead of X-Consul-Index and spun forever after
 /// its first job. An idle agent must use almost no CPU after jobs come and go.
-#[test]
-fn regression_busy_loop_after_first_job() {
-    let c = ConsulDev::start();
-    let s = c.servant(&[]).ready();
+fn regression_busy_loop_after_first_job(b: Backend) {
+    let c = Single::start(b, &[]);
     let h = c.http();
     for i in 0..3 {
         h.put(&format!("/v1/kv/jobs/b{i}"), r#"{"Command": "true"}"#);
         h.wait_result(&format!("jdone_jid/jobs/b{i}"), T);
     }
     let ticks = || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.proc.pid())).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.servant.proc.pid())).unwrap();
         let f: Vec<&str> = stat
             .rsplit(')')
             .next()
@@ -509,12 +487,8 @@ fn bad_config_file_is_a_clear_error() {
     );
 }
 
-#[test]
-fn old_results_are_cleaned_up() {
-    let c = ConsulDev::start();
-    let _s = c
-        .servant(&["--result-max-age", "2s", "--result-gc-interval", "1s"])
-        .ready();
+fn old_results_are_cleaned_up(b: Backend) {
+    let c = Single::start(b, &["--result-max-age", "2s", "--result-gc-interval", "1s"]);
     let h = c.http();
     h.put("/v1/kv/jobs/old", r#"{"Command": "true"}"#);
     h.wait_result("jdone_jid/jobs/old", T);
@@ -602,10 +576,8 @@ fn launched_consul_is_supervised_and_stopped_with_the_agent() {
 }
 
 /// On timeout the command gets SIGTERM and its grace period; the shim does not die first.
-#[test]
-fn timeout_gives_the_command_its_sigterm_grace() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&["--kill-grace", "5s"]).ready();
+fn timeout_gives_the_command_its_sigterm_grace(b: Backend) {
+    let c = Single::start(b, &["--kill-grace", "5s"]);
     let h = c.http();
     h.put("/v1/kv/jobs/trap", json!({"Command": "trap 'sleep 1; echo cleaned up; exit 0' TERM; sleep 30 & wait", "Timeout": "1s"}).to_string());
     let r = h.wait_result("jdone_jid/jobs/trap", T);
@@ -613,10 +585,8 @@ fn timeout_gives_the_command_its_sigterm_grace() {
     assert_eq!(r["Output"], "cleaned up\n", "{r}");
 }
 
-#[test]
-fn oversized_job_is_rejected_without_a_claim() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&[]).ready();
+fn oversized_job_is_rejected_without_a_claim(b: Backend) {
+    let c = Single::start(b, &[]);
     let h = c.http();
     let big = json!({"Command": format!("echo {}", "x".repeat(400 * 1024))}).to_string();
     assert_eq!(h.put("/v1/kv/jobs/huge", big).0, 200);
@@ -691,10 +661,8 @@ fn unconfirmed_session_fences_jobs_before_the_lock_delay() {
 
 /// A key held by this node's session with no task behind it (a claim whose answer was lost) is
 /// released and run again rather than left locked forever.
-#[test]
-fn key_held_by_our_session_without_a_task_is_released() {
-    let c = ConsulDev::start();
-    let _s = c.servant(&["--lock-delay", "0s"]).ready();
+fn key_held_by_our_session_without_a_task_is_released(b: Backend) {
+    let c = Single::start(b, &["--lock-delay", "0s"]);
     let h = c.http();
     let sid = wait_for("agent session", T, || {
         let v = h.get_json(&format!("/v1/session/node/{}", c.node))?;
@@ -715,3 +683,35 @@ fn key_held_by_our_session_without_a_task_is_released() {
     assert_eq!(r["Output"], "rerun\n");
     assert_eq!(r["Attempt"], 2);
 }
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        /// Against a real Consul 1.8.7 dev agent.
+        mod on_consul {
+            use super::*;
+            $( #[test] fn $name() { super::$name(Backend::Consul) } )*
+        }
+        /// Against `servant agent -dev`, the embedded server.
+        mod on_dev {
+            use super::*;
+            $( #[test] fn $name() { super::$name(Backend::Dev) } )*
+        }
+    };
+}
+
+on_both!(
+    readme_curl_put_jobs_and_get_result_raw,
+    readme_curl_node_queue,
+    readme_service_registration_example,
+    timeout_kills_grandchildren,
+    bad_input_gets_a_result_and_the_agent_keeps_working,
+    cli_start_wait_show_jobs_and_aliases,
+    job_file_and_node_flag,
+    env_dir_user_exec_and_nowait,
+    lost_session_fences_running_jobs_and_the_agent_recovers,
+    regression_busy_loop_after_first_job,
+    old_results_are_cleaned_up,
+    timeout_gives_the_command_its_sigterm_grace,
+    oversized_job_is_rejected_without_a_claim,
+    key_held_by_our_session_without_a_task_is_released,
+);

@@ -346,21 +346,47 @@ impl Servant {
     }
 }
 
-/// `servant agent -dev`: the embedded server on `ip:8500`, data in its own temporary dir.
-pub struct DevAgent {
-    pub servant: Servant,
-    pub ip: String,
+/// Which server a single-node test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A real `consul agent -dev` and a servant beside it.
+    Consul,
+    /// `servant agent -dev`: the embedded server inside the agent.
+    Dev,
 }
 
-impl DevAgent {
-    pub fn start() -> Self {
-        let ip = format!("{}.2", subnet());
-        let data = tempfile::tempdir().expect("tempdir");
-        Self::start_in(ip, data)
+/// One node of either backend, with its agent running.
+pub struct Single {
+    pub node: String,
+    pub ip: String,
+    pub servant: Servant,
+    /// The real Consul, for the Consul backend.
+    pub consul: Option<ConsulDev>,
+}
+
+impl Single {
+    pub fn start(b: Backend, extra: &[&str]) -> Single {
+        match b {
+            Backend::Consul => {
+                let c = ConsulDev::start();
+                let servant = c.servant(extra).ready();
+                Single {
+                    node: c.node.clone(),
+                    ip: c.ip.clone(),
+                    servant,
+                    consul: Some(c),
+                }
+            }
+            Backend::Dev => Single::dev_in(
+                format!("{}.2", subnet()),
+                tempfile::tempdir().expect("tempdir"),
+                extra,
+            ),
+        }
     }
 
-    /// Starts (or restarts) on `ip` with the data dir `data`.
-    pub fn start_in(ip: String, data: tempfile::TempDir) -> Self {
+    /// `servant agent -dev` on `ip:8500` with the data dir `data` (a restart reuses both).
+    pub fn dev_in(ip: String, data: tempfile::TempDir, extra: &[&str]) -> Single {
         let mut cmd = Command::new(servant_bin());
         cmd.args([
             "agent",
@@ -373,15 +399,18 @@ impl DevAgent {
             "devnode",
             "--data-dir",
         ])
-        .arg(data.path());
+        .arg(data.path())
+        .args(extra);
         cmd.env("SERVANT_LOG", "info,servant=debug")
             .env_remove("CONSUL_HTTP_TOKEN")
             .env_remove("CONSUL_HTTP_ADDR");
         let log = data.path().join("agent.log");
         let proc = spawn_logged("servant-dev", &mut cmd, &log);
-        DevAgent {
-            servant: Servant { proc, data }.ready(),
+        Single {
+            node: "devnode".into(),
             ip,
+            servant: Servant { proc, data }.ready(),
+            consul: None,
         }
     }
 
