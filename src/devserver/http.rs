@@ -1,9 +1,10 @@
 //! The embedded server's HTTP API: the subset of Consul's that the product and common clients
 //! use, with Consul's shapes, status codes and index headers.
 //!
-//! Done so far: `/v1/kv`, `/v1/txn`, `/v1/session`, `/v1/status`, `/v1/agent/self`,
-//! `/v1/agent/members`, agent service register/deregister/list, `/v1/catalog/nodes`,
-//! `/v1/catalog/services`, `/v1/catalog/service`, `/v1/health/node`, `/v1/health/service`.
+//! Served: `/v1/kv`, `/v1/txn`, `/v1/session`, `/v1/status`, `/v1/agent` (self, members,
+//! services and checks, TTL updates), `/v1/catalog` (nodes, node, services, service), `/v1/health`
+//! (node, checks, service with `passing`, state) and `/v1/event` (fire, list). HTTP, TCP and
+//! script checks are registered but not run yet: they stay critical and say so.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +20,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::server::Core;
-use super::state::{Behavior, Entry, PutOptions, Session, State, StateError, TxnOp};
+use super::state::{
+    Behavior, Check, Entry, PutOptions, Session, State, StateError, TxnOp, UserEvent,
+};
 use crate::util::duration::parse_duration;
 
 type Q = Query<HashMap<String, String>>;
@@ -46,6 +49,18 @@ pub fn router(core: Core) -> Router {
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/service/register", put(service_register))
         .route("/v1/agent/service/deregister/{id}", put(service_deregister))
+        .route("/v1/agent/checks", get(agent_checks))
+        .route("/v1/agent/check/register", put(check_register))
+        .route("/v1/agent/check/deregister/{id}", put(check_deregister))
+        .route("/v1/agent/check/pass/{id}", put(check_pass))
+        .route("/v1/agent/check/warn/{id}", put(check_warn))
+        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
+        .route("/v1/health/checks/{name}", get(health_checks))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/event/fire/{name}", put(event_fire))
+        .route("/v1/event/list", get(event_list))
         .route("/v1/catalog/nodes", get(catalog_nodes))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
@@ -87,7 +102,7 @@ fn state_error(e: StateError) -> Response {
                 super::state::MAX_VALUE_BYTES
             ),
         ),
-        StateError::InvalidSession(_) | StateError::BadTtl(_) => {
+        StateError::InvalidSession(_) | StateError::BadTtl(_) | StateError::Refused(_) => {
             text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
         StateError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
@@ -502,12 +517,6 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
         );
     }
     let checks = b.checks.unwrap_or_else(|| vec!["serfHealth".to_string()]);
-    if let Some(c) = checks.iter().find(|c| c.as_str() != "serfHealth") {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Missing check '{c}' registration"),
-        );
-    }
     let s = Session {
         id: uuid::Uuid::new_v4().to_string(),
         name: b.name,
@@ -520,10 +529,21 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
         expires_at_ms: 0,
     };
     let ttl_text = b.ttl.clone();
-    match core
-        .write(move |st, now| st.session_create(s, ttl_secs, &ttl_text, now))
-        .await
-    {
+    let made = core
+        .write(move |st, now| {
+            if let Some(c) = s
+                .checks
+                .iter()
+                .find(|c| c.as_str() != "serfHealth" && !st.checks.contains_key(c.as_str()))
+            {
+                return Err(StateError::Refused(format!(
+                    "Missing check '{c}' registration"
+                )));
+            }
+            st.session_create(s, ttl_secs, &ttl_text, now)
+        })
+        .await;
+    match made {
         Ok(Ok(id)) => json_at(0, json!({"ID": id})),
         Ok(Err(e)) => state_error(e),
         Err(e) => core_error(e),
@@ -641,6 +661,53 @@ async fn agent_services(AxState(core): AxState<Core>) -> Response {
     axum::Json(Value::Object(map)).into_response()
 }
 
+/// A check from a registration body (Consul's field names), for the service `service`.
+fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Result<Check, String> {
+    let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let ttl_ms = match get("TTL") {
+        Some(t) => parse_duration(&t)
+            .map_err(|e| format!("Invalid check TTL: {e}"))?
+            .as_millis() as u64,
+        None => 0,
+    };
+    if ttl_ms == 0 && get("HTTP").is_none() && get("TCP").is_none() && v.get("Args").is_none() {
+        return Err("Invalid check: one of TTL, HTTP, TCP or Args is required".into());
+    }
+    let (output, status) = if ttl_ms > 0 {
+        (
+            String::new(),
+            get("Status").unwrap_or_else(|| "critical".into()),
+        )
+    } else {
+        // Not run here yet: say so rather than pretend the check passes.
+        (
+            "the embedded server does not run HTTP, TCP or script checks".into(),
+            "critical".into(),
+        )
+    };
+    Ok(Check {
+        id: get("CheckID")
+            .or_else(|| get("ID"))
+            .unwrap_or_else(|| default_id.to_string()),
+        name: get("Name").unwrap_or_else(|| {
+            format!(
+                "Service '{}' check",
+                service.map(|s| s.1).unwrap_or(default_id)
+            )
+        }),
+        status,
+        notes: get("Notes").unwrap_or_default(),
+        output,
+        service_id: service
+            .map(|s| s.0.to_string())
+            .or_else(|| get("ServiceID"))
+            .unwrap_or_default(),
+        service_name: service.map(|s| s.1.to_string()).unwrap_or_default(),
+        ttl_ms,
+        expires_at_ms: 0,
+    })
+}
+
 async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
     let reg: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
@@ -658,8 +725,45 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
         .get("ID")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or(name);
-    match core.write(move |st, _| st.service_register(&id, reg)).await {
+        .unwrap_or_else(|| name.clone());
+    let mut bodies: Vec<Value> = reg
+        .get("Checks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(c) = reg.get("Check").filter(|c| c.is_object()) {
+        bodies.insert(0, c.clone());
+    }
+    let mut checks = Vec::new();
+    for (i, c) in bodies.iter().enumerate() {
+        let default_id = if bodies.len() == 1 {
+            format!("service:{id}")
+        } else {
+            format!("service:{id}:{}", i + 1)
+        };
+        match check_from(c, &default_id, Some((&id, &name))) {
+            Ok(c) => checks.push(c),
+            Err(m) => return text(StatusCode::BAD_REQUEST, m),
+        }
+    }
+    let outcome = core
+        .write(move |st, now| {
+            let old: Vec<String> = st
+                .checks
+                .values()
+                .filter(|c| c.service_id == id)
+                .map(|c| c.id.clone())
+                .collect();
+            for c in old {
+                st.check_deregister(&c);
+            }
+            st.service_register(&id, reg);
+            for c in checks {
+                st.check_register(c, now);
+            }
+        })
+        .await;
+    match outcome {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => core_error(e),
     }
@@ -667,15 +771,46 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
 
 async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
     let id2 = id.clone();
-    match core.write(move |st, _| st.service_deregister(&id2)).await {
+    let removed = core
+        .write(move |st, _| {
+            let checks: Vec<String> = st
+                .checks
+                .values()
+                .filter(|c| c.service_id == id2)
+                .map(|c| c.id.clone())
+                .collect();
+            for c in checks {
+                st.check_deregister(&c);
+            }
+            st.service_deregister(&id2)
+        })
+        .await;
+    match removed {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => text(StatusCode::NOT_FOUND, format!("Unknown service {id:?}")),
         Err(e) => core_error(e),
     }
 }
 
+/// A stable node ID, shaped like Consul's, derived from the node name.
+fn node_id(core: &Core) -> String {
+    let h = format!(
+        "{:016x}{:016x}",
+        crate::jobs::claim::stable_hash(&[core.node()]),
+        crate::jobs::claim::stable_hash(&[core.node(), "id"])
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 fn node_json(core: &Core) -> Value {
-    json!({"Node": core.node(), "Address": core.addr(), "Datacenter": "dc1", "TaggedAddresses": {"lan": core.addr(), "wan": core.addr()}, "Meta": {}})
+    json!({"ID": node_id(core), "Node": core.node(), "Address": core.addr(), "Datacenter": "dc1", "TaggedAddresses": {"lan": core.addr(), "wan": core.addr()}, "Meta": {}})
 }
 
 async fn catalog_nodes(AxState(core): AxState<Core>, q: Q) -> Response {
@@ -752,7 +887,7 @@ async fn catalog_service(AxState(core): AxState<Core>, Path(name): Path<String>,
         .iter()
         .map(|(id, r)| {
             json!({
-                "Node": core.node(), "Address": core.addr(), "Datacenter": "dc1",
+                "ID": node_id(&core), "Node": core.node(), "Address": core.addr(), "Datacenter": "dc1",
                 "ServiceID": id, "ServiceName": name,
                 "ServiceTags": r.get("Tags").cloned().unwrap_or(json!([])),
                 "ServiceAddress": r.get("Address").cloned().unwrap_or(json!("")),
@@ -765,18 +900,188 @@ async fn catalog_service(AxState(core): AxState<Core>, Path(name): Path<String>,
 }
 
 fn serf_health(core: &Core) -> Value {
-    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": ""})
+    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "ServiceTags": []})
 }
 
-async fn health_node(AxState(core): AxState<Core>, Path(node): Path<String>) -> Response {
-    if node != core.node() {
-        return json_at(1, json!([]));
+fn check_json(core: &Core, st: &State, c: &Check) -> Value {
+    let tags = st
+        .services
+        .get(&c.service_id)
+        .and_then(|r| r.get("Tags").cloned())
+        .unwrap_or(json!([]));
+    json!({"Node": core.node(), "CheckID": c.id, "Name": c.name, "Status": c.status, "Notes": c.notes, "Output": c.output, "ServiceID": c.service_id, "ServiceName": c.service_name, "ServiceTags": tags})
+}
+
+/// serfHealth and every registered check, optionally only those matching `keep`.
+fn all_checks(core: &Core, st: &State, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    std::iter::once(serf_health(core))
+        .chain(st.checks.values().map(|c| check_json(core, st, c)))
+        .filter(|c| keep(c))
+        .collect()
+}
+
+async fn agent_checks(AxState(core): AxState<Core>) -> Response {
+    let map = core.read(|st| {
+        st.checks
+            .values()
+            .map(|c| (c.id.clone(), check_json(&core, st, c)))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    axum::Json(Value::Object(map)).into_response()
+}
+
+async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Request decode failed: expected a JSON object",
+            )
+        }
+    };
+    let Some(name) = v.get("Name").and_then(Value::as_str).map(str::to_string) else {
+        return text(StatusCode::BAD_REQUEST, "Missing check name");
+    };
+    let service = v
+        .get("ServiceID")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut check = match check_from(&v, &name, None) {
+        Ok(c) => c,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
+    };
+    let outcome = core
+        .write(move |st, now| {
+            if let Some(sid) = &service {
+                match st.services.get(sid) {
+                    Some(reg) => {
+                        check.service_name = reg
+                            .get("Name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    }
+                    None => return Err(format!("ServiceID {sid:?} does not exist")),
+                }
+            }
+            st.check_register(check, now);
+            Ok(())
+        })
+        .await;
+    match outcome {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(m)) => text(StatusCode::BAD_REQUEST, m),
+        Err(e) => core_error(e),
     }
-    let idx = core.read(|st| st.index);
-    json_at(idx, json!([serf_health(&core)]))
 }
 
-async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, q: Q) -> Response {
+async fn check_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
+    let id2 = id.clone();
+    match core.write(move |st, _| st.check_deregister(&id2)).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Unknown check {id:?}"),
+        ),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn set_check(
+    core: Core,
+    id: String,
+    status: &'static str,
+    output: Option<String>,
+) -> Response {
+    let id2 = id.clone();
+    match core
+        .write(move |st, now| st.check_update(&id2, status, output, now))
+        .await
+    {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Unknown check {id:?}"),
+        ),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn check_pass(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
+    set_check(core, id, "passing", q.0.get("note").cloned()).await
+}
+async fn check_warn(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
+    set_check(core, id, "warning", q.0.get("note").cloned()).await
+}
+async fn check_fail(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
+    set_check(core, id, "critical", q.0.get("note").cloned()).await
+}
+
+async fn check_update(
+    AxState(core): AxState<Core>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let status = match v.get("Status").and_then(Value::as_str).unwrap_or("") {
+        "passing" => "passing",
+        "warning" => "warning",
+        "critical" => "critical",
+        other => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid check status: {other:?}"),
+            )
+        }
+    };
+    set_check(
+        core,
+        id,
+        status,
+        v.get("Output").and_then(Value::as_str).map(str::to_string),
+    )
+    .await
+}
+
+async fn catalog_node(AxState(core): AxState<Core>, Path(node): Path<String>) -> Response {
+    if node != core.node() {
+        return with_index(StatusCode::OK.into_response(), 1).into_response();
+    }
+    let (idx, services) = core.read(|st| {
+        (
+            st.catalog_index.max(1),
+            st.services
+                .iter()
+                .map(|(id, r)| (id.clone(), service_view(id, r)))
+                .collect::<serde_json::Map<_, _>>(),
+        )
+    });
+    json_at(idx, json!({"Node": node_json(&core), "Services": services}))
+}
+
+async fn health_node(AxState(core): AxState<Core>, Path(node): Path<String>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let mine = node == core.node();
+    let (idx, list) = core
+        .block(index, wait, |st| {
+            (
+                st.catalog_index.max(1),
+                if mine {
+                    all_checks(&core, st, |_| true)
+                } else {
+                    Vec::new()
+                },
+            )
+        })
+        .await;
+    json_at(idx, Value::Array(list))
+}
+
+async fn health_checks(AxState(core): AxState<Core>, Path(name): Path<String>, q: Q) -> Response {
     let (index, wait) = match blocking(&q.0) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
@@ -785,13 +1090,112 @@ async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, 
         .block(index, wait, |st| {
             (
                 st.catalog_index.max(1),
-                instances(st, &name, q.0.get("tag").map(String::as_str)),
+                all_checks(&core, st, |c| c["ServiceName"] == name.as_str()),
             )
         })
         .await;
-    let out: Vec<Value> = list
-        .iter()
-        .map(|(id, r)| json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": [serf_health(&core)]}))
-        .collect();
+    json_at(idx, Value::Array(list))
+}
+
+async fn health_state(AxState(core): AxState<Core>, Path(state): Path<String>, q: Q) -> Response {
+    if !["any", "passing", "warning", "critical"].contains(&state.as_str()) {
+        return text(StatusCode::BAD_REQUEST, format!("Invalid state: {state}"));
+    }
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let (idx, list) = core
+        .block(index, wait, |st| {
+            (
+                st.catalog_index.max(1),
+                all_checks(&core, st, |c| {
+                    state == "any" || c["Status"] == state.as_str()
+                }),
+            )
+        })
+        .await;
+    json_at(idx, Value::Array(list))
+}
+
+fn event_json(e: &UserEvent) -> Value {
+    json!({
+        "ID": e.id, "Name": e.name,
+        "Payload": if e.payload.is_empty() { Value::Null } else { json!(base64::engine::general_purpose::STANDARD.encode(&e.payload)) },
+        "NodeFilter": "", "ServiceFilter": "", "TagFilter": "", "Version": 1, "LTime": e.ltime,
+    })
+}
+
+async fn event_fire(
+    AxState(core): AxState<Core>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let payload = body.to_vec();
+    match core
+        .write(move |st, _| event_json(&st.event_fire(&id, &name, payload)))
+        .await
+    {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+/// `/v1/event/list`: its index is a hash of the newest event's ID, as in Consul; clients compare
+/// it with `!=`.
+async fn event_list(AxState(core): AxState<Core>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let name = q.0.get("name").cloned();
+    let (_, list) = core
+        .block(index, wait, |st| {
+            let list: Vec<Value> = st
+                .events
+                .iter()
+                .filter(|e| name.as_ref().is_none_or(|n| &e.name == n))
+                .map(event_json)
+                .collect();
+            let hash = st
+                .events
+                .last()
+                .map(|e| crate::jobs::claim::stable_hash(&[&e.id]))
+                .unwrap_or(1);
+            // A blocking list wakes when the hash differs from the one asked with.
+            (
+                if index != 0 && hash != index {
+                    u64::MAX
+                } else {
+                    hash
+                },
+                (hash, list),
+            )
+        })
+        .await;
+    json_at(list.0, Value::Array(list.1))
+}
+
+async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, q: Q) -> Response {
+    let (index, wait) = match blocking(&q.0) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let passing = q.0.contains_key("passing");
+    let tag = q.0.get("tag").cloned();
+    let (idx, out) = core
+        .block(index, wait, |st| {
+            let out: Vec<Value> = instances(st, &name, tag.as_deref())
+                .iter()
+                .map(|(id, r)| {
+                    let checks = all_checks(&core, st, |c| c["CheckID"] == "serfHealth" || c["ServiceID"] == id.as_str());
+                    json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": checks})
+                })
+                .filter(|e| !passing || e["Checks"].as_array().is_some_and(|cs| cs.iter().all(|c| c["Status"] == "passing")))
+                .collect();
+            (st.catalog_index.max(1), out)
+        })
+        .await;
     json_at(idx, Value::Array(out))
 }

@@ -126,12 +126,20 @@ impl Core {
         }
     }
 
-    /// Expires TTL sessions when due; runs until the core is dropped.
+    /// Expires TTL sessions and TTL checks when due; runs until the core is dropped.
     pub async fn run_expiry(self) {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let due = self.read(|st| st.next_expiry().is_some_and(|t| t <= now_ms()));
-            if due && self.write(|st, now| st.expire_sessions(now)).await.is_err() {
+            if due
+                && self
+                    .write(|st, now| {
+                        st.expire_sessions(now);
+                        st.expire_checks(now);
+                    })
+                    .await
+                    .is_err()
+            {
                 return;
             }
         }

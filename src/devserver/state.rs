@@ -58,6 +58,35 @@ pub struct Session {
     pub expires_at_ms: u64,
 }
 
+/// User events kept for `/v1/event/list`.
+pub const MAX_EVENTS: usize = 256;
+
+/// A health check on the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub id: String,
+    pub name: String,
+    /// passing, warning or critical.
+    pub status: String,
+    pub notes: String,
+    pub output: String,
+    pub service_id: String,
+    pub service_name: String,
+    /// TTL in ms for a TTL check; 0 for checks nobody runs here (HTTP, TCP, script).
+    pub ttl_ms: u64,
+    /// When a TTL check goes critical unless updated (ms); 0 for none.
+    pub expires_at_ms: u64,
+}
+
+/// A user event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEvent {
+    pub id: String,
+    pub name: String,
+    pub payload: Vec<u8>,
+    pub ltime: u64,
+}
+
 /// Errors shaped for Consul-like answers; the HTTP layer maps them to status codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
@@ -73,6 +102,9 @@ pub enum StateError {
     /// HTTP 400.
     #[error("{0}")]
     BadRequest(String),
+    /// HTTP 500 with Consul's words (e.g. "Missing check 'x' registration").
+    #[error("{0}")]
+    Refused(String),
     /// HTTP 404.
     #[error("{0}")]
     NotFound(String),
@@ -151,6 +183,12 @@ pub struct State {
     /// memory only for now.
     #[serde(skip)]
     pub services: BTreeMap<String, serde_json::Value>,
+    /// Health checks registered on the agent, by check ID (not counting serfHealth). In memory.
+    #[serde(skip)]
+    pub checks: BTreeMap<String, Check>,
+    /// Recent user events, oldest first (at most `MAX_EVENTS`). In memory.
+    #[serde(skip)]
+    pub events: Vec<UserEvent>,
     /// Index of the last catalog change.
     #[serde(skip)]
     pub catalog_index: u64,
@@ -733,25 +771,6 @@ impl State {
         expired
     }
 
-    /// Invalidates every session that names `check` (it went critical). Returns the IDs ended.
-    pub fn invalidate_sessions_of_check(
-        &mut self,
-        node: &str,
-        check: &str,
-        now_ms: u64,
-    ) -> Vec<String> {
-        let ids: Vec<String> = self
-            .sessions
-            .values()
-            .filter(|s| s.node == node && s.checks.iter().any(|c| c == check))
-            .map(|s| s.id.clone())
-            .collect();
-        for id in &ids {
-            self.session_destroy(id, now_ms);
-        }
-        ids
-    }
-
     /// Registers (or replaces) a service on the agent.
     pub fn service_register(&mut self, id: &str, reg: serde_json::Value) {
         let idx = self.next_index();
@@ -769,11 +788,106 @@ impl State {
         true
     }
 
-    /// The earliest instant a TTL session expires, for the expiry timer.
+    /// Registers (or replaces) a check.
+    pub fn check_register(&mut self, mut c: Check, now_ms: u64) {
+        if c.ttl_ms > 0 {
+            c.expires_at_ms = now_ms + c.ttl_ms;
+        }
+        let idx = self.next_index();
+        self.catalog_index = idx;
+        self.checks.insert(c.id.clone(), c);
+    }
+
+    /// Deregisters a check; false if it was not there.
+    pub fn check_deregister(&mut self, id: &str) -> bool {
+        if self.checks.remove(id).is_none() {
+            return false;
+        }
+        let idx = self.next_index();
+        self.catalog_index = idx;
+        true
+    }
+
+    /// Sets a check's status (a TTL update resets its timer). A check going critical
+    /// invalidates the sessions that name it. False if the check does not exist.
+    pub fn check_update(
+        &mut self,
+        id: &str,
+        status: &str,
+        output: Option<String>,
+        now_ms: u64,
+    ) -> bool {
+        let Some(c) = self.checks.get_mut(id) else {
+            return false;
+        };
+        c.status = status.to_string();
+        if let Some(o) = output {
+            c.output = o;
+        }
+        if c.ttl_ms > 0 {
+            c.expires_at_ms = now_ms + c.ttl_ms;
+        }
+        let idx = self.next_index();
+        self.catalog_index = idx;
+        if status == "critical" {
+            self.invalidate_sessions_naming(id, now_ms);
+        }
+        true
+    }
+
+    /// Invalidates every session that names `check` (it went critical). Returns the IDs ended.
+    pub fn invalidate_sessions_naming(&mut self, check: &str, now_ms: u64) -> Vec<String> {
+        let ids: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.checks.iter().any(|c| c == check))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            self.session_destroy(id, now_ms);
+        }
+        ids
+    }
+
+    /// TTL checks past their time go critical, with Consul's output.
+    pub fn expire_checks(&mut self, now_ms: u64) -> Vec<String> {
+        let due: Vec<String> = self
+            .checks
+            .values()
+            .filter(|c| c.expires_at_ms > 0 && c.expires_at_ms <= now_ms && c.status != "critical")
+            .map(|c| c.id.clone())
+            .collect();
+        for id in &due {
+            self.check_update(id, "critical", Some("TTL expired".into()), now_ms);
+            if let Some(c) = self.checks.get_mut(id) {
+                c.expires_at_ms = 0;
+            }
+        }
+        due
+    }
+
+    /// Records a user event; the oldest go beyond `MAX_EVENTS`.
+    pub fn event_fire(&mut self, id: &str, name: &str, payload: Vec<u8>) -> UserEvent {
+        let ltime = self.events.last().map(|e| e.ltime + 1).unwrap_or(1);
+        let ev = UserEvent {
+            id: id.to_string(),
+            name: name.to_string(),
+            payload,
+            ltime,
+        };
+        self.events.push(ev.clone());
+        if self.events.len() > MAX_EVENTS {
+            self.events.remove(0);
+        }
+        ev
+    }
+
+    /// The earliest instant a TTL session or a TTL check expires, for the expiry timer.
     pub fn next_expiry(&self) -> Option<u64> {
         self.sessions
             .values()
             .map(|s| s.expires_at_ms)
+            .chain(self.checks.values().map(|c| c.expires_at_ms))
             .filter(|t| *t > 0)
             .min()
     }
@@ -1027,6 +1141,46 @@ mod tests {
         assert!(s.expire_sessions(29_999).is_empty());
         assert_eq!(s.expire_sessions(30_000), vec!["t"]);
         assert!(s.session_renew("t", 0).is_none());
+    }
+
+    #[test]
+    fn a_ttl_check_going_critical_invalidates_sessions_that_name_it() {
+        let mut s = State::default();
+        let c = Check {
+            id: "svc-ttl".into(),
+            name: "ttl".into(),
+            status: "passing".into(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: "svc".into(),
+            service_name: "svc".into(),
+            ttl_ms: 10_000,
+            expires_at_ms: 0,
+        };
+        s.check_register(c, 0);
+        let mut sess = session("s", Behavior::Release, 0);
+        sess.checks = vec!["serfHealth".into(), "svc-ttl".into()];
+        s.session_create(sess, None, "", 0).unwrap();
+        s.put(
+            "k",
+            b"v".to_vec(),
+            &PutOptions {
+                acquire: Some("s".into()),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert!(s.expire_checks(9_999).is_empty());
+        assert!(s.check_update("svc-ttl", "passing", None, 5_000));
+        assert!(
+            s.expire_checks(14_999).is_empty(),
+            "an update resets the TTL"
+        );
+        assert_eq!(s.expire_checks(15_000), vec!["svc-ttl"]);
+        assert_eq!(s.checks["svc-ttl"].status, "critical");
+        assert!(s.sessions.is_empty());
+        assert_eq!(s.get("k").unwrap().session, None);
     }
 
     #[test]
