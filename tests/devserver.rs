@@ -484,3 +484,29 @@ fn conformance_agent_catalog_health_events_match_real_consul() {
         assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
     }
 }
+
+/// Debian's python3-consul, an independent client, runs a scripted session against both
+/// backends. `.ci/run` installs it; the system interpreter is used because pyenv's has no
+/// Debian modules.
+#[test]
+fn python_consul_client_session_on_both_backends() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/python_consul_session.py");
+    let real = ConsulDev::start();
+    let dev = Single::start(Backend::Dev, &[]);
+    for ip in [&real.ip, &dev.ip] {
+        let out = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(ip)
+            .arg("8500")
+            .output()
+            .expect("run /usr/bin/python3 (apt-get install python3-consul)");
+        assert!(
+            out.status.success(),
+            "python3-consul against {ip}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("all ok"));
+    }
+}

@@ -24,6 +24,49 @@ use super::state::{
     Behavior, Check, Entry, PutOptions, Session, State, StateError, TxnOp, UserEvent,
 };
 use crate::util::duration::parse_duration;
+use crate::util::json::canonical_keys;
+
+/// Fields of a service registration, and of a check; request keys match them case-insensitively.
+const SERVICE_FIELDS: &[&str] = &[
+    "ID",
+    "Name",
+    "Tags",
+    "Port",
+    "Address",
+    "Meta",
+    "Check",
+    "Checks",
+    "EnableTagOverride",
+    "Kind",
+];
+const CHECK_FIELDS: &[&str] = &[
+    "CheckID",
+    "ID",
+    "Name",
+    "TTL",
+    "HTTP",
+    "TCP",
+    "Args",
+    "Interval",
+    "Timeout",
+    "Status",
+    "Notes",
+    "ServiceID",
+    "DeregisterCriticalServiceAfter",
+    "Header",
+    "Method",
+];
+
+/// A registration body with Consul's key spelling, at every level that has one.
+fn canonical_service(v: &mut Value) {
+    canonical_keys(v, SERVICE_FIELDS);
+    if let Some(c) = v.get_mut("Check") {
+        canonical_keys(c, CHECK_FIELDS);
+    }
+    if let Some(Value::Array(cs)) = v.get_mut("Checks") {
+        cs.iter_mut().for_each(|c| canonical_keys(c, CHECK_FIELDS));
+    }
+}
 
 type Q = Query<HashMap<String, String>>;
 
@@ -347,7 +390,18 @@ fn txn_op(kv: TxnKv) -> Result<TxnOp, String> {
 }
 
 async fn txn(AxState(core): AxState<Core>, body: Bytes) -> Response {
-    let items: Vec<TxnItem> = match serde_json::from_slice(&body) {
+    let items = serde_json::from_slice::<Value>(&body).and_then(|mut v| {
+        if let Value::Array(items) = &mut v {
+            for it in items.iter_mut() {
+                canonical_keys(it, &["KV"]);
+                if let Some(kv) = it.get_mut("KV") {
+                    canonical_keys(kv, &["Verb", "Key", "Value", "Flags", "Index", "Session"]);
+                }
+            }
+        }
+        serde_json::from_value::<Vec<TxnItem>>(v)
+    });
+    let items: Vec<TxnItem> = match items {
         Ok(v) => v,
         Err(e) => {
             return text(
@@ -442,7 +496,14 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
     let b: SessionBody = if body.is_empty() {
         SessionBody::default()
     } else {
-        match serde_json::from_slice(&body) {
+        let parsed = serde_json::from_slice::<Value>(&body).and_then(|mut v| {
+            canonical_keys(
+                &mut v,
+                &["Name", "Node", "Checks", "TTL", "Behavior", "LockDelay"],
+            );
+            serde_json::from_value(v)
+        });
+        match parsed {
             Ok(b) => b,
             Err(e) => {
                 return text(
@@ -709,7 +770,7 @@ fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Res
 }
 
 async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
-    let reg: Value = match serde_json::from_slice(&body) {
+    let mut reg: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
             return text(
@@ -718,6 +779,7 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
             )
         }
     };
+    canonical_service(&mut reg);
     let Some(name) = reg.get("Name").and_then(Value::as_str).map(str::to_string) else {
         return text(StatusCode::BAD_REQUEST, "Missing service name");
     };
@@ -931,7 +993,7 @@ async fn agent_checks(AxState(core): AxState<Core>) -> Response {
 }
 
 async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
-    let v: Value = match serde_json::from_slice(&body) {
+    let mut v: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
             return text(
@@ -940,6 +1002,7 @@ async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
             )
         }
     };
+    canonical_keys(&mut v, CHECK_FIELDS);
     let Some(name) = v.get("Name").and_then(Value::as_str).map(str::to_string) else {
         return text(StatusCode::BAD_REQUEST, "Missing check name");
     };

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::util::duration::parse_duration;
+use crate::util::json::canonical_keys;
 
 /// Default `Timeout` when a job gives none (consul_servant's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -179,20 +180,6 @@ const FIELDS: &[&str] = &[
 ];
 const SERVICE_FIELDS: &[&str] = &["ID", "Name", "Tags", "Port", "Address", "Check"];
 const CHECK_FIELDS: &[&str] = &["TTL", "HTTP", "TCP", "Args", "Interval", "Timeout"];
-
-fn canonical_keys(v: &mut Value, names: &[&str]) {
-    if let Value::Object(map) = v {
-        let old = std::mem::take(map);
-        for (k, val) in old {
-            let key = names
-                .iter()
-                .find(|n| n.eq_ignore_ascii_case(&k))
-                .map(|n| n.to_string())
-                .unwrap_or(k);
-            map.insert(key, val);
-        }
-    }
-}
 
 /// Checks that a job ID can be a single, safe key segment.
 pub fn validate_id(id: &str) -> Result<(), Rejection> {

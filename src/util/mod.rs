@@ -1,4 +1,5 @@
 //! Small pure helpers shared by several features.
 
 pub mod duration;
+pub mod json;
 pub mod time;
