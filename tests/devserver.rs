@@ -108,6 +108,26 @@ fn consul_cli_works_against_the_embedded_server() {
     let (ok, out, err) = consul(&["lock", "locks/x", "echo inside the lock"]);
     assert!(ok, "{err}");
     assert!(out.contains("inside the lock"), "{out}");
+    // `consul watch -type=key` with a handler runs it with the value, then again when it
+    // changes. (Without a handler it prints once and exits, on real Consul too.)
+    assert!(consul(&["kv", "put", "w/k", "first"]).0);
+    let mut watch = Command::new(consul_bin())
+        .args(["watch", "-type=key", "-key=w/k", "cat"])
+        .env("CONSUL_HTTP_ADDR", d.addr())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(consul(&["kv", "put", "w/k", "second"]).0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Values are base64: "first" and "second".
+    assert!(
+        text.contains("Zmlyc3Q=") && text.contains("c2Vjb25k"),
+        "{text}"
+    );
 }
 
 /// Runs one scenario of requests and returns what each answered, normalised: index fields and
