@@ -6,6 +6,7 @@
 //! - write throughput with 32 concurrent writers;
 //! - blocking-query wake-up: from the write's reply to the blocked reader's answer;
 //! - RSS with 10,000 keys.
+//!
 //! Medians and ratios are reported, never asserted.
 
 #[path = "../tests/common/mod.rs"]
@@ -23,7 +24,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
 }
 
 struct Figures {
@@ -41,7 +46,11 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
     let mut put = Vec::new();
     for i in 0..n {
         let t = Instant::now();
-        let r = c.put(format!("{base}/v1/kv/lat/{i}")).body("value").send().unwrap();
+        let r = c
+            .put(format!("{base}/v1/kv/lat/{i}"))
+            .body("value")
+            .send()
+            .unwrap();
         assert!(r.status().is_success());
         put.push(ms(t));
     }
@@ -55,9 +64,20 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
     let mut cas = Vec::new();
     for i in 0..n {
         let t = Instant::now();
-        let v: serde_json::Value = c.get(format!("{base}/v1/kv/lat/{i}")).send().unwrap().json().unwrap();
+        let v: serde_json::Value = c
+            .get(format!("{base}/v1/kv/lat/{i}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         let idx = v[0]["ModifyIndex"].as_u64().unwrap();
-        let ok = c.put(format!("{base}/v1/kv/lat/{i}?cas={idx}")).body("next").send().unwrap().text().unwrap();
+        let ok = c
+            .put(format!("{base}/v1/kv/lat/{i}?cas={idx}"))
+            .body("next")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
         assert_eq!(ok.trim(), "true");
         cas.push(ms(t));
     }
@@ -76,7 +96,11 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
                     if i >= total {
                         return;
                     }
-                    let r = c.put(format!("{base}/v1/kv/tp/{i}")).body("v").send().unwrap();
+                    let r = c
+                        .put(format!("{base}/v1/kv/tp/{i}"))
+                        .body("v")
+                        .send()
+                        .unwrap();
                     assert!(r.status().is_success());
                 }
             })
@@ -91,12 +115,20 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
     for i in 0..100 {
         let key = format!("{base}/v1/kv/wake");
         c.put(&key).body(format!("{i}")).send().unwrap();
-        let idx: u64 = c.get(&key).send().unwrap().headers()["X-Consul-Index"].to_str().unwrap().parse().unwrap();
+        let idx: u64 = c.get(&key).send().unwrap().headers()["X-Consul-Index"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let k2 = key.clone();
         let reader = std::thread::spawn(move || {
             let c = client();
-            let _ = c.get(format!("{k2}?index={idx}&wait=30s")).send().unwrap().bytes();
+            let _ = c
+                .get(format!("{k2}?index={idx}&wait=30s"))
+                .send()
+                .unwrap()
+                .bytes();
             tx.send(Instant::now()).unwrap();
         });
         std::thread::sleep(Duration::from_millis(20));
@@ -107,24 +139,56 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
         wake.push(woke.saturating_duration_since(replied).as_secs_f64() * 1000.0);
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    Figures { put, get, cas, writes_per_sec, wake, rss_mb: rss_kb / 1024.0 }
+    let rss_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Figures {
+        put,
+        get,
+        cas,
+        writes_per_sec,
+        wake,
+        rss_mb: rss_kb / 1024.0,
+    }
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let real = ConsulDev::start();
     let dev = Single::start(Backend::Dev, &[]);
     let mut a = measure(&format!("http://{}", real.addr()), real.proc.pid(), n);
     let mut b = measure(&format!("http://{}", dev.addr()), dev.servant.proc.pid(), n);
-    println!("# embedded server vs consul agent -dev ({n} sequential ops each; 10,000 keys written)\n");
-    println!("| figure | consul 1.8.7 -dev (memory) | servant -dev (fsync per batch) | ratio |\n|---|---|---|---|");
-    for (name, x, y) in [("PUT p50 / p99 (ms)", &mut a.put, &mut b.put), ("GET p50 / p99 (ms)", &mut a.get, &mut b.get), ("CAS (GET+PUT) p50 / p99 (ms)", &mut a.cas, &mut b.cas)] {
+    println!(
+        "# embedded server vs consul agent -dev ({n} sequential ops each; 10,000 keys written)\n"
+    );
+    println!("| figure | consul 1.8.7 -dev (memory) | servant -dev (fsync per batch) | consul time / servant time |\n|---|---|---|---|");
+    for (name, x, y) in [
+        ("PUT p50 / p99 (ms)", &mut a.put, &mut b.put),
+        ("GET p50 / p99 (ms)", &mut a.get, &mut b.get),
+        ("CAS (GET+PUT) p50 / p99 (ms)", &mut a.cas, &mut b.cas),
+    ] {
         let (x50, x99, y50, y99) = (pct(x, 0.5), pct(x, 0.99), pct(y, 0.5), pct(y, 0.99));
-        println!("| {name} | {x50:.3} / {x99:.3} | {y50:.3} / {y99:.3} | {:.2}x faster (p50) |", x50 / y50);
+        println!(
+            "| {name} | {x50:.3} / {x99:.3} | {y50:.3} / {y99:.3} | {:.2} (p50) |",
+            x50 / y50
+        );
     }
-    println!("| write throughput, 32 writers | {:.0}/s | {:.0}/s | {:.2}x |", a.writes_per_sec, b.writes_per_sec, b.writes_per_sec / a.writes_per_sec);
+    println!(
+        "| write throughput, 32 writers | {:.0}/s | {:.0}/s | {:.2}x |",
+        a.writes_per_sec,
+        b.writes_per_sec,
+        b.writes_per_sec / a.writes_per_sec
+    );
     let (aw, bw) = (pct(&mut a.wake, 0.5), pct(&mut b.wake, 0.5));
     println!("| blocking wake-up after the write's reply, p50 (ms) | {aw:.3} | {bw:.3} | |");
-    println!("| RSS with 10,000 keys (MB) | {:.1} | {:.1} (agent included) | |", a.rss_mb, b.rss_mb);
+    println!(
+        "| RSS with 10,000 keys (MB) | {:.1} | {:.1} (agent included) | |",
+        a.rss_mb, b.rss_mb
+    );
 }

@@ -110,60 +110,8 @@ pub enum StateError {
     NotFound(String),
 }
 
-/// One KV verb of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnOp {
-    Set {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-    },
-    Cas {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        index: u64,
-    },
-    Lock {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        session: String,
-    },
-    Unlock {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        session: String,
-    },
-    Get {
-        key: String,
-    },
-    GetTree {
-        key: String,
-    },
-    CheckIndex {
-        key: String,
-        index: u64,
-    },
-    CheckSession {
-        key: String,
-        session: String,
-    },
-    CheckNotExists {
-        key: String,
-    },
-    Delete {
-        key: String,
-    },
-    DeleteTree {
-        key: String,
-    },
-    DeleteCas {
-        key: String,
-        index: u64,
-    },
-}
+/// One KV verb of a transaction: the client's own type, so both sides share one list of verbs.
+pub use crate::consul::TxnKvOp as TxnOp;
 
 /// The state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,13 +175,17 @@ impl State {
         self.kv.get(key)
     }
 
+    /// Entries whose key starts with `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        let p = prefix.to_string();
+        self.kv
+            .range(p.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&p))
+    }
+
     /// Entries under `prefix` and the listing's index.
     pub fn list(&self, prefix: &str) -> (u64, Vec<(&String, &Entry)>) {
-        let entries: Vec<_> = self
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .collect();
+        let entries: Vec<_> = self.under(prefix).collect();
         (
             self.prefix_index(
                 prefix,
@@ -427,11 +379,7 @@ impl State {
             }
         }
         let keys: Vec<String> = if recurse {
-            self.kv
-                .range(key.to_string()..)
-                .take_while(|(k, _)| k.starts_with(key))
-                .map(|(k, _)| k.clone())
-                .collect()
+            self.under(key).map(|(k, _)| k.clone()).collect()
         } else {
             vec![key.to_string()]
         };
@@ -506,10 +454,7 @@ impl State {
         for op in ops {
             let (key, tree) = op_key(op);
             let range: Vec<(&String, &Entry)> = if tree {
-                self.kv
-                    .range(key.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(key))
-                    .collect()
+                self.under(key).collect()
             } else {
                 self.kv.get_key_value(key).into_iter().collect()
             };
@@ -527,11 +472,7 @@ impl State {
         for op in ops {
             let (key, tree) = op_key(op);
             let before: Vec<String> = if tree {
-                self.kv
-                    .range(key.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(key))
-                    .map(|(k, _)| k.clone())
-                    .collect()
+                self.under(key).map(|(k, _)| k.clone()).collect()
             } else {
                 vec![key.to_string()]
             };
@@ -660,12 +601,7 @@ impl State {
                 Ok((None, w))
             }
             TxnOp::DeleteTree { key } => {
-                let keys: Vec<String> = self
-                    .kv
-                    .range(key.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(key.as_str()))
-                    .map(|(k, _)| k.clone())
-                    .collect();
+                let keys: Vec<String> = self.under(key).map(|(k, _)| k.clone()).collect();
                 let w = !keys.is_empty();
                 for k in keys {
                     self.write_delete(&k, idx);
