@@ -530,3 +530,90 @@ fn python_consul_client_session_on_both_backends() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("all ok"));
     }
 }
+
+#[test]
+fn corrupt_data_file_is_a_clear_error_and_is_kept() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("dev.redb");
+    std::fs::write(&file, b"precious bytes that are not a database").unwrap();
+    let ip = format!("{}.2", subnet());
+    let out = Command::new(servant_bin())
+        .args([
+            "agent",
+            "-dev",
+            "--dev-listen",
+            &format!("{ip}:8500"),
+            "--api-addr",
+            &format!("{ip}:0"),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dev.redb") && err.contains("left as it is"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"precious bytes that are not a database"
+    );
+}
+
+/// 1,000 blocking reads held at once; one write answers them all.
+#[test]
+fn a_thousand_blocking_queries_are_held_and_woken() {
+    let d = Single::start(Backend::Dev, &[]);
+    let h = d.http();
+    h.put("/v1/kv/many/k", "0");
+    let index = h.index_of("/v1/kv/many/k");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = h.base.clone();
+    let answers = rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let c = client.clone();
+            let url = format!("{base}/v1/kv/many/k?index={index}&wait=50s");
+            tasks.push(tokio::spawn(async move {
+                c.get(url).send().await.map(|r| r.status().as_u16())
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        client
+            .put(format!("{base}/v1/kv/many/k"))
+            .body("1")
+            .send()
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap());
+        }
+        (codes, t.elapsed())
+    });
+    let (codes, took) = answers;
+    let ok = codes.iter().filter(|c| matches!(c, Ok(200))).count();
+    assert_eq!(
+        ok,
+        1000,
+        "{:?}",
+        codes
+            .iter()
+            .filter(|c| !matches!(c, Ok(200)))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert!(took < Duration::from_secs(30), "woken in {took:?}");
+}

@@ -170,13 +170,18 @@ fn blocking(q: &HashMap<String, String>) -> Result<(u64, Duration), BadInput> {
         Some(w) => parse_duration(w).map_err(|_| BadInput(format!("Invalid wait time: {w}")))?,
         None => Duration::from_secs(300),
     };
-    let wait = wait.min(Duration::from_secs(600));
+    let wait = clamp_wait(wait);
     let jitter = if wait.is_zero() {
         Duration::ZERO
     } else {
         Duration::from_nanos(rand_nanos() % (wait.as_nanos() as u64 / 16).max(1))
     };
     Ok((index, wait + jitter))
+}
+
+/// Consul holds a blocking read at most 10 minutes, whatever `wait` asks.
+pub fn clamp_wait(wait: Duration) -> Duration {
+    wait.min(Duration::from_secs(600))
 }
 
 /// A query parameter that does not parse: HTTP 400 with the message.
@@ -1261,4 +1266,30 @@ async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, 
         })
         .await;
     json_at(idx, Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_longer_than_ten_minutes_is_clamped() {
+        assert_eq!(
+            clamp_wait(Duration::from_secs(900)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(clamp_wait(Duration::from_secs(5)), Duration::from_secs(5));
+        let q: HashMap<String, String> = [
+            ("index".to_string(), "5".to_string()),
+            ("wait".to_string(), "15m".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let (i, w) = blocking(&q).ok().unwrap();
+        assert_eq!(i, 5);
+        assert!(
+            w >= Duration::from_secs(600)
+                && w <= Duration::from_secs(600) + Duration::from_secs(600) / 16
+        );
+    }
 }
