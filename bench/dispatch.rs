@@ -7,6 +7,8 @@
 //! - throughput of 1,000 `true` jobs with 1 node and with 3 nodes, and Consul writes per job
 //!   from X-Consul-Index deltas;
 //! - the idle agent's CPU and RSS over 60 s (BENCH_IDLE_SECS to change).
+//!
+//! BENCH_PARTS=dev or BENCH_PARTS=cluster runs one half; BENCH_JOBS and BENCH_TRIALS size it.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -206,30 +208,8 @@ fn cluster(n: usize) -> Vec<Servant> {
     v
 }
 
-fn main() {
-    let jobs: usize = std::env::var("BENCH_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    println!(
-        "# consul-servant dispatch benchmark ({} jobs, consul {})",
-        jobs,
-        String::from_utf8_lossy(
-            &Command::new(consul_bin())
-                .arg("version")
-                .output()
-                .unwrap()
-                .stdout
-        )
-        .lines()
-        .next()
-        .unwrap_or("")
-    );
-
+/// On a consul dev agent with one servant: latency, `consul exec`, throughput, writes, idle.
+fn dev_part(jobs: usize, idle_secs: u64) {
     // Dev agent, one servant.
     let c = ConsulDev::start_with(&["-hcl", "disable_remote_exec = false"], None);
     let s = c.servant(&[]).ready();
@@ -290,7 +270,39 @@ fn main() {
     );
     drop(s);
     drop(c);
+}
 
+fn main() {
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    println!(
+        "# consul-servant dispatch benchmark ({} jobs, consul {})",
+        jobs,
+        String::from_utf8_lossy(
+            &Command::new(consul_bin())
+                .arg("version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .lines()
+        .next()
+        .unwrap_or("")
+    );
+
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "dev,cluster".into());
+    if parts.contains("dev") {
+        dev_part(jobs, idle_secs);
+    }
+    if !parts.contains("cluster") {
+        return;
+    }
     // Real (non-dev) Consul: one server alone, then a server and two clients.
     println!("\n## server on disk, 1 node vs 3 nodes");
     println!("Median of BENCH_TRIALS (default 3) fresh clusters; agent writes are Raft entries per job minus the submit.\n");

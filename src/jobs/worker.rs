@@ -81,6 +81,9 @@ struct Done {
     claim_failed: bool,
 }
 
+/// The longest pause in claiming shared jobs after a lost race, waiting for a newer listing.
+const STALE_HOLD: Duration = Duration::from_millis(200);
+
 /// How long a key may look held by us with no task behind it before it is released. Longer
 /// than any watch lag, so a job that just finished is never mistaken for one.
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
@@ -146,7 +149,8 @@ impl Worker {
         if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
             error!(dir = %cfg.log_dir.display(), error = %e, "cannot create the job log directory");
         }
-        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
+        // The jobs listing comes with its X-Consul-Index, to tell a newer view from an older one.
+        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<(Vec<KvPair>, u64)>>(None);
         let (queue_tx, mut queue_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
         let (live_tx, mut live_rx) = watch::channel::<Option<Vec<String>>>(None);
         {
@@ -158,7 +162,7 @@ impl Worker {
                 move |q| {
                     let c = c.clone();
                     let p = p.clone();
-                    async move { c.kv_list(&p, &q).await }
+                    async move { c.kv_list(&p, &q).await.map(|(v, m)| ((v, m.index), m)) }
                 },
                 jobs_tx,
                 shutdown.subscribe(),
@@ -216,6 +220,10 @@ impl Worker {
         // Keys this node finished, with the ModifyIndex it claimed them at: a stale snapshot
         // showing them unclaimed must not cause a second claim attempt.
         let mut finished: HashMap<String, u64> = HashMap::new();
+        // After a lost claim race: the jobs/ listing index that must be passed before this node
+        // claims shared jobs again, and when the hold ends anyway (a quiet cluster may send no
+        // newer listing).
+        let mut hold: Option<(u64, Instant)> = None;
         // Keys held by this node's session with no task of ours behind them (a claim whose
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
@@ -251,6 +259,10 @@ impl Worker {
                     handles.remove(&d.key);
                     if d.claim_failed {
                         book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
+                        // Our view of jobs/ was stale: take no more shared jobs until a newer
+                        // listing arrives, or each claim from the same view may fail as well.
+                        let seen = jobs_rx.borrow().as_ref().map(|(_, i)| *i).unwrap_or(0);
+                        hold = Some((seen, Instant::now() + STALE_HOLD));
                     } else {
                         finished.insert(d.key, d.claimed_at);
                     }
@@ -266,10 +278,19 @@ impl Worker {
             let mut present: HashSet<String> = HashSet::new();
             let mut candidates = Vec::new();
             let own_queue = cfg.layout.queue_prefix(&cfg.node);
-            for e in jobs_rx
-                .borrow()
+            let jobs_view = jobs_rx.borrow();
+            let (jobs_entries, jobs_index) = match &*jobs_view {
+                Some((v, i)) => (v.as_slice(), *i),
+                None => (&[][..], 0),
+            };
+            if hold.is_some_and(|(i, until)| jobs_index > i || Instant::now() >= until) {
+                hold = None;
+            }
+            if let Some((_, until)) = hold {
+                wake = Some(wake.map_or(until, |w| w.min(until)));
+            }
+            for e in jobs_entries
                 .iter()
-                .flatten()
                 .chain(queue_rx.borrow().iter().flatten())
             {
                 present.insert(e.key.clone());
@@ -312,6 +333,9 @@ impl Worker {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             for key in plan.claim {
+                if hold.is_some() && !key.starts_with(&own_queue) {
+                    continue;
+                }
                 let Some(entry) = entries.remove(&key) else {
                     continue;
                 };
