@@ -436,6 +436,20 @@ fn scenario_agent(h: &Http) -> Vec<(String, u16, Value)> {
         .to_string()
         .pipe(|s| (200u16, s)),
     );
+    let reg3 = json!({"ID": "web3", "Name": "web", "Port": 8082, "Check": {"TTL": "30s"}});
+    rec(
+        "register 3 (its TTL check starts critical)",
+        h.put("/v1/agent/service/register", reg3.to_string()),
+    );
+    let naming = json!({"Checks": ["serfHealth", "service:web3"]}).to_string();
+    rec(
+        "session naming a critical check",
+        (200, h.put("/v1/session/create", naming).0.to_string()),
+    );
+    rec(
+        "deregister 3",
+        h.put("/v1/agent/service/deregister/web3", ""),
+    );
     h.put(&format!("/v1/kv/tied?acquire={sid}"), "x");
     rec("fail", h.put("/v1/agent/check/fail/service:web1", ""));
     std::thread::sleep(Duration::from_millis(500));

@@ -533,7 +533,8 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
         Some(Value::Number(n)) => n
             .as_u64()
             .map(|ns| {
-                if ns < 1_000_000 {
+                // Consul reads a number under 1000 as seconds, anything else as nanoseconds.
+                if ns < 1000 {
                     ns * 1000
                 } else {
                     ns / 1_000_000
@@ -566,6 +567,8 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
         None
     } else {
         match parse_duration(&b.ttl) {
+            // "0s" means no TTL, as in Consul.
+            Ok(d) if d.is_zero() => None,
             Ok(d) => Some(d.as_secs()),
             Err(_) => {
                 return text(
@@ -597,14 +600,20 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
     let ttl_text = b.ttl.clone();
     let made = core
         .write(move |st, now| {
-            if let Some(c) = s
-                .checks
-                .iter()
-                .find(|c| c.as_str() != "serfHealth" && !st.checks.contains_key(c.as_str()))
-            {
-                return Err(StateError::Refused(format!(
-                    "Missing check '{c}' registration"
-                )));
+            for c in s.checks.iter().filter(|c| c.as_str() != "serfHealth") {
+                match st.checks.get(c.as_str()) {
+                    None => {
+                        return Err(StateError::Refused(format!(
+                            "Missing check '{c}' registration"
+                        )))
+                    }
+                    Some(chk) if chk.status == "critical" => {
+                        return Err(StateError::Refused(format!(
+                            "Check '{c}' is in critical state"
+                        )))
+                    }
+                    Some(_) => {}
+                }
             }
             st.session_create(s, ttl_secs, &ttl_text, now)
         })
@@ -733,7 +742,8 @@ fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Res
     let ttl_ms = match get("TTL") {
         Some(t) => parse_duration(&t)
             .map_err(|e| format!("Invalid check TTL: {e}"))?
-            .as_millis() as u64,
+            .as_millis()
+            .min(u128::from(u64::MAX / 2)) as u64,
         None => 0,
     };
     if ttl_ms == 0 && get("HTTP").is_none() && get("TCP").is_none() && v.get("Args").is_none() {
@@ -822,7 +832,7 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
                 .map(|c| c.id.clone())
                 .collect();
             for c in old {
-                st.check_deregister(&c);
+                st.check_deregister(&c, now);
             }
             st.service_register(&id, reg);
             for c in checks {
@@ -839,7 +849,7 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
 async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
     let id2 = id.clone();
     let removed = core
-        .write(move |st, _| {
+        .write(move |st, now| {
             let checks: Vec<String> = st
                 .checks
                 .values()
@@ -847,7 +857,7 @@ async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>
                 .map(|c| c.id.clone())
                 .collect();
             for c in checks {
-                st.check_deregister(&c);
+                st.check_deregister(&c, now);
             }
             st.service_deregister(&id2)
         })
@@ -1046,7 +1056,10 @@ async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
 
 async fn check_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
     let id2 = id.clone();
-    match core.write(move |st, _| st.check_deregister(&id2)).await {
+    match core
+        .write(move |st, now| st.check_deregister(&id2, now))
+        .await
+    {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1114,7 +1127,7 @@ async fn check_update(
 
 async fn catalog_node(AxState(core): AxState<Core>, Path(node): Path<String>) -> Response {
     if node != core.node() {
-        return with_index(StatusCode::OK.into_response(), 1).into_response();
+        return json_at(1, Value::Null);
     }
     let (idx, services) = core.read(|st| {
         (

@@ -31,6 +31,8 @@ pub struct DevServer {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// The TTL expiry loop; it holds the core, so it must end for the data file to close.
+    expiry: tokio::task::JoinHandle<()>,
 }
 
 impl DevServer {
@@ -48,16 +50,17 @@ impl DevServer {
             source: e,
         })?;
         let core = server::Core::open(&dir.join("dev.redb"), node, &addr.ip().to_string())?;
-        tokio::spawn(core.clone().run_expiry());
+        let expiry = tokio::spawn(core.clone().run_expiry());
         let app = http::router(core);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(DevServer { addr, task })
+        Ok(DevServer { addr, task, expiry })
     }
 
     /// Stops serving.
     pub fn stop(self) {
         self.task.abort();
+        self.expiry.abort();
     }
 }

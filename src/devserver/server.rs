@@ -49,7 +49,22 @@ pub enum CoreError {
 impl Core {
     /// Opens the data file and starts the writer thread.
     pub fn open(path: &Path, node: &str, addr: &str) -> Result<Core, StoreError> {
-        let (store, state) = Store::open(path, now_ms())?;
+        let (store, mut state) = Store::open(path, now_ms())?;
+        // Checks live in memory only: sessions that named a check (other than serfHealth) cannot
+        // be kept across a restart, so they end now and release their locks.
+        let orphaned: Vec<String> = state
+            .sessions
+            .values()
+            .filter(|s| s.checks.iter().any(|c| c != "serfHealth"))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &orphaned {
+            state.session_destroy(id, now_ms());
+        }
+        state.catalog_index = state.index;
+        if !orphaned.is_empty() {
+            store.persist(&mut state)?;
+        }
         let (tx, rx) = mpsc::channel::<Apply>();
         let (changed, _) = watch::channel(state.index);
         let inner = Arc::new(Inner {
@@ -165,8 +180,17 @@ fn writer(rx: mpsc::Receiver<Apply>, store: Store, inner: std::sync::Weak<Inner>
             let durable = store.persist(&mut st).map_err(|e| e.to_string());
             (done, durable, st.index)
         };
+        let failed = durable.is_err();
         for d in done {
             d(durable.clone());
+        }
+        if failed {
+            // Memory is now ahead of the disk: take no more writes (they would be answered as
+            // durable on top of one that is not). A restart reloads what is on disk.
+            tracing::error!(
+                "the embedded server cannot write its data file; it takes no more writes"
+            );
+            return;
         }
         inner.changed.send_replace(index);
     }

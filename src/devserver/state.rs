@@ -290,7 +290,7 @@ impl State {
             return Ok(true);
         }
         if let Some(s) = &o.release {
-            self.valid_session(s)?;
+            // Consul answers `false`, not an error, for a session that is gone.
             match self.kv.get(key) {
                 Some(e) if e.session.as_deref() == Some(s.as_str()) => {}
                 _ => return Ok(false),
@@ -374,7 +374,8 @@ impl State {
         if let Some(c) = cas {
             match self.kv.get(key) {
                 Some(e) if e.modify_index == c => {}
-                None if c == 0 => return true,
+                // Consul: a key that is not there is deleted already.
+                None => return true,
                 _ => return false,
             }
         }
@@ -407,6 +408,8 @@ impl State {
         let excess = self.tombstones.len() - MAX_TOMBSTONES;
         for (_, k) in by_index.into_iter().take(excess) {
             self.tombstones.remove(&k);
+            // So the store drops the row too.
+            self.dirty_kv.insert(k);
         }
     }
 
@@ -611,7 +614,8 @@ impl State {
             TxnOp::DeleteCas { key, index } => match self.kv.get(key) {
                 Some(e) if e.modify_index == *index => Ok((None, self.write_delete(key, idx))),
                 Some(_) => Err(format!("failed to delete key {key:?}, index is stale")),
-                None => Err(missing(key)),
+                // Consul: deleting a key that is not there succeeds.
+                None => Ok((None, false)),
             },
         }
     }
@@ -726,26 +730,30 @@ impl State {
 
     /// Registers (or replaces) a check.
     pub fn check_register(&mut self, mut c: Check, now_ms: u64) {
-        if c.ttl_ms > 0 {
-            c.expires_at_ms = now_ms + c.ttl_ms;
-        }
+        c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+            now_ms.saturating_add(c.ttl_ms)
+        } else {
+            0
+        };
         let idx = self.next_index();
         self.catalog_index = idx;
         self.checks.insert(c.id.clone(), c);
     }
 
-    /// Deregisters a check; false if it was not there.
-    pub fn check_deregister(&mut self, id: &str) -> bool {
+    /// Deregisters a check; false if it was not there. Sessions naming it end, as in Consul.
+    pub fn check_deregister(&mut self, id: &str, now_ms: u64) -> bool {
         if self.checks.remove(id).is_none() {
             return false;
         }
         let idx = self.next_index();
         self.catalog_index = idx;
+        self.invalidate_sessions_naming(id, now_ms);
         true
     }
 
-    /// Sets a check's status (a TTL update resets its timer). A check going critical
-    /// invalidates the sessions that name it. False if the check does not exist.
+    /// Sets a check's status; a TTL update resets its timer. Only a real change takes an index
+    /// (a heartbeat with the same status wakes nobody). A check going critical invalidates the
+    /// sessions that name it. False if the check does not exist.
     pub fn check_update(
         &mut self,
         id: &str,
@@ -756,15 +764,21 @@ impl State {
         let Some(c) = self.checks.get_mut(id) else {
             return false;
         };
+        let changed = c.status != status || output.as_ref().is_some_and(|o| *o != c.output);
         c.status = status.to_string();
         if let Some(o) = output {
             c.output = o;
         }
-        if c.ttl_ms > 0 {
-            c.expires_at_ms = now_ms + c.ttl_ms;
+        // A critical check has nothing left to expire.
+        c.expires_at_ms = if c.ttl_ms > 0 && status != "critical" {
+            now_ms.saturating_add(c.ttl_ms)
+        } else {
+            0
+        };
+        if changed {
+            let idx = self.next_index();
+            self.catalog_index = idx;
         }
-        let idx = self.next_index();
-        self.catalog_index = idx;
         if status == "critical" {
             self.invalidate_sessions_naming(id, now_ms);
         }
@@ -795,9 +809,6 @@ impl State {
             .collect();
         for id in &due {
             self.check_update(id, "critical", Some("TTL expired".into()), now_ms);
-            if let Some(c) = self.checks.get_mut(id) {
-                c.expires_at_ms = 0;
-            }
         }
         due
     }
@@ -1117,6 +1128,69 @@ mod tests {
         assert_eq!(s.checks["svc-ttl"].status, "critical");
         assert!(s.sessions.is_empty());
         assert_eq!(s.get("k").unwrap().session, None);
+    }
+
+    #[test]
+    fn release_by_a_gone_session_is_false_and_deregistering_a_check_ends_its_sessions() {
+        let mut s = State::default();
+        assert_eq!(
+            s.put(
+                "k",
+                vec![],
+                &PutOptions {
+                    release: Some("gone".into()),
+                    ..Default::default()
+                },
+                0
+            ),
+            Ok(false)
+        );
+        let c = Check {
+            id: "c".into(),
+            name: "c".into(),
+            status: "passing".into(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: String::new(),
+            service_name: String::new(),
+            ttl_ms: 0,
+            expires_at_ms: 0,
+        };
+        s.check_register(c, 0);
+        let mut sess = session("s", Behavior::Release, 0);
+        sess.checks = vec!["c".into()];
+        s.session_create(sess, None, "", 0).unwrap();
+        assert!(s.check_deregister("c", 0));
+        assert!(s.sessions.is_empty());
+        // A delete with cas of a key that is not there succeeds, as in Consul.
+        assert!(s.delete("nothing", false, Some(5)));
+    }
+
+    #[test]
+    fn a_critical_ttl_check_has_nothing_to_expire_and_heartbeats_take_no_index() {
+        let mut s = State::default();
+        let c = Check {
+            id: "t".into(),
+            name: "t".into(),
+            status: "critical".into(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: String::new(),
+            service_name: String::new(),
+            ttl_ms: 1000,
+            expires_at_ms: 0,
+        };
+        s.check_register(c, 0);
+        assert_eq!(s.next_expiry(), None);
+        s.check_update("t", "passing", None, 0);
+        assert_eq!(s.next_expiry(), Some(1000));
+        let idx = s.catalog_index;
+        s.check_update("t", "passing", None, 500);
+        assert_eq!(
+            s.catalog_index, idx,
+            "a heartbeat with no change takes no index"
+        );
+        assert_eq!(s.next_expiry(), Some(1500));
     }
 
     #[test]
