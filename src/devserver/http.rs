@@ -292,6 +292,13 @@ async fn kv_write(core: Core, key: String, q: HashMap<String, String>, body: Byt
     if key.is_empty() {
         return text(StatusCode::BAD_REQUEST, "Missing key name");
     }
+    if key.starts_with('\0') {
+        // The data file keeps its own row there.
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Invalid key name: it may not start with a NUL byte",
+        );
+    }
     let (flags, cas) = match (num(&q, "flags"), num(&q, "cas")) {
         (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
@@ -361,6 +368,9 @@ fn txn_op(kv: TxnKv) -> Result<TxnOp, String> {
             .map_err(|e| format!("Failed to parse body: illegal base64 data: {e}"))?,
         None => Vec::new(),
     };
+    if kv.key.starts_with('\0') {
+        return Err("Failed to parse body: a key may not start with a NUL byte".into());
+    }
     let (key, flags, index, session) = (kv.key, kv.flags, kv.index, kv.session);
     Ok(match kv.verb.as_str() {
         "set" => TxnOp::Set { key, value, flags },

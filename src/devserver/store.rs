@@ -7,16 +7,20 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::state::{Entry, Session, State};
 
-/// A KV row: (flags, create_index, modify_index, lock_index, session or "", value).
-type KvRow = (u64, u64, u64, u64, &'static str, &'static [u8]);
+/// A row: (kind, flags, create_index, modify_index, lock_index, session or "", value).
+/// Kind `ENTRY` is a key; `TOMBSTONE` a deleted key (modify_index = the deletion's index); the
+/// row at `META_KEY` holds (index, kv_index) in create/modify. One table, so a commit of a
+/// small write copies as few pages as possible.
+type KvRow = (u8, u64, u64, u64, u64, &'static str, &'static [u8]);
 /// key → its row.
-const KV: TableDefinition<&str, KvRow> = TableDefinition::new("kv");
+const KV: TableDefinition<&str, KvRow> = TableDefinition::new("kv1");
+const ENTRY: u8 = 0;
+const TOMBSTONE: u8 = 1;
+const META_ROW: u8 = 2;
+/// Not a key a client can write: KV keys never start with a NUL here.
+const META_KEY: &str = "\u{0}meta";
 /// session ID → the session as JSON.
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
-/// deleted key → index of its deletion (keeps list indexes from going back after a restart).
-const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("tombstones");
-/// "index", "kv_index".
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Why the data file cannot be used. The file is never emptied to get past one.
 #[derive(Debug, thiserror::Error)]
@@ -52,43 +56,38 @@ impl Store {
         {
             w.open_table(KV).map_err(|e| corrupt(&e))?;
             w.open_table(SESSIONS).map_err(|e| corrupt(&e))?;
-            w.open_table(META).map_err(|e| corrupt(&e))?;
-            w.open_table(TOMBSTONES).map_err(|e| corrupt(&e))?;
         }
         w.commit().map_err(|e| corrupt(&e))?;
         let mut st = State::default();
         let r = db.begin_read().map_err(|e| corrupt(&e))?;
-        let meta = r.open_table(META).map_err(|e| corrupt(&e))?;
-        st.index = meta
-            .get("index")
-            .map_err(|e| corrupt(&e))?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        st.kv_index = meta
-            .get("kv_index")
-            .map_err(|e| corrupt(&e))?
-            .map(|v| v.value())
-            .unwrap_or(0);
         let kv = r.open_table(KV).map_err(|e| corrupt(&e))?;
         for row in kv.iter().map_err(|e| corrupt(&e))? {
             let (k, v) = row.map_err(|e| corrupt(&e))?;
-            let (flags, create_index, modify_index, lock_index, session, value) = v.value();
-            st.kv.insert(
-                k.value().to_string(),
-                Entry {
-                    value: value.to_vec(),
-                    flags,
-                    create_index,
-                    modify_index,
-                    lock_index,
-                    session: (!session.is_empty()).then(|| session.to_string()),
-                },
-            );
-        }
-        let graves = r.open_table(TOMBSTONES).map_err(|e| corrupt(&e))?;
-        for row in graves.iter().map_err(|e| corrupt(&e))? {
-            let (k, v) = row.map_err(|e| corrupt(&e))?;
-            st.tombstones.insert(k.value().to_string(), v.value());
+            let (kind, flags, create_index, modify_index, lock_index, session, value) = v.value();
+            let key = k.value().to_string();
+            match kind {
+                ENTRY => {
+                    st.kv.insert(
+                        key,
+                        Entry {
+                            value: value.to_vec(),
+                            flags,
+                            create_index,
+                            modify_index,
+                            lock_index,
+                            session: (!session.is_empty()).then(|| session.to_string()),
+                        },
+                    );
+                }
+                TOMBSTONE => {
+                    st.tombstones.insert(key, modify_index);
+                }
+                META_ROW => {
+                    st.index = create_index;
+                    st.kv_index = modify_index;
+                }
+                other => return Err(corrupt(&format!("row {key:?} has unknown kind {other}"))),
+            }
         }
         let sessions = r.open_table(SESSIONS).map_err(|e| corrupt(&e))?;
         for row in sessions.iter().map_err(|e| corrupt(&e))? {
@@ -110,17 +109,13 @@ impl Store {
         let w = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut kv = w.open_table(KV).map_err(|e| err(&e))?;
-            let mut graves = w.open_table(TOMBSTONES).map_err(|e| err(&e))?;
             for k in &st.dirty_kv {
-                match st.tombstones.get(k) {
-                    Some(i) => graves.insert(k.as_str(), *i).map_err(|e| err(&e))?,
-                    None => graves.remove(k.as_str()).map_err(|e| err(&e))?,
-                };
-                match st.kv.get(k) {
-                    Some(e) => {
+                match (st.kv.get(k), st.tombstones.get(k)) {
+                    (Some(e), _) => {
                         kv.insert(
                             k.as_str(),
                             (
+                                ENTRY,
                                 e.flags,
                                 e.create_index,
                                 e.modify_index,
@@ -131,11 +126,20 @@ impl Store {
                         )
                         .map_err(|e| err(&e))?;
                     }
-                    None => {
+                    (None, Some(i)) => {
+                        kv.insert(k.as_str(), (TOMBSTONE, 0, 0, *i, 0, "", &[][..]))
+                            .map_err(|e| err(&e))?;
+                    }
+                    (None, None) => {
                         kv.remove(k.as_str()).map_err(|e| err(&e))?;
                     }
                 }
             }
+            kv.insert(
+                META_KEY,
+                (META_ROW, 0, st.index, st.kv_index, 0, "", &[][..]),
+            )
+            .map_err(|e| err(&e))?;
             let mut sessions = w.open_table(SESSIONS).map_err(|e| err(&e))?;
             for id in &st.dirty_sessions {
                 match st.sessions.get(id) {
@@ -150,9 +154,6 @@ impl Store {
                     }
                 }
             }
-            let mut meta = w.open_table(META).map_err(|e| err(&e))?;
-            meta.insert("index", st.index).map_err(|e| err(&e))?;
-            meta.insert("kv_index", st.kv_index).map_err(|e| err(&e))?;
         }
         w.commit().map_err(|e| err(&e))?;
         st.dirty_kv.clear();
