@@ -834,21 +834,7 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
         }
     }
     let outcome = core
-        .write(move |st, now| {
-            let old: Vec<String> = st
-                .checks
-                .values()
-                .filter(|c| c.service_id == id)
-                .map(|c| c.id.clone())
-                .collect();
-            for c in old {
-                st.check_deregister(&c, now);
-            }
-            st.service_register(&id, reg);
-            for c in checks {
-                st.check_register(c, now);
-            }
-        })
+        .write(move |st, now| st.service_register(&id, reg, checks, now))
         .await;
     match outcome {
         Ok(()) => StatusCode::OK.into_response(),
@@ -859,18 +845,7 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
 async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) -> Response {
     let id2 = id.clone();
     let removed = core
-        .write(move |st, now| {
-            let checks: Vec<String> = st
-                .checks
-                .values()
-                .filter(|c| c.service_id == id2)
-                .map(|c| c.id.clone())
-                .collect();
-            for c in checks {
-                st.check_deregister(&c, now);
-            }
-            st.service_deregister(&id2)
-        })
+        .write(move |st, now| st.service_deregister(&id2, now))
         .await;
     match removed {
         Ok(true) => StatusCode::OK.into_response(),

@@ -711,21 +711,44 @@ impl State {
         expired
     }
 
-    /// Registers (or replaces) a service on the agent.
-    pub fn service_register(&mut self, id: &str, reg: serde_json::Value) {
+    /// Registers (or replaces) a service on the agent, with its checks (earlier ones go).
+    pub fn service_register(
+        &mut self,
+        id: &str,
+        reg: serde_json::Value,
+        checks: Vec<Check>,
+        now_ms: u64,
+    ) {
+        self.drop_service_checks(id, now_ms);
         let idx = self.next_index();
         self.catalog_index = idx;
         self.services.insert(id.to_string(), reg);
+        for c in checks {
+            self.check_register(c, now_ms);
+        }
     }
 
-    /// Deregisters a service; false if it was not there.
-    pub fn service_deregister(&mut self, id: &str) -> bool {
+    /// Deregisters a service and its checks; false if it was not there.
+    pub fn service_deregister(&mut self, id: &str, now_ms: u64) -> bool {
+        self.drop_service_checks(id, now_ms);
         if self.services.remove(id).is_none() {
             return false;
         }
         let idx = self.next_index();
         self.catalog_index = idx;
         true
+    }
+
+    fn drop_service_checks(&mut self, service_id: &str, now_ms: u64) {
+        let ids: Vec<String> = self
+            .checks
+            .values()
+            .filter(|c| c.service_id == service_id)
+            .map(|c| c.id.clone())
+            .collect();
+        for c in ids {
+            self.check_deregister(&c, now_ms);
+        }
     }
 
     /// Registers (or replaces) a check.
