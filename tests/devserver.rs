@@ -631,3 +631,64 @@ fn a_thousand_blocking_queries_are_held_and_woken() {
     );
     assert!(took < Duration::from_secs(30), "woken in {took:?}");
 }
+
+/// A tiny HTTP server answering every request with `status`, changeable while it runs.
+fn http_responder() -> (String, std::sync::Arc<std::sync::atomic::AtomicU16>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let s2 = status.clone();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let code = s2.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    (addr, status)
+}
+
+/// HTTP and TCP checks are run by both backends with the same verdicts.
+#[test]
+fn http_and_tcp_checks_are_run_like_consul() {
+    let (web, status) = http_responder();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let real = ConsulDev::start();
+    let dev = Single::start(Backend::Dev, &[]);
+    for h in [real.http(), dev.http()] {
+        let reg = json!({"ID": "h1", "Name": "probed", "Port": 1, "Checks": [
+            {"CheckID": "http", "HTTP": format!("http://{web}/health"), "Interval": "200ms"},
+            {"CheckID": "tcp-open", "TCP": web, "Interval": "200ms"},
+            {"CheckID": "tcp-closed", "TCP": closed, "Interval": "200ms", "Timeout": "1s"}
+        ]});
+        assert_eq!(h.put("/v1/agent/service/register", reg.to_string()).0, 200);
+        let state = |id: &str| -> String {
+            let v = h.get_json("/v1/agent/checks").unwrap();
+            v[id]["Status"].as_str().unwrap_or("").to_string()
+        };
+        status.store(200, std::sync::atomic::Ordering::SeqCst);
+        wait_for("http and tcp checks pass", T, || {
+            (state("http") == "passing"
+                && state("tcp-open") == "passing"
+                && state("tcp-closed") == "critical")
+                .then_some(())
+        });
+        status.store(429, std::sync::atomic::Ordering::SeqCst);
+        wait_for("429 is a warning", T, || {
+            (state("http") == "warning").then_some(())
+        });
+        status.store(500, std::sync::atomic::Ordering::SeqCst);
+        wait_for("500 is critical", T, || {
+            (state("http") == "critical").then_some(())
+        });
+        assert_eq!(h.put("/v1/agent/service/deregister/h1", "").0, 200);
+    }
+}

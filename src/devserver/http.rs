@@ -3,8 +3,8 @@
 //!
 //! Served: `/v1/kv`, `/v1/txn`, `/v1/session`, `/v1/status`, `/v1/agent` (self, members,
 //! services and checks, TTL updates), `/v1/catalog` (nodes, node, services, service), `/v1/health`
-//! (node, checks, service with `passing`, state) and `/v1/event` (fire, list). HTTP, TCP and
-//! script checks are registered but not run yet: they stay critical and say so.
+//! (node, checks, service with `passing`, state) and `/v1/event` (fire, list). TTL, HTTP and TCP
+//! checks work (the server runs the probes); script checks are registered but not run.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -756,18 +756,43 @@ fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Res
             .min(u128::from(u64::MAX / 2)) as u64,
         None => 0,
     };
-    if ttl_ms == 0 && get("HTTP").is_none() && get("TCP").is_none() && v.get("Args").is_none() {
+    let ms = |k: &str, default: u64| -> Result<u64, String> {
+        match get(k) {
+            Some(t) => Ok(parse_duration(&t)
+                .map_err(|e| format!("Invalid check {k}: {e}"))?
+                .as_millis()
+                .min(u128::from(u64::MAX / 2)) as u64),
+            None => Ok(default),
+        }
+    };
+    let probe = match (get("HTTP"), get("TCP")) {
+        (Some(url), _) => Some(super::state::Probe {
+            target: url,
+            http: true,
+            interval_ms: ms("Interval", 10_000)?.max(100),
+            timeout_ms: ms("Timeout", 10_000)?.max(1),
+        }),
+        (None, Some(addr)) => Some(super::state::Probe {
+            target: addr,
+            http: false,
+            interval_ms: ms("Interval", 10_000)?.max(100),
+            timeout_ms: ms("Timeout", 10_000)?.max(1),
+        }),
+        _ => None,
+    };
+    if ttl_ms == 0 && probe.is_none() && v.get("Args").is_none() {
         return Err("Invalid check: one of TTL, HTTP, TCP or Args is required".into());
     }
-    let (output, status) = if ttl_ms > 0 {
+    let (output, status) = if ttl_ms > 0 || probe.is_some() {
+        // Consul starts checks critical until they first pass.
         (
             String::new(),
             get("Status").unwrap_or_else(|| "critical".into()),
         )
     } else {
-        // Not run here yet: say so rather than pretend the check passes.
+        // Script checks are not run here (Consul too runs them only with enable_script_checks).
         (
-            "the embedded server does not run HTTP, TCP or script checks".into(),
+            "the embedded server does not run script checks".into(),
             "critical".into(),
         )
     };
@@ -791,6 +816,7 @@ fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Res
         service_name: service.map(|s| s.1.to_string()).unwrap_or_default(),
         ttl_ms,
         expires_at_ms: 0,
+        probe,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct DevServer {
     task: tokio::task::JoinHandle<()>,
     /// The TTL expiry loop; it holds the core, so it must end for the data file to close.
     expiry: tokio::task::JoinHandle<()>,
+    /// The HTTP/TCP check runner; it holds the core too.
+    probes: tokio::task::JoinHandle<()>,
 }
 
 impl DevServer {
@@ -51,16 +53,23 @@ impl DevServer {
         })?;
         let core = server::Core::open(&dir.join("dev.redb"), node, &addr.ip().to_string())?;
         let expiry = tokio::spawn(core.clone().run_expiry());
+        let probes = tokio::spawn(core.clone().run_probes());
         let app = http::router(core);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(DevServer { addr, task, expiry })
+        Ok(DevServer {
+            addr,
+            task,
+            expiry,
+            probes,
+        })
     }
 
     /// Stops serving.
     pub fn stop(self) {
         self.task.abort();
         self.expiry.abort();
+        self.probes.abort();
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::state::State;
+use super::state::{Probe, State};
 use super::store::{Store, StoreError};
 use crate::util::time::now_ms;
 
@@ -157,6 +157,75 @@ impl Core {
             {
                 return;
             }
+        }
+    }
+}
+
+impl Core {
+    /// Runs the HTTP and TCP checks registered on the agent at their intervals, as Consul's
+    /// agent does, and records each verdict. Runs until the task is aborted.
+    pub async fn run_probes(self) {
+        let http = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client of the check runner");
+                return;
+            }
+        };
+        let mut next: std::collections::HashMap<String, tokio::time::Instant> =
+            std::collections::HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let probes: Vec<(String, Probe)> = self.read(|st| {
+                st.checks
+                    .values()
+                    .filter_map(|c| c.probe.clone().map(|p| (c.id.clone(), p)))
+                    .collect()
+            });
+            next.retain(|id, _| probes.iter().any(|(p, _)| p == id));
+            let now = tokio::time::Instant::now();
+            for (id, p) in probes {
+                if next.get(&id).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                next.insert(id.clone(), now + Duration::from_millis(p.interval_ms));
+                let core = self.clone();
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let (status, output) = probe(&http, &p).await;
+                    let _ = core
+                        .write(move |st, now| st.check_update(&id, status, Some(output), now))
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// One run of a probe: Consul's status and output text.
+async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
+    let timeout = Duration::from_millis(p.timeout_ms);
+    if p.http {
+        match http.get(&p.target).timeout(timeout).send().await {
+            Ok(r) => {
+                let code = r.status();
+                let body = r.text().await.unwrap_or_default();
+                let body: String = body.chars().take(4096).collect();
+                (
+                    Probe::http_status(code.as_u16()),
+                    format!("HTTP GET {}: {} Output: {body}", p.target, code),
+                )
+            }
+            Err(e) => ("critical", format!("Get {:?}: {e}", p.target)),
+        }
+    } else {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&p.target)).await {
+            Ok(Ok(_)) => ("passing", format!("TCP connect {}: Success", p.target)),
+            Ok(Err(e)) => ("critical", format!("dial tcp {}: {e}", p.target)),
+            Err(_) => ("critical", format!("dial tcp {}: i/o timeout", p.target)),
         }
     }
 }

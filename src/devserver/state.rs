@@ -72,10 +72,33 @@ pub struct Check {
     pub output: String,
     pub service_id: String,
     pub service_name: String,
-    /// TTL in ms for a TTL check; 0 for checks nobody runs here (HTTP, TCP, script).
+    /// TTL in ms for a TTL check; 0 otherwise.
     pub ttl_ms: u64,
     /// When a TTL check goes critical unless updated (ms); 0 for none.
     pub expires_at_ms: u64,
+    /// What the server probes itself, for HTTP and TCP checks.
+    pub probe: Option<Probe>,
+}
+
+/// An HTTP or TCP check the embedded server runs itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// `http://...` URL (GET) or `host:port` (TCP connect).
+    pub target: String,
+    pub http: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Probe {
+    /// Consul's verdict on an HTTP status: 2xx passing, 429 warning, anything else critical.
+    pub fn http_status(code: u16) -> &'static str {
+        match code {
+            200..=299 => "passing",
+            429 => "warning",
+            _ => "critical",
+        }
+    }
 }
 
 /// A user event.
