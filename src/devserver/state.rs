@@ -919,6 +919,7 @@ mod tests {
             lock_delay_ms,
             create_index: 0,
             expires_at_ms: 0,
+            probe: None,
         }
     }
 
@@ -1149,6 +1150,7 @@ mod tests {
             service_name: "svc".into(),
             ttl_ms: 10_000,
             expires_at_ms: 0,
+            probe: None,
         };
         s.check_register(c, 0);
         let mut sess = session("s", Behavior::Release, 0);
@@ -1201,6 +1203,7 @@ mod tests {
             service_name: String::new(),
             ttl_ms: 0,
             expires_at_ms: 0,
+            probe: None,
         };
         s.check_register(c, 0);
         let mut sess = session("s", Behavior::Release, 0);
@@ -1225,6 +1228,7 @@ mod tests {
             service_name: String::new(),
             ttl_ms: 1000,
             expires_at_ms: 0,
+            probe: None,
         };
         s.check_register(c, 0);
         assert_eq!(s.next_expiry(), None);
