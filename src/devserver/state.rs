@@ -919,7 +919,6 @@ mod tests {
             lock_delay_ms,
             create_index: 0,
             expires_at_ms: 0,
-            probe: None,
         }
     }
 
