@@ -43,6 +43,8 @@ fn dev_data_survives_kill_9() {
     let d = Single::start(Backend::Dev, &[]);
     let h = d.http();
     assert_eq!(h.put("/v1/kv/keep/me", vec![0u8, 1, 2, 255]).0, 200);
+    let reg = json!({"ID": "kept", "Name": "kept", "Port": 9, "Check": {"TTL": "1h", "Status": "passing"}});
+    assert_eq!(h.put("/v1/agent/service/register", reg.to_string()).0, 200);
     let Single { servant, ip, .. } = d;
     servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
     let Servant { mut proc, data } = servant;
@@ -51,6 +53,11 @@ fn dev_data_survives_kill_9() {
     let d = Single::dev_in(ip, data, &[]);
     let v = d.http().get_json("/v1/kv/keep/me").unwrap();
     assert_eq!(v[0]["Value"], "AAEC/w==");
+    // Agent services and checks are kept too, as a Consul agent keeps them in its data dir.
+    let services = d.http().get_json("/v1/agent/services").unwrap();
+    assert_eq!(services["kept"]["Port"], 9, "{services}");
+    let checks = d.http().get_json("/v1/agent/checks").unwrap();
+    assert_eq!(checks["service:kept"]["Status"], "passing", "{checks}");
 }
 
 #[test]

@@ -50,12 +50,16 @@ impl Core {
     /// Opens the data file and starts the writer thread.
     pub fn open(path: &Path, node: &str, addr: &str) -> Result<Core, StoreError> {
         let (store, mut state) = Store::open(path, now_ms())?;
-        // Checks live in memory only: sessions that named a check (other than serfHealth) cannot
-        // be kept across a restart, so they end now and release their locks.
+        // A session naming a check that is gone (a data file from before checks were kept)
+        // cannot be held to it: it ends now and releases its locks.
         let orphaned: Vec<String> = state
             .sessions
             .values()
-            .filter(|s| s.checks.iter().any(|c| c != "serfHealth"))
+            .filter(|s| {
+                s.checks
+                    .iter()
+                    .any(|c| c != "serfHealth" && !state.checks.contains_key(c))
+            })
             .map(|s| s.id.clone())
             .collect();
         for id in &orphaned {

@@ -62,7 +62,7 @@ pub struct Session {
 pub const MAX_EVENTS: usize = 256;
 
 /// A health check on the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub id: String,
     pub name: String,
@@ -81,7 +81,7 @@ pub struct Check {
 }
 
 /// An HTTP or TCP check the embedded server runs itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// `http://...` URL (GET) or `host:port` (TCP connect).
     pub target: String,
@@ -150,11 +150,10 @@ pub struct State {
     /// Keys under lock-delay, until this instant (ms). Not persisted: like Consul's, it lives
     /// in memory only.
     pub lock_delays: BTreeMap<String, u64>,
-    /// Services registered on the agent, by ID, as registered (Consul's own JSON). Kept in
-    /// memory only for now.
+    /// Services registered on the agent, by ID, as registered (Consul's own JSON).
     #[serde(skip)]
     pub services: BTreeMap<String, serde_json::Value>,
-    /// Health checks registered on the agent, by check ID (not counting serfHealth). In memory.
+    /// Health checks registered on the agent, by check ID (not counting serfHealth).
     #[serde(skip)]
     pub checks: BTreeMap<String, Check>,
     /// Recent user events, oldest first (at most `MAX_EVENTS`). In memory.
@@ -169,6 +168,12 @@ pub struct State {
     /// Sessions created or ended since the store last persisted.
     #[serde(skip)]
     pub dirty_sessions: BTreeSet<String>,
+    /// Services registered or removed since the store last persisted.
+    #[serde(skip)]
+    pub dirty_services: BTreeSet<String>,
+    /// Checks registered, changed or removed since the store last persisted.
+    #[serde(skip)]
+    pub dirty_checks: BTreeSet<String>,
 }
 
 /// Options of a KV PUT.
@@ -746,6 +751,7 @@ impl State {
         let idx = self.next_index();
         self.catalog_index = idx;
         self.services.insert(id.to_string(), reg);
+        self.dirty_services.insert(id.to_string());
         for c in checks {
             self.check_register(c, now_ms);
         }
@@ -757,6 +763,7 @@ impl State {
         if self.services.remove(id).is_none() {
             return false;
         }
+        self.dirty_services.insert(id.to_string());
         let idx = self.next_index();
         self.catalog_index = idx;
         true
@@ -783,6 +790,7 @@ impl State {
         };
         let idx = self.next_index();
         self.catalog_index = idx;
+        self.dirty_checks.insert(c.id.clone());
         self.checks.insert(c.id.clone(), c);
     }
 
@@ -791,6 +799,7 @@ impl State {
         if self.checks.remove(id).is_none() {
             return false;
         }
+        self.dirty_checks.insert(id.to_string());
         let idx = self.next_index();
         self.catalog_index = idx;
         self.invalidate_sessions_naming(id, now_ms);
@@ -824,6 +833,7 @@ impl State {
         if changed {
             let idx = self.next_index();
             self.catalog_index = idx;
+            self.dirty_checks.insert(id.to_string());
         }
         if status == "critical" {
             self.invalidate_sessions_naming(id, now_ms);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::state::{Entry, Session, State};
+use super::state::{Check, Entry, Session, State};
 
 /// A row: (kind, flags, create_index, modify_index, lock_index, session or "", value).
 /// Kind `ENTRY` is a key; `TOMBSTONE` a deleted key (modify_index = the deletion's index); the
@@ -19,6 +19,10 @@ const TOMBSTONE: u8 = 1;
 const META_ROW: u8 = 2;
 /// Not a key a client can write: KV keys never start with a NUL here.
 const META_KEY: &str = "\u{0}meta";
+/// service ID → its registration (Consul's JSON).
+const SERVICES: TableDefinition<&str, &str> = TableDefinition::new("services");
+/// check ID → the check as JSON.
+const CHECKS: TableDefinition<&str, &str> = TableDefinition::new("checks");
 /// session ID → the session as JSON.
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
 
@@ -56,6 +60,8 @@ impl Store {
         {
             w.open_table(KV).map_err(|e| corrupt(&e))?;
             w.open_table(SESSIONS).map_err(|e| corrupt(&e))?;
+            w.open_table(SERVICES).map_err(|e| corrupt(&e))?;
+            w.open_table(CHECKS).map_err(|e| corrupt(&e))?;
         }
         w.commit().map_err(|e| corrupt(&e))?;
         let mut st = State::default();
@@ -99,6 +105,26 @@ impl Store {
             }
             st.sessions.insert(s.id.clone(), s);
         }
+        let services = r.open_table(SERVICES).map_err(|e| corrupt(&e))?;
+        for row in services.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            let reg: serde_json::Value = serde_json::from_str(v.value())
+                .map_err(|e| corrupt(&format!("service {}: {e}", k.value())))?;
+            st.services.insert(k.value().to_string(), reg);
+        }
+        let checks = r.open_table(CHECKS).map_err(|e| corrupt(&e))?;
+        for row in checks.iter().map_err(|e| corrupt(&e))? {
+            let (k, v) = row.map_err(|e| corrupt(&e))?;
+            let mut c: Check = serde_json::from_str(v.value())
+                .map_err(|e| corrupt(&format!("check {}: {e}", k.value())))?;
+            // TTL timers start again, as after a Consul agent restart.
+            c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+                now_ms.saturating_add(c.ttl_ms)
+            } else {
+                0
+            };
+            st.checks.insert(c.id.clone(), c);
+        }
         Ok((Store { db }, st))
     }
 
@@ -140,6 +166,33 @@ impl Store {
                 (META_ROW, 0, st.index, st.kv_index, 0, "", &[][..]),
             )
             .map_err(|e| err(&e))?;
+            let mut services = w.open_table(SERVICES).map_err(|e| err(&e))?;
+            for id in &st.dirty_services {
+                match st.services.get(id) {
+                    Some(reg) => {
+                        services
+                            .insert(id.as_str(), reg.to_string().as_str())
+                            .map_err(|e| err(&e))?;
+                    }
+                    None => {
+                        services.remove(id.as_str()).map_err(|e| err(&e))?;
+                    }
+                }
+            }
+            let mut checks = w.open_table(CHECKS).map_err(|e| err(&e))?;
+            for id in &st.dirty_checks {
+                match st.checks.get(id) {
+                    Some(c) => {
+                        let json = serde_json::to_string(c).map_err(|e| err(&e))?;
+                        checks
+                            .insert(id.as_str(), json.as_str())
+                            .map_err(|e| err(&e))?;
+                    }
+                    None => {
+                        checks.remove(id.as_str()).map_err(|e| err(&e))?;
+                    }
+                }
+            }
             let mut sessions = w.open_table(SESSIONS).map_err(|e| err(&e))?;
             for id in &st.dirty_sessions {
                 match st.sessions.get(id) {
@@ -158,6 +211,8 @@ impl Store {
         w.commit().map_err(|e| err(&e))?;
         st.dirty_kv.clear();
         st.dirty_sessions.clear();
+        st.dirty_services.clear();
+        st.dirty_checks.clear();
         Ok(())
     }
 }
@@ -220,6 +275,49 @@ mod tests {
         );
         assert!(back.get("gone").is_none());
         assert_eq!(back.tombstones.get("gone"), st.tombstones.get("gone"));
+    }
+
+    #[test]
+    fn services_and_checks_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.redb");
+        let (store, mut st) = Store::open(&path, 0).unwrap();
+        let c = Check {
+            id: "service:web".into(),
+            name: "ttl".into(),
+            status: "passing".into(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: "web".into(),
+            service_name: "web".into(),
+            ttl_ms: 30_000,
+            expires_at_ms: 0,
+            probe: None,
+        };
+        st.service_register(
+            "web",
+            serde_json::json!({"ID": "web", "Name": "web", "Port": 80}),
+            vec![c],
+            0,
+        );
+        st.service_register(
+            "gone",
+            serde_json::json!({"ID": "gone", "Name": "gone"}),
+            vec![],
+            0,
+        );
+        store.persist(&mut st).unwrap();
+        st.service_deregister("gone", 0);
+        store.persist(&mut st).unwrap();
+        drop(store);
+        let (_s, back) = Store::open(&path, 5_000).unwrap();
+        assert_eq!(back.services, st.services);
+        assert_eq!(back.checks["service:web"].status, "passing");
+        assert_eq!(
+            back.checks["service:web"].expires_at_ms, 35_000,
+            "TTL timers start again"
+        );
+        assert!(!back.services.contains_key("gone"));
     }
 
     #[test]
