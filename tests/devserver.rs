@@ -207,6 +207,15 @@ fn scenario(h: &Http) -> Vec<(String, u16, Value)> {
         if st == 400 { "conflicting" } else { &b },
         &mut ids,
     );
+    let (st, _) = h.put(&format!("/v1/kv/c/lock?release={s1}&cas=1"), "x");
+    record("release with cas", st, "status only", &mut ids);
+    let (st, _) = h.delete("/v1/kv/");
+    record(
+        "delete the root without recurse",
+        st,
+        "status only",
+        &mut ids,
+    );
     let (st, b) = h.get("/v1/kv/c/lock");
     record("locked entry", st, &b, &mut ids);
     let (st, b) = h.put(&format!("/v1/session/destroy/{s1}"), "");

@@ -332,7 +332,12 @@ async fn kv_del(core: Core, key: String, q: HashMap<String, String>) -> Response
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let recurse = q.contains_key("recurse");
+    // As in Consul: `cas` wins over `recurse` (a single-key delete), and deleting the root
+    // needs `recurse`.
+    let recurse = q.contains_key("recurse") && cas.is_none();
+    if key.is_empty() && !recurse {
+        return text(StatusCode::BAD_REQUEST, "Missing key name");
+    }
     match core.write(move |st, _| st.delete(&key, recurse, cas)).await {
         Ok(b) => json_at(0, json!(b)),
         Err(e) => core_error(e),

@@ -290,14 +290,14 @@ impl State {
         now_ms: u64,
     ) -> Result<bool, StateError> {
         Self::check_value(&value)?;
-        if o.acquire.is_some() && o.cas.is_some() {
+        // Consul refuses any two of cas, acquire and release together.
+        let set = [o.cas.is_some(), o.acquire.is_some(), o.release.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if set > 1 {
             return Err(StateError::BadRequest(
-                "Conflicting flags: cas=, acquire=".into(),
-            ));
-        }
-        if o.acquire.is_some() && o.release.is_some() {
-            return Err(StateError::BadRequest(
-                "Conflicting flags: acquire=, release=".into(),
+                "Conflicting flags: cas=, acquire=, release= may not be combined".into(),
             ));
         }
         if let Some(cas) = o.cas {
