@@ -672,7 +672,10 @@ async fn session_info(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q
     };
     let (idx, s) = core
         .block(index, wait, |st| {
-            (st.index, st.sessions.get(&id).map(session_json))
+            (
+                st.sessions_index.max(1),
+                st.sessions.get(&id).map(session_json),
+            )
         })
         .await;
     json_at(idx, s.map(|s| json!([s])).unwrap_or(Value::Null))
@@ -694,7 +697,7 @@ async fn sessions_where(core: Core, q: HashMap<String, String>, node: Option<Str
     let (idx, list) = core
         .block(index, wait, |st| {
             (
-                st.index,
+                st.sessions_index.max(1),
                 st.sessions
                     .values()
                     .filter(|s| node.as_ref().is_none_or(|n| &s.node == n))

@@ -66,6 +66,7 @@ impl Core {
             state.session_destroy(id, now_ms());
         }
         state.catalog_index = state.index;
+        state.sessions_index = state.index;
         if !orphaned.is_empty() {
             store.persist(&mut state)?;
         }

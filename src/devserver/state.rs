@@ -162,6 +162,9 @@ pub struct State {
     /// Index of the last catalog change.
     #[serde(skip)]
     pub catalog_index: u64,
+    /// Index of the last session created or ended (renewals take none), for session reads.
+    #[serde(skip)]
+    pub sessions_index: u64,
     /// Keys changed since the store last persisted (written or deleted).
     #[serde(skip)]
     pub dirty_kv: BTreeSet<String>,
@@ -673,6 +676,7 @@ impl State {
             s.expires_at_ms = now_ms + t * 1000 * TTL_MULTIPLIER;
         }
         let idx = self.next_index();
+        self.sessions_index = idx;
         s.create_index = idx;
         let id = s.id.clone();
         self.dirty_sessions.insert(id.clone());
@@ -697,6 +701,7 @@ impl State {
         };
         self.dirty_sessions.insert(id.to_string());
         let idx = self.next_index();
+        self.sessions_index = idx;
         let held: Vec<String> = self
             .kv
             .iter()
@@ -1250,6 +1255,22 @@ mod tests {
             "a heartbeat with no change takes no index"
         );
         assert_eq!(s.next_expiry(), Some(1500));
+    }
+
+    #[test]
+    fn session_reads_move_only_with_sessions() {
+        let mut s = State::default();
+        s.session_create(session("a", Behavior::Release, 0), None, "", 0)
+            .unwrap();
+        let i = s.sessions_index;
+        put(&mut s, "k", "v");
+        s.session_renew("a", 1);
+        assert_eq!(
+            s.sessions_index, i,
+            "KV writes and renewals do not wake session readers"
+        );
+        s.session_destroy("a", 2);
+        assert!(s.sessions_index > i);
     }
 
     #[test]
