@@ -138,13 +138,7 @@ fn measure(base: &str, pid: i32, n: usize) -> Figures {
         reader.join().unwrap();
         wake.push(woke.saturating_duration_since(replied).as_secs_f64() * 1000.0);
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let rss_kb = rss_kb(pid) as f64;
     Figures {
         put,
         get,

@@ -64,10 +64,9 @@ service "servant" {{ policy = "write" }}
     let r = admin.wait_result("jdone_jid/jobs/acl1", Duration::from_secs(30));
     assert_eq!(r["Output"], "allowed\n");
     // The CLI takes the token by flag.
-    let out = std::process::Command::new(servant_bin())
-        .args([
-            "--http-addr",
-            &c.addr(),
+    let (code, out, err) = cli(
+        &c.addr(),
+        &[
             "--token",
             &secret,
             "start",
@@ -75,15 +74,10 @@ service "servant" {{ policy = "write" }}
             "-c",
             "echo by flag",
             "acl2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "acl2\nby flag\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "acl2\nby flag\n");
     // The limited token cannot touch other prefixes.
     let (code, _, err) = cli(
         &c.addr(),

@@ -567,19 +567,7 @@ fn corrupt_data_file_is_a_clear_error_and_is_kept() {
     let file = data.path().join("dev.redb");
     std::fs::write(&file, b"precious bytes that are not a database").unwrap();
     let ip = format!("{}.2", subnet());
-    let out = Command::new(servant_bin())
-        .args([
-            "agent",
-            "-dev",
-            "--dev-listen",
-            &format!("{ip}:8500"),
-            "--api-addr",
-            &format!("{ip}:0"),
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = dev_command(&ip, data.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

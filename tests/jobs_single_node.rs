@@ -188,23 +188,9 @@ fn bad_input_gets_a_result_and_the_agent_keeps_working(b: Backend) {
     assert_eq!(big["Output"].as_str().unwrap().len(), 65536);
     assert_eq!(big["OutputErrors"], "err\n");
     // The full output is on the node, served by `servant logs`.
-    let out = Command::new(servant_bin())
-        .args([
-            "--http-addr",
-            &c.addr(),
-            "logs",
-            "--stream",
-            "stdout",
-            "big",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), 10_000_000);
+    let (code, out, err) = cli(&c.addr(), &["logs", "--stream", "stdout", "big"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), 10_000_000);
     // Still working.
     h.put("/v1/kv/jobs/after", r#"{"Command": "echo still here"}"#);
     assert_eq!(
@@ -453,16 +439,7 @@ fn regression_busy_loop_after_first_job(b: Backend) {
         h.put(&format!("/v1/kv/jobs/b{i}"), r#"{"Command": "true"}"#);
         h.wait_result(&format!("jdone_jid/jobs/b{i}"), T);
     }
-    let ticks = || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.servant.proc.pid())).unwrap();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    };
+    let ticks = || cpu_ticks(c.servant.proc.pid());
     let before = ticks();
     std::thread::sleep(Duration::from_secs(3));
     let used = ticks() - before;

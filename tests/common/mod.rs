@@ -387,23 +387,8 @@ impl Single {
 
     /// `servant agent -dev` on `ip:8500` with the data dir `data` (a restart reuses both).
     pub fn dev_in(ip: String, data: tempfile::TempDir, extra: &[&str]) -> Single {
-        let mut cmd = Command::new(servant_bin());
-        cmd.args([
-            "agent",
-            "-dev",
-            "--dev-listen",
-            &format!("{ip}:8500"),
-            "--api-addr",
-            &format!("{ip}:0"),
-            "--node",
-            "devnode",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .args(extra);
-        cmd.env("SERVANT_LOG", "info,servant=debug")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env_remove("CONSUL_HTTP_ADDR");
+        let mut cmd = dev_command(&ip, data.path());
+        cmd.args(extra);
         let log = data.path().join("agent.log");
         let proc = spawn_logged("servant-dev", &mut cmd, &log);
         Single {
@@ -438,6 +423,51 @@ pub fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// User + system CPU clock ticks a process has used, from /proc.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `servant agent -dev` on `ip:8500` with its data in `data`, not started.
+pub fn dev_command(ip: &str, data: &Path) -> Command {
+    let mut cmd = Command::new(servant_bin());
+    cmd.args([
+        "agent",
+        "-dev",
+        "--dev-listen",
+        &format!("{ip}:8500"),
+        "--api-addr",
+        &format!("{ip}:0"),
+        "--node",
+        "devnode",
+        "--data-dir",
+    ])
+    .arg(data);
+    cmd.env("SERVANT_LOG", "info,servant=debug")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_ADDR");
+    cmd
 }
 
 /// Processes whose command line contains `needle`.
