@@ -745,12 +745,14 @@ fn service_view(id: &str, reg: &Value) -> Value {
 }
 
 async fn agent_services(AxState(core): AxState<Core>) -> Response {
-    let map = core.read(|st| {
-        st.services
-            .iter()
-            .map(|(id, r)| (id.clone(), service_view(id, r)))
-            .collect::<serde_json::Map<_, _>>()
-    });
+    let map = core
+        .read(|st| {
+            st.services
+                .iter()
+                .map(|(id, r)| (id.clone(), service_view(id, r)))
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .await;
     axum::Json(Value::Object(map)).into_response()
 }
 
@@ -1017,12 +1019,14 @@ fn all_checks(core: &Core, st: &State, keep: impl Fn(&Value) -> bool) -> Vec<Val
 }
 
 async fn agent_checks(AxState(core): AxState<Core>) -> Response {
-    let map = core.read(|st| {
-        st.checks
-            .values()
-            .map(|c| (c.id.clone(), check_json(&core, st, c)))
-            .collect::<serde_json::Map<_, _>>()
-    });
+    let map = core
+        .read(|st| {
+            st.checks
+                .values()
+                .map(|c| (c.id.clone(), check_json(&core, st, c)))
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .await;
     axum::Json(Value::Object(map)).into_response()
 }
 
@@ -1148,15 +1152,17 @@ async fn catalog_node(AxState(core): AxState<Core>, Path(node): Path<String>) ->
     if node != core.node() {
         return json_at(1, Value::Null);
     }
-    let (idx, services) = core.read(|st| {
-        (
-            st.catalog_index.max(1),
-            st.services
-                .iter()
-                .map(|(id, r)| (id.clone(), service_view(id, r)))
-                .collect::<serde_json::Map<_, _>>(),
-        )
-    });
+    let (idx, services) = core
+        .read(|st| {
+            (
+                st.catalog_index.max(1),
+                st.services
+                    .iter()
+                    .map(|(id, r)| (id.clone(), service_view(id, r)))
+                    .collect::<serde_json::Map<_, _>>(),
+            )
+        })
+        .await;
     json_at(idx, json!({"Node": node_json(&core), "Services": services}))
 }
 

@@ -3,7 +3,9 @@
 //! dir, so the product runs with nothing else installed.
 //!
 //! - `state`: the pure state machine (KV, transactions, sessions, locks, services).
-//! - `store`: durability in redb, written before a write is answered.
+//! - `store`: durability: a write-ahead log synced before a write is answered, folded into redb
+//!   now and then.
+//! - `wal`: the log file.
 //! - `server`: the state behind a lock, the group-commit writer thread, blocking reads, expiry.
 //! - `http`: the HTTP API (axum).
 
@@ -11,6 +13,7 @@ pub mod http;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod wal;
 
 use std::path::Path;
 

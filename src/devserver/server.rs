@@ -1,12 +1,18 @@
-//! The embedded server's core: the state behind a lock, one writer thread that applies writes
-//! and makes them durable in batches (group commit) before answering, blocking reads, and the
-//! session expiry timer.
+//! The embedded server's core: the state behind a lock; a writer thread that applies writes in
+//! batches and appends each batch to the log; a sync thread that makes the appended batches
+//! durable (group commit) and only then answers their writes; blocking reads; the session
+//! expiry timer.
+//!
+//! The two threads form a pipeline: the next batch is applied while the previous one is being
+//! synced. So that no client ever sees a write that is not durable, every read notes the last
+//! batch applied when it read and answers only once that batch is durable.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, RwLock};
 
 use super::state::{Probe, State};
 use super::store::{Store, StoreError};
@@ -15,8 +21,10 @@ use crate::util::time::now_ms;
 /// Writes gathered into one durable transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// The answer to one write, given whether its batch became durable.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: applied to the state by the writer thread, answered after the batch is durable.
-type Apply = Box<dyn FnOnce(&mut State, u64) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+type Apply = Box<dyn FnOnce(&mut State, u64) -> Answer + Send>;
 
 /// The server core, cheap to clone.
 #[derive(Clone)]
@@ -25,12 +33,19 @@ pub struct Core {
 }
 
 struct Inner {
-    /// The state; writes happen only on the writer thread.
+    /// The state; writes happen only on the writer thread, which holds the lock while a batch
+    /// is made durable (reads never see a write that is not). An async lock: a read waiting
+    /// for that fsync yields its worker thread to other requests instead of blocking it.
     state: RwLock<State>,
     /// Queue of the writer thread.
     writes: mpsc::Sender<Apply>,
-    /// The current index, for blocking reads to wait on.
-    changed: watch::Sender<u64>,
+    /// Number of the last batch applied to `state`; set under its write lock.
+    applied: AtomicU64,
+    /// Number of the last batch that is durable: reads wait on it, blocking reads wake on it.
+    /// `u64::MAX` once the log cannot be synced (the server then takes no more writes).
+    durable: watch::Sender<u64>,
+    /// Set when the data files cannot be written: writes are refused from then on.
+    failed: AtomicBool,
     /// This node's name.
     pub node: String,
     /// The address reported as leader and peer, and as the node's address.
@@ -49,7 +64,7 @@ pub enum CoreError {
 impl Core {
     /// Opens the data file and starts the writer thread.
     pub fn open(path: &Path, node: &str, addr: &str) -> Result<Core, StoreError> {
-        let (store, mut state) = Store::open(path, now_ms())?;
+        let (mut store, mut state) = Store::open(path, now_ms())?;
         // A session naming a check that is gone (a data file from before checks were kept)
         // cannot be held to it: it ends now and releases its locks.
         let orphaned: Vec<String> = state
@@ -71,18 +86,27 @@ impl Core {
             store.persist(&mut state)?;
         }
         let (tx, rx) = mpsc::channel::<Apply>();
-        let (changed, _) = watch::channel(state.index);
+        let (durable, _) = watch::channel(0);
+        let sync_file = store.sync_handle()?;
         let inner = Arc::new(Inner {
             state: RwLock::new(state),
             writes: tx,
-            changed,
+            applied: AtomicU64::new(0),
+            durable,
+            failed: AtomicBool::new(false),
             node: node.to_string(),
             addr: addr.to_string(),
         });
+        let (sync_tx, sync_rx) = mpsc::channel::<Applied>();
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("devserver-writer".into())
-            .spawn(move || writer(rx, store, weak))
+            .spawn(move || writer(rx, store, weak, sync_tx))
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("devserver-sync".into())
+            .spawn(move || syncer(sync_rx, sync_file, weak))
             .map_err(|e| StoreError::Write(e.to_string()))?;
         Ok(Core { inner })
     }
@@ -95,10 +119,23 @@ impl Core {
         &self.inner.addr
     }
 
-    /// Reads the state.
-    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        let st = self.inner.state.read().unwrap_or_else(|p| p.into_inner());
-        f(&st)
+    /// Reads the state; answers once everything the read saw is durable.
+    pub async fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let (batch, out) = self.read_now(f).await;
+        self.durable_through(batch).await;
+        out
+    }
+
+    /// Reads the state as it is, durable or not: the last batch applied and `f`'s result.
+    async fn read_now<T>(&self, f: impl FnOnce(&State) -> T) -> (u64, T) {
+        let st = self.inner.state.read().await;
+        (self.inner.applied.load(Ordering::Acquire), f(&st))
+    }
+
+    /// Waits until batch `n` is durable.
+    async fn durable_through(&self, n: u64) {
+        let mut rx = self.inner.durable.subscribe();
+        let _ = rx.wait_for(|d| *d >= n).await;
     }
 
     /// Applies a write and answers once it is durable.
@@ -133,10 +170,12 @@ impl Core {
         f: impl Fn(&State) -> (u64, T),
     ) -> (u64, T) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = self.inner.changed.subscribe();
+        let mut rx = self.inner.durable.subscribe();
         loop {
-            let (idx, v) = self.read(&f);
+            rx.borrow_and_update();
+            let (batch, (idx, v)) = self.read_now(&f).await;
             if min_index == 0 || idx > min_index || tokio::time::Instant::now() >= deadline {
+                self.durable_through(batch).await;
                 return (idx, v);
             }
             tokio::select! {
@@ -150,7 +189,9 @@ impl Core {
     pub async fn run_expiry(self) {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let due = self.read(|st| st.next_expiry().is_some_and(|t| t <= now_ms()));
+            let due = self
+                .read(|st| st.next_expiry().is_some_and(|t| t <= now_ms()))
+                .await;
             if due
                 && self
                     .write(|st, now| {
@@ -184,12 +225,14 @@ impl Core {
             std::collections::HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let probes: Vec<(String, Probe)> = self.read(|st| {
-                st.checks
-                    .values()
-                    .filter_map(|c| c.probe.clone().map(|p| (c.id.clone(), p)))
-                    .collect()
-            });
+            let probes: Vec<(String, Probe)> = self
+                .read(|st| {
+                    st.checks
+                        .values()
+                        .filter_map(|c| c.probe.clone().map(|p| (c.id.clone(), p)))
+                        .collect()
+                })
+                .await;
             next.retain(|id, _| probes.iter().any(|(p, _)| p == id));
             let now = tokio::time::Instant::now();
             for (id, p) in probes {
@@ -235,9 +278,25 @@ async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
     }
 }
 
-/// The writer thread: take one write, gather what else is queued, apply all, persist once, then
-/// answer all and wake the blocking reads.
-fn writer(rx: mpsc::Receiver<Apply>, store: Store, inner: std::sync::Weak<Inner>) {
+/// A batch applied and written to the log, waiting for the sync: its answers.
+struct Applied {
+    /// The batch's number.
+    n: u64,
+    /// Answers to the batch's writes, given the outcome of the sync.
+    answers: Vec<Answer>,
+    /// Set when the batch could not be written: it is answered with this error.
+    failed: Option<String>,
+}
+
+/// The writer thread: take one write, gather what else is queued, apply all, write the batch
+/// to the log, and pass the answers to the sync thread.
+fn writer(
+    rx: mpsc::Receiver<Apply>,
+    mut store: Store,
+    inner: std::sync::Weak<Inner>,
+    sync: mpsc::Sender<Applied>,
+) {
+    let mut n = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -247,25 +306,72 @@ fn writer(rx: mpsc::Receiver<Apply>, store: Store, inner: std::sync::Weak<Inner>
             }
         }
         let Some(inner) = inner.upgrade() else { return };
-        let (done, durable, index) = {
-            let mut st = inner.state.write().unwrap_or_else(|p| p.into_inner());
-            let now = now_ms();
-            let done: Vec<_> = batch.into_iter().map(|a| a(&mut st, now)).collect();
-            let durable = store.persist(&mut st).map_err(|e| e.to_string());
-            (done, durable, st.index)
-        };
-        let failed = durable.is_err();
-        for d in done {
-            d(durable.clone());
+        if inner.failed.load(Ordering::Acquire) {
+            // The sync failed: stop. Writes not applied are dropped unanswered, which their
+            // callers see as `CoreError::Stopped`; later ones cannot be queued.
+            return;
         }
-        if failed {
+        n += 1;
+        let (answers, written) = {
+            let mut st = inner.state.blocking_write();
+            let now = now_ms();
+            let answers: Vec<_> = batch.into_iter().map(|a| a(&mut st, now)).collect();
+            let written = store.write(&mut st).map_err(|e| e.to_string());
+            inner.applied.store(n, Ordering::Release);
+            (answers, written)
+        };
+        let failed = written.err();
+        if failed.is_some() {
             // Memory is now ahead of the disk: take no more writes (they would be answered as
             // durable on top of one that is not). A restart reloads what is on disk.
+            inner.failed.store(true, Ordering::Release);
             tracing::error!(
                 "the embedded server cannot write its data file; it takes no more writes"
             );
+        }
+        let stop = failed.is_some();
+        if sync.send(Applied { n, answers, failed }).is_err() || stop {
             return;
         }
-        inner.changed.send_replace(index);
+    }
+}
+
+/// The sync thread: take the batches written so far, sync the log once, answer them all and
+/// wake the reads waiting for them.
+fn syncer(rx: mpsc::Receiver<Applied>, file: std::fs::File, inner: std::sync::Weak<Inner>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(b) = rx.try_recv() {
+            batches.push(b);
+        }
+        let synced = file
+            .sync_data()
+            .map_err(|e| format!("write-ahead log: {e}"));
+        let Some(inner) = inner.upgrade() else { return };
+        let mut last = 0;
+        let mut ok = synced.is_ok();
+        for b in batches {
+            last = b.n;
+            let outcome = match (&synced, &b.failed) {
+                (Err(e), _) | (_, Some(e)) => {
+                    ok = false;
+                    Err(e.clone())
+                }
+                (Ok(()), None) => Ok(()),
+            };
+            for a in b.answers {
+                a(outcome.clone());
+            }
+        }
+        if !ok {
+            tracing::error!(
+                "the embedded server cannot make its writes durable; it takes no more writes"
+            );
+            inner.failed.store(true, Ordering::Release);
+            // Reads must not wait for a sync that will never come.
+            inner.durable.send_replace(u64::MAX);
+            return;
+        }
+        inner.durable.send_replace(last);
     }
 }

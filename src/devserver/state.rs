@@ -165,18 +165,46 @@ pub struct State {
     /// Index of the last session created or ended (renewals take none), for session reads.
     #[serde(skip)]
     pub sessions_index: u64,
-    /// Keys changed since the store last persisted (written or deleted).
+    /// What changed since the store last persisted.
     #[serde(skip)]
-    pub dirty_kv: BTreeSet<String>,
-    /// Sessions created or ended since the store last persisted.
-    #[serde(skip)]
-    pub dirty_sessions: BTreeSet<String>,
-    /// Services registered or removed since the store last persisted.
-    #[serde(skip)]
-    pub dirty_services: BTreeSet<String>,
-    /// Checks registered, changed or removed since the store last persisted.
-    #[serde(skip)]
-    pub dirty_checks: BTreeSet<String>,
+    pub dirty: Dirty,
+}
+
+/// Names of the rows changed (written or removed), by table: what the store must persist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Keys written or deleted.
+    pub kv: BTreeSet<String>,
+    /// Sessions created or ended.
+    pub sessions: BTreeSet<String>,
+    /// Services registered or removed.
+    pub services: BTreeSet<String>,
+    /// Checks registered, changed or removed.
+    pub checks: BTreeSet<String>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows named, in all tables.
+    pub fn len(&self) -> usize {
+        self.kv.len() + self.sessions.len() + self.services.len() + self.checks.len()
+    }
+
+    /// Moves `other`'s names into this set, leaving `other` empty. One insert per name:
+    /// `BTreeSet::append` rebuilds the whole set, and this set grows large between checkpoints.
+    pub fn absorb(&mut self, other: &mut Dirty) {
+        for (to, from) in [
+            (&mut self.kv, &mut other.kv),
+            (&mut self.sessions, &mut other.sessions),
+            (&mut self.services, &mut other.services),
+            (&mut self.checks, &mut other.checks),
+        ] {
+            to.extend(std::mem::take(from));
+        }
+    }
 }
 
 /// Options of a KV PUT.
@@ -347,7 +375,7 @@ impl State {
 
     fn write_set(&mut self, key: &str, value: Vec<u8>, flags: u64, idx: u64) {
         self.kv_index = idx;
-        self.dirty_kv.insert(key.to_string());
+        self.dirty.kv.insert(key.to_string());
         self.tombstones.remove(key);
         match self.kv.get_mut(key) {
             Some(e) => {
@@ -391,7 +419,7 @@ impl State {
 
     fn write_delete(&mut self, key: &str, idx: u64) -> bool {
         if self.kv.remove(key).is_some() {
-            self.dirty_kv.insert(key.to_string());
+            self.dirty.kv.insert(key.to_string());
             self.kv_index = idx;
             self.tombstones.insert(key.to_string(), idx);
             true
@@ -440,7 +468,7 @@ impl State {
         for (_, k) in by_index.into_iter().take(excess) {
             self.tombstones.remove(&k);
             // So the store drops the row too.
-            self.dirty_kv.insert(k);
+            self.dirty.kv.insert(k);
         }
     }
 
@@ -512,7 +540,7 @@ impl State {
             };
             for k in before {
                 if !scratch.kv.contains_key(&k) && self.kv.remove(&k).is_some() {
-                    self.dirty_kv.insert(k.clone());
+                    self.dirty.kv.insert(k.clone());
                     self.tombstones.insert(k, scratch.index);
                 }
             }
@@ -520,7 +548,7 @@ impl State {
         for (k, e) in scratch.kv {
             if e.modify_index == scratch.index {
                 self.tombstones.remove(&k);
-                self.dirty_kv.insert(k.clone());
+                self.dirty.kv.insert(k.clone());
             }
             self.kv.insert(k, e);
         }
@@ -679,7 +707,7 @@ impl State {
         self.sessions_index = idx;
         s.create_index = idx;
         let id = s.id.clone();
-        self.dirty_sessions.insert(id.clone());
+        self.dirty.sessions.insert(id.clone());
         self.sessions.insert(id.clone(), s);
         Ok(id)
     }
@@ -699,7 +727,7 @@ impl State {
         let Some(s) = self.sessions.remove(id) else {
             return false;
         };
-        self.dirty_sessions.insert(id.to_string());
+        self.dirty.sessions.insert(id.to_string());
         let idx = self.next_index();
         self.sessions_index = idx;
         let held: Vec<String> = self
@@ -718,7 +746,7 @@ impl State {
                         e.session = None;
                         e.modify_index = idx;
                         self.kv_index = idx;
-                        self.dirty_kv.insert(k.clone());
+                        self.dirty.kv.insert(k.clone());
                     }
                 }
                 Behavior::Delete => {
@@ -756,7 +784,7 @@ impl State {
         let idx = self.next_index();
         self.catalog_index = idx;
         self.services.insert(id.to_string(), reg);
-        self.dirty_services.insert(id.to_string());
+        self.dirty.services.insert(id.to_string());
         for c in checks {
             self.check_register(c, now_ms);
         }
@@ -768,7 +796,7 @@ impl State {
         if self.services.remove(id).is_none() {
             return false;
         }
-        self.dirty_services.insert(id.to_string());
+        self.dirty.services.insert(id.to_string());
         let idx = self.next_index();
         self.catalog_index = idx;
         true
@@ -795,7 +823,7 @@ impl State {
         };
         let idx = self.next_index();
         self.catalog_index = idx;
-        self.dirty_checks.insert(c.id.clone());
+        self.dirty.checks.insert(c.id.clone());
         self.checks.insert(c.id.clone(), c);
     }
 
@@ -804,7 +832,7 @@ impl State {
         if self.checks.remove(id).is_none() {
             return false;
         }
-        self.dirty_checks.insert(id.to_string());
+        self.dirty.checks.insert(id.to_string());
         let idx = self.next_index();
         self.catalog_index = idx;
         self.invalidate_sessions_naming(id, now_ms);
@@ -838,7 +866,7 @@ impl State {
         if changed {
             let idx = self.next_index();
             self.catalog_index = idx;
-            self.dirty_checks.insert(id.to_string());
+            self.dirty.checks.insert(id.to_string());
         }
         if status == "critical" {
             self.invalidate_sessions_naming(id, now_ms);
