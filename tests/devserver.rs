@@ -535,6 +535,212 @@ fn conformance_agent_catalog_health_events_match_real_consul() {
     }
 }
 
+/// The rest of the API the issue names: session renew, list and node; behaviour delete;
+/// agent self, members and check update; a TTL check running out; the catalog's nodes, node
+/// and services; health by node; status peers; the leader headers; the value size limit; a
+/// `wait` past Consul's 10-minute cap. Compared in the fields both backends have.
+fn scenario_rest(h: &Http) -> Vec<(String, u16, Value)> {
+    let mut out = Vec::new();
+    let fields = [
+        "CheckID",
+        "Status",
+        "ServiceID",
+        "ServiceName",
+        "Name",
+        "Output",
+        "Behavior",
+        "TTL",
+        "LockDelay",
+        "Tags",
+        "Port",
+        "Service",
+        "Services",
+        "Checks",
+    ];
+    let mut ids = Vec::new();
+    let mut rec = |what: &str, (st, body): (u16, String)| {
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or(Value::String(body.trim().to_string()));
+        // Built here (not an API body): compared whole.
+        let mut v = if what.starts_with('=') {
+            v
+        } else {
+            project(&v, &fields)
+        };
+        normalise(&mut v, &mut ids);
+        out.push((what.to_string(), st, v));
+    };
+    let me = h.get_json("/v1/agent/self").expect("agent self");
+    let node = me["Config"]["NodeName"].as_str().unwrap_or("").to_string();
+    rec(
+        "=self names the node and its member",
+        (
+            200,
+            json!({
+                "has node": !node.is_empty(),
+                "member": me["Member"]["Name"] == json!(node),
+                "datacenter": me["Config"]["Datacenter"],
+            })
+            .to_string(),
+        ),
+    );
+    let members = h.get_json("/v1/agent/members").unwrap_or_default();
+    rec(
+        "=members",
+        (
+            200,
+            json!(members.as_array().map(|a| a
+                .iter()
+                .map(|m| (m["Name"] == json!(node), m["Status"].clone()))
+                .collect::<Vec<_>>()))
+            .to_string(),
+        ),
+    );
+    let (st, b) = h.put(
+        "/v1/session/create",
+        r#"{"Name": "r", "TTL": "20s", "Behavior": "delete", "LockDelay": "0s"}"#,
+    );
+    let sid = serde_json::from_str::<Value>(&b)
+        .ok()
+        .and_then(|v| v["ID"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    rec("create", (st, "created".into()));
+    rec("renew", h.put(&format!("/v1/session/renew/{sid}"), ""));
+    // Only this scenario's session: the embedded backend has a servant agent with its own.
+    let ours = |(st, b): (u16, String)| {
+        let v: Value = serde_json::from_str(&b).unwrap_or_default();
+        let mine: Vec<Value> = v
+            .as_array()
+            .map(|a| a.iter().filter(|s| s["Name"] == "r").cloned().collect())
+            .unwrap_or_default();
+        (st, Value::Array(mine).to_string())
+    };
+    rec("list", ours(h.get("/v1/session/list")));
+    rec(
+        "node's sessions",
+        ours(h.get(&format!("/v1/session/node/{node}"))),
+    );
+    rec(
+        "renew unknown",
+        (
+            h.put("/v1/session/renew/00000000-0000-0000-0000-000000000000", "")
+                .0,
+            "status only".into(),
+        ),
+    );
+    h.put(&format!("/v1/kv/r/owned?acquire={sid}"), "mine");
+    h.put(&format!("/v1/session/destroy/{sid}"), "");
+    rec("behaviour delete removed the key", h.get("/v1/kv/r/owned"));
+    let reg = json!({"ID": "api", "Name": "api", "Tags": ["t"], "Port": 9000,
+        "Check": {"TTL": "1s", "Status": "passing"}});
+    rec(
+        "register",
+        h.put("/v1/agent/service/register", reg.to_string()),
+    );
+    rec(
+        "check update",
+        h.put(
+            "/v1/agent/check/update/service:api",
+            json!({"Status": "warning", "Output": "disk at 91%"}).to_string(),
+        ),
+    );
+    let checks = h.get_json("/v1/agent/checks").unwrap_or_default();
+    rec("after update", (200, checks["service:api"].to_string()));
+    rec(
+        "bad status",
+        (
+            h.put(
+                "/v1/agent/check/update/service:api",
+                json!({"Status": "sideways"}).to_string(),
+            )
+            .0,
+            "status only".into(),
+        ),
+    );
+    h.put("/v1/agent/check/pass/service:api", "");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let checks = h.get_json("/v1/agent/checks").unwrap_or_default();
+    rec(
+        "TTL ran out",
+        (200, checks["service:api"]["Status"].to_string()),
+    );
+    let nodes = h.get_json("/v1/catalog/nodes").unwrap_or_default();
+    rec(
+        "=catalog nodes",
+        (
+            200,
+            json!(nodes.as_array().map(|a| a
+                .iter()
+                .map(|n| n["Node"] == json!(node))
+                .collect::<Vec<_>>()))
+            .to_string(),
+        ),
+    );
+    let cat = h
+        .get_json(&format!("/v1/catalog/node/{node}"))
+        .unwrap_or_default();
+    rec("catalog node", (200, cat["Services"]["api"].to_string()));
+    let mut services = h.get_json("/v1/catalog/services").unwrap_or_default();
+    // The embedded backend's servant agent registers itself.
+    if let Some(m) = services.as_object_mut() {
+        m.remove("servant");
+    }
+    rec("=catalog services", (200, services.to_string()));
+    // Consul's agent copies a check's new state to the catalog a moment later.
+    let by_node = format!("/v1/health/node/{node}");
+    wait_for(
+        "the expired check in the catalog",
+        Duration::from_secs(15),
+        || h.get(&by_node).1.contains("TTL expired").then_some(()),
+    );
+    rec("health node", h.get(&by_node));
+    let peers = h.get_json("/v1/status/peers").unwrap_or_default();
+    rec(
+        "=peers",
+        (200, json!(peers.as_array().map(|a| a.len())).to_string()),
+    );
+    rec(
+        "=leader headers",
+        (
+            200,
+            json!([
+                h.header("/v1/kv/r/?recurse", "X-Consul-KnownLeader"),
+                h.header("/v1/kv/r/?recurse", "X-Consul-LastContact"),
+            ])
+            .to_string(),
+        ),
+    );
+    rec(
+        "512 KB is allowed",
+        h.put("/v1/kv/r/big", vec![b'x'; 512 * 1024]),
+    );
+    let (st, _) = h.put("/v1/kv/r/big", vec![b'x'; 512 * 1024 + 1]);
+    rec("one byte more is refused", (st, "status only".into()));
+    // A wait of an hour is accepted (held at most 10 minutes) and a write still ends it.
+    let i0 = h.index_of("/v1/kv/r/big");
+    let base = h.base.clone();
+    let waiter = std::thread::spawn(move || {
+        let h = Http::new(base.trim_start_matches("http://"));
+        h.get(&format!("/v1/kv/r/big?index={i0}&wait=1h")).0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    h.put("/v1/kv/r/big", "small");
+    rec("wait=1h", (waiter.join().unwrap(), "status only".into()));
+    out
+}
+
+#[test]
+fn conformance_sessions_catalog_status_and_limits_match_real_consul() {
+    let real = ConsulDev::start();
+    let dev = Single::start(Backend::Dev, &[]);
+    let a = scenario_rest(&real.http());
+    let b = scenario_rest(&dev.http());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
+    }
+}
+
 /// Debian's python3-consul, an independent client, runs a scripted session against both
 /// backends. `.ci/run` installs it; the system interpreter is used because pyenv's has no
 /// Debian modules.

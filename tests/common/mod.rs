@@ -215,6 +215,15 @@ impl Http {
             .unwrap_or(0)
     }
 
+    /// A header of the answer to a GET of `path`.
+    pub fn header(&self, path: &str, name: &str) -> Option<String> {
+        let r = self.req(reqwest::Method::GET, path).send().expect("GET");
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
     /// The X-Consul-Index of the KV store right now.
     pub fn index(&self) -> u64 {
         let r = self
