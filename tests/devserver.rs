@@ -711,6 +711,17 @@ fn scenario_rest(h: &Http) -> Vec<(String, u16, Value)> {
         ),
     );
     rec(
+        "=a missing key's 404 carries the index",
+        (
+            h.get("/v1/kv/r/none").0,
+            json!(h
+                .header("/v1/kv/r/none", "X-Consul-Index")
+                .and_then(|i| i.parse::<u64>().ok())
+                .is_some_and(|i| i > 0))
+            .to_string(),
+        ),
+    );
+    rec(
         "512 KB is allowed",
         h.put("/v1/kv/r/big", vec![b'x'; 512 * 1024]),
     );
