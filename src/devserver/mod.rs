@@ -1,4 +1,4 @@
-//! The embedded single-node server behind `servant agent -dev` (issue 3, in progress): the
+//! The embedded single-node server behind `servant agent -dev` (issue 3): the
 //! subset of Consul's HTTP API that the product uses, on one machine, persisted under the data
 //! dir, so the product runs with nothing else installed.
 //!
