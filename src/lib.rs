@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod apps;
 pub mod cli;
 pub mod consul;
 pub mod devserver;

@@ -60,6 +60,43 @@ pub struct AgentConfig {
     pub dev_listen: String,
     /// A Consul agent to launch and supervise; none by default.
     pub consul: LaunchConfig,
+    /// Replicated apps (App Manager's `appmgr/` keys).
+    pub apps: AppsConfig,
+}
+
+/// Replicated apps: this node's reports, its part in leader election, its apps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppsConfig {
+    /// Take part: report, stand for leader, run the apps placed here.
+    pub enabled: bool,
+    /// This node's labels, matched by tasks' `labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// TTL of the apps session that holds the reports and the leader lock (App Manager's
+    /// `session_TTL`). Tied to serfHealth too, so a dead node is noticed by Consul's failure
+    /// detection, not by this TTL.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub session_ttl: Duration,
+    /// How often the reports are rewritten (App Manager's `report_interval`); an app's change
+    /// of state rewrites them at once.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub report_interval: Duration,
+    /// The leader's safety re-check (App Manager's `topology_interval`); it reconciles on
+    /// every change anyway.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub topology_interval: Duration,
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        AppsConfig {
+            enabled: true,
+            labels: Default::default(),
+            session_ttl: Duration::from_secs(30),
+            report_interval: Duration::from_secs(10),
+            topology_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -121,6 +158,7 @@ impl Default for AgentConfig {
             dev: false,
             dev_listen: "127.0.0.1:8500".to_string(),
             consul: LaunchConfig::default(),
+            apps: AppsConfig::default(),
         }
     }
 }
@@ -189,6 +227,22 @@ impl AgentConfig {
             return Err(ConfigError::Invalid {
                 field: "lock_delay",
                 detail: "Consul accepts at most 60s".into(),
+            });
+        }
+        if self.apps.session_ttl < Duration::from_secs(10)
+            || self.apps.session_ttl > Duration::from_secs(86400)
+        {
+            return Err(ConfigError::Invalid {
+                field: "apps.session_ttl",
+                detail: "Consul accepts 10s to 24h".into(),
+            });
+        }
+        if self.apps.report_interval < Duration::from_secs(1)
+            || self.apps.topology_interval < Duration::from_secs(1)
+        {
+            return Err(ConfigError::Invalid {
+                field: "apps.report_interval/topology_interval",
+                detail: "must be at least 1s".into(),
             });
         }
         if self.max_parallel == 0 {

@@ -151,6 +151,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             ttl: cfg.session_ttl,
             lock_delay: cfg.lock_delay,
             fence_after: cfg.fence_after(),
+            behavior: crate::consul::SessionBehavior::Release,
         },
     );
     keeper.start().await?;
@@ -198,6 +199,8 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
 
     let (keeper_stop, _) = broadcast::channel::<()>(1);
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
+    let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
+    let apps_prefix = layout.prefix().to_string();
     let worker = Worker::new(
         client.clone(),
         WorkerConfig {
@@ -212,7 +215,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             kill_grace: cfg.kill_grace,
             shutdown_grace: cfg.shutdown_grace,
             log_dir: cfg.data_dir.join("logs"),
-            shim_exe: std::env::current_exe().map_err(AgentError::Exe)?,
+            shim_exe: shim_exe.clone(),
             watch_wait: cfg.watch_wait,
             result_max_age: cfg.result_max_age,
             gc_interval: cfg.result_gc_interval,
@@ -220,12 +223,28 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         session_rx,
     );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let apps_task = cfg.apps.enabled.then(|| {
+        let apps_cfg = crate::apps::node::AppsNodeConfig::from_agent(
+            cfg,
+            &node,
+            &apps_prefix,
+            shim_exe.clone(),
+        );
+        tokio::spawn(crate::apps::node::run(
+            client.clone(),
+            apps_cfg,
+            shutdown.subscribe(),
+        ))
+    });
     info!(node = %node, "servant agent ready");
 
     termination().await;
     info!("signal received: no new jobs; waiting for running jobs");
     let _ = shutdown.send(());
     let _ = worker_task.await;
+    if let Some(t) = apps_task {
+        let _ = t.await;
+    }
     let _ = keeper_stop.send(());
     let _ = keeper_task.await;
     if let Err(e) = client.agent_service_deregister(&service_id).await {

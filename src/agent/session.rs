@@ -32,6 +32,9 @@ pub struct SessionSettings {
     /// Without Consul's confirmation for this long, the agent fences itself. Must be well under
     /// `lock_delay`, so a job is dead here before another node may take it.
     pub fence_after: Duration,
+    /// Release for the jobs session (a dead node's jobs are retried); delete for the apps
+    /// session (a dead node's reports vanish).
+    pub behavior: SessionBehavior,
 }
 
 /// Creates the node session (retrying transient errors) and keeps it alive until shutdown.
@@ -61,7 +64,7 @@ impl SessionKeeper {
                 node: None,
                 checks: Some(vec!["serfHealth".to_string()]),
                 ttl: Some(self.settings.ttl),
-                behavior: SessionBehavior::Release,
+                behavior: self.settings.behavior,
                 lock_delay: Some(self.settings.lock_delay),
             })
             .await

@@ -100,6 +100,13 @@ pub struct AgentArgs {
     /// An extra argument for `consul agent` (repeatable).
     #[arg(long, allow_hyphen_values = true)]
     pub consul_arg: Vec<String>,
+    /// A label of this node for app placement, KEY=VALUE (repeatable; adds to the config's
+    /// `[apps] labels`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Do not report, lead or run apps on this node.
+    #[arg(long)]
+    pub no_apps: bool,
 }
 
 impl AgentArgs {
@@ -176,6 +183,15 @@ impl AgentArgs {
             l.data_dir = self.consul_data_dir.clone();
         }
         l.extra_args.extend(self.consul_arg.iter().cloned());
+        for kv in &self.label {
+            let Some((k, v)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                anyhow::bail!("--label {kv:?}: expected KEY=VALUE");
+            };
+            c.apps.labels.insert(k.to_string(), v.to_string());
+        }
+        if self.no_apps {
+            c.apps.enabled = false;
+        }
         c.validate()?;
         Ok(c)
     }

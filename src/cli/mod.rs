@@ -4,6 +4,7 @@
 //! `normalize_args` rewrites them before clap sees them.
 
 pub mod agent;
+pub mod apps;
 pub mod jobs;
 pub mod kv;
 pub mod logs;
@@ -74,6 +75,14 @@ pub enum Command {
     /// Nodes of the cluster.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Replicated app tasks (`appmgr/task/`).
+    #[command(subcommand)]
+    Task(apps::TaskCommand),
+    /// The apps running on the nodes.
+    #[command(subcommand)]
+    App(apps::AppCommand),
+    /// Hosts × apps as placed by the leader, with unplaced replicas and invalid tasks.
+    Topology(apps::JsonArg),
     /// Get an item from the KV store (consul_visa).
     #[command(name = "kv-get")]
     KvGet(kv::KeyArg),

@@ -1,6 +1,7 @@
 //! Running one job's process: spawn through the shim in a new process group, stdout and stderr
 //! straight to log files, timeout, and killing the whole group.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub enum KillReason {
     Fenced,
     /// The agent is stopping and the grace period is over.
     Shutdown,
+    /// An app's task was removed from this node or changed: SIGTERM, then SIGKILL after the
+    /// grace period.
+    Removed,
 }
 
 /// How a run ended.
@@ -86,15 +90,55 @@ pub enum SpawnError {
     Dir(String),
 }
 
+/// What to start, job or app alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// Program and arguments.
+    pub argv: &'a [String],
+    /// Added to the agent's environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Working directory; the agent's when None.
+    pub dir: Option<&'a str>,
+    /// User to switch to (the shim does it).
+    pub user: Option<&'a str>,
+    /// Append to the log files (an app's restarts) instead of starting them empty (a job).
+    pub append: bool,
+}
+
 /// Starts `job` through the shim at `shim_exe`, output into `logs`.
 pub fn spawn(job: &JobSpec, shim_exe: &Path, logs: &LogPaths) -> Result<Running, SpawnError> {
-    if let Some(d) = &job.dir {
+    let argv = match job.job_type {
+        JobType::Exec => job.argv.clone(),
+        _ => vec!["/bin/sh".into(), "-c".into(), job.command.clone()],
+    };
+    spawn_launch(
+        &Launch {
+            argv: &argv,
+            env: &job.env,
+            dir: job.dir.as_deref(),
+            user: job.user.as_deref(),
+            append: false,
+        },
+        shim_exe,
+        logs,
+    )
+}
+
+/// Starts a process through the shim at `shim_exe` in a new process group, output into `logs`.
+pub fn spawn_launch(l: &Launch, shim_exe: &Path, logs: &LogPaths) -> Result<Running, SpawnError> {
+    if let Some(d) = l.dir {
         if !Path::new(d).is_dir() {
-            return Err(SpawnError::Dir(d.clone()));
+            return Err(SpawnError::Dir(d.to_string()));
         }
     }
     let open = |p: &Path| {
-        std::fs::File::create(p).map_err(|e| SpawnError::Log {
+        let mut o = std::fs::OpenOptions::new();
+        if l.append {
+            o.append(true).create(true);
+        } else {
+            o.write(true).create(true).truncate(true);
+        }
+        o.open(p).map_err(|e| SpawnError::Log {
             path: p.display().to_string(),
             source: e,
         })
@@ -105,16 +149,12 @@ pub fn spawn(job: &JobSpec, shim_exe: &Path, logs: &LogPaths) -> Result<Running,
     cmd.arg("__job-shim")
         .arg("--parent")
         .arg(std::process::id().to_string());
-    if let Some(u) = &job.user {
+    if let Some(u) = l.user {
         cmd.arg("--user").arg(u);
     }
-    cmd.arg("--");
-    match job.job_type {
-        JobType::Exec => cmd.args(&job.argv),
-        _ => cmd.arg("/bin/sh").arg("-c").arg(&job.command),
-    };
-    cmd.envs(&job.env);
-    if let Some(d) = &job.dir {
+    cmd.arg("--").args(l.argv);
+    cmd.envs(l.env);
+    if let Some(d) = l.dir {
         cmd.current_dir(d);
     }
     cmd.stdin(Stdio::null())

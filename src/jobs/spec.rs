@@ -66,6 +66,46 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// The local agent registration of this service, with `meta` saying who registered it (so
+    /// leftovers of an earlier run can be found). A check without `Interval` runs every 10s.
+    pub fn registration(
+        &self,
+        meta: BTreeMap<String, String>,
+    ) -> crate::consul::AgentServiceRegistration {
+        let checks = self
+            .check
+            .as_ref()
+            .map(|c| {
+                let interval = c
+                    .interval
+                    .clone()
+                    .or_else(|| (c.ttl.is_none()).then(|| "10s".to_string()));
+                vec![crate::consul::AgentCheckRegistration {
+                    name: Some(format!("{} check", self.name())),
+                    ttl: c.ttl.clone(),
+                    http: c.http.clone(),
+                    tcp: c.tcp.clone(),
+                    args: c.args.clone(),
+                    interval: if c.ttl.is_some() { None } else { interval },
+                    timeout: c
+                        .timeout
+                        .clone()
+                        .filter(|t| crate::util::duration::parse_duration(t).is_ok()),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default();
+        crate::consul::AgentServiceRegistration {
+            id: Some(self.id().to_string()),
+            name: self.name().to_string(),
+            tags: self.tags.clone(),
+            port: self.port,
+            address: self.address.clone(),
+            meta,
+            checks,
+        }
+    }
+
     /// The service name: `Name`, else `ID`.
     pub fn name(&self) -> &str {
         self.name

@@ -13,10 +13,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::agent::session::SessionState;
 use crate::consul::{
-    watch_loop, AgentCheckRegistration, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp,
-    TxnOutcome,
+    watch_loop, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
-use crate::util::duration::{go_format, parse_duration};
+use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
@@ -659,7 +658,7 @@ async fn run_job(
                 go_format(cfg.shutdown_grace)
             );
         }
-        Outcome::Killed(KillReason::Fenced) => return None,
+        Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return None,
     }
     Some(r)
 }
@@ -669,35 +668,7 @@ fn registration(s: &ServiceSpec, jk: &JobKey, prefix: &str) -> AgentServiceRegis
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("servant_job".to_string(), jk.relative());
     meta.insert("servant_prefix".to_string(), prefix.to_string());
-    let checks = s
-        .check
-        .as_ref()
-        .map(|c| {
-            let interval = c
-                .interval
-                .clone()
-                .or_else(|| (c.ttl.is_none()).then(|| "10s".to_string()));
-            vec![AgentCheckRegistration {
-                name: Some(format!("{} check", s.name())),
-                ttl: c.ttl.clone(),
-                http: c.http.clone(),
-                tcp: c.tcp.clone(),
-                args: c.args.clone(),
-                interval: if c.ttl.is_some() { None } else { interval },
-                timeout: c.timeout.clone().filter(|t| parse_duration(t).is_ok()),
-                ..Default::default()
-            }]
-        })
-        .unwrap_or_default();
-    AgentServiceRegistration {
-        id: Some(s.id().to_string()),
-        name: s.name().to_string(),
-        tags: s.tags.clone(),
-        port: s.port,
-        address: s.address.clone(),
-        meta,
-        checks,
-    }
+    s.registration(meta)
 }
 
 /// Services of jobs registered by an earlier run of this agent (killed before it could

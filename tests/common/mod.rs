@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 /// The consul binary: CONSUL_BIN, else what scripts/install-consul prints (it is idempotent).
 pub fn consul_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

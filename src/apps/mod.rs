@@ -1,0 +1,16 @@
+//! Replicated long-running apps (App Manager's `appmgr/` keys, done right): task definitions,
+//! the placement scheduler, node reports, leader election and the node supervisor.
+//!
+//! - `task`: pure parsing of `appmgr/task/<name>` values.
+//! - `scheduler`: pure placement of task replicas on live hosts.
+//! - `report`: the node's `resource` report (sysinfo plus /sys).
+//! - `supervisor`: runs this node's apps (process groups, backoff, periodic starts, health,
+//!   log rotation, services).
+//! - `node`: the IO around them: the apps session, reports, leader election and the leader's
+//!   reconciliation, this node's topology watch.
+
+pub mod node;
+pub mod report;
+pub mod scheduler;
+pub mod supervisor;
+pub mod task;

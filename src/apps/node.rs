@@ -1,0 +1,571 @@
+//! The apps part of the agent, the IO around the pure scheduler: this node's apps session
+//! (behaviour delete, tied to serfHealth), its reports, its part in leader election on
+//! `appmgr/leader`, the leader's reconciliation, and the supervisor fed from this node's own
+//! `appmgr/topology/<host>` key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch, Notify};
+use tracing::{info, warn};
+
+use super::report::ResourceSampler;
+use super::scheduler::{changes, schedule, HostInfo, Topology};
+use super::supervisor::{Supervisor, SupervisorCtx};
+use super::task::{parse_task, Task};
+use crate::agent::config::AgentConfig;
+use crate::agent::session::{SessionKeeper, SessionSettings, SessionState};
+use crate::consul::{
+    watch_loop, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
+    TxnOp,
+};
+use crate::util::time::now_ms;
+
+/// Ops per leader transaction besides the leadership check (Consul allows 64).
+const TXN_OPS: usize = 60;
+
+/// The `appmgr/` paths, under the configured KV prefix.
+#[derive(Debug, Clone)]
+pub struct AppsLayout {
+    base: String,
+}
+
+impl AppsLayout {
+    /// `prefix` is the jobs layout's prefix ("" or "ns/").
+    pub fn new(prefix: &str) -> Self {
+        AppsLayout {
+            base: format!("{prefix}appmgr/"),
+        }
+    }
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.base)
+    }
+    /// The leader's report: unplaced replicas and invalid tasks.
+    pub fn schedule(&self) -> String {
+        format!("{}schedule", self.base)
+    }
+    pub fn tasks(&self) -> String {
+        format!("{}task/", self.base)
+    }
+    pub fn task(&self, name: &str) -> String {
+        format!("{}task/{name}", self.base)
+    }
+    pub fn topology_prefix(&self) -> String {
+        format!("{}topology/", self.base)
+    }
+    pub fn topology(&self, host: &str) -> String {
+        format!("{}topology/{host}", self.base)
+    }
+    pub fn status_prefix(&self) -> String {
+        format!("{}status/", self.base)
+    }
+    pub fn resource(&self, host: &str) -> String {
+        format!("{}status/{host}/resource", self.base)
+    }
+    pub fn applications(&self, host: &str) -> String {
+        format!("{}status/{host}/applications", self.base)
+    }
+    /// The last segment after `prefix`, if `key` is directly under it.
+    pub fn name_under<'a>(&self, prefix: &str, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(prefix)
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+    }
+}
+
+/// Parses every task under the tasks prefix: the valid ones, and why the others are not.
+pub fn parse_tasks(
+    layout: &AppsLayout,
+    entries: &[KvPair],
+) -> (BTreeMap<String, Task>, BTreeMap<String, String>) {
+    let mut ok = BTreeMap::new();
+    let mut bad = BTreeMap::new();
+    let prefix = layout.tasks();
+    for e in entries {
+        let Some(name) = layout.name_under(&prefix, &e.key) else {
+            continue;
+        };
+        match parse_task(name, &e.value) {
+            Ok(t) => {
+                ok.insert(name.to_string(), t);
+            }
+            Err(err) => {
+                bad.insert(name.to_string(), err.to_string());
+            }
+        }
+    }
+    (ok, bad)
+}
+
+/// Live hosts (those with a `resource` report) and what they offer.
+pub fn hosts_from_reports(layout: &AppsLayout, entries: &[KvPair]) -> Vec<HostInfo> {
+    let prefix = layout.status_prefix();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let rest = e.key.strip_prefix(&prefix)?;
+            let host = rest.strip_suffix("/resource")?;
+            if host.is_empty() || host.contains('/') {
+                return None;
+            }
+            let v: Value = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
+            let labels = v["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, x)| x.as_str().map(|s| (k.clone(), s.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(HostInfo {
+                name: host.to_string(),
+                labels,
+                cpu_cores: v["cpu_processors"].as_f64().unwrap_or(1.0),
+                memory_mb: v["mem_total_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
+            })
+        })
+        .collect()
+}
+
+/// The current placements, from the topology keys. A value that is not a list of names
+/// counts as empty (the leader rewrites it).
+pub fn topology_from_keys(layout: &AppsLayout, entries: &[KvPair]) -> Topology {
+    let prefix = layout.topology_prefix();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let host = layout.name_under(&prefix, &e.key)?;
+            let names: BTreeSet<String> = serde_json::from_slice(&e.value).unwrap_or_default();
+            (!names.is_empty()).then(|| (host.to_string(), names))
+        })
+        .collect()
+}
+
+/// Everything the apps part needs from the agent.
+#[derive(Clone)]
+pub struct AppsNodeConfig {
+    pub node: String,
+    pub layout: AppsLayout,
+    pub labels: BTreeMap<String, String>,
+    pub session_ttl: Duration,
+    pub fence_after: Duration,
+    pub report_interval: Duration,
+    pub topology_interval: Duration,
+    pub watch_wait: Duration,
+    pub shim: PathBuf,
+    pub log_dir: PathBuf,
+    pub kill_grace: Duration,
+}
+
+impl AppsNodeConfig {
+    pub fn from_agent(cfg: &AgentConfig, node: &str, prefix: &str, shim: PathBuf) -> Self {
+        AppsNodeConfig {
+            node: node.to_string(),
+            layout: AppsLayout::new(prefix),
+            labels: cfg.apps.labels.clone(),
+            session_ttl: cfg.apps.session_ttl,
+            // Half the apps session's TTL, not the jobs' short fence: a Consul leader election
+            // must not restart every app in the cluster. A partitioned node's apps may overlap
+            // their replacements for at most this long.
+            fence_after: cfg.apps.session_ttl / 2,
+            report_interval: cfg.apps.report_interval,
+            topology_interval: cfg.apps.topology_interval,
+            watch_wait: cfg.watch_wait,
+            shim,
+            log_dir: cfg.data_dir.join("apps"),
+            kill_grace: cfg.kill_grace,
+        }
+    }
+}
+
+/// Runs the apps part until `shutdown`; then stops this node's apps and ends the session
+/// (which deletes the reports and frees the leader lock).
+pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::Receiver<()>) {
+    if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
+        warn!(dir = %cfg.log_dir.display(), error = %e, "cannot create the apps' log directory");
+    }
+    let (keeper, session_rx) = SessionKeeper::new(
+        client.clone(),
+        SessionSettings {
+            name: "servant-apps".into(),
+            ttl: cfg.session_ttl,
+            // Leader writes are fenced by Consul itself (each checks the leader lock's
+            // session), so a new leader need not wait.
+            lock_delay: Duration::ZERO,
+            fence_after: cfg.fence_after,
+            behavior: SessionBehavior::Delete,
+        },
+    );
+    if let Err(e) = keeper.start().await {
+        warn!(error = %e, "cannot create the apps session; apps are off on this node");
+        let _ = shutdown.recv().await;
+        return;
+    }
+    let (stop, _) = broadcast::channel::<()>(4);
+    let (keeper_stop, _) = broadcast::channel::<()>(1);
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
+    let changed = Arc::new(Notify::new());
+    let sup = Supervisor::new(SupervisorCtx {
+        client: client.clone(),
+        shim: cfg.shim.clone(),
+        log_dir: cfg.log_dir.clone(),
+        kill_grace: cfg.kill_grace,
+        changed: changed.clone(),
+    });
+    let sup = Arc::new(tokio::sync::Mutex::new(sup));
+    let reporter = tokio::spawn(report_loop(
+        client.clone(),
+        cfg.clone(),
+        session_rx.clone(),
+        sup.clone(),
+        changed,
+        stop.subscribe(),
+    ));
+    let leader = tokio::spawn(leader_loop(
+        client.clone(),
+        cfg.clone(),
+        session_rx.clone(),
+        stop.subscribe(),
+    ));
+    let node_side = tokio::spawn(node_loop(
+        client.clone(),
+        cfg.clone(),
+        session_rx,
+        sup.clone(),
+        stop.subscribe(),
+    ));
+    let _ = shutdown.recv().await;
+    let _ = stop.send(());
+    let _ = node_side.await;
+    sup.lock().await.stop_all().await;
+    let _ = reporter.await;
+    let _ = leader.await;
+    let _ = keeper_stop.send(());
+    let _ = keeper_task.await;
+}
+
+/// Writes this node's reports every `report_interval`, and soon after an app changes state.
+async fn report_loop(
+    client: Client,
+    cfg: AppsNodeConfig,
+    session: watch::Receiver<SessionState>,
+    sup: Arc<tokio::sync::Mutex<Supervisor>>,
+    changed: Arc<Notify>,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let started = now_ms();
+    let mut sampler = ResourceSampler::new();
+    loop {
+        let sid = session.borrow().id.clone();
+        if let Some(sid) = sid {
+            let resource = sampler.sample(&cfg.labels, started, now_ms());
+            let apps: BTreeMap<String, Value> = sup
+                .lock()
+                .await
+                .statuses()
+                .into_iter()
+                .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or(Value::Null)))
+                .collect();
+            let opts = KvPutOptions {
+                acquire: Some(sid),
+                ..Default::default()
+            };
+            for (key, v) in [
+                (cfg.layout.resource(&cfg.node), resource),
+                (cfg.layout.applications(&cfg.node), json!(apps)),
+            ] {
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                if let Err(e) = client.kv_put(&key, &body, &opts).await {
+                    warn!(key = %key, error = %e, "cannot write the report");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.report_interval) => {}
+            _ = changed.notified() => {
+                // Let a burst of changes settle into one write.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = stop.recv() => return,
+        }
+    }
+}
+
+/// Keeps this node's apps equal to its topology key and the tasks it names. While the apps
+/// session is lost, nothing runs here: the leader is placing these replicas elsewhere.
+async fn node_loop(
+    client: Client,
+    cfg: AppsNodeConfig,
+    mut session: watch::Receiver<SessionState>,
+    sup: Arc<tokio::sync::Mutex<Supervisor>>,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let (topo_tx, mut topo_rx) = watch::channel::<Option<Option<KvPair>>>(None);
+    let (tasks_tx, mut tasks_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
+    let (wstop, _) = broadcast::channel::<()>(1);
+    let key = cfg.layout.topology(&cfg.node);
+    let c = client.clone();
+    let w1 = tokio::spawn(watch_loop(
+        "own topology",
+        cfg.watch_wait,
+        move |q| {
+            let c = c.clone();
+            let key = key.clone();
+            async move { c.kv_get(&key, &q).await }
+        },
+        topo_tx,
+        wstop.subscribe(),
+    ));
+    let c = client.clone();
+    let prefix = cfg.layout.tasks();
+    let w2 = tokio::spawn(watch_loop(
+        "tasks",
+        cfg.watch_wait,
+        move |q| {
+            let c = c.clone();
+            let prefix = prefix.clone();
+            async move { c.kv_list(&prefix, &q).await }
+        },
+        tasks_tx,
+        wstop.subscribe(),
+    ));
+    loop {
+        let ok = session.borrow_and_update().id.is_some();
+        let topo = topo_rx.borrow_and_update().clone();
+        let tasks = tasks_rx.borrow_and_update().clone();
+        if let (Some(topo), Some(tasks)) = (topo, tasks) {
+            let names: BTreeSet<String> = topo
+                .and_then(|e| serde_json::from_slice(&e.value).ok())
+                .unwrap_or_default();
+            let (parsed, _) = parse_tasks(&cfg.layout, &tasks);
+            let desired: BTreeMap<String, Task> = if ok {
+                parsed
+                    .into_iter()
+                    .filter(|(n, _)| names.contains(n))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            sup.lock().await.reconcile(&desired).await;
+        }
+        tokio::select! {
+            r = topo_rx.changed() => if r.is_err() { break },
+            r = tasks_rx.changed() => if r.is_err() { break },
+            r = session.changed() => if r.is_err() { break },
+            _ = stop.recv() => break,
+        }
+    }
+    let _ = wstop.send(());
+    let _ = w1.await;
+    let _ = w2.await;
+}
+
+/// Stands for leader while the apps session exists: acquire `appmgr/leader`; when another
+/// node holds it, block on the key until it is freed (no polling).
+async fn leader_loop(
+    client: Client,
+    cfg: AppsNodeConfig,
+    mut session: watch::Receiver<SessionState>,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let key = cfg.layout.leader();
+    let mut index = 0u64;
+    loop {
+        let state = session.borrow_and_update().clone();
+        let Some(sid) = state.id.clone() else {
+            tokio::select! {
+                _ = session.changed() => continue,
+                _ = stop.recv() => return,
+            }
+        };
+        let opts = KvPutOptions {
+            acquire: Some(sid.clone()),
+            ..Default::default()
+        };
+        match client.kv_put(&key, cfg.node.as_bytes(), &opts).await {
+            Ok(true) => {
+                info!(node = %cfg.node, "apps leader");
+                tokio::select! {
+                    _ = lead(&client, &cfg, &sid) => {}
+                    _ = session.changed() => {}
+                    _ = stop.recv() => return,
+                }
+                info!(node = %cfg.node, "no longer the apps leader");
+                index = 0;
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot stand for apps leader");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.recv() => return,
+                }
+                continue;
+            }
+        }
+        // Someone else leads (or the lock is in its lock-delay): wait for the key to change.
+        let q = QueryOptions::blocking(index, cfg.watch_wait);
+        let r = tokio::select! {
+            r = client.kv_get(&key, &q) => r,
+            _ = session.changed() => continue,
+            _ = stop.recv() => return,
+        };
+        match r {
+            Ok((entry, meta)) => {
+                let free = entry.as_ref().and_then(|e| e.holder()).is_none();
+                index = if meta.index < index { 0 } else { meta.index };
+                if free {
+                    // Free but refused: a lock-delay; try again shortly.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = stop.recv() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                index = 0;
+                warn!(error = %e, "cannot watch the apps leader");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.recv() => return,
+                }
+            }
+        }
+    }
+}
+
+/// The leader's work: on every change to tasks, live hosts or topology (and every
+/// `topology_interval`), schedule and write the changed host keys. Returns when a write finds
+/// that this session no longer holds the leader lock.
+async fn lead(client: &Client, cfg: &AppsNodeConfig, sid: &str) {
+    let (tx, mut rx) = watch::channel::<Option<()>>(None);
+    let (wstop, _) = broadcast::channel::<()>(1);
+    let mut watchers = Vec::new();
+    for prefix in [
+        cfg.layout.tasks(),
+        cfg.layout.status_prefix(),
+        cfg.layout.topology_prefix(),
+    ] {
+        let c = client.clone();
+        let (ptx, mut prx) = watch::channel::<Option<u64>>(None);
+        let what = prefix.clone();
+        watchers.push(tokio::spawn(watch_loop(
+            "leader input",
+            cfg.watch_wait,
+            move |q| {
+                let c = c.clone();
+                let prefix = what.clone();
+                async move {
+                    c.kv_keys(&prefix, None, &q)
+                        .await
+                        .map(|(_, meta)| (meta.index, meta))
+                }
+            },
+            ptx,
+            wstop.subscribe(),
+        )));
+        let tx = tx.clone();
+        watchers.push(tokio::spawn(async move {
+            while prx.changed().await.is_ok() {
+                tx.send_replace(Some(()));
+            }
+        }));
+    }
+    let mut last_report = Value::Null;
+    loop {
+        match reconcile(client, cfg, sid, &mut last_report).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => warn!(error = %e, "apps reconciliation failed; retrying"),
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(cfg.topology_interval) => {}
+        }
+        // Let a burst (a node's two reports, several task writes) settle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = wstop.send(());
+    for w in watchers {
+        w.abort();
+    }
+}
+
+/// One leader pass. Ok(false): the leader lock is no longer this session's.
+async fn reconcile(
+    client: &Client,
+    cfg: &AppsNodeConfig,
+    sid: &str,
+    last_report: &mut Value,
+) -> Result<bool, ConsulError> {
+    let q = QueryOptions::default();
+    let (task_entries, _) = client.kv_list(&cfg.layout.tasks(), &q).await?;
+    let (status_entries, _) = client.kv_list(&cfg.layout.status_prefix(), &q).await?;
+    let (topo_entries, _) = client.kv_list(&cfg.layout.topology_prefix(), &q).await?;
+    let (tasks, invalid) = parse_tasks(&cfg.layout, &task_entries);
+    let hosts = hosts_from_reports(&cfg.layout, &status_entries);
+    let current = topology_from_keys(&cfg.layout, &topo_entries);
+    // Keys holding something that is not a list of names are rewritten too.
+    let mut stored: Topology = current.clone();
+    for e in &topo_entries {
+        if let Some(h) = cfg.layout.name_under(&cfg.layout.topology_prefix(), &e.key) {
+            if serde_json::from_slice::<BTreeSet<String>>(&e.value).is_err() {
+                stored.insert(h.to_string(), ["\u{0}unreadable".to_string()].into());
+            }
+        }
+    }
+    let reqs: Vec<_> = tasks.values().map(Task::req).collect();
+    let plan = schedule(&reqs, &hosts, &current);
+    let mut ops: Vec<TxnKvOp> = changes(&stored, &plan.topology)
+        .into_iter()
+        .map(|(host, names)| match names {
+            Some(n) => TxnKvOp::Set {
+                key: cfg.layout.topology(&host),
+                value: serde_json::to_vec(&n).unwrap_or_default(),
+                flags: 0,
+            },
+            None => TxnKvOp::Delete {
+                key: cfg.layout.topology(&host),
+            },
+        })
+        .collect();
+    let report = json!({
+        "leader": cfg.node,
+        "unplaced": plan.unplaced.iter().map(|u| json!({
+            "task": u.task, "wanted": u.wanted, "placed": u.placed, "reason": u.reason,
+        })).collect::<Vec<_>>(),
+        "invalid": invalid,
+        "hosts": hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+    });
+    if report != *last_report {
+        ops.push(TxnKvOp::Set {
+            key: cfg.layout.schedule(),
+            value: serde_json::to_vec(&report).unwrap_or_default(),
+            flags: 0,
+        });
+        for (task, why) in &invalid {
+            warn!(task = %task, "invalid task skipped: {why}");
+        }
+        for u in &plan.unplaced {
+            warn!(task = %u.task, "{}", u.reason);
+        }
+    }
+    for chunk in ops.chunks(TXN_OPS) {
+        let mut txn = vec![TxnOp::Kv(TxnKvOp::CheckSession {
+            key: cfg.layout.leader(),
+            session: sid.to_string(),
+        })];
+        txn.extend(chunk.iter().cloned().map(TxnOp::Kv));
+        if !client.txn(&txn).await?.committed() {
+            return Ok(false);
+        }
+    }
+    if !ops.is_empty() {
+        info!(writes = ops.len(), "apps topology updated");
+    }
+    *last_report = report;
+    Ok(true)
+}

@@ -1,0 +1,435 @@
+//! The node side of apps: run the apps placed on this node, each in its own process group
+//! through the shim; restart with exponential backoff; start periodic apps every
+//! `start_interval_seconds`; run the health command; rotate the logs; register the app's
+//! services; stop (SIGTERM, then SIGKILL after the grace period) when the task leaves this node
+//! or changes (then start it again with the new definition).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::report::app_time;
+use super::task::Task;
+use crate::consul::Client;
+use crate::jobs::runner::{spawn_launch, KillReason, Launch, LogPaths, Outcome};
+use crate::util::time::now_ms;
+
+/// First restart delay of an app that exits; doubled per quick exit up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run this long resets the backoff: the app was up, not crash-looping.
+const STABLE_RUN: Duration = Duration::from_secs(30);
+/// Log file size that triggers a rotation (copy to `.1`, truncate), and generations kept.
+pub const LOG_MAX_BYTES: u64 = 10 << 20;
+const LOG_KEEP: usize = 3;
+
+/// One app's state as App Manager's `applications` report shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub command: String,
+    /// 0 disabled, 1 enabled (running or waiting for its next start), 2 unavailable (cannot
+    /// be started: missing directory or user, or crash-looping).
+    pub status: u8,
+    /// 0 healthy, 1 unhealthy (not running, or the health command failed).
+    pub health: u8,
+    /// Process group leader's pid while running, else 0.
+    pub pid: u32,
+    /// First start by this agent.
+    pub start_time: String,
+    pub last_start_time: String,
+    /// When a periodic app (or a restart after backoff) starts next; "" when running.
+    pub next_start_time: String,
+    pub start_interval_seconds: u64,
+    pub user: String,
+    pub working_dir: String,
+    /// Ours: starts after the first.
+    pub restarts: u64,
+    /// Ours: how the last run ended ("exit status 1", "spawn failed: ...").
+    pub last_exit: String,
+}
+
+/// What every app task needs from the agent.
+#[derive(Clone)]
+pub struct SupervisorCtx {
+    /// Registers and deregisters the apps' services on the local agent.
+    pub client: Client,
+    /// The servant binary, run as `__job-shim` in front of every app.
+    pub shim: PathBuf,
+    /// `<data_dir>/apps`: the apps' log files.
+    pub log_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Told whenever an app's status changes, so the report is rewritten soon.
+    pub changed: Arc<Notify>,
+}
+
+struct Handle {
+    /// The definition it runs, to notice an update.
+    content: Value,
+    kill: watch::Sender<Option<KillReason>>,
+    status: Arc<Mutex<AppStatus>>,
+    join: JoinHandle<()>,
+}
+
+/// The apps of this node.
+pub struct Supervisor {
+    ctx: SupervisorCtx,
+    apps: BTreeMap<String, Handle>,
+}
+
+impl Supervisor {
+    pub fn new(ctx: SupervisorCtx) -> Self {
+        Supervisor {
+            ctx,
+            apps: BTreeMap::new(),
+        }
+    }
+
+    /// Makes the running apps match `desired`: stops those not in it or whose definition
+    /// changed, starts the missing ones.
+    pub async fn reconcile(&mut self, desired: &BTreeMap<String, Task>) {
+        let stale: Vec<String> = self
+            .apps
+            .iter()
+            .filter(|(name, h)| desired.get(*name).is_none_or(|t| t.content != h.content))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(h) = self.apps.remove(&name) {
+                let why = if desired.contains_key(&name) {
+                    "its task changed"
+                } else {
+                    "its task left this node"
+                };
+                info!(app = %name, "stopping: {why}");
+                self.stop(h).await;
+            }
+        }
+        for (name, task) in desired {
+            if !self.apps.contains_key(name) {
+                info!(app = %name, command = %task.app.command, "starting");
+                let h = self.start(task.clone());
+                self.apps.insert(name.clone(), h);
+            }
+        }
+        self.ctx.changed.notify_one();
+    }
+
+    /// Stops every app (fencing, shutdown).
+    pub async fn stop_all(&mut self) {
+        let all = std::mem::take(&mut self.apps);
+        for (_, h) in all {
+            self.stop(h).await;
+        }
+        self.ctx.changed.notify_one();
+    }
+
+    /// The status of every app, by name.
+    pub fn statuses(&self) -> BTreeMap<String, AppStatus> {
+        self.apps
+            .iter()
+            .map(|(n, h)| {
+                let st = h.status.lock().map(|s| s.clone()).unwrap_or_default();
+                (n.clone(), st)
+            })
+            .collect()
+    }
+
+    /// Names of the apps managed now.
+    pub fn names(&self) -> Vec<String> {
+        self.apps.keys().cloned().collect()
+    }
+
+    fn start(&self, task: Task) -> Handle {
+        let (kill, kill_rx) = watch::channel(None);
+        let status = Arc::new(Mutex::new(AppStatus {
+            name: task.name.clone(),
+            command: task.app.command.clone(),
+            status: 1,
+            health: 1,
+            start_interval_seconds: task.app.start_interval_seconds,
+            user: task.app.user.clone().unwrap_or_default(),
+            working_dir: task.app.working_dir.clone().unwrap_or_default(),
+            ..Default::default()
+        }));
+        let content = task.content.clone();
+        let join = tokio::spawn(run_app(self.ctx.clone(), task, status.clone(), kill_rx));
+        Handle {
+            content,
+            kill,
+            status,
+            join,
+        }
+    }
+
+    async fn stop(&self, h: Handle) {
+        let _ = h.kill.send(Some(KillReason::Removed));
+        // The app task ends after SIGKILL at the latest.
+        let limit = self.ctx.kill_grace + Duration::from_secs(10);
+        if tokio::time::timeout(limit, h.join).await.is_err() {
+            warn!("an app did not stop within {limit:?}");
+        }
+    }
+}
+
+/// Updates the shared status and tells the reporter.
+fn set(ctx: &SupervisorCtx, status: &Mutex<AppStatus>, f: impl FnOnce(&mut AppStatus)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+    ctx.changed.notify_one();
+}
+
+/// Waits `d`, or returns true at once if the app is being stopped.
+async fn sleep_or_killed(d: Duration, kill: &mut watch::Receiver<Option<KillReason>>) -> bool {
+    if kill.borrow().is_some() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = kill.changed() => true,
+    }
+}
+
+/// One app's life on this node, until it is stopped.
+async fn run_app(
+    ctx: SupervisorCtx,
+    task: Task,
+    status: Arc<Mutex<AppStatus>>,
+    mut kill: watch::Receiver<Option<KillReason>>,
+) {
+    let app = &task.app;
+    let logs = LogPaths::for_key(&ctx.log_dir, &task.name);
+    let argv = vec!["/bin/sh".to_string(), "-c".to_string(), app.command.clone()];
+    let periodic =
+        (app.start_interval_seconds > 0).then(|| Duration::from_secs(app.start_interval_seconds));
+    let mut backoff = MIN_BACKOFF;
+    let mut services_up = false;
+    loop {
+        if kill.borrow().is_some() {
+            break;
+        }
+        for p in [&logs.stdout, &logs.stderr] {
+            rotate_if_big(p, LOG_MAX_BYTES);
+        }
+        let started = tokio::time::Instant::now();
+        let started_ms = now_ms();
+        let launch = Launch {
+            argv: &argv,
+            env: &app.env,
+            dir: app.working_dir.as_deref(),
+            user: app.user.as_deref(),
+            append: true,
+        };
+        let running = match spawn_launch(&launch, &ctx.shim, &logs) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(app = %task.name, error = %e, "cannot start the app");
+                let next = backoff;
+                set(&ctx, &status, |s| {
+                    s.status = 2;
+                    s.health = 1;
+                    s.pid = 0;
+                    s.last_exit = format!("spawn failed: {e}");
+                    s.next_start_time = app_time(now_ms() + next.as_millis() as u64);
+                });
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if sleep_or_killed(next, &mut kill).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let pgid = running.pgid;
+        set(&ctx, &status, |s| {
+            if s.start_time.is_empty() {
+                s.start_time = app_time(started_ms);
+            } else {
+                s.restarts += 1;
+            }
+            s.status = 1;
+            s.pid = pgid;
+            s.last_start_time = app_time(started_ms);
+            s.next_start_time.clear();
+            s.health = if app.health_check_cmd.is_some() { 1 } else { 0 };
+        });
+        info!(app = %task.name, pid = pgid, "app started");
+        if !services_up {
+            register_services(&ctx, &task).await;
+            services_up = true;
+        }
+        let health = app.health_check_cmd.clone().map(|cmd| {
+            let ctx = ctx.clone();
+            let status = status.clone();
+            let every = Duration::from_secs(app.health_check_interval_seconds);
+            let name = task.name.clone();
+            tokio::spawn(async move { health_loop(&ctx, &name, &cmd, every, &status).await })
+        });
+        let rotation = {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    for p in [&logs.stdout, &logs.stderr] {
+                        rotate_if_big(p, LOG_MAX_BYTES);
+                    }
+                }
+            })
+        };
+        let outcome = running.supervise(None, kill.clone(), ctx.kill_grace).await;
+        rotation.abort();
+        if let Some(h) = health {
+            h.abort();
+        }
+        let ended = match outcome {
+            Outcome::Exited(c) if c > 128 => format!("exit status {c} (signal {})", c - 128),
+            Outcome::Exited(c) => format!("exit status {c}"),
+            Outcome::TimedOut => "timed out".into(),
+            Outcome::Killed(r) => format!("stopped ({r:?})"),
+        };
+        info!(app = %task.name, pid = pgid, "app ended: {ended}");
+        if matches!(outcome, Outcome::Killed(_)) {
+            break;
+        }
+        let ran = started.elapsed();
+        let wait = match periodic {
+            Some(every) => every.saturating_sub(ran),
+            None => {
+                if ran >= STABLE_RUN {
+                    backoff = MIN_BACKOFF;
+                }
+                let w = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                w
+            }
+        };
+        set(&ctx, &status, |s| {
+            s.pid = 0;
+            s.health = 1;
+            s.last_exit = ended;
+            s.next_start_time = app_time(now_ms() + wait.as_millis() as u64);
+        });
+        if sleep_or_killed(wait, &mut kill).await {
+            break;
+        }
+    }
+    if services_up {
+        deregister_services(&ctx, &task).await;
+    }
+    set(&ctx, &status, |s| {
+        s.pid = 0;
+        s.health = 1;
+        s.status = 0;
+    });
+}
+
+/// Runs the health command every `every` while the app runs; exit 0 within `every` is healthy.
+async fn health_loop(
+    ctx: &SupervisorCtx,
+    name: &str,
+    cmd: &str,
+    every: Duration,
+    status: &Mutex<AppStatus>,
+) {
+    loop {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let healthy = match c.spawn() {
+            Ok(mut child) => matches!(
+                tokio::time::timeout(every, child.wait()).await,
+                Ok(Ok(st)) if st.success()
+            ),
+            Err(e) => {
+                warn!(app = %name, error = %e, "cannot run the health command");
+                false
+            }
+        };
+        let h = if healthy { 0 } else { 1 };
+        let changed = status.lock().map(|s| s.health != h).unwrap_or(false);
+        if changed {
+            set(ctx, status, |s| s.health = h);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn register_services(ctx: &SupervisorCtx, task: &Task) {
+    for s in &task.app.services {
+        let mut meta = BTreeMap::new();
+        meta.insert("servant_app".to_string(), task.name.clone());
+        if let Err(e) = ctx
+            .client
+            .agent_service_register(&s.registration(meta))
+            .await
+        {
+            warn!(app = %task.name, service = %s.id(), error = %e, "cannot register the app's service");
+        }
+    }
+}
+
+async fn deregister_services(ctx: &SupervisorCtx, task: &Task) {
+    for s in &task.app.services {
+        if let Err(e) = ctx.client.agent_service_deregister(s.id()).await {
+            warn!(app = %task.name, service = %s.id(), error = %e, "cannot deregister the app's service");
+        }
+    }
+}
+
+/// Copy-and-truncate rotation: the app keeps its file open with O_APPEND, so the live file is
+/// copied to `.1` (older copies shift up to `.LOG_KEEP`) and truncated in place.
+pub fn rotate_if_big(path: &std::path::Path, max: u64) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() <= max {
+        return;
+    }
+    let gen = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+    for n in (1..LOG_KEEP).rev() {
+        let _ = std::fs::rename(gen(n), gen(n + 1));
+    }
+    if let Err(e) = std::fs::copy(path, gen(1)) {
+        warn!(log = %path.display(), error = %e, "cannot rotate the log");
+        return;
+    }
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = f.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_logs_rotate_and_keep_three_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.out");
+        for round in 0..5u8 {
+            std::fs::write(&p, vec![b'a' + round; 100]).unwrap();
+            rotate_if_big(&p, 50);
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        }
+        let read = |n: usize| std::fs::read(dir.path().join(format!("app.out.{n}"))).unwrap();
+        assert_eq!(read(1)[0], b'e', "newest copy first");
+        assert_eq!(read(2)[0], b'd');
+        assert_eq!(read(3)[0], b'c');
+        assert!(!dir.path().join("app.out.4").exists());
+        std::fs::write(&p, b"small").unwrap();
+        rotate_if_big(&p, 50);
+        assert_eq!(std::fs::read(&p).unwrap(), b"small");
+    }
+}

@@ -1,0 +1,261 @@
+//! `servant task put|rm|ls`, `servant app ls` and `servant topology`: App Manager's keys, read
+//! and written for operators.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::Ctx;
+use crate::apps::node::{parse_tasks, topology_from_keys, AppsLayout};
+use crate::apps::task::parse_task;
+use crate::consul::{KvPutOptions, QueryOptions};
+use crate::jobs::view::table;
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Store a task from a JSON file (`-` for stdin); its name is the file's `content.name`,
+    /// or `--name`.
+    Put(PutArgs),
+    /// Remove a task: its app stops everywhere.
+    Rm(NameArg),
+    /// List tasks with their replication and placement.
+    Ls(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The task's name (default: `content.name` in the file).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `{"content": {...}, "replication": N, ...}`; `-` reads stdin.
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Every node's apps with status and health, from the nodes' reports.
+    Ls(JsonArg),
+}
+
+fn layout(ctx: &Ctx) -> AppsLayout {
+    AppsLayout::new(ctx.layout.prefix())
+}
+
+pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
+    let l = layout(ctx);
+    match cmd {
+        TaskCommand::Put(a) => {
+            let body = if a.file == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file))?
+            };
+            let name = match a.name {
+                Some(n) => n,
+                None => serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["content"]["name"].as_str().map(str::to_string))
+                    .context("the task has no content.name; give --name")?,
+            };
+            // Refused here with the reason, rather than stored and reported by the leader.
+            let t = parse_task(&name, &body).map_err(|e| anyhow::anyhow!("task {name}: {e}"))?;
+            ctx.client
+                .kv_put(&l.task(&name), &body, &KvPutOptions::default())
+                .await?;
+            println!(
+                "task {name} stored: {} replica(s) of {:?}",
+                t.replication, t.app.command
+            );
+        }
+        TaskCommand::Rm(a) => {
+            let key = l.task(&a.name);
+            let (entry, _) = ctx.client.kv_get(&key, &QueryOptions::default()).await?;
+            if entry.is_none() {
+                bail!("no task named {}", a.name);
+            }
+            ctx.client.kv_delete(&key, false, None).await?;
+            println!("task {} removed; its app stops on every node", a.name);
+        }
+        TaskCommand::Ls(a) => {
+            let q = QueryOptions::default();
+            let (entries, _) = ctx.client.kv_list(&l.tasks(), &q).await?;
+            let (tasks, invalid) = parse_tasks(&l, &entries);
+            let (topo, _) = ctx.client.kv_list(&l.topology_prefix(), &q).await?;
+            let topo = topology_from_keys(&l, &topo);
+            let mut hosts: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (host, names) in &topo {
+                for n in names {
+                    hosts.entry(n.as_str()).or_default().push(host.as_str());
+                }
+            }
+            if a.json {
+                let v: BTreeMap<&str, Value> = tasks
+                    .iter()
+                    .map(|(n, t)| {
+                        (
+                            n.as_str(),
+                            serde_json::json!({
+                                "replication": t.replication,
+                                "command": t.app.command,
+                                "hosts": hosts.get(n.as_str()).cloned().unwrap_or_default(),
+                            }),
+                        )
+                    })
+                    .chain(
+                        invalid
+                            .iter()
+                            .map(|(n, e)| (n.as_str(), serde_json::json!({ "invalid": e }))),
+                    )
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut rows: Vec<Vec<String>> = tasks
+                    .iter()
+                    .map(|(n, t)| {
+                        let on = hosts.get(n.as_str()).cloned().unwrap_or_default();
+                        vec![
+                            n.clone(),
+                            format!("{}/{}", on.len(), t.replication),
+                            on.join(","),
+                            t.app.command.clone(),
+                        ]
+                    })
+                    .collect();
+                rows.extend(invalid.iter().map(|(n, e)| {
+                    vec![n.clone(), "-".into(), "-".into(), format!("INVALID: {e}")]
+                }));
+                print!("{}", table(&["TASK", "PLACED", "HOSTS", "COMMAND"], &rows));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn app(ctx: &Ctx, cmd: AppCommand) -> anyhow::Result<i32> {
+    let l = layout(ctx);
+    let AppCommand::Ls(a) = cmd;
+    let (entries, _) = ctx
+        .client
+        .kv_list(&l.status_prefix(), &QueryOptions::default())
+        .await?;
+    let mut rows = Vec::new();
+    let mut all = BTreeMap::new();
+    for e in &entries {
+        let Some(host) = e
+            .key
+            .strip_prefix(&l.status_prefix())
+            .and_then(|r| r.strip_suffix("/applications"))
+        else {
+            continue;
+        };
+        let v: Value = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
+        if let Some(m) = v.as_object() {
+            for (name, s) in m {
+                let status = match s["status"].as_u64() {
+                    Some(0) => "disabled",
+                    Some(1) if s["pid"].as_u64().unwrap_or(0) > 0 => "running",
+                    Some(1) => "waiting",
+                    Some(2) => "unavailable",
+                    _ => "?",
+                };
+                let health = if s["health"].as_u64() == Some(0) {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                };
+                rows.push(vec![
+                    host.to_string(),
+                    name.clone(),
+                    status.to_string(),
+                    health.to_string(),
+                    s["pid"].to_string(),
+                    s["last_start_time"].as_str().unwrap_or("").to_string(),
+                    s["restarts"].to_string(),
+                ]);
+            }
+        }
+        all.insert(host.to_string(), v);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print!(
+            "{}",
+            table(
+                &["NODE", "APP", "STATUS", "HEALTH", "PID", "STARTED", "RESTARTS"],
+                &rows
+            )
+        );
+    }
+    Ok(0)
+}
+
+/// `servant topology`: hosts × apps, the leader, unplaced replicas and invalid tasks.
+pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
+    let l = layout(ctx);
+    let q = QueryOptions::default();
+    let (topo, _) = ctx.client.kv_list(&l.topology_prefix(), &q).await?;
+    let topo = topology_from_keys(&l, &topo);
+    let report: Value = ctx
+        .client
+        .kv_get_raw(&l.schedule())
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let leader = ctx
+        .client
+        .kv_get_raw(&l.leader())
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).to_string());
+    if a.json {
+        let v = serde_json::json!({"leader": leader, "topology": topo, "unplaced": report["unplaced"], "invalid": report["invalid"]});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let apps: BTreeSet<&String> = topo.values().flatten().collect();
+    let mut header = vec!["HOST"];
+    header.extend(apps.iter().map(|s| s.as_str()));
+    let rows: Vec<Vec<String>> = topo
+        .iter()
+        .map(|(host, names)| {
+            let mut r = vec![host.clone()];
+            r.extend(apps.iter().map(|a| {
+                if names.contains(*a) {
+                    "x".to_string()
+                } else {
+                    String::new()
+                }
+            }));
+            r
+        })
+        .collect();
+    println!("leader: {}", leader.as_deref().unwrap_or("(none)"));
+    print!("{}", table(&header, &rows));
+    for u in report["unplaced"].as_array().into_iter().flatten() {
+        println!(
+            "UNPLACED {}: {}",
+            u["task"].as_str().unwrap_or("?"),
+            u["reason"].as_str().unwrap_or("")
+        );
+    }
+    for (name, why) in report["invalid"].as_object().into_iter().flatten() {
+        println!("INVALID {name}: {}", why.as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
