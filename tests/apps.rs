@@ -44,30 +44,6 @@ fn reported_pid(h: &Http, node: &str, task: &str) -> Option<i32> {
     (pid > 0).then_some(pid)
 }
 
-/// Pids of processes whose command line holds `needle`, excluding the shims and shells that
-/// carry the same text: only the `sleep` itself.
-fn sleeps(needle: &str) -> BTreeSet<i32> {
-    procs_matching(needle)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.starts_with(b"sleep\0"))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// The process group of a pid.
-fn pgid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
-}
-
 /// Waits until `task` runs on exactly `n` distinct live hosts, each reporting the pid of a
 /// process group that holds a `sleep <arg>`; returns host → pid.
 fn running_on(c: &Cluster, via: usize, task: &str, arg: &str, n: usize) -> BTreeMap<String, i32> {

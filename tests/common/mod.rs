@@ -498,3 +498,27 @@ pub fn procs_matching(needle: &str) -> Vec<i32> {
     }
     v
 }
+
+/// The process group of a pid, from /proc.
+pub fn pgid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Pids of `sleep` processes whose command line holds `needle`: the sleep itself, not the shim
+/// or shell whose command line carries the same text.
+pub fn sleeps(needle: &str) -> std::collections::BTreeSet<i32> {
+    procs_matching(needle)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.starts_with(b"sleep\0"))
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! The node side of apps on one node (`servant agent -dev`, and real Consul where it says):
+//! environment, working directory, services, restart backoff, periodic starts, the health
+//! command, unplaceable replicas, a topology key that disappears, removal.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+/// This node's `applications` report entry for `app`.
+fn app_state(h: &Http, node: &str, app: &str) -> Option<Value> {
+    let v: Value =
+        serde_json::from_str(&h.kv_raw(&format!("appmgr/status/{node}/applications"))?).ok()?;
+    let s = v.get(app)?.clone();
+    (!s.is_null()).then_some(s)
+}
+
+fn put_task(h: &Http, name: &str, v: Value) {
+    let (st, b) = h.put(&format!("/v1/kv/appmgr/task/{name}"), v.to_string());
+    assert_eq!(st, 200, "{b}");
+}
+
+/// A sleep argument no other test uses.
+fn unique_sleep(k: u32) -> String {
+    (87_000 + (std::process::id() % 1_000) * 20 + k).to_string()
+}
+
+fn app_runs_with_env_dir_and_services_then_stops_when_removed(b: Backend) {
+    let s = Single::start(b, &[]);
+    let h = s.http();
+    let dir = tempfile::tempdir().unwrap();
+    let arg = unique_sleep(if b == Backend::Dev { 1 } else { 2 });
+    put_task(
+        &h,
+        "greeter",
+        json!({"replication": 1, "content": {
+            "command": format!("echo \"$GREETING from $(pwd)\" > out.txt; exec sleep {arg}"),
+            "working_dir": dir.path(),
+            "env": {"GREETING": "hello"},
+            "services": [{"Name": "greeter", "Port": 9911, "Check": {"TTL": "30s"}}],
+        }}),
+    );
+    let pid = wait_for("greeter running", T, || {
+        app_state(&h, &s.node, "greeter")?["pid"]
+            .as_i64()
+            .filter(|p| *p > 0)
+    });
+    let out = wait_for("its output", T, || {
+        std::fs::read_to_string(dir.path().join("out.txt")).ok()
+    });
+    assert_eq!(out.trim(), format!("hello from {}", dir.path().display()));
+    let groups: Vec<Option<i32>> = sleeps(&format!("sleep {arg}"))
+        .into_iter()
+        .map(pgid)
+        .collect();
+    assert!(
+        groups.contains(&Some(pid as i32)),
+        "the reported pid leads the app's process group: {pid} vs {groups:?}"
+    );
+    let services = h.get_json("/v1/agent/services").unwrap();
+    assert_eq!(services["greeter"]["Port"], 9911, "{services}");
+    assert_eq!(services["greeter"]["Meta"]["servant_app"], "greeter");
+
+    h.delete("/v1/kv/appmgr/task/greeter");
+    wait_for("greeter stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+    wait_for("its service deregistered", T, || {
+        h.get_json("/v1/agent/services")?
+            .get("greeter")
+            .is_none()
+            .then_some(())
+    });
+    wait_for("gone from the report", T, || {
+        app_state(&h, &s.node, "greeter").is_none().then_some(())
+    });
+}
+
+#[test]
+fn app_runs_with_env_dir_and_services_then_stops_when_removed_on_dev() {
+    app_runs_with_env_dir_and_services_then_stops_when_removed(Backend::Dev);
+}
+
+#[test]
+fn app_runs_with_env_dir_and_services_then_stops_when_removed_on_consul() {
+    app_runs_with_env_dir_and_services_then_stops_when_removed(Backend::Consul);
+}
+
+#[test]
+fn a_crashing_app_restarts_with_growing_backoff() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    put_task(&h, "crash", json!({"content": {"command": "exit 3"}}));
+    let t0 = Instant::now();
+    wait_for("a first restart", T, || {
+        (app_state(&h, &s.node, "crash")?["restarts"].as_u64()? >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(t0.elapsed()));
+    let st = app_state(&h, &s.node, "crash").unwrap();
+    let restarts = st["restarts"].as_u64().unwrap();
+    // Backoff 1s, 2s, 4s: about three restarts in five seconds, not hundreds.
+    assert!((1..=4).contains(&restarts), "{st}");
+    assert_eq!(st["last_exit"], "exit status 3", "{st}");
+    assert_eq!(st["health"], 1);
+    assert!(
+        !st["next_start_time"].as_str().unwrap_or("").is_empty(),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_periodic_app_starts_every_interval() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    put_task(
+        &h,
+        "tick",
+        json!({"content": {"command": format!("date +%s.%N >> {}", runs.display()),
+                           "start_interval_seconds": 1}}),
+    );
+    wait_for("a first run", T, || runs.exists().then_some(()));
+    std::thread::sleep(Duration::from_millis(3_500));
+    let n = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert!(
+        (3..=6).contains(&n),
+        "{n} runs in about 3.5 s at 1 per second"
+    );
+    let st = app_state(&h, &s.node, "tick").unwrap();
+    assert_eq!(st["start_interval_seconds"], 1);
+    assert_eq!(st["status"], 1, "{st}");
+}
+
+#[test]
+fn the_health_command_sets_the_reported_health() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok");
+    let arg = unique_sleep(3);
+    put_task(
+        &h,
+        "checked",
+        json!({"content": {"command": format!("exec sleep {arg}"),
+                           "health_check_cmd": format!("test -f {}", ok.display()),
+                           "health_check_interval_seconds": 1}}),
+    );
+    wait_for("running, unhealthy", T, || {
+        let st = app_state(&h, &s.node, "checked")?;
+        (st["pid"].as_i64()? > 0 && st["health"] == 1).then_some(())
+    });
+    std::fs::write(&ok, b"").unwrap();
+    wait_for("healthy", T, || {
+        (app_state(&h, &s.node, "checked")?["health"] == 0).then_some(())
+    });
+    h.delete("/v1/kv/appmgr/task/checked");
+    wait_for("stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn replicas_that_fit_nowhere_are_reported_in_kv_and_by_the_cli() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    let arg = unique_sleep(4);
+    put_task(
+        &h,
+        "wide",
+        json!({"replication": 3, "content": {"command": format!("exec sleep {arg}")}}),
+    );
+    let u = wait_for("unplaced replicas reported", T, || {
+        let v: Value = serde_json::from_str(&h.kv_raw("appmgr/schedule")?).ok()?;
+        v["unplaced"]
+            .as_array()?
+            .iter()
+            .find(|u| u["task"] == "wide")
+            .cloned()
+    });
+    assert_eq!(
+        (u["wanted"].as_u64(), u["placed"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let (code, out, err) = cli(&s.addr(), &["topology"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UNPLACED wide"), "{out}");
+    // The one replica that fits runs (a single node holds at most one).
+    wait_for("one replica runs", T, || {
+        (sleeps(&format!("sleep {arg}")).len() == 1).then_some(())
+    });
+    h.delete("/v1/kv/appmgr/task/wide");
+    wait_for("stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn an_app_stops_when_its_nodes_topology_key_disappears() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    let arg = unique_sleep(5);
+    put_task(
+        &h,
+        "keyed",
+        json!({"content": {"command": format!("exec sleep {arg}")}}),
+    );
+    let first = wait_for("running", T, || {
+        app_state(&h, &s.node, "keyed")?["pid"]
+            .as_i64()
+            .filter(|p| *p > 0)
+    });
+    // The node stops what its key no longer names; the leader then places it again.
+    h.delete(&format!("/v1/kv/appmgr/topology/{}", s.node));
+    wait_for("the first process gone", T, || {
+        (!std::path::Path::new(&format!("/proc/{first}")).exists()).then_some(())
+    });
+    let second = wait_for("started again by the leader's placement", T, || {
+        app_state(&h, &s.node, "keyed")?["pid"]
+            .as_i64()
+            .filter(|p| *p > 0 && *p != first)
+    });
+    assert_ne!(first, second);
+    h.delete("/v1/kv/appmgr/task/keyed");
+    wait_for("stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn an_invalid_task_is_refused_by_the_cli_and_reported_by_the_leader() {
+    let s = Single::start(Backend::Dev, &[]);
+    let h = s.http();
+    h.put("/v1/kv/appmgr/task/bad", r#"{"content": {"command": 7}}"#);
+    let why = wait_for("reported", T, || {
+        let v: Value = serde_json::from_str(&h.kv_raw("appmgr/schedule")?).ok()?;
+        v["invalid"]["bad"].as_str().map(str::to_string)
+    });
+    assert!(why.contains("command"), "{why}");
+    let (code, out, _) = cli(&s.addr(), &["task", "ls"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("bad") && out.contains("INVALID"), "{out}");
+    let (code, out, _) = cli(&s.addr(), &["topology"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("INVALID bad"), "{out}");
+}
