@@ -38,7 +38,7 @@ fn app_runs_with_env_dir_and_services_then_stops_when_removed(b: Backend) {
         &h,
         "greeter",
         json!({"replication": 1, "content": {
-            "command": format!("echo \"$GREETING from $(pwd)\" > out.txt; exec sleep {arg}"),
+            "command": format!("echo \"$GREETING from $(pwd)\" | tee out.txt; exec sleep {arg}"),
             "working_dir": dir.path(),
             "env": {"GREETING": "hello"},
             "services": [{"Name": "greeter", "Port": 9911, "Check": {"TTL": "30s"}}],
@@ -65,6 +65,20 @@ fn app_runs_with_env_dir_and_services_then_stops_when_removed(b: Backend) {
     assert_eq!(services["greeter"]["Port"], 9911, "{services}");
     assert_eq!(services["greeter"]["Meta"]["servant_app"], "greeter");
 
+    // Its log, through the node's agent API.
+    for args in [
+        vec!["app", "logs", "greeter"],
+        vec![
+            "app", "logs", "-n", &s.node, "--stream", "stdout", "greeter",
+        ],
+    ] {
+        let (code, out, err) = cli(&s.addr(), &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("hello from"), "{out}");
+    }
+    let (code, _, err) = cli(&s.addr(), &["app", "logs", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("placed on no node"), "{err}");
     h.delete("/v1/kv/appmgr/task/greeter");
     wait_for("greeter stopped", T, || {
         sleeps(&format!("sleep {arg}")).is_empty().then_some(())

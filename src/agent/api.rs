@@ -1,4 +1,5 @@
-//! The agent's HTTP API: job logs from this node's disk (`servant logs` reads them here).
+//! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
+//! `servant app logs` read them here).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,8 @@ use crate::jobs::runner::LogPaths;
 pub struct ApiState {
     /// Where the worker keeps job logs.
     pub log_dir: PathBuf,
+    /// Where the supervisor keeps app logs.
+    pub apps_log_dir: PathBuf,
     /// This node's name, reported by `/v1/agent`.
     pub node: String,
 }
@@ -28,10 +31,40 @@ struct LogQuery {
     stream: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct AppLogQuery {
+    /// The app's (task's) name.
+    name: String,
+    /// `stdout`, `stderr`, or both when absent.
+    stream: Option<String>,
+}
+
 async fn logs(State(st): State<ApiState>, Query(q): Query<LogQuery>) -> Response {
     let paths = LogPaths::for_key(&st.log_dir, &q.key);
+    serve_log(
+        paths,
+        q.stream.as_deref(),
+        &format!("job {}", q.key),
+        &st.node,
+    )
+    .await
+}
+
+async fn app_logs(State(st): State<ApiState>, Query(q): Query<AppLogQuery>) -> Response {
+    let paths = LogPaths::for_key(&st.apps_log_dir, &q.name);
+    serve_log(
+        paths,
+        q.stream.as_deref(),
+        &format!("app {}", q.name),
+        &st.node,
+    )
+    .await
+}
+
+/// One stream of a log, or both (stdout, then stderr); 404 when neither exists.
+async fn serve_log(paths: LogPaths, stream: Option<&str>, what: &str, node: &str) -> Response {
     let read = |p: PathBuf| async move { tokio::fs::read(&p).await.ok() };
-    let body = match q.stream.as_deref() {
+    let body = match stream {
         Some("stdout") => read(paths.stdout).await,
         Some("stderr") => read(paths.stderr).await,
         None | Some("") => {
@@ -58,7 +91,7 @@ async fn logs(State(st): State<ApiState>, Query(q): Query<LogQuery>) -> Response
         Some(b) => (StatusCode::OK, b).into_response(),
         None => (
             StatusCode::NOT_FOUND,
-            format!("no log of {} on node {}", q.key, st.node),
+            format!("no log of {what} on node {node}"),
         )
             .into_response(),
     }
@@ -72,6 +105,7 @@ async fn agent(State(st): State<ApiState>) -> impl IntoResponse {
 pub fn router(st: ApiState) -> Router {
     Router::new()
         .route("/v1/logs", get(logs))
+        .route("/v1/app-logs", get(app_logs))
         .route("/v1/agent", get(agent))
         .with_state(st)
 }

@@ -171,6 +171,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
     let mut api_stop = shutdown.subscribe();
     let api_state = ApiState {
         log_dir,
+        apps_log_dir: cfg.data_dir.join("apps"),
         node: node.clone(),
     };
     let api = tokio::spawn(async move {

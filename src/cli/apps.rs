@@ -49,6 +49,20 @@ pub struct JsonArg {
 pub enum AppCommand {
     /// Every node's apps with status and health, from the nodes' reports.
     Ls(JsonArg),
+    /// An app's log files (stdout, then stderr), from the nodes that run it.
+    Logs(AppLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppLogsArgs {
+    /// Only this node (default: every node the app is placed on).
+    #[arg(short = 'n', long = "node")]
+    pub node: Option<String>,
+    /// Only `stdout` or `stderr`.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// The app's (task's) name.
+    pub name: String,
 }
 
 fn layout(ctx: &Ctx) -> AppsLayout {
@@ -148,8 +162,52 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
 }
 
 pub async fn app(ctx: &Ctx, cmd: AppCommand) -> anyhow::Result<i32> {
+    match cmd {
+        AppCommand::Ls(a) => app_ls(ctx, a).await,
+        AppCommand::Logs(a) => app_logs(ctx, a).await,
+    }
+}
+
+async fn app_logs(ctx: &Ctx, a: AppLogsArgs) -> anyhow::Result<i32> {
     let l = layout(ctx);
-    let AppCommand::Ls(a) = cmd;
+    let nodes: Vec<String> = match a.node {
+        Some(n) => vec![n],
+        None => {
+            let (topo, _) = ctx
+                .client
+                .kv_list(&l.topology_prefix(), &QueryOptions::default())
+                .await?;
+            topology_from_keys(&l, &topo)
+                .into_iter()
+                .filter(|(_, names)| names.contains(&a.name))
+                .map(|(host, _)| host)
+                .collect()
+        }
+    };
+    if nodes.is_empty() {
+        bail!(
+            "app {} is placed on no node; give -n NODE for a node it ran on",
+            a.name
+        );
+    }
+    let mut q = vec![("name", a.name.clone())];
+    if let Some(s) = &a.stream {
+        q.push(("stream", s.clone()));
+    }
+    let many = nodes.len() > 1;
+    for node in nodes {
+        let body = super::logs::fetch_log(ctx, &node, "/v1/app-logs", &q).await?;
+        if many {
+            println!("==> {node} <==");
+        }
+        use std::io::Write;
+        std::io::stdout().write_all(&body)?;
+    }
+    Ok(0)
+}
+
+async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
+    let l = layout(ctx);
     let (entries, _) = ctx
         .client
         .kv_list(&l.status_prefix(), &QueryOptions::default())

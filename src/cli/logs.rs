@@ -54,6 +54,26 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             a.id
         )
     };
+    let mut q = vec![("key", key.clone())];
+    if let Some(s) = &a.stream {
+        q.push(("stream", s.clone()));
+    }
+    let body = fetch_log(ctx, &node, "/v1/logs", &q)
+        .await
+        .with_context(|| format!("job {}", a.id))?;
+    use std::io::Write;
+    std::io::stdout().write_all(&body)?;
+    Ok(0)
+}
+
+/// Fetches `path` with `query` from the servant agent API of `node`, found in the catalog
+/// (service `servant` with this KV prefix).
+pub async fn fetch_log(
+    ctx: &Ctx,
+    node: &str,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<Vec<u8>> {
     let (agents, _) = ctx
         .client
         .catalog_service("servant", None, &QueryOptions::default())
@@ -68,21 +88,17 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
                 .unwrap_or_default()
                 == prefix
     }) else {
-        bail!("node {node} ran job {} but has no servant agent API registered (is its agent running?)", a.id)
+        bail!("node {node} has no servant agent API registered (is its agent running?)")
     };
     let host = if agent.service_address.is_empty() {
         &agent.address
     } else {
         &agent.service_address
     };
-    let url = format!("http://{host}:{}/v1/logs", agent.service_port);
-    let mut q = vec![("key", key.clone())];
-    if let Some(s) = &a.stream {
-        q.push(("stream", s.clone()));
-    }
+    let url = format!("http://{host}:{}{path}", agent.service_port);
     let resp = reqwest::Client::new()
         .get(&url)
-        .query(&q)
+        .query(query)
         .send()
         .await
         .with_context(|| format!("cannot reach the servant agent on {node} at {url}"))?;
@@ -91,7 +107,5 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
     if !status.is_success() {
         bail!("agent on {node}: {}", String::from_utf8_lossy(&body).trim());
     }
-    use std::io::Write;
-    std::io::stdout().write_all(&body)?;
-    Ok(0)
+    Ok(body.to_vec())
 }
