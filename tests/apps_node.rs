@@ -262,3 +262,36 @@ fn an_invalid_task_is_refused_by_the_cli_and_reported_by_the_leader() {
     assert_eq!(code, 0);
     assert!(out.contains("INVALID bad"), "{out}");
 }
+
+#[test]
+fn an_app_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let s = Single::start(Backend::Dev, &["--kill-grace", "1s"]);
+    let h = s.http();
+    let arg = unique_sleep(6);
+    let dir = tempfile::tempdir().unwrap();
+    // The app runs as nobody and writes here.
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let who = dir.path().join("who");
+    put_task(
+        &h,
+        "stubborn",
+        json!({"content": {
+            "command": format!("trap '' TERM; id -un > {}; sleep {arg}; sleep {arg}", who.display()),
+            "user": "nobody",
+        }}),
+    );
+    wait_for("running", T, || {
+        (!sleeps(&format!("sleep {arg}")).is_empty()).then_some(())
+    });
+    assert_eq!(std::fs::read_to_string(&who).unwrap().trim(), "nobody");
+    let t0 = Instant::now();
+    h.delete("/v1/kv/appmgr/task/stubborn");
+    wait_for("killed", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+    let took = t0.elapsed();
+    // SIGTERM is ignored, so only the SIGKILL after the 1s grace ends it.
+    assert!(took >= Duration::from_millis(900), "ended after {took:?}");
+}

@@ -16,7 +16,7 @@ pub struct Node {
 pub struct Cluster {
     pub net: String,
     pub nodes: Vec<Node>,
-    /// Arguments every node gets besides its addresses and joins.
+    /// Arguments every server node gets besides its addresses and joins.
     extra: Vec<String>,
 }
 
@@ -90,7 +90,9 @@ impl Cluster {
             "1s".into(),
         ]);
         args.push("--consul-arg=-hcl=performance { raft_multiplier = 1 }".into());
-        args.extend(self.extra.iter().cloned());
+        if server {
+            args.extend(self.extra.iter().cloned());
+        }
         args.extend(more.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Servant::launch(&ip, &refs)
