@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod checks;
 pub mod cli;
 pub mod consul;
 pub mod devserver;

@@ -26,6 +26,8 @@ use crate::util::time::now_ms;
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
+/// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
+const TXN_BYTES: usize = 384 * 1024;
 
 /// The `appmgr/` paths, under the configured KV prefix.
 #[derive(Debug, Clone)]
@@ -198,7 +200,12 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
             behavior: SessionBehavior::Delete,
         },
     );
-    if let Err(e) = keeper.start().await {
+    clear_leftovers(&client, &cfg.node).await;
+    let started = tokio::select! {
+        r = keeper.start() => r,
+        _ = shutdown.recv() => return,
+    };
+    if let Err(e) = started {
         warn!(error = %e, "cannot create the apps session; apps are off on this node");
         let _ = shutdown.recv().await;
         return;
@@ -239,11 +246,39 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
     let _ = shutdown.recv().await;
     let _ = stop.send(());
     let _ = node_side.await;
-    sup.lock().await.stop_all().await;
+    sup.lock()
+        .await
+        .stop_all(crate::jobs::runner::KillReason::Removed)
+        .await;
     let _ = reporter.await;
     let _ = leader.await;
     let _ = keeper_stop.send(());
     let _ = keeper_task.await;
+}
+
+/// What an earlier run of this agent left when it was killed: its apps session (which would
+/// hold the reports, and maybe the leader lock, until its TTL ran out) and the services its
+/// apps registered. No app runs yet, so all of them go.
+async fn clear_leftovers(client: &Client, node: &str) {
+    match client.session_node(node, &QueryOptions::default()).await {
+        Ok((sessions, _)) => {
+            for s in sessions.iter().filter(|s| s.name == "servant-apps") {
+                info!(session = %s.id, "destroying the apps session of an earlier run");
+                if let Err(e) = client.session_destroy(&s.id).await {
+                    warn!(error = %e, "cannot destroy an old apps session");
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list this node's sessions"),
+    }
+    if let Ok(services) = client.agent_services().await {
+        for (id, v) in &services {
+            if v.pointer("/Meta/servant_app").is_some() {
+                info!(service = %id, "deregistering an app service left by an earlier run");
+                let _ = client.agent_service_deregister(id).await;
+            }
+        }
+    }
 }
 
 /// Writes this node's reports every `report_interval`, and soon after an app changes state.
@@ -277,8 +312,10 @@ async fn report_loop(
                 (cfg.layout.applications(&cfg.node), json!(apps)),
             ] {
                 let body = serde_json::to_vec(&v).unwrap_or_default();
-                if let Err(e) = client.kv_put(&key, &body, &opts).await {
-                    warn!(key = %key, error = %e, "cannot write the report");
+                match client.kv_put(&key, &body, &opts).await {
+                    Ok(true) => {}
+                    Ok(false) => warn!(key = %key, "the report is held by another session"),
+                    Err(e) => warn!(key = %key, error = %e, "cannot write the report"),
                 }
             }
         }
@@ -340,15 +377,19 @@ async fn node_loop(
                 .and_then(|e| serde_json::from_slice(&e.value).ok())
                 .unwrap_or_default();
             let (parsed, _) = parse_tasks(&cfg.layout, &tasks);
-            let desired: BTreeMap<String, Task> = if ok {
-                parsed
+            if ok {
+                let desired: BTreeMap<String, Task> = parsed
                     .into_iter()
                     .filter(|(n, _)| names.contains(n))
-                    .collect()
+                    .collect();
+                sup.lock().await.reconcile(&desired).await;
             } else {
-                BTreeMap::new()
-            };
-            sup.lock().await.reconcile(&desired).await;
+                // Fenced: no grace, the leader is already placing these elsewhere.
+                sup.lock()
+                    .await
+                    .stop_all(crate::jobs::runner::KillReason::Fenced)
+                    .await;
+            }
         }
         tokio::select! {
             r = topo_rx.changed() => if r.is_err() { break },
@@ -553,7 +594,27 @@ async fn reconcile(
             warn!(task = %u.task, "{}", u.reason);
         }
     }
-    for chunk in ops.chunks(TXN_OPS) {
+    // Consul takes at most 64 ops and 512 KB per transaction: split by both.
+    let mut chunks: Vec<Vec<TxnKvOp>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for op in &ops {
+        let size = match op {
+            TxnKvOp::Set { key, value, .. } => key.len() + value.len() * 4 / 3 + 64,
+            _ => 128,
+        };
+        let full = chunks
+            .last()
+            .is_some_and(|c| c.len() >= TXN_OPS || (bytes + size > TXN_BYTES && !c.is_empty()));
+        if full {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(c) = chunks.last_mut() {
+            c.push(op.clone());
+        }
+    }
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
         let mut txn = vec![TxnOp::Kv(TxnKvOp::CheckSession {
             key: cfg.layout.leader(),
             session: sid.to_string(),

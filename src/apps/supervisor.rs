@@ -102,6 +102,7 @@ impl Supervisor {
             .filter(|(name, h)| desired.get(*name).is_none_or(|t| t.content != h.content))
             .map(|(n, _)| n.clone())
             .collect();
+        let mut stopping = Vec::new();
         for name in stale {
             if let Some(h) = self.apps.remove(&name) {
                 let why = if desired.contains_key(&name) {
@@ -110,9 +111,10 @@ impl Supervisor {
                     "its task left this node"
                 };
                 info!(app = %name, "stopping: {why}");
-                self.stop(h).await;
+                stopping.push(h);
             }
         }
+        self.stop_many(stopping, KillReason::Removed).await;
         for (name, task) in desired {
             if !self.apps.contains_key(name) {
                 info!(app = %name, command = %task.app.command, "starting");
@@ -123,12 +125,11 @@ impl Supervisor {
         self.ctx.changed.notify_one();
     }
 
-    /// Stops every app (fencing, shutdown).
-    pub async fn stop_all(&mut self) {
-        let all = std::mem::take(&mut self.apps);
-        for (_, h) in all {
-            self.stop(h).await;
-        }
+    /// Stops every app: `Removed` on shutdown (SIGTERM, grace, SIGKILL); `Fenced` when the
+    /// apps session is lost (SIGKILL at once: the leader is already moving them).
+    pub async fn stop_all(&mut self, why: KillReason) {
+        let all: Vec<Handle> = std::mem::take(&mut self.apps).into_values().collect();
+        self.stop_many(all, why).await;
         self.ctx.changed.notify_one();
     }
 
@@ -170,12 +171,17 @@ impl Supervisor {
         }
     }
 
-    async fn stop(&self, h: Handle) {
-        let _ = h.kill.send(Some(KillReason::Removed));
-        // The app task ends after SIGKILL at the latest.
+    /// Signals all first, then waits for all: N apps take one grace period, not N.
+    async fn stop_many(&self, handles: Vec<Handle>, why: KillReason) {
+        for h in &handles {
+            let _ = h.kill.send(Some(why));
+        }
+        // An app task ends after SIGKILL at the latest.
         let limit = self.ctx.kill_grace + Duration::from_secs(10);
-        if tokio::time::timeout(limit, h.join).await.is_err() {
-            warn!("an app did not stop within {limit:?}");
+        for h in handles {
+            if tokio::time::timeout(limit, h.join).await.is_err() {
+                warn!("an app did not stop within {limit:?}");
+            }
         }
     }
 }
@@ -239,7 +245,7 @@ async fn run_app(
                     s.health = 1;
                     s.pid = 0;
                     s.last_exit = format!("spawn failed: {e}");
-                    s.next_start_time = app_time(now_ms() + next.as_millis() as u64);
+                    s.next_start_time = app_time(now_ms().saturating_add(next.as_millis() as u64));
                 });
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 if sleep_or_killed(next, &mut kill).await {
@@ -270,8 +276,8 @@ async fn run_app(
             let ctx = ctx.clone();
             let status = status.clone();
             let every = Duration::from_secs(app.health_check_interval_seconds);
-            let name = task.name.clone();
-            tokio::spawn(async move { health_loop(&ctx, &name, &cmd, every, &status).await })
+            let task = task.clone();
+            tokio::spawn(async move { health_loop(&ctx, &task, &cmd, every, &status).await })
         });
         let rotation = {
             let logs = logs.clone();
@@ -311,11 +317,16 @@ async fn run_app(
                 w
             }
         };
+        // Quick exits that pushed the backoff up: crash-looping, so unavailable.
+        let looping = periodic.is_none() && backoff > MIN_BACKOFF * 4;
         set(&ctx, &status, |s| {
             s.pid = 0;
             s.health = 1;
+            if looping {
+                s.status = 2;
+            }
             s.last_exit = ended;
-            s.next_start_time = app_time(now_ms() + wait.as_millis() as u64);
+            s.next_start_time = app_time(now_ms().saturating_add(wait.as_millis() as u64));
         });
         if sleep_or_killed(wait, &mut kill).await {
             break;
@@ -331,29 +342,37 @@ async fn run_app(
     });
 }
 
-/// Runs the health command every `every` while the app runs; exit 0 within `every` is healthy.
+/// Runs the health command every `every` while the app runs, as the app runs (its user,
+/// directory and environment, its own process group through the shim): exit 0 within `every`
+/// is healthy; a command past `every` is killed with its group. Its last output is kept in
+/// `<name>.health.out/.err`.
 async fn health_loop(
     ctx: &SupervisorCtx,
-    name: &str,
+    task: &Task,
     cmd: &str,
     every: Duration,
     status: &Mutex<AppStatus>,
 ) {
+    let argv = vec!["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()];
+    let logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
     loop {
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg("-c")
-            .arg(cmd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let healthy = match c.spawn() {
-            Ok(mut child) => matches!(
-                tokio::time::timeout(every, child.wait()).await,
-                Ok(Ok(st)) if st.success()
-            ),
+        let launch = Launch {
+            argv: &argv,
+            env: &task.app.env,
+            dir: task.app.working_dir.as_deref(),
+            user: task.app.user.as_deref(),
+            append: false,
+        };
+        let healthy = match spawn_launch(&launch, &ctx.shim, &logs) {
+            Ok(r) => {
+                let (_never, quiet) = watch::channel(None);
+                matches!(
+                    r.supervise(Some(every), quiet, Duration::ZERO).await,
+                    Outcome::Exited(0)
+                )
+            }
             Err(e) => {
-                warn!(app = %name, error = %e, "cannot run the health command");
+                warn!(app = %task.name, error = %e, "cannot run the health command");
                 false
             }
         };

@@ -130,6 +130,16 @@ pub fn parse_task(name: &str, body: &[u8]) -> Result<Task, TaskError> {
             raw.cpu
         )));
     }
+    if app.start_interval_seconds > 366 * 86_400 {
+        return Err(TaskError::Invalid(
+            "content.start_interval_seconds must be at most a year".into(),
+        ));
+    }
+    if app.health_check_interval_seconds > 86_400 {
+        return Err(TaskError::Invalid(
+            "content.health_check_interval_seconds must be at most a day".into(),
+        ));
+    }
     if app.health_check_interval_seconds == 0 {
         return Err(TaskError::Invalid(
             "content.health_check_interval_seconds must be at least 1".into(),

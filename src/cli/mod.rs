@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod check;
 pub mod jobs;
 pub mod kv;
 pub mod logs;
@@ -83,6 +84,13 @@ pub enum Command {
     App(apps::AppCommand),
     /// Hosts × apps as placed by the leader, with unplaced replicas and invalid tasks.
     Topology(apps::JsonArg),
+    /// Health checks (python-powerconsul's): one JSON line, exit 0/1/2.
+    #[command(subcommand)]
+    Check(check::CheckCommand),
+    /// Run the trigger action of a check's state by hand.
+    Trigger(check::TriggerArgs),
+    /// A `consul watch -type=checks` handler: runs the triggers of this node's checks in a state.
+    Watch(check::WatchArgs),
     /// Get an item from the KV store (consul_visa).
     #[command(name = "kv-get")]
     KvGet(kv::KeyArg),

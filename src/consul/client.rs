@@ -102,6 +102,8 @@ pub struct QueryOptions {
     pub wait: Option<Duration>,
     /// Ask for a stale read from any server.
     pub stale: bool,
+    /// Another datacenter to ask (`?dc=`); the agent's own when None.
+    pub dc: Option<String>,
 }
 
 impl QueryOptions {
@@ -110,6 +112,7 @@ impl QueryOptions {
             index,
             wait: Some(wait),
             stale: false,
+            dc: None,
         }
     }
 }
@@ -223,6 +226,9 @@ impl Client {
         }
         if q.stale {
             r = r.query(&[("stale", "")]);
+        }
+        if let Some(dc) = &q.dc {
+            r = r.query(&[("dc", dc)]);
         }
         r
     }

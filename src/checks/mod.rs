@@ -1,0 +1,15 @@
+//! Health checks, active/standby roles and triggers (python-powerconsul, done right).
+//!
+//! - `verdict`: exit codes and the JSON line every check prints.
+//! - `process`: counting processes from /proc with check_procs-like selectors and ranges.
+//! - `crontab`: whether a user's crontab exists (and matches a pattern).
+//! - `role`: pure: active/standby roles from `cluster/<env>/<svc>` and what each expects.
+//! - `service`: the service check: the service manager's answer against the role's.
+//! - `trigger`: finding, running (script or `sh -c`, with a timeout) and recording actions.
+
+pub mod crontab;
+pub mod process;
+pub mod role;
+pub mod service;
+pub mod trigger;
+pub mod verdict;

@@ -1,0 +1,312 @@
+//! `servant check service`: is a Linux service running, and is that what this node's role
+//! expects? The service manager is asked the way an operator would: systemd's `systemctl
+//! is-active`, a sysvinit/LSB script's `status` (exit 0 running, 3 stopped), the `service`
+//! wrapper, or an explicit status command.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::role::{
+    environment, expects_running, judge, parse_roles, role_of, roles_key, ClusterRoles, Grouping,
+    Role,
+};
+use super::verdict::Verdict;
+use crate::consul::{Client, QueryOptions};
+
+/// How long a status command may take before the check calls it critical.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who knows whether the service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Manager {
+    /// `systemctl is-active --quiet <svc>`.
+    Systemd,
+    /// `/etc/init.d/<svc> status`.
+    SysV,
+    /// `service <svc> status`.
+    ServiceWrapper,
+    /// `sh -c <cmd>`, read like an LSB status (0 running, 3 stopped).
+    Command(String),
+}
+
+/// Picks the manager: an explicit command; systemd when it is PID 1's manager; an init script
+/// when one exists; else the `service` wrapper.
+pub fn detect(service: &str, status_cmd: Option<&str>, root: &Path) -> Manager {
+    if let Some(c) = status_cmd {
+        return Manager::Command(c.to_string());
+    }
+    if root.join("run/systemd/system").is_dir() {
+        return Manager::Systemd;
+    }
+    if root.join("etc/init.d").join(service).is_file() {
+        return Manager::SysV;
+    }
+    Manager::ServiceWrapper
+}
+
+/// Reads an LSB status exit code: running, stopped, or an error to report as critical.
+pub fn lsb_status(code: Option<i32>, what: &str) -> Result<bool, String> {
+    match code {
+        Some(0) => Ok(true),
+        // 1: dead, pid file left; 2: dead, lock file left; 3: not running.
+        Some(1..=3) => Ok(false),
+        Some(4) => Err(format!("{what}: status unknown (exit 4: no such service?)")),
+        Some(c) => Err(format!("{what}: exited {c}")),
+        None => Err(format!("{what}: killed by a signal")),
+    }
+}
+
+/// Asks the manager whether `service` runs.
+pub async fn is_running(m: &Manager, service: &str) -> Result<bool, String> {
+    let (mut cmd, what) = match m {
+        Manager::Systemd => {
+            let mut c = tokio::process::Command::new("systemctl");
+            c.args(["is-active", "--quiet", service]);
+            (c, format!("systemctl is-active {service}"))
+        }
+        Manager::SysV => {
+            let mut c = tokio::process::Command::new(format!("/etc/init.d/{service}"));
+            c.arg("status");
+            (c, format!("/etc/init.d/{service} status"))
+        }
+        Manager::ServiceWrapper => {
+            let mut c = tokio::process::Command::new("service");
+            c.args([service, "status"]);
+            (c, format!("service {service} status"))
+        }
+        Manager::Command(s) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.args(["-c", s]);
+            (c, format!("status command {s:?}"))
+        }
+    };
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    match tokio::time::timeout(STATUS_TIMEOUT, child.wait()).await {
+        Ok(Ok(st)) => {
+            let code = st.code();
+            // systemctl: 0 active, 3 inactive/failed, 4 no such unit.
+            lsb_status(code, &what)
+        }
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {STATUS_TIMEOUT:?}")),
+    }
+}
+
+/// Whether some active node (or some node in an active datacenter) is healthy: its serfHealth
+/// and the service's own checks all passing.
+pub async fn active_healthy(
+    client: &Client,
+    roles: &ClusterRoles,
+    consul_service: &str,
+) -> Result<bool, String> {
+    let ours = |c: &crate::consul::HealthCheck| {
+        c.check_id != "serfHealth"
+            && (c.service_name == consul_service
+                || c.name == consul_service
+                || c.check_id == consul_service)
+    };
+    match roles.grouping {
+        Grouping::Nodes => {
+            for node in &roles.active {
+                let (checks, _) = client
+                    .health_node(node, &QueryOptions::default())
+                    .await
+                    .map_err(|e| format!("cannot read the health of {node}: {e}"))?;
+                let serf = checks
+                    .iter()
+                    .any(|c| c.check_id == "serfHealth" && c.status == "passing");
+                let svc: Vec<_> = checks.iter().filter(|c| ours(c)).collect();
+                if serf && !svc.is_empty() && svc.iter().all(|c| c.status == "passing") {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Grouping::Datacenters => {
+            for dc in &roles.active {
+                let q = QueryOptions {
+                    dc: Some(dc.clone()),
+                    ..Default::default()
+                };
+                let (entries, _) = client
+                    .health_service(consul_service, false, &q)
+                    .await
+                    .map_err(|e| format!("cannot read {consul_service} in {dc}: {e}"))?;
+                if entries
+                    .iter()
+                    .any(|e| !e.checks.is_empty() && e.checks.iter().all(|c| c.status == "passing"))
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// What `servant check service` needs.
+#[derive(Debug, Clone)]
+pub struct ServiceCheck {
+    /// The local service (`-s`).
+    pub linux_service: String,
+    /// The Consul service the roles and triggers are keyed by (`-S`).
+    pub consul_service: String,
+    /// Overrides the service manager.
+    pub status_cmd: Option<String>,
+    /// The environment; else the hostname's prefix.
+    pub environment: Option<String>,
+}
+
+/// This node as checks and triggers see it.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Consul's node name (`@HOST`, and the name in `active_nodes`).
+    pub node: String,
+    /// Consul's datacenter (the name in `active_datacenters`).
+    pub datacenter: String,
+    /// `@ENV`: configured, else the hostname's prefix.
+    pub env: String,
+}
+
+/// Asks the local agent who this node is.
+pub async fn local(client: &Client, env: Option<&str>) -> Result<Local, String> {
+    let me = client
+        .agent_self()
+        .await
+        .map_err(|e| format!("cannot ask the local Consul agent: {e}"))?;
+    let node = me["Config"]["NodeName"].as_str().unwrap_or("").to_string();
+    let datacenter = me["Config"]["Datacenter"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| node.clone());
+    Ok(Local {
+        env: environment(env, &host),
+        node,
+        datacenter,
+    })
+}
+
+/// This node's role for `consul_service`, with the role data (None: standalone).
+pub async fn role_for(
+    client: &Client,
+    me: &Local,
+    consul_service: &str,
+) -> Result<(Role, Option<ClusterRoles>), String> {
+    let key = roles_key(&me.env, consul_service);
+    let body = client
+        .kv_get_raw(&key)
+        .await
+        .map_err(|e| format!("cannot read {key}: {e}"))?;
+    let roles = parse_roles(&key, body.as_deref()).map_err(|e| e.to_string())?;
+    let role =
+        role_of(roles.as_ref(), &me.node, &me.datacenter, &key).map_err(|e| e.to_string())?;
+    Ok((role, roles))
+}
+
+/// Runs the whole check. Every failure along the way is a critical verdict that says why.
+pub async fn check(client: &Client, c: &ServiceCheck) -> Verdict {
+    let me = match local(client, c.environment.as_deref()).await {
+        Ok(m) => m,
+        Err(e) => return Verdict::error(e),
+    };
+    let base = |v: Verdict| {
+        v.with("service", c.linux_service.clone())
+            .with("consul_service", c.consul_service.clone())
+            .with("environment", me.env.clone())
+            .with("node", me.node.clone())
+    };
+    let (role, roles) = match role_for(client, &me, &c.consul_service).await {
+        Ok(r) => r,
+        Err(e) => return base(Verdict::error(e)),
+    };
+    let healthy_active = match (&roles, role) {
+        (Some(r), Role::Secondary) => match active_healthy(client, r, &c.consul_service).await {
+            Ok(h) => Some(h),
+            Err(e) => return base(Verdict::error(e).with("role", role.as_str())),
+        },
+        _ => None,
+    };
+    let manager = detect(&c.linux_service, c.status_cmd.as_deref(), Path::new("/"));
+    let running = match is_running(&manager, &c.linux_service).await {
+        Ok(r) => r,
+        Err(e) => return base(Verdict::error(e).with("role", role.as_str())),
+    };
+    let expected = expects_running(role, healthy_active.unwrap_or(false));
+    let status = judge(expected, running);
+    let state = |r: bool| if r { "running" } else { "stopped" };
+    let why = match (role, healthy_active) {
+        (Role::Secondary, Some(true)) => " (an active node is healthy)",
+        (Role::Secondary, _) => " (no active node is healthy: this node takes over)",
+        _ => "",
+    };
+    let message = format!(
+        "{} is {}; as {}{why} it should be {}",
+        c.linux_service,
+        state(running),
+        role.as_str(),
+        state(expected)
+    );
+    let mut v = base(Verdict::new(status, message))
+        .with("role", role.as_str())
+        .with("expected", state(expected))
+        .with("running", running);
+    if let Some(h) = healthy_active {
+        v = v.with("active_healthy", h);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsb_codes() {
+        assert_eq!(lsb_status(Some(0), "x"), Ok(true));
+        assert_eq!(lsb_status(Some(3), "x"), Ok(false));
+        assert_eq!(lsb_status(Some(1), "x"), Ok(false));
+        assert!(lsb_status(Some(4), "x").unwrap_err().contains("unknown"));
+        assert!(lsb_status(Some(127), "x").is_err());
+        assert!(lsb_status(None, "x").is_err());
+    }
+
+    #[test]
+    fn manager_detection_prefers_the_explicit_command_then_systemd_then_init_scripts() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(detect("web", None, root.path()), Manager::ServiceWrapper);
+        std::fs::create_dir_all(root.path().join("etc/init.d")).unwrap();
+        std::fs::write(root.path().join("etc/init.d/web"), "#!/bin/sh\n").unwrap();
+        assert_eq!(detect("web", None, root.path()), Manager::SysV);
+        std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+        assert_eq!(detect("web", None, root.path()), Manager::Systemd);
+        assert_eq!(
+            detect("web", Some("true"), root.path()),
+            Manager::Command("true".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn status_commands_are_read_by_exit_code() {
+        assert_eq!(
+            is_running(&Manager::Command("exit 0".into()), "x").await,
+            Ok(true)
+        );
+        assert_eq!(
+            is_running(&Manager::Command("exit 3".into()), "x").await,
+            Ok(false)
+        );
+        assert!(is_running(&Manager::Command("exit 9".into()), "x")
+            .await
+            .is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Trigger actions: `triggers/<env>/<svc>/<role>/<state>` (falling back to
+//! `triggers/<svc>/<role>/<state>`), run when a check changes state. A value starting with `#!`
+//! runs as a script with its own interpreter; anything else with `sh -c`. `@ENV`, `@HOST` and
+//! `@ROLE` are substituted; the action also gets `SERVANT_*` variables, among them
+//! `SERVANT_EXPECTED` (running or stopped), so one secondary action can both take over and give
+//! back. Each run has a timeout (the process group is killed), and is recorded.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::consul::{Client, KvPutOptions, QueryOptions};
+use crate::jobs::runner::signal_group;
+use crate::util::time::now_ms;
+
+/// Runs kept in `trigger_history/<node>`, newest last.
+pub const HISTORY_LEN: usize = 20;
+/// Bytes of an action's output kept in the record.
+const OUTPUT_CAP: usize = 4096;
+
+/// The keys to look at, most specific first.
+pub fn trigger_keys(env: &str, service: &str, role: &str, state: &str) -> [String; 2] {
+    [
+        format!("triggers/{env}/{service}/{role}/{state}"),
+        format!("triggers/{service}/{role}/{state}"),
+    ]
+}
+
+/// `@ENV`, `@HOST` and `@ROLE` replaced.
+pub fn substitute(action: &str, env: &str, host: &str, role: &str) -> String {
+    action
+        .replace("@ENV", env)
+        .replace("@HOST", host)
+        .replace("@ROLE", role)
+}
+
+/// What a trigger run is about.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerCtx {
+    pub env: String,
+    /// This host's name (`@HOST`): the Consul node name.
+    pub host: String,
+    pub service: String,
+    pub role: String,
+    /// passing, warning or critical.
+    pub state: String,
+    /// The check's output (the check's JSON line for servant checks).
+    pub check_output: String,
+}
+
+/// One recorded run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerRun {
+    /// When it started, ms since the epoch.
+    pub time_ms: u64,
+    pub service: String,
+    pub role: String,
+    pub state: String,
+    /// The key the action came from.
+    pub key: String,
+    /// Exit code; None when it was killed at its timeout or could not start.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    /// stdout and stderr, capped.
+    pub output: String,
+}
+
+/// Finds the action for `ctx`: (key, action), or None when neither key exists.
+pub async fn find_action(
+    client: &Client,
+    ctx: &TriggerCtx,
+) -> Result<Option<(String, String)>, crate::consul::ConsulError> {
+    for key in trigger_keys(&ctx.env, &ctx.service, &ctx.role, &ctx.state) {
+        if let Some(v) = client.kv_get_raw(&key).await? {
+            let text = String::from_utf8_lossy(&v).to_string();
+            if !text.trim().is_empty() {
+                return Ok(Some((key, text)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs one action to its end or its timeout.
+pub async fn run_action(
+    key: &str,
+    action: &str,
+    ctx: &TriggerCtx,
+    timeout: Duration,
+    scratch: &Path,
+) -> TriggerRun {
+    let started = Instant::now();
+    let mut run = TriggerRun {
+        time_ms: now_ms(),
+        service: ctx.service.clone(),
+        role: ctx.role.clone(),
+        state: ctx.state.clone(),
+        key: key.to_string(),
+        exit_code: None,
+        timed_out: false,
+        duration_ms: 0,
+        output: String::new(),
+    };
+    let text = substitute(action, &ctx.env, &ctx.host, &ctx.role);
+    let mut cmd = if text.starts_with("#!") {
+        // A script: the kernel runs its interpreter, whatever it is.
+        let path = scratch.join(format!("trigger-{}-{}", std::process::id(), now_ms()));
+        let written = std::fs::write(&path, &text)
+            .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)));
+        if let Err(e) = written {
+            run.output = format!("cannot write the script to {}: {e}", path.display());
+            return run;
+        }
+        tokio::process::Command::new(path)
+    } else {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c").arg(&text);
+        c
+    };
+    let expected = serde_json::from_str::<serde_json::Value>(&ctx.check_output)
+        .ok()
+        .and_then(|v| v["expected"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    // Output goes to a file, not a pipe: a service the action starts in the background keeps
+    // its stdout, and the run must end when the action does, not when that service does.
+    let out_path = scratch.join(format!("trigger-out-{}-{}", std::process::id(), now_ms()));
+    let out = match std::fs::File::create(&out_path).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok(f) => f,
+        Err(e) => {
+            run.output = format!("cannot create {}: {e}", out_path.display());
+            return run;
+        }
+    };
+    cmd.env("SERVANT_ENV", &ctx.env)
+        .env("SERVANT_HOST", &ctx.host)
+        .env("SERVANT_ROLE", &ctx.role)
+        .env("SERVANT_STATE", &ctx.state)
+        .env("SERVANT_SERVICE", &ctx.service)
+        .env("SERVANT_CHECK_OUTPUT", &ctx.check_output)
+        .env("SERVANT_EXPECTED", expected)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.0)
+        .stderr(out.1)
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            run.output = format!("cannot start the action: {e}");
+            let _ = std::fs::remove_file(&out_path);
+            return run;
+        }
+    };
+    let pgid = child.id().unwrap_or(0);
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) => run.exit_code = st.code(),
+        Ok(Err(e)) => run.output = format!("waiting for the action failed: {e}"),
+        Err(_) => {
+            run.timed_out = true;
+            // The action and everything it started are killed: a hung action leaves nothing.
+            signal_group(pgid, Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+    let text = std::fs::read(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let text: String = String::from_utf8_lossy(&text)
+        .chars()
+        .take(OUTPUT_CAP)
+        .collect();
+    if run.timed_out {
+        run.output = format!("{text}killed after its timeout of {timeout:?}");
+    } else if run.output.is_empty() {
+        run.output = text;
+    }
+    run.duration_ms = started.elapsed().as_millis() as u64;
+    run
+}
+
+/// Appends `run` to `trigger_history/<node>` (the newest `HISTORY_LEN`), with check-and-set.
+pub async fn record(client: &Client, node: &str, run: &TriggerRun) {
+    let key = format!("trigger_history/{node}");
+    for _ in 0..5 {
+        let (entry, _) = match client.kv_get(&key, &QueryOptions::default()).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the trigger history");
+                return;
+            }
+        };
+        let (mut list, index) = match entry {
+            Some(e) => (
+                serde_json::from_slice::<Vec<TriggerRun>>(&e.value).unwrap_or_default(),
+                e.modify_index,
+            ),
+            None => (Vec::new(), 0),
+        };
+        list.push(run.clone());
+        let skip = list.len().saturating_sub(HISTORY_LEN);
+        let list: Vec<_> = list.into_iter().skip(skip).collect();
+        let body = serde_json::to_vec(&list).unwrap_or_default();
+        let opts = KvPutOptions {
+            cas: Some(index),
+            ..Default::default()
+        };
+        match client.kv_put(&key, &body, &opts).await {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot write the trigger history");
+                return;
+            }
+        }
+    }
+}
+
+/// Finds and runs the action for `ctx`, logs and records it. None when there is no action.
+pub async fn fire(
+    client: &Client,
+    node: &str,
+    ctx: &TriggerCtx,
+    timeout: Duration,
+    scratch: &Path,
+) -> Option<TriggerRun> {
+    let (key, action) = match find_action(client, ctx).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            info!(service = %ctx.service, role = %ctx.role, state = %ctx.state, "no trigger action");
+            return None;
+        }
+        Err(e) => {
+            warn!(service = %ctx.service, error = %e, "cannot read the trigger action");
+            return None;
+        }
+    };
+    let run = run_action(&key, &action, ctx, timeout, scratch).await;
+    info!(
+        service = %run.service, role = %run.role, state = %run.state, key = %run.key,
+        exit_code = ?run.exit_code, timed_out = run.timed_out, duration_ms = run.duration_ms,
+        "trigger ran"
+    );
+    record(client, node, &run).await;
+    Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_substitution() {
+        assert_eq!(
+            trigger_keys("prod", "web", "secondary", "critical"),
+            [
+                "triggers/prod/web/secondary/critical".to_string(),
+                "triggers/web/secondary/critical".to_string()
+            ]
+        );
+        assert_eq!(
+            substitute("echo @HOST @ENV @ROLE @HOST", "prod", "h1", "primary"),
+            "echo h1 prod primary h1"
+        );
+    }
+
+    fn ctx() -> TriggerCtx {
+        TriggerCtx {
+            env: "prod".into(),
+            host: "h1".into(),
+            service: "web".into(),
+            role: "secondary".into(),
+            state: "critical".into(),
+            check_output: r#"{"expected":"stopped"}"#.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn shell_and_script_actions_run_with_substitutions_and_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run_action(
+            "k",
+            "echo @HOST $SERVANT_EXPECTED; exit 3",
+            &ctx(),
+            Duration::from_secs(10),
+            dir.path(),
+        )
+        .await;
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(r.output.trim(), "h1 stopped");
+        let r = run_action(
+            "k",
+            "#!/usr/bin/env python3\nprint('py @ROLE')\n",
+            &ctx(),
+            Duration::from_secs(10),
+            dir.path(),
+        )
+        .await;
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        assert_eq!(r.output.trim(), "py secondary");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_action_is_killed_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let r = run_action(
+            "k",
+            "sleep 31 & sleep 30",
+            &ctx(),
+            Duration::from_millis(300),
+            dir.path(),
+        )
+        .await;
+        assert!(r.timed_out);
+        assert_eq!(r.exit_code, None);
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_service_started_in_the_background_outlives_its_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let t = Instant::now();
+        let r = run_action(
+            "k",
+            &format!("sleep 32 & echo $! > {}; echo started", pidfile.display()),
+            &ctx(),
+            Duration::from_secs(20),
+            dir.path(),
+        )
+        .await;
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the run ends with the action"
+        );
+        assert_eq!((r.exit_code, r.output.trim()), (Some(0), "started"));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "the service still runs"
+        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
