@@ -62,6 +62,70 @@ pub struct AgentConfig {
     pub consul: LaunchConfig,
     /// Replicated apps (App Manager's `appmgr/` keys).
     pub apps: AppsConfig,
+    /// Health checks, roles and triggers (python-powerconsul's).
+    pub checks: ChecksConfig,
+}
+
+/// Checks this agent registers, and the native trigger watcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// `@ENV` and the `cluster/<env>/` of roles; default: the hostname's prefix before `-`.
+    pub environment: Option<String>,
+    /// Watch this node's checks and run `triggers/` actions on changes.
+    pub watch: bool,
+    /// A new state must hold this long before its action runs.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub debounce: Duration,
+    /// An action still running after this long is killed with its process group.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub trigger_timeout: Duration,
+    /// Services to guard with `servant check service`.
+    pub guard: Vec<GuardConfig>,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            environment: None,
+            watch: true,
+            debounce: Duration::from_secs(2),
+            trigger_timeout: Duration::from_secs(60),
+            guard: Vec::new(),
+        }
+    }
+}
+
+/// One guarded service: a Consul service with a `servant check service` check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The Consul service (registered by the agent, keys roles and triggers).
+    pub consul_service: String,
+    /// The local service the check asks about.
+    pub linux_service: String,
+    /// A status command instead of the service manager (0 running, 3 stopped).
+    #[serde(default)]
+    pub status_cmd: Option<String>,
+    /// `ttl`: the agent runs the check and updates a TTL check (works with any Consul);
+    /// `script`: Consul runs `servant check service` (needs `enable_local_script_checks`).
+    #[serde(default = "ttl_mode")]
+    pub mode: String,
+    /// How often the check runs.
+    #[serde(
+        default = "ten_seconds",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub interval: Duration,
+}
+
+fn ttl_mode() -> String {
+    "ttl".into()
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Replicated apps: this node's reports, its part in leader election, its apps.
@@ -159,6 +223,7 @@ impl Default for AgentConfig {
             dev_listen: "127.0.0.1:8500".to_string(),
             consul: LaunchConfig::default(),
             apps: AppsConfig::default(),
+            checks: ChecksConfig::default(),
         }
     }
 }
@@ -244,6 +309,20 @@ impl AgentConfig {
                 field: "apps.report_interval/topology_interval",
                 detail: "must be at least 1s".into(),
             });
+        }
+        for g in &self.checks.guard {
+            if g.mode != "ttl" && g.mode != "script" {
+                return Err(ConfigError::Invalid {
+                    field: "checks.guard.mode",
+                    detail: format!("{:?}: expected ttl or script", g.mode),
+                });
+            }
+            if g.interval < Duration::from_secs(1) || g.consul_service.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "checks.guard",
+                    detail: "needs a consul_service and an interval of at least 1s".into(),
+                });
+            }
         }
         if self.max_parallel == 0 {
             return Err(ConfigError::Invalid {

@@ -224,6 +224,29 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         session_rx,
     );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let watcher_task = cfg.checks.watch.then(|| {
+        tokio::spawn(crate::checks::watcher::run(
+            client.clone(),
+            crate::checks::watcher::WatcherConfig {
+                node: node.clone(),
+                environment: cfg.checks.environment.clone(),
+                debounce: cfg.checks.debounce,
+                timeout: cfg.checks.trigger_timeout,
+                scratch: std::env::temp_dir(),
+                watch_wait: cfg.watch_wait,
+            },
+            shutdown.subscribe(),
+        ))
+    });
+    let guard_task = (!cfg.checks.guard.is_empty()).then(|| {
+        tokio::spawn(crate::checks::guard::run(
+            client.clone(),
+            cfg.checks.guard.clone(),
+            cfg.checks.environment.clone(),
+            shim_exe.clone(),
+            shutdown.subscribe(),
+        ))
+    });
     let apps_task = cfg.apps.enabled.then(|| {
         let apps_cfg = crate::apps::node::AppsNodeConfig::from_agent(
             cfg,
@@ -243,7 +266,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
     info!("signal received: no new jobs; waiting for running jobs");
     let _ = shutdown.send(());
     let _ = worker_task.await;
-    if let Some(t) = apps_task {
+    for t in [apps_task, watcher_task, guard_task].into_iter().flatten() {
         let _ = t.await;
     }
     let _ = keeper_stop.send(());

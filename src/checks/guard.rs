@@ -1,0 +1,127 @@
+//! Guarded services: the agent registers each configured Consul service with a `servant check
+//! service` check, either as a TTL check it runs and updates itself (works on any Consul) or as
+//! a script check Consul runs (needs `enable_local_script_checks`).
+
+use std::path::PathBuf;
+
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::service::{self, ServiceCheck};
+use super::verdict::Status;
+use crate::agent::config::GuardConfig;
+use crate::consul::{AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client};
+
+/// The check's ID on the local agent.
+pub fn check_id(g: &GuardConfig) -> String {
+    format!("servant:{}", g.consul_service)
+}
+
+/// The registration: the service, with its one check.
+pub fn registration(
+    g: &GuardConfig,
+    exe: &str,
+    http_addr: &str,
+    env: Option<&str>,
+) -> AgentServiceRegistration {
+    let interval = format!("{}ms", g.interval.as_millis());
+    let check = if g.mode == "script" {
+        let mut args = vec![
+            exe.to_string(),
+            "--http-addr".into(),
+            http_addr.to_string(),
+            "check".into(),
+            "service".into(),
+            "-s".into(),
+            g.linux_service.clone(),
+            "-S".into(),
+            g.consul_service.clone(),
+        ];
+        if let Some(c) = &g.status_cmd {
+            args.extend(["--status-cmd".into(), c.clone()]);
+        }
+        if let Some(e) = env {
+            args.extend(["--env".into(), e.to_string()]);
+        }
+        AgentCheckRegistration {
+            check_id: Some(check_id(g)),
+            name: Some(format!("servant check {}", g.consul_service)),
+            args: Some(args),
+            interval: Some(interval),
+            timeout: Some("30s".into()),
+            ..Default::default()
+        }
+    } else {
+        AgentCheckRegistration {
+            check_id: Some(check_id(g)),
+            name: Some(format!("servant check {}", g.consul_service)),
+            // Three missed runs turn it critical.
+            ttl: Some(format!("{}ms", (g.interval * 3).as_millis())),
+            ..Default::default()
+        }
+    };
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("servant_guard".to_string(), g.linux_service.clone());
+    AgentServiceRegistration {
+        id: Some(g.consul_service.clone()),
+        name: g.consul_service.clone(),
+        meta,
+        checks: vec![check],
+        ..Default::default()
+    }
+}
+
+/// Registers every guard, runs the TTL ones until `shutdown`, then deregisters them all.
+pub async fn run(
+    client: Client,
+    guards: Vec<GuardConfig>,
+    env: Option<String>,
+    exe: PathBuf,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let exe = exe.display().to_string();
+    let addr = client.base_url().to_string();
+    for g in &guards {
+        let reg = registration(g, &exe, &addr, env.as_deref());
+        match client.agent_service_register(&reg).await {
+            Ok(()) => info!(service = %g.consul_service, mode = %g.mode, "guard registered"),
+            Err(e) => warn!(service = %g.consul_service, error = %e, "cannot register the guard"),
+        }
+    }
+    let mut tasks = Vec::new();
+    for g in guards.iter().filter(|g| g.mode != "script").cloned() {
+        let client = client.clone();
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = ServiceCheck {
+                linux_service: g.linux_service.clone(),
+                consul_service: g.consul_service.clone(),
+                status_cmd: g.status_cmd.clone(),
+                environment: env,
+            };
+            let id = check_id(&g);
+            loop {
+                let v = service::check(&client, &c).await;
+                let update = match v.status {
+                    Status::Passing => CheckUpdate::Pass,
+                    Status::Warning => CheckUpdate::Warn,
+                    Status::Critical => CheckUpdate::Fail,
+                };
+                if let Err(e) = client
+                    .agent_check_update(&id, update, Some(&v.json_line()))
+                    .await
+                {
+                    warn!(check = %id, error = %e, "cannot update the guard's check");
+                }
+                tokio::time::sleep(g.interval).await;
+            }
+        }));
+    }
+    let _ = shutdown.recv().await;
+    for t in tasks {
+        t.abort();
+    }
+    for g in &guards {
+        let _ = client.agent_service_deregister(&g.consul_service).await;
+    }
+}

@@ -1,0 +1,165 @@
+//! The native trigger watcher in the agent: a blocking query on this node's checks; when a
+//! check moves to warning or critical (or back to passing, when a `passing` action exists), its
+//! service's action runs, after a debounce, one at a time per service, with a timeout. Every run
+//! is logged and recorded in `trigger_history/<node>`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{info, warn};
+
+use super::role::Role;
+use super::service::{local, role_for, Local};
+use super::trigger::{fire, TriggerCtx};
+use crate::consul::{watch_loop, Client, HealthCheck};
+
+/// What the watcher needs from the agent.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    pub node: String,
+    /// `@ENV`; else the hostname's prefix.
+    pub environment: Option<String>,
+    pub debounce: Duration,
+    pub timeout: Duration,
+    /// Where script actions are written before they run.
+    pub scratch: PathBuf,
+    pub watch_wait: Duration,
+}
+
+/// A check's new state, for its service's worker.
+#[derive(Debug, Clone)]
+struct Change {
+    check_id: String,
+    state: String,
+}
+
+type Snapshot = watch::Receiver<Option<Vec<HealthCheck>>>;
+
+/// The service a check belongs to: its service's name, else the check's name.
+fn service_of(c: &HealthCheck) -> &str {
+    if c.service_name.is_empty() {
+        &c.name
+    } else {
+        &c.service_name
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Receiver<()>) {
+    let me = loop {
+        match local(&client, cfg.environment.as_deref()).await {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(error = %e, "trigger watcher waiting for the local agent");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.recv() => return,
+                }
+            }
+        }
+    };
+    let (tx, mut rx) = watch::channel(None);
+    let c = client.clone();
+    let node = cfg.node.clone();
+    let watcher = tokio::spawn(watch_loop(
+        "node checks",
+        cfg.watch_wait,
+        move |q| {
+            let c = c.clone();
+            let node = node.clone();
+            async move { c.health_node(&node, &q).await }
+        },
+        tx,
+        shutdown.resubscribe(),
+    ));
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut workers: HashMap<String, mpsc::UnboundedSender<Change>> = HashMap::new();
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = shutdown.recv() => break,
+        }
+        let Some(checks) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        for c in checks.iter().filter(|c| c.check_id != "serfHealth") {
+            let prev = last.insert(c.check_id.clone(), c.status.clone());
+            if prev.as_deref() == Some(c.status.as_str()) {
+                continue;
+            }
+            // A first sight of a passing check is no transition; warning and critical are
+            // acted on even at start (a standby that starts while no active node is healthy
+            // must take over).
+            if prev.is_none() && c.status == "passing" {
+                continue;
+            }
+            let service = service_of(c).to_string();
+            let w = workers.entry(service.clone()).or_insert_with(|| {
+                let (wtx, wrx) = mpsc::unbounded_channel();
+                tokio::spawn(worker(
+                    client.clone(),
+                    cfg.clone(),
+                    me.clone(),
+                    service,
+                    wrx,
+                    rx.clone(),
+                ));
+                wtx
+            });
+            let _ = w.send(Change {
+                check_id: c.check_id.clone(),
+                state: c.status.clone(),
+            });
+        }
+    }
+    drop(workers);
+    watcher.abort();
+}
+
+/// One service's actions, one at a time: waits out the debounce, keeps only the newest change,
+/// and runs its action if the check is still in that state.
+async fn worker(
+    client: Client,
+    cfg: WatcherConfig,
+    me: Local,
+    service: String,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+    snapshot: Snapshot,
+) {
+    while let Some(mut change) = rx.recv().await {
+        tokio::time::sleep(cfg.debounce).await;
+        while let Ok(newer) = rx.try_recv() {
+            change = newer;
+        }
+        let current = snapshot.borrow().as_ref().and_then(|cs| {
+            cs.iter()
+                .find(|c| c.check_id == change.check_id)
+                .map(|c| (c.status.clone(), c.output.clone()))
+        });
+        let Some((status, output)) = current else {
+            continue;
+        };
+        if status != change.state {
+            info!(service = %service, check = %change.check_id, "state changed again within the debounce; no action");
+            continue;
+        }
+        let role = match role_for(&client, &me, &service).await {
+            Ok((r, _)) => r,
+            Err(e) => {
+                warn!(service = %service, error = %e, "role unknown; triggering as standalone");
+                Role::Standalone
+            }
+        };
+        let ctx = TriggerCtx {
+            env: me.env.clone(),
+            host: me.node.clone(),
+            service: service.clone(),
+            role: role.as_str().to_string(),
+            state: status,
+            check_output: output,
+        };
+        fire(&client, &cfg.node, &ctx, cfg.timeout, &cfg.scratch).await;
+    }
+}
