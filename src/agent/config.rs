@@ -80,6 +80,10 @@ pub struct ChecksConfig {
     /// An action still running after this long is killed with its process group.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub trigger_timeout: Duration,
+    /// While a check stays warning or critical, its action runs again this often (a start
+    /// that failed, or an action written after the check changed); 0 turns it off.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub repeat: Duration,
     /// Services to guard with `servant check service`.
     pub guard: Vec<GuardConfig>,
 }
@@ -91,6 +95,7 @@ impl Default for ChecksConfig {
             watch: true,
             debounce: Duration::from_secs(2),
             trigger_timeout: Duration::from_secs(60),
+            repeat: Duration::from_secs(60),
             guard: Vec::new(),
         }
     }

@@ -232,6 +232,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
                 environment: cfg.checks.environment.clone(),
                 debounce: cfg.checks.debounce,
                 timeout: cfg.checks.trigger_timeout,
+                repeat: cfg.checks.repeat,
                 scratch: std::env::temp_dir(),
                 watch_wait: cfg.watch_wait,
             },

@@ -23,6 +23,8 @@ pub struct WatcherConfig {
     pub environment: Option<String>,
     pub debounce: Duration,
     pub timeout: Duration,
+    /// While a check stays warning or critical, its action runs again this often (0: never).
+    pub repeat: Duration,
     /// Where script actions are written before they run.
     pub scratch: PathBuf,
     pub watch_wait: Duration,
@@ -75,18 +77,28 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
         shutdown.resubscribe(),
     ));
     let mut last: HashMap<String, String> = HashMap::new();
+    // When each check's change was last handed to its worker, for `repeat`.
+    let mut sent: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut workers: HashMap<String, mpsc::UnboundedSender<Change>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
             _ = shutdown.recv() => break,
         }
-        let Some(checks) = rx.borrow_and_update().clone() else {
+        let Some(checks) = rx.borrow().clone() else {
             continue;
         };
+        let now = tokio::time::Instant::now();
         for c in checks.iter().filter(|c| c.check_id != "serfHealth") {
             let prev = last.insert(c.check_id.clone(), c.status.clone());
-            if prev.as_deref() == Some(c.status.as_str()) {
+            let again = !cfg.repeat.is_zero()
+                && c.status != "passing"
+                && sent
+                    .get(&c.check_id)
+                    .is_some_and(|t| now.duration_since(*t) >= cfg.repeat);
+            if prev.as_deref() == Some(c.status.as_str()) && !again {
                 continue;
             }
             // A first sight of a passing check is no transition; warning and critical are
@@ -95,6 +107,7 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
             if prev.is_none() && c.status == "passing" {
                 continue;
             }
+            sent.insert(c.check_id.clone(), now);
             let service = service_of(c).to_string();
             let w = workers.entry(service.clone()).or_insert_with(|| {
                 let (wtx, wrx) = mpsc::unbounded_channel();

@@ -11,6 +11,10 @@ pub struct Node {
     pub name: String,
     pub ip: String,
     pub servant: Option<Servant>,
+    /// How it was launched, for a restart.
+    args: Vec<String>,
+    /// The data dir of a node killed with `sigkill_keep`, for `restart`.
+    kept: Option<tempfile::TempDir>,
 }
 
 pub struct Cluster {
@@ -28,17 +32,30 @@ impl Cluster {
 
     /// `n` servers (bootstrap-expect 3), each servant also given `extra`.
     pub fn start_n(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_each(n, extra, |_| Vec::new())
+    }
+
+    /// `n` servers, node `i` also given `per(i)`.
+    pub fn start_each(n: usize, extra: &[&str], per: impl Fn(usize) -> Vec<String>) -> Cluster {
         let mut c = Cluster {
             net: subnet(),
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        let launched: Vec<Servant> = (0..n).map(|i| c.launch(i, n, true, &[])).collect();
-        for (i, s) in launched.into_iter().enumerate() {
+        let launched: Vec<(Servant, Vec<String>)> = (0..n)
+            .map(|i| {
+                let args = c.args(i, n, true, &per(i));
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                (Servant::launch(&c.ip(i), &refs), args)
+            })
+            .collect();
+        for (i, (s, args)) in launched.into_iter().enumerate() {
             c.nodes.push(Node {
                 name: format!("node{}", i + 1),
                 ip: c.ip(i),
                 servant: Some(s.ready()),
+                args,
+                kept: None,
             });
         }
         let h = c.http(0);
@@ -58,9 +75,9 @@ impl Cluster {
         format!("{}.{}", self.net, i + 2)
     }
 
-    /// Starts node `i` (not yet ready), joining the first `known` nodes' addresses; a Consul
-    /// server or a client agent.
-    fn launch(&self, i: usize, known: usize, server: bool, more: &[&str]) -> Servant {
+    /// The arguments of node `i`, joining the first `known` nodes' addresses; a Consul server
+    /// or a client agent.
+    fn args(&self, i: usize, known: usize, server: bool, more: &[String]) -> Vec<String> {
         let ip = self.ip(i);
         let mut args: Vec<String> = if server {
             vec!["--server".into(), "--bootstrap-expect".into(), "3".into()]
@@ -93,9 +110,8 @@ impl Cluster {
         if server {
             args.extend(self.extra.iter().cloned());
         }
-        args.extend(more.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        Servant::launch(&ip, &refs)
+        args.extend(more.iter().cloned());
+        args
     }
 
     /// Adds one more server node joining the others; returns its index.
@@ -111,13 +127,35 @@ impl Cluster {
 
     fn add(&mut self, server: bool, more: &[&str]) -> usize {
         let i = self.nodes.len();
-        let s = self.launch(i, i, server, more).ready();
+        let more: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+        let args = self.args(i, i, server, &more);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let s = Servant::launch(&self.ip(i), &refs).ready();
         self.nodes.push(Node {
             name: format!("node{}", i + 1),
             ip: self.ip(i),
             servant: Some(s),
+            args,
+            kept: None,
         });
         i
+    }
+
+    /// SIGKILL node `i` but keep its data dir, so `restart` brings the same node back.
+    pub fn sigkill_keep(&mut self, i: usize) {
+        let s = self.nodes[i].servant.take().expect("node already killed");
+        s.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        let Servant { proc, data } = s;
+        drop(proc);
+        self.nodes[i].kept = Some(data);
+    }
+
+    /// Starts node `i` again in its kept data dir, joining the others.
+    pub fn restart(&mut self, i: usize) {
+        let data = self.nodes[i].kept.take().expect("killed with sigkill_keep");
+        let refs: Vec<&str> = self.nodes[i].args.iter().map(String::as_str).collect();
+        let s = Servant::launch_in(data, &self.nodes[i].ip, &refs).ready();
+        self.nodes[i].servant = Some(s);
     }
 
     pub fn http(&self, i: usize) -> Http {

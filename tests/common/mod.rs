@@ -326,7 +326,11 @@ impl Servant {
 
     /// A servant that launches its own Consul agent (`--server`, `--join`, ...).
     pub fn launch(api_ip: &str, args: &[&str]) -> Self {
-        let data = tempfile::tempdir().expect("tempdir");
+        Self::launch_in(tempfile::tempdir().expect("tempdir"), api_ip, args)
+    }
+
+    /// Like `launch`, in an existing data dir (a restart keeps Consul's node ID and data).
+    pub fn launch_in(data: tempfile::TempDir, api_ip: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new(servant_bin());
         cmd.args(["agent", "--data-dir"])
             .arg(data.path())
