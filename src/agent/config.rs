@@ -93,7 +93,7 @@ impl Default for ChecksConfig {
         ChecksConfig {
             environment: None,
             watch: true,
-            debounce: Duration::from_secs(2),
+            debounce: Duration::from_secs(1),
             trigger_timeout: Duration::from_secs(60),
             repeat: Duration::from_secs(60),
             guard: Vec::new(),

@@ -10,7 +10,9 @@ use tracing::{info, warn};
 use super::service::{self, ServiceCheck};
 use super::verdict::Status;
 use crate::agent::config::GuardConfig;
-use crate::consul::{AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client};
+use crate::consul::{
+    AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
+};
 
 /// The check's ID on the local agent.
 pub fn check_id(g: &GuardConfig) -> String {
@@ -100,6 +102,7 @@ pub async fn run(
                 environment: env,
             };
             let id = check_id(&g);
+            let mut index = 0u64;
             loop {
                 let v = service::check(&client, &c).await;
                 let update = match v.status {
@@ -113,7 +116,22 @@ pub async fn run(
                 {
                     warn!(check = %id, error = %e, "cannot update the guard's check");
                 }
-                tokio::time::sleep(g.interval).await;
+                // Wait for the interval, or sooner for a change in the service's health across
+                // the cluster (an active node's serfHealth or check): a standby reacts to the
+                // active node's failure as soon as Consul notices it, not at its next run.
+                let q = QueryOptions::blocking(index, g.interval);
+                let started = tokio::time::Instant::now();
+                match client.health_service(&g.consul_service, false, &q).await {
+                    Ok((_, meta)) => {
+                        index = if meta.index < index { 0 } else { meta.index };
+                    }
+                    Err(_) => index = 0,
+                }
+                // Never busier than every 200 ms, never slower than the interval.
+                let spent = started.elapsed();
+                if spent < std::time::Duration::from_millis(200) {
+                    tokio::time::sleep(std::time::Duration::from_millis(200) - spent).await;
+                }
             }
         }));
     }

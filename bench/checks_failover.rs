@@ -1,0 +1,173 @@
+//! Active/standby failover benchmark: `cargo bench --bench checks_failover`.
+//!
+//! Three Consul servers launched by servants (`--no-apps`); node1 active and node2 standby for
+//! service `demo`, each guarding it with the documented defaults (TTL check every 10s, woken
+//! early by changes to the service's health; debounce 1s). The service is a real HTTP server
+//! (`python3 -m http.server` on the node's own address), started and stopped by one trigger
+//! action. Each trial SIGKILLs node1's servant, its Consul and its HTTP server, and times until
+//! the standby's HTTP server answers; then node1 is restarted and the give-back (node1 serving,
+//! node2's copy stopped) is timed. The part that is Consul's failure detection (until node1's
+//! serfHealth is critical in the catalog) is measured in the same trials. Medians of
+//! `BENCH_TRIALS` (default 5); nothing asserted.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::*;
+use serde_json::json;
+
+const PORT: u16 = 18_080;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Whether an HTTP server answers on `ip:PORT`.
+fn answers(ip: &str) -> bool {
+    let Ok(addr) = format!("{ip}:{PORT}").parse() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+}
+
+fn pid_of(dir: &Path, node: &str) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("{node}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn serf_critical(h: &Http, node: &str) -> bool {
+    h.get_json(&format!("/v1/health/node/{node}"))
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|c| c["CheckID"] == "serfHealth")
+                .map(|c| c["Status"] == "critical")
+        })
+        .unwrap_or(false)
+}
+
+fn main() {
+    let trials: usize = std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let config = |node: &str| {
+        let f = d.join(format!("{node}.toml"));
+        std::fs::write(
+            &f,
+            format!(
+                "[checks]\nenvironment = \"bench\"\n\n[[checks.guard]]\nconsul_service = \"demo\"\nlinux_service = \"demo\"\nstatus_cmd = \"kill -0 $(cat {dir}/{node}.pid 2>/dev/null) 2>/dev/null || exit 3\"\n",
+                dir = d.display()
+            ),
+        )
+        .unwrap();
+        f.display().to_string()
+    };
+    let (c1, c2) = (config("node1"), config("node2"));
+    let mut c = Cluster::start_each(3, &["--no-apps"], |i| match i {
+        0 => vec!["--config".into(), c1.clone()],
+        1 => vec!["--config".into(), c2.clone()],
+        _ => vec![],
+    });
+    let (ip1, ip2) = (c.nodes[0].ip.clone(), c.nodes[1].ip.clone());
+    let h = c.http(2);
+    h.put(
+        "/v1/kv/cluster/bench/demo",
+        json!({"active_nodes": ["node1"], "standby_nodes": ["node2"]}).to_string(),
+    );
+    let action = format!(
+        "#!/bin/sh\nPIDF={dir}/@HOST.pid\ncase @HOST in node1) IP={ip1};; *) IP={ip2};; esac\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelse\n  setsid /usr/bin/python3 -m http.server {PORT} --bind $IP </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
+        dir = d.display()
+    );
+    for role in ["primary", "secondary"] {
+        h.put(
+            &format!("/v1/kv/triggers/bench/demo/{role}/critical"),
+            action.clone(),
+        );
+    }
+    let cleanup = |d: &Path| {
+        for n in ["node1", "node2"] {
+            if let Some(p) = pid_of(d, n) {
+                kill(p);
+            }
+        }
+    };
+    let steady = |d: &Path| {
+        wait_for("node1 serving, node2 not", Duration::from_secs(120), || {
+            (answers(&ip1) && !answers(&ip2) && pid_of(d, "node2").is_none()).then_some(())
+        })
+    };
+    steady(&d);
+    let (mut takeover, mut detect, mut giveback) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..trials {
+        let pid1 = pid_of(&d, "node1").expect("node1's server");
+        let t0 = Instant::now();
+        c.sigkill_keep(0);
+        kill(pid1);
+        let mut detected = None;
+        loop {
+            if detected.is_none() && serf_critical(&h, "node1") {
+                detected = Some(t0.elapsed().as_secs_f64());
+            }
+            if answers(&ip2) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "no takeover");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let t = t0.elapsed().as_secs_f64();
+        takeover.push(t);
+        detect.push(detected.unwrap_or(t));
+        let t1 = Instant::now();
+        c.restart(0);
+        steady(&d);
+        giveback.push(t1.elapsed().as_secs_f64());
+        eprintln!(
+            "trial {trial}: takeover {t:.2}s (consul {:.2}s), give-back {:.2}s",
+            detected.unwrap_or(t),
+            t1.elapsed().as_secs_f64()
+        );
+    }
+    cleanup(&d);
+    println!("# active/standby failover ({trials} trials, documented defaults)\n");
+    println!("| figure | median (s) |\n|---|---|");
+    println!(
+        "| SIGKILL of the active node until the standby's service answers | {:.2} |",
+        median(&mut takeover)
+    );
+    println!(
+        "| of which Consul's failure detection (serfHealth critical) | {:.2} |",
+        median(&mut detect)
+    );
+    println!(
+        "| active node restarted until it serves and the standby's copy is stopped | {:.2} |",
+        median(&mut giveback)
+    );
+}
