@@ -307,3 +307,84 @@ interval = "1s"
         "the check's output is its JSON line: {out}"
     );
 }
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_service_check_reads_a_sysvinit_script_by_its_exit_code() {
+    let c = ConsulDev::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A throwaway LSB init script: `status` exits 0 when the state file says running, else 3.
+    let name = format!("servant-test-{}", std::process::id());
+    let script = std::path::PathBuf::from(format!("/etc/init.d/{name}"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = status ] || exit 2\ngrep -q running {} 2>/dev/null && exit 0\nexit 3\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let _rm = RemoveOnDrop(script.clone());
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("systemd manages this machine; the init script path is not the one taken");
+        return;
+    }
+    let run = || {
+        check(
+            &c.addr(),
+            &[
+                "check", "service", "-s", &name, "-S", "web", "--env", "test",
+            ],
+        )
+    };
+    let (code, v) = run();
+    assert_eq!((code, v["running"].as_bool()), (2, Some(false)), "{v}");
+    std::fs::write(&state, "running").unwrap();
+    let (code, v) = run();
+    assert_eq!((code, v["running"].as_bool()), (0, Some(true)), "{v}");
+}
+
+#[test]
+fn a_script_mode_guard_is_run_by_consul() {
+    let c = ConsulDev::start_with(&["-hcl=enable_script_checks = true"], None);
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("up");
+    let cfg = dir.path().join("servant.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[checks]\nenvironment = \"test\"\nwatch = false\n\n[[checks.guard]]\nconsul_service = \"web\"\nlinux_service = \"demo\"\nstatus_cmd = \"test -f {} || exit 3\"\nmode = \"script\"\ninterval = \"1s\"\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let _s = c.servant(&["--config", cfg.to_str().unwrap()]).ready();
+    let status = |want: &str| {
+        wait_for(&format!("the script check {want}"), T, || {
+            let v = h.get_json("/v1/agent/checks")?;
+            // Consul's first state has no output: wait for the script's own answer.
+            let out = v["servant:web"]["Output"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            (v["servant:web"]["Status"] == want && out.contains("expected")).then_some(out)
+        })
+    };
+    let out = status("critical");
+    assert!(out.contains("\"expected\":\"running\""), "{out}");
+    std::fs::write(&flag, "").unwrap();
+    status("passing");
+}

@@ -113,7 +113,7 @@ pub struct GuardConfig {
     #[serde(default)]
     pub status_cmd: Option<String>,
     /// `ttl`: the agent runs the check and updates a TTL check (works with any Consul);
-    /// `script`: Consul runs `servant check service` (needs `enable_local_script_checks`).
+    /// `script`: Consul runs `servant check service` (needs Consul's `enable_script_checks`).
     #[serde(default = "ttl_mode")]
     pub mode: String,
     /// How often the check runs.

@@ -1,6 +1,7 @@
 //! Guarded services: the agent registers each configured Consul service with a `servant check
 //! service` check, either as a TTL check it runs and updates itself (works on any Consul) or as
-//! a script check Consul runs (needs `enable_local_script_checks`).
+//! a script check Consul runs (needs Consul's `enable_script_checks`: it refuses script checks
+//! registered over HTTP otherwise).
 
 use std::path::PathBuf;
 
