@@ -120,7 +120,14 @@ pub async fn run(
                 // Wait for the interval, or sooner for a change in the service's health across
                 // the cluster (an active node's serfHealth or check): a standby reacts to the
                 // active node's failure as soon as Consul notices it, not at its next run.
-                let q = QueryOptions::blocking(index, g.interval);
+                // A check that is not passing is asked again within a second: the action that
+                // fixes it (a trigger starting the service) shows at once.
+                let wait = if v.status == Status::Passing {
+                    g.interval
+                } else {
+                    g.interval.min(std::time::Duration::from_secs(1))
+                };
+                let q = QueryOptions::blocking(index, wait);
                 let started = tokio::time::Instant::now();
                 match client.health_service(&g.consul_service, false, &q).await {
                     Ok((_, meta)) => {
