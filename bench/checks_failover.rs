@@ -103,7 +103,7 @@ fn main() {
         json!({"active_nodes": ["node1"], "standby_nodes": ["node2"]}).to_string(),
     );
     let action = format!(
-        "#!/bin/sh\nPIDF={dir}/@HOST.pid\ncase @HOST in node1) IP={ip1};; *) IP={ip2};; esac\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelse\n  setsid /usr/bin/python3 -m http.server {PORT} --bind $IP </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
+        "#!/bin/sh\nPIDF={dir}/@HOST.pid\ncase @HOST in node1) IP={ip1};; *) IP={ip2};; esac\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelif ! kill -0 $(cat $PIDF 2>/dev/null) 2>/dev/null; then\n  setsid /usr/bin/python3 -m http.server {PORT} --bind $IP </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
         dir = d.display()
     );
     for role in ["primary", "secondary"] {

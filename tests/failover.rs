@@ -77,7 +77,7 @@ interval = "1s"
     // it expects it stopped.
     let arg = format!("66{:06}", std::process::id() % 1_000_000);
     let action = format!(
-        "#!/bin/sh\nPIDF={dir}/@HOST.pid\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelse\n  setsid sleep {arg} </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
+        "#!/bin/sh\nPIDF={dir}/@HOST.pid\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelif ! kill -0 $(cat $PIDF 2>/dev/null) 2>/dev/null; then\n  setsid sleep {arg} </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
         dir = d.display()
     );
     for role in ["primary", "secondary"] {

@@ -26,6 +26,9 @@ use crate::util::time::now_ms;
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
+/// How long a node whose apps session was replaced waits for the leader to rewrite its
+/// topology key before trusting the key as it is.
+const REJOIN_HOLD: Duration = Duration::from_secs(10);
 /// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
 const TXN_BYTES: usize = 384 * 1024;
 
@@ -368,16 +371,38 @@ async fn node_loop(
         tasks_tx,
         wstop.subscribe(),
     ));
+    // After this node's apps session was lost and made again, its topology key may still name
+    // apps the leader is moving away: hold off until the key changes (the leader has seen the
+    // loss) or `REJOIN_HOLD` passes (it never did).
+    let mut generation = 0u64;
+    let mut hold: Option<(tokio::time::Instant, u64)> = None;
     loop {
-        let ok = session.borrow_and_update().id.is_some();
+        let st = session.borrow_and_update().clone();
+        let ok = st.id.is_some();
         let topo = topo_rx.borrow_and_update().clone();
         let tasks = tasks_rx.borrow_and_update().clone();
+        let key_index = topo
+            .as_ref()
+            .and_then(|t| t.as_ref().map(|e| e.modify_index))
+            .unwrap_or(0);
+        if st.generation != generation {
+            if generation != 0 {
+                info!("apps session replaced: holding apps until the leader has placed them again");
+                hold = Some((tokio::time::Instant::now() + REJOIN_HOLD, key_index));
+            }
+            generation = st.generation;
+        }
+        if let Some((until, index)) = hold {
+            if key_index != index || tokio::time::Instant::now() >= until {
+                hold = None;
+            }
+        }
         if let (Some(topo), Some(tasks)) = (topo, tasks) {
             let names: BTreeSet<String> = topo
                 .and_then(|e| serde_json::from_slice(&e.value).ok())
                 .unwrap_or_default();
             let (parsed, _) = parse_tasks(&cfg.layout, &tasks);
-            if ok {
+            if ok && hold.is_none() {
                 let desired: BTreeMap<String, Task> = parsed
                     .into_iter()
                     .filter(|(n, _)| names.contains(n))
@@ -391,10 +416,12 @@ async fn node_loop(
                     .await;
             }
         }
+        let wake = hold.map(|(until, _)| until);
         tokio::select! {
             r = topo_rx.changed() => if r.is_err() { break },
             r = tasks_rx.changed() => if r.is_err() { break },
             r = session.changed() => if r.is_err() { break },
+            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
             _ = stop.recv() => break,
         }
     }

@@ -146,11 +146,18 @@ async fn worker(
         while let Ok(newer) = rx.try_recv() {
             change = newer;
         }
-        let current = snapshot.borrow().as_ref().and_then(|cs| {
-            cs.iter()
-                .find(|c| c.check_id == change.check_id)
-                .map(|c| (c.status.clone(), c.output.clone()))
-        });
+        // The state and output as the local agent has them now: the catalog's output can lag
+        // by Consul's check_update_interval, and the action must see the latest verdict.
+        let current = match client.agent_checks().await {
+            Ok(checks) => checks
+                .get(&change.check_id)
+                .map(|c| (c.status.clone(), c.output.clone())),
+            Err(_) => snapshot.borrow().as_ref().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.check_id == change.check_id)
+                    .map(|c| (c.status.clone(), c.output.clone()))
+            }),
+        };
         let Some((status, output)) = current else {
             continue;
         };

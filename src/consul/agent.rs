@@ -158,6 +158,17 @@ impl Client {
         Ok(v.unwrap_or_default())
     }
 
+    /// The local agent's checks by ID, as the agent itself sees them: fresher than the
+    /// catalog, which gets output-only changes only every `check_update_interval`.
+    pub async fn agent_checks(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::consul::HealthCheck>, ConsulError> {
+        let (v, _) = self
+            .get_json("/v1/agent/checks", &QueryOptions::default(), &[])
+            .await?;
+        Ok(v.unwrap_or_default())
+    }
+
     /// Registers a standalone check on the local agent.
     pub async fn agent_check_register(
         &self,
