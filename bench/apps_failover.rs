@@ -57,17 +57,6 @@ fn running_host(h: &Http, task: &str, arg: &str) -> Option<String> {
         .then_some(host)
 }
 
-fn serf_critical(h: &Http, node: &str) -> bool {
-    h.get_json(&format!("/v1/health/node/{node}"))
-        .and_then(|v| {
-            v.as_array()?
-                .iter()
-                .find(|c| c["CheckID"] == "serfHealth")
-                .map(|c| c["Status"] == "critical")
-        })
-        .unwrap_or(true)
-}
-
 /// Polls every 20 ms: (time to Consul's failure detection, time to `done`).
 fn time_kill(
     c: &mut Cluster,

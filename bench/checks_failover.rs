@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::*;
-use serde_json::json;
 
 const PORT: u16 = 18_080;
 
@@ -45,32 +44,6 @@ fn answers(ip: &str) -> bool {
     s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
 }
 
-fn pid_of(dir: &Path, node: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("{node}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-fn serf_critical(h: &Http, node: &str) -> bool {
-    h.get_json(&format!("/v1/health/node/{node}"))
-        .and_then(|v| {
-            v.as_array()?
-                .iter()
-                .find(|c| c["CheckID"] == "serfHealth")
-                .map(|c| c["Status"] == "critical")
-        })
-        .unwrap_or(false)
-}
-
 fn main() {
     let trials: usize = std::env::var("BENCH_TRIALS")
         .ok()
@@ -78,44 +51,19 @@ fn main() {
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let config = |node: &str| {
-        let f = d.join(format!("{node}.toml"));
-        std::fs::write(
-            &f,
-            format!(
-                "[checks]\nenvironment = \"bench\"\n\n[[checks.guard]]\nconsul_service = \"demo\"\nlinux_service = \"demo\"\nstatus_cmd = \"kill -0 $(cat {dir}/{node}.pid 2>/dev/null) 2>/dev/null || exit 3\"\n",
-                dir = d.display()
-            ),
-        )
-        .unwrap();
-        f.display().to_string()
-    };
-    let (c1, c2) = (config("node1"), config("node2"));
-    let mut c = Cluster::start_each(3, &["--no-apps"], |i| match i {
-        0 => vec!["--config".into(), c1.clone()],
-        1 => vec!["--config".into(), c2.clone()],
-        _ => vec![],
-    });
+    let mut c = active_standby(
+        &d,
+        "bench",
+        "",
+        "",
+        &format!("/usr/bin/python3 -m http.server {PORT} --bind $IP"),
+    );
     let (ip1, ip2) = (c.nodes[0].ip.clone(), c.nodes[1].ip.clone());
     let h = c.http(2);
-    h.put(
-        "/v1/kv/cluster/bench/demo",
-        json!({"active_nodes": ["node1"], "standby_nodes": ["node2"]}).to_string(),
-    );
-    let action = format!(
-        "#!/bin/sh\nPIDF={dir}/@HOST.pid\ncase @HOST in node1) IP={ip1};; *) IP={ip2};; esac\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelif ! kill -0 $(cat $PIDF 2>/dev/null) 2>/dev/null; then\n  setsid /usr/bin/python3 -m http.server {PORT} --bind $IP </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
-        dir = d.display()
-    );
-    for role in ["primary", "secondary"] {
-        h.put(
-            &format!("/v1/kv/triggers/bench/demo/{role}/critical"),
-            action.clone(),
-        );
-    }
     let cleanup = |d: &Path| {
         for n in ["node1", "node2"] {
-            if let Some(p) = pid_of(d, n) {
-                kill(p);
+            if let Some(p) = pid_alive(d, n) {
+                kill_pid(p);
             }
         }
     };
@@ -123,7 +71,7 @@ fn main() {
     let steady = |d: &Path| {
         let mut since: Option<Instant> = None;
         wait_for("node1 serving, node2 not", Duration::from_secs(120), || {
-            let ok = answers(&ip1) && !answers(&ip2) && pid_of(d, "node2").is_none();
+            let ok = answers(&ip1) && !answers(&ip2) && pid_alive(d, "node2").is_none();
             match (ok, since) {
                 (false, _) => since = None,
                 (true, None) => since = Some(Instant::now()),
@@ -137,10 +85,10 @@ fn main() {
     steady(&d);
     let (mut takeover, mut detect, mut giveback) = (Vec::new(), Vec::new(), Vec::new());
     for trial in 0..trials {
-        let pid1 = pid_of(&d, "node1").expect("node1's server");
+        let pid1 = pid_alive(&d, "node1").expect("node1's server");
         let t0 = Instant::now();
         c.sigkill_keep(0);
-        kill(pid1);
+        kill_pid(pid1);
         let mut detected = None;
         loop {
             if detected.is_none() && serf_critical(&h, "node1") {

@@ -1,6 +1,7 @@
 //! A loopback cluster: servants that each launch their own Consul server on their own address,
 //! in a subnet of their own (the one-executable cluster start).
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;
@@ -187,4 +188,87 @@ impl Cluster {
     pub fn names(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.name.clone()).collect()
     }
+}
+
+/// An active/standby pair for service `demo` in environment `env`, on three Consul servers
+/// (`--no-apps`): node1 active, node2 standby (node3 keeps the quorum). Both guard `demo` with
+/// a status command that reads `<dir>/<node>.pid`; `checks_extra` adds lines to their `[checks]`
+/// section and `guard_extra` to their guard's. One trigger action serves both roles: when the check expects the service stopped it
+/// kills the pid; otherwise, unless it already runs, it starts `start` detached (`$IP` is the
+/// node's own address) and writes the pid file.
+pub fn active_standby(
+    dir: &Path,
+    env: &str,
+    checks_extra: &str,
+    guard_extra: &str,
+    start: &str,
+) -> Cluster {
+    let config = |node: &str| {
+        let f = dir.join(format!("{node}.toml"));
+        std::fs::write(
+            &f,
+            format!(
+                "[checks]\nenvironment = \"{env}\"\n{checks_extra}\n\n[[checks.guard]]\nconsul_service = \"demo\"\nlinux_service = \"demo\"\nstatus_cmd = \"kill -0 $(cat {dir}/{node}.pid 2>/dev/null) 2>/dev/null || exit 3\"\n{guard_extra}\n",
+                dir = dir.display()
+            ),
+        )
+        .expect("write config");
+        f.display().to_string()
+    };
+    let (c1, c2) = (config("node1"), config("node2"));
+    let c = Cluster::start_each(3, &["--no-apps"], |i| match i {
+        0 => vec!["--config".into(), c1.clone()],
+        1 => vec!["--config".into(), c2.clone()],
+        _ => vec![],
+    });
+    let h = c.http(2);
+    h.put(
+        &format!("/v1/kv/cluster/{env}/demo"),
+        serde_json::json!({"active_nodes": ["node1"], "standby_nodes": ["node2"]}).to_string(),
+    );
+    let action = format!(
+        "#!/bin/sh\nPIDF={dir}/@HOST.pid\ncase @HOST in node1) IP={ip1};; *) IP={ip2};; esac\nif [ \"$SERVANT_EXPECTED\" = stopped ]; then\n  kill $(cat $PIDF) 2>/dev/null; rm -f $PIDF\nelif ! kill -0 $(cat $PIDF 2>/dev/null) 2>/dev/null; then\n  setsid {start} </dev/null >/dev/null 2>&1 &\n  echo $! > $PIDF\nfi\n",
+        dir = dir.display(),
+        ip1 = c.nodes[0].ip,
+        ip2 = c.nodes[1].ip,
+    );
+    for role in ["primary", "secondary"] {
+        h.put(
+            &format!("/v1/kv/triggers/{env}/demo/{role}/critical"),
+            action.clone(),
+        );
+    }
+    c
+}
+
+/// The pid in `<dir>/<node>.pid`, if that process is alive (not a zombie).
+pub fn pid_alive(dir: &Path, node: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join(format!("{node}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    (state != "Z").then_some(pid)
+}
+
+/// SIGKILL one pid, ignoring one that is gone.
+pub fn kill_pid(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Whether the catalog has `node`'s serfHealth critical: Consul's failure detection is done.
+pub fn serf_critical(h: &Http, node: &str) -> bool {
+    h.get_json(&format!("/v1/health/node/{node}"))
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|c| c["CheckID"] == "serfHealth")
+                .map(|c| c["Status"] == "critical")
+        })
+        .unwrap_or(false)
 }
