@@ -213,6 +213,23 @@ fn triggers_run_by_hand_substitute_time_out_and_are_recorded() {
     assert_eq!(runs[2]["timed_out"], true);
     assert_eq!(runs[0]["key"], "triggers/test/web/standalone/critical");
     assert_eq!(runs[1]["key"], "triggers/web/standalone/warning");
+    // Broken role data: no action runs (which one would be right?), and the error says why.
+    h.put("/v1/kv/cluster/test/web", "{broken");
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        format!("echo should-not-run > {}", out.display()),
+    );
+    let (code, _, err) = cli(
+        &c.addr(),
+        &["trigger", "critical", "-s", &check_json, "--env", "test"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("without a role"), "{err}");
+    assert_ne!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "should-not-run"
+    );
+    h.delete("/v1/kv/cluster/test/web");
     // Not a check's JSON: an error, not a crash.
     let (code, _, err) = cli(&c.addr(), &["trigger", "critical", "-s", "{oops"]);
     assert_eq!(code, 1);

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use super::role::Role;
 use super::service::{local, role_for, Local};
 use super::trigger::{fire, TriggerCtx};
 use crate::consul::{watch_loop, Client, HealthCheck};
@@ -165,11 +164,13 @@ async fn worker(
             info!(service = %service, check = %change.check_id, "state changed again within the debounce; no action");
             continue;
         }
+        // Without a role there is no telling which action is right (a standby must not run a
+        // standalone's start): no action, and the check itself says why it is critical.
         let role = match role_for(&client, &me, &service).await {
             Ok((r, _)) => r,
             Err(e) => {
-                warn!(service = %service, error = %e, "role unknown; triggering as standalone");
-                Role::Standalone
+                warn!(service = %service, error = %e, "role unknown; no trigger action runs");
+                continue;
             }
         };
         let ctx = TriggerCtx {

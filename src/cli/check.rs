@@ -7,11 +7,11 @@ use serde_json::Value;
 use std::path::Path;
 
 use super::Ctx;
+use crate::checks::crontab;
 use crate::checks::process::{self, Selector};
 use crate::checks::service::{self, local, role_for, ServiceCheck};
 use crate::checks::trigger::{fire, TriggerCtx};
 use crate::checks::verdict::Verdict;
-use crate::checks::{crontab, role::Role};
 use crate::util::duration::parse_duration;
 
 #[derive(Debug, Subcommand)]
@@ -186,13 +186,10 @@ async fn trigger_one(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| anyhow::anyhow!("the check has neither ServiceName nor Name: {check}"))?
         .to_string();
-    let role = match role_for(&ctx.client, &me, &service).await {
-        Ok((r, _)) => r,
-        Err(e) => {
-            eprintln!("servant: {e}; triggering as standalone");
-            Role::Standalone
-        }
-    };
+    // Without a role there is no telling which action is right: refuse, saying why.
+    let (role, _) = role_for(&ctx.client, &me, &service)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; no trigger action runs without a role"))?;
     let tctx = TriggerCtx {
         env: me.env.clone(),
         host: me.node.clone(),
@@ -250,8 +247,14 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
         if !ours || c["Status"].as_str() != Some(a.state.as_str()) || c["CheckID"] == "serfHealth" {
             continue;
         }
-        if let Some(code) = trigger_one(ctx, c, a.state.as_str(), &a.opts).await? {
-            worst = worst.max(code);
+        // One check's trouble (bad role data) does not keep the others' actions from running.
+        match trigger_one(ctx, c, a.state.as_str(), &a.opts).await {
+            Ok(Some(code)) => worst = worst.max(code),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("servant: {e:#}");
+                worst = worst.max(1);
+            }
         }
     }
     Ok(worst)
