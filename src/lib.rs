@@ -8,4 +8,5 @@ pub mod cli;
 pub mod consul;
 pub mod devserver;
 pub mod jobs;
+pub mod templates;
 pub mod util;
