@@ -67,6 +67,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(c) => cli::check::check(&ctx, c).await,
         Command::Trigger(a) => cli::check::trigger(&ctx, a).await,
         Command::Watch(a) => cli::check::watch(&ctx, a).await,
+        Command::Template(a) => cli::template::run_cmd(&ctx, a).await,
         Command::KvGet(a) => cli::kv::run(&ctx, cli::kv::KvCommand::Get(a)).await,
         Command::KvKeys(a) => cli::kv::run(&ctx, cli::kv::KvCommand::Keys(a)).await,
         Command::KvList(a) => cli::kv::run(&ctx, cli::kv::KvCommand::List(a)).await,

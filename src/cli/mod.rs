@@ -12,6 +12,7 @@ pub mod logs;
 pub mod node;
 pub mod show;
 pub mod start;
+pub mod template;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -91,6 +92,8 @@ pub enum Command {
     Trigger(check::TriggerArgs),
     /// A `consul watch -type=checks` handler: runs the triggers of this node's checks in a state.
     Watch(check::WatchArgs),
+    /// Render templates from Consul's catalog and KV, and keep them current (consul-template).
+    Template(template::TemplateArgs),
     /// Get an item from the KV store (consul_visa).
     #[command(name = "kv-get")]
     KvGet(kv::KeyArg),

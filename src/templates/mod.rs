@@ -13,6 +13,8 @@ mod eval;
 mod funcs;
 mod lexer;
 mod parser;
+pub mod runner;
+pub mod source;
 
 use serde_json::Value;
 

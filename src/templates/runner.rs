@@ -1,0 +1,389 @@
+//! `servant template`'s loop: one blocking watch per distinct dependency, shared by every
+//! template; render when the data changed and has been quiet for `wait.min` (or `wait.max`
+//! passed); write a changed output atomically (temp file + rename, with perms and an optional
+//! backup); run its command only when the output changed, with a timeout. A render error keeps
+//! the last good file and is reported.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{error, info, warn};
+
+use super::source::{fetch, CachedSource, Dep, DATA_FUNCS};
+use super::{parse, Template};
+use crate::consul::{Backoff, Client, QueryOptions};
+use crate::util::duration::parse_duration;
+
+/// One template: where it comes from, where it goes, what runs after a change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    /// Run by `sh -c` after the output changed (a reload).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Mode of the output file, e.g. 0o644 (written as a number or an octal string).
+    #[serde(default, deserialize_with = "de_perms")]
+    pub perms: Option<u32>,
+    /// Keep the previous output as `<destination>.bak`.
+    #[serde(default)]
+    pub backup: bool,
+    /// The command is killed after this long (Go duration; default 30s).
+    #[serde(default)]
+    pub command_timeout: Option<String>,
+}
+
+fn de_perms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_u64().map(|n| n as u32)),
+        Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!("perms: {other}"))),
+    }
+}
+use serde::Deserialize;
+
+/// consul-template's `-template "in:out[:command]"`.
+pub fn parse_template_flag(s: &str) -> Result<TemplateSpec, String> {
+    let mut parts = s.splitn(3, ':');
+    let source = parts.next().unwrap_or("");
+    let dest = parts.next().unwrap_or("");
+    if source.is_empty() || dest.is_empty() {
+        return Err(format!("-template {s:?}: expected \"in:out[:command]\""));
+    }
+    Ok(TemplateSpec {
+        source: source.into(),
+        destination: dest.into(),
+        command: parts.next().filter(|c| !c.is_empty()).map(str::to_string),
+        perms: None,
+        backup: false,
+        command_timeout: None,
+    })
+}
+
+/// `-wait min[:max]`; max defaults to 4 × min, as consul-template does.
+pub fn parse_wait(s: &str) -> Result<(Duration, Duration), String> {
+    let (a, b) = match s.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let min = parse_duration(a).map_err(|e| format!("-wait {s:?}: {e}"))?;
+    let max = match b {
+        Some(b) => parse_duration(b).map_err(|e| format!("-wait {s:?}: {e}"))?,
+        None => min * 4,
+    };
+    if max < min {
+        return Err(format!("-wait {s:?}: max is below min"));
+    }
+    Ok((min, max))
+}
+
+/// How the runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub templates: Vec<TemplateSpec>,
+    /// Quiescence: render after the data was quiet this long...
+    pub wait_min: Duration,
+    /// ...or at the latest this long after the first change.
+    pub wait_max: Duration,
+    /// Render once, when every dependency has data, then stop.
+    pub once: bool,
+    /// Print to stdout instead of writing files or running commands.
+    pub dry: bool,
+    /// `wait` of the blocking queries.
+    pub watch_wait: Duration,
+}
+
+/// Why the runner stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read template {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] super::TemplateError),
+    #[error("{0}")]
+    Render(String),
+}
+
+struct Loaded {
+    spec: TemplateSpec,
+    template: Template,
+}
+
+/// Starts the watch of one dependency: its value on `tx` whenever Consul's index moves.
+fn watch(client: &Client, dep: Dep, wait: Duration, tx: mpsc::UnboundedSender<(Dep, Value)>) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut index = 0u64;
+        let mut backoff = Backoff::default();
+        loop {
+            match fetch(&client, &dep, &QueryOptions::blocking(index, wait)).await {
+                Ok((v, meta)) => {
+                    backoff.reset();
+                    let moved = meta.index != index || index == 0;
+                    index = if meta.index < index { 0 } else { meta.index.max(1) };
+                    if moved && tx.send((dep.clone(), v)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(dependency = ?dep, error = %e, "template watch failed; retrying");
+                    index = 0;
+                    tokio::time::sleep(backoff.fail()).await;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+}
+
+/// Writes `text` to `dest` atomically; keeps the old file as `.bak` when asked.
+fn write_atomic(spec: &TemplateSpec, text: &str) -> std::io::Result<()> {
+    let dest = &spec.destination;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let tmp = dir.join(format!(
+        ".{}.servant-tmp",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    std::fs::write(&tmp, text)?;
+    let mode = spec.perms.or_else(|| {
+        std::fs::metadata(dest)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o7777)
+    });
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+    if spec.backup && dest.exists() {
+        std::fs::copy(dest, PathBuf::from(format!("{}.bak", dest.display())))?;
+    }
+    std::fs::rename(&tmp, dest)
+}
+
+/// Runs a template's command with its timeout; the result as text for the log.
+async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = c.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let pgid = child.id().unwrap_or(0);
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => Err(format!("{cmd:?} exited {st}")),
+        Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
+        Err(_) => {
+            crate::jobs::runner::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            Err(format!("{cmd:?} killed after {timeout:?}"))
+        }
+    }
+}
+
+/// Runs until `shutdown` (or, with `once`, until every template rendered once).
+pub async fn run(
+    client: Client,
+    cfg: RunnerConfig,
+    mut shutdown: broadcast::Receiver<()>,
+) -> Result<(), RunError> {
+    let mut loaded = Vec::new();
+    for spec in &cfg.templates {
+        let text = std::fs::read_to_string(&spec.source).map_err(|e| RunError::Read {
+            path: spec.source.display().to_string(),
+            source: e,
+        })?;
+        let name = spec.source.display().to_string();
+        let template = parse(&name, &text, DATA_FUNCS)?;
+        loaded.push(Loaded {
+            spec: spec.clone(),
+            template,
+        });
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Dep, Value)>();
+    let mut cache = CachedSource::default();
+    let mut watched: HashSet<Dep> = HashSet::new();
+    // Dependencies known before the first render: one watch each, shared by all templates.
+    for l in &loaded {
+        for (name, args) in l.template.literal_calls() {
+            if let Some(dep) = Dep::of(&name, &args) {
+                if watched.insert(dep.clone()) {
+                    watch(&client, dep, cfg.watch_wait, tx.clone());
+                }
+            }
+        }
+    }
+    let mut last: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for l in &loaded {
+        if let Ok(t) = std::fs::read_to_string(&l.spec.destination) {
+            last.insert(l.spec.destination.clone(), t);
+        }
+    }
+    let mut first_render = true;
+    loop {
+        // Wait for data: everything watched has a value, then quiescence. A template that
+        // needs no Consul data renders at once.
+        let nothing_to_wait_for = first_render && watched.is_empty();
+        if !nothing_to_wait_for {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.recv() => return Ok(()),
+            };
+            let Some((dep, v)) = first else { return Ok(()) };
+            cache.data.insert(dep, v);
+        }
+        if !nothing_to_wait_for && (!first_render || !cfg.wait_min.is_zero()) {
+            let deadline = tokio::time::Instant::now() + cfg.wait_max;
+            loop {
+                let quiet = tokio::time::Instant::now() + cfg.wait_min;
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some((d, v)) => { cache.data.insert(d, v); }
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep_until(quiet.min(deadline)) => break,
+                    _ = shutdown.recv() => return Ok(()),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        // Take whatever else arrived meanwhile.
+        while let Ok((d, v)) = rx.try_recv() {
+            cache.data.insert(d, v);
+        }
+        if watched.iter().any(|d| !cache.data.contains_key(d)) {
+            continue;
+        }
+        first_render = false;
+        let mut all_rendered = true;
+        let mut failures = Vec::new();
+        for l in &loaded {
+            cache.missing.clear();
+            let out = l.template.execute(&Value::Null, &mut cache);
+            if !cache.missing.is_empty() {
+                // Found dependencies the first pass could not see (computed arguments).
+                for dep in std::mem::take(&mut cache.missing) {
+                    if watched.insert(dep.clone()) {
+                        watch(&client, dep, cfg.watch_wait, tx.clone());
+                    }
+                }
+                all_rendered = false;
+                continue;
+            }
+            let text = match out {
+                Ok(t) => t,
+                Err(e) => {
+                    error!(template = %l.spec.source.display(), error = %e, "render failed; the last good file stays");
+                    eprintln!("servant: {e}");
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            if cfg.dry {
+                println!("> {}\n{text}", l.spec.destination.display());
+                continue;
+            }
+            if last.get(&l.spec.destination) == Some(&text) {
+                continue;
+            }
+            if let Err(e) = write_atomic(&l.spec, &text) {
+                error!(file = %l.spec.destination.display(), error = %e, "cannot write the output");
+                failures.push(format!("{}: {e}", l.spec.destination.display()));
+                continue;
+            }
+            info!(file = %l.spec.destination.display(), "rendered");
+            last.insert(l.spec.destination.clone(), text);
+            if let Some(cmd) = &l.spec.command {
+                let timeout = l
+                    .spec
+                    .command_timeout
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .unwrap_or(Duration::from_secs(30));
+                match run_command(cmd, timeout).await {
+                    Ok(()) => info!(command = %cmd, "command ran"),
+                    Err(e) => {
+                        error!(error = %e, "command failed");
+                        eprintln!("servant: {e}");
+                    }
+                }
+            }
+        }
+        if cfg.once && all_rendered {
+            return if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(RunError::Render(failures.join("; ")))
+            };
+        }
+        if !all_rendered {
+            // New watches answer soon; render again then.
+            continue;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_and_wait_flags() {
+        let t = parse_template_flag("in.ctmpl:/etc/nginx/conf.d/x.conf:nginx -s reload").unwrap();
+        assert_eq!(t.source, PathBuf::from("in.ctmpl"));
+        assert_eq!(t.destination, PathBuf::from("/etc/nginx/conf.d/x.conf"));
+        assert_eq!(t.command.as_deref(), Some("nginx -s reload"));
+        assert_eq!(parse_template_flag("a:b").unwrap().command, None);
+        assert!(parse_template_flag("only").is_err());
+        assert_eq!(
+            parse_wait("2s").unwrap(),
+            (Duration::from_secs(2), Duration::from_secs(8))
+        );
+        assert_eq!(
+            parse_wait("1s:3s").unwrap(),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        assert!(parse_wait("3s:1s").is_err());
+        assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn writes_are_atomic_with_perms_and_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.conf");
+        let spec = TemplateSpec {
+            source: "x".into(),
+            destination: dest.clone(),
+            command: None,
+            perms: Some(0o600),
+            backup: true,
+            command_timeout: None,
+        };
+        write_atomic(&spec, "one").unwrap();
+        write_atomic(&spec, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.conf.bak")).unwrap(),
+            "one"
+        );
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
