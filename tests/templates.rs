@@ -181,3 +181,48 @@ fn safe_ls_refuses_an_empty_prefix_and_keeps_the_last_file() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "a=1\n");
 }
+
+#[test]
+fn the_agent_keeps_its_configured_templates_rendered() {
+    let c = ConsulDev::start();
+    let h = c.http();
+    register(&h, "web-1", 8001, "passing");
+    h.put("/v1/kv/config/greeting", "from the agent");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("web.ctmpl");
+    let out = dir.path().join("web.conf");
+    let names = dir.path().join("names.ctmpl");
+    let names_out = dir.path().join("names.txt");
+    std::fs::write(&src, TEMPLATE).unwrap();
+    std::fs::write(&names, "{{range services}}{{.Name}} {{end}}").unwrap();
+    let cfg = dir.path().join("servant.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "template_wait = \"100ms:1s\"\n\n[[template]]\nsource = \"{}\"\ndestination = \"{}\"\nperms = \"0600\"\n\n[[template]]\nsource = \"{}\"\ndestination = \"{}\"\n",
+            src.display(),
+            out.display(),
+            names.display(),
+            names_out.display()
+        ),
+    )
+    .unwrap();
+    let _s = c.servant(&["--config", cfg.to_str().unwrap()]).ready();
+    wait_for("rendered by the agent", T, || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.contains(":8001;") && t.contains("# from the agent"))
+    });
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    h.put(
+        "/v1/agent/service/register",
+        json!({"ID": "db-1", "Name": "db", "Port": 5432}).to_string(),
+    );
+    wait_for("the second template follows the catalog", T, || {
+        std::fs::read_to_string(&names_out)
+            .ok()
+            .filter(|t| t.contains("db "))
+    });
+}

@@ -64,6 +64,10 @@ pub struct AgentConfig {
     pub apps: AppsConfig,
     /// Health checks, roles and triggers (python-powerconsul's).
     pub checks: ChecksConfig,
+    /// Templates the agent keeps rendered (`[[template]]`, as in `servant template -config`).
+    pub template: Vec<crate::templates::runner::TemplateSpec>,
+    /// Their quiescence, `min[:max]`.
+    pub template_wait: Option<String>,
 }
 
 /// Checks this agent registers, and the native trigger watcher.
@@ -229,6 +233,8 @@ impl Default for AgentConfig {
             consul: LaunchConfig::default(),
             apps: AppsConfig::default(),
             checks: ChecksConfig::default(),
+            template: Vec::new(),
+            template_wait: None,
         }
     }
 }
@@ -328,6 +334,12 @@ impl AgentConfig {
                     detail: "needs a consul_service and an interval of at least 1s".into(),
                 });
             }
+        }
+        if let Some(w) = &self.template_wait {
+            crate::templates::runner::parse_wait(w).map_err(|e| ConfigError::Invalid {
+                field: "template_wait",
+                detail: e,
+            })?;
         }
         if self.max_parallel == 0 {
             return Err(ConfigError::Invalid {

@@ -248,6 +248,28 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             shutdown.subscribe(),
         ))
     });
+    let templates_task = (!cfg.template.is_empty()).then(|| {
+        let (wait_min, wait_max) = cfg
+            .template_wait
+            .as_deref()
+            .and_then(|w| crate::templates::runner::parse_wait(w).ok())
+            .unwrap_or((Duration::ZERO, Duration::ZERO));
+        let runner = crate::templates::runner::RunnerConfig {
+            templates: cfg.template.clone(),
+            wait_min,
+            wait_max,
+            once: false,
+            dry: false,
+            watch_wait: cfg.watch_wait,
+        };
+        let client = client.clone();
+        let stop = shutdown.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = crate::templates::runner::run(client, runner, stop).await {
+                tracing::error!(error = %e, "the agent's templates stopped");
+            }
+        })
+    });
     let apps_task = cfg.apps.enabled.then(|| {
         let apps_cfg = crate::apps::node::AppsNodeConfig::from_agent(
             cfg,
@@ -267,7 +289,10 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
     info!("signal received: no new jobs; waiting for running jobs");
     let _ = shutdown.send(());
     let _ = worker_task.await;
-    for t in [apps_task, watcher_task, guard_task].into_iter().flatten() {
+    for t in [apps_task, watcher_task, guard_task, templates_task]
+        .into_iter()
+        .flatten()
+    {
         let _ = t.await;
     }
     let _ = keeper_stop.send(());

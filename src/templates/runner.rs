@@ -19,7 +19,7 @@ use crate::consul::{Backoff, Client, QueryOptions};
 use crate::util::duration::parse_duration;
 
 /// One template: where it comes from, where it goes, what runs after a change.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub source: PathBuf,
