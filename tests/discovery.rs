@@ -99,3 +99,44 @@ fn job_services_with_http_checks_answer_consul_dns() {
         "{srv:?}"
     );
 }
+
+#[test]
+fn job_services_register_tcp_ttl_and_script_checks() {
+    let c = ConsulDev::start_with(&["-hcl=enable_script_checks = true"], None);
+    let h = c.http();
+    let _s = c.servant(&[]).ready();
+    let port = 22_000 + (std::process::id() % 2_000) as u16 * 2;
+    let job = json!({
+        "Command": format!("exec /usr/bin/python3 -m http.server {port} --bind {}", c.ip),
+        "NoWait": true,
+        "Services": [
+            {"ID": "tcp-svc", "Name": "tcp-svc", "Port": port, "Address": c.ip,
+             "Check": {"TCP": format!("{}:{port}", c.ip), "Interval": "1s"}},
+            {"ID": "script-svc", "Name": "script-svc", "Port": port,
+             "Check": {"Args": ["/bin/sh", "-c", "exit 0"], "Interval": "1s"}},
+            {"ID": "ttl-svc", "Name": "ttl-svc", "Port": port, "Check": {"TTL": "30s"}},
+        ],
+    });
+    h.put("/v1/kv/jobs/checked", job.to_string());
+    for svc in ["tcp-svc", "script-svc"] {
+        wait_for(&format!("{svc} passing"), T, || {
+            (h.get_json(&format!("/v1/health/service/{svc}?passing"))?
+                .as_array()?
+                .len()
+                == 1)
+                .then_some(())
+        });
+    }
+    // A TTL check waits for its owner's update: registered, and critical until then.
+    let checks = h.get_json("/v1/agent/checks").unwrap();
+    let ttl = checks
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|c| c["ServiceID"] == "ttl-svc")
+        .expect("the TTL check is registered")
+        .clone();
+    assert_eq!(ttl["Type"], "ttl", "{ttl}");
+    let srv = dig(&c.ip, "tcp-svc.service.consul", "SRV");
+    assert_eq!(srv.len(), 1, "{srv:?}");
+}
