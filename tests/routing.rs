@@ -17,10 +17,11 @@ use serde_json::json;
 const T: Duration = Duration::from_secs(40);
 
 /// One HTTP GET: (status, body).
-fn get(addr: &str) -> Option<(u16, String)> {
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -29,7 +30,8 @@ fn get(addr: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Three backends as NoWait servant jobs, each serving its own name, with an HTTP check.
+/// Three backends of service `web` (tagged `routed`) as NoWait servant jobs, each serving its
+/// own name, with an HTTP check.
 fn start_backends(h: &Http, ip: &str, base: u16, root: &Path) -> Vec<u16> {
     (0..3u16)
         .map(|i| {
@@ -38,10 +40,13 @@ fn start_backends(h: &Http, ip: &str, base: u16, root: &Path) -> Vec<u16> {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("index.html"), format!("backend-{i}\n")).unwrap();
             let job = json!({
-                "Command": format!("exec /usr/bin/python3 -m http.server {port} --bind {ip}"),
+                // When the server dies the job lives on, so the instance stays registered
+                // with a failing check (the shim ends the sleep with the agent).
+                "Command": format!("/usr/bin/python3 -m http.server {port} --bind {ip}; sleep 3600"),
                 "NoWait": true,
                 "Dir": dir,
                 "Services": [{"ID": format!("web-{i}"), "Name": "web", "Port": port,
+                              "Tags": ["routed"],
                               "Address": ip,
                               "Check": {"HTTP": format!("http://{ip}:{port}/"), "Interval": "1s"}}],
             });
@@ -83,11 +88,11 @@ fn kill_pid(pid: i32) {
 }
 
 /// Backends seen in `n` requests through `addr`, and whether any failed.
-fn spread(addr: &str, n: usize) -> (BTreeSet<String>, usize) {
+fn spread(addr: &str, path: &str, n: usize) -> (BTreeSet<String>, usize) {
     let mut seen = BTreeSet::new();
     let mut failed = 0;
     for _ in 0..n {
-        match get(addr) {
+        match get(addr, path) {
             Some((200, body)) => {
                 seen.insert(body.trim().to_string());
             }
@@ -121,23 +126,35 @@ fn nginx_follows_the_catalog() {
     let d = dir.path();
     let base = 23_000 + (std::process::id() % 1_000) as u16 * 8;
     let listen = format!("{}:{}", c.ip, base + 7);
+    // In the style of the Nomad demo: an upstream (least_conn) and a location per routed
+    // service, healthy instances only, a dead-end server when there is none.
     std::fs::write(
-        d.join("upstreams.ctmpl"),
-        r#"upstream web {
+        d.join("routes.ctmpl"),
+        format!(
+            r#"{{{{- range services}}}}{{{{if in .Tags "routed"}}}}
+upstream {{{{.Name}}}} {{
   least_conn;
-  {{- range service "web"}}
-  server {{.Address}}:{{.Port}};
-  {{- else}}
+  {{{{- range service .Name}}}}
+  server {{{{.Address}}}}:{{{{.Port}}}};
+  {{{{- else}}}}
   server 127.0.0.1:65535;
-  {{- end}}
-}
-"#,
+  {{{{- end}}}}
+}}
+{{{{- end}}}}{{{{end}}}}
+server {{
+  listen {listen};
+  {{{{- range services}}}}{{{{if in .Tags "routed"}}}}
+  location /{{{{.Name}}}}/ {{ proxy_pass http://{{{{.Name}}}}/; }}
+  {{{{- end}}}}{{{{end}}}}
+}}
+"#
+        ),
     )
     .unwrap();
     std::fs::write(
         d.join("nginx.conf"),
         format!(
-            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  include {dir}/upstreams.conf;\n  server {{\n    listen {listen};\n    location / {{ proxy_pass http://web; }}\n  }}\n}}\n",
+            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  include {dir}/routes.conf;\n}}\n",
             dir = d.display()
         ),
     )
@@ -150,8 +167,8 @@ fn nginx_follows_the_catalog() {
             == 3)
             .then_some(())
     });
-    let src = d.join("upstreams.ctmpl");
-    let out = d.join("upstreams.conf");
+    let src = d.join("routes.ctmpl");
+    let out = d.join("routes.conf");
     let (code, _, err) = cli(
         &c.addr(),
         &[
@@ -180,7 +197,7 @@ fn nginx_follows_the_catalog() {
     let _t = template(&c, d, &src, &out, &reload);
 
     let (seen, failed) = wait_for("nginx spreading over all three", T, || {
-        let (seen, failed) = spread(&listen, 12);
+        let (seen, failed) = spread(&listen, "/web/", 12);
         (seen.len() == 3).then_some((seen, failed))
     });
     assert_eq!(failed, 0, "{seen:?}");
@@ -193,7 +210,7 @@ fn nginx_follows_the_catalog() {
             .filter(|t| !t.contains(&format!(":{};", ports[0])))
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (seen, failed) = spread(&listen, 30);
+    let (seen, failed) = spread(&listen, "/web/", 30);
     assert_eq!(failed, 0, "no request fails after the reload: {seen:?}");
     assert_eq!(
         seen,
@@ -209,7 +226,7 @@ fn nginx_follows_the_catalog() {
             .filter(|t| t.contains("65535"))
     });
     let status = wait_for("a 502", T, || {
-        get(&listen).map(|(s, _)| s).filter(|s| *s == 502)
+        get(&listen, "/web/").map(|(s, _)| s).filter(|s| *s == 502)
     });
     assert_eq!(status, 502);
 }
@@ -261,7 +278,7 @@ fn haproxy_follows_the_catalog() {
     let _t = template(&c, d, &src, &out, &reload);
 
     wait_for("haproxy spreading over all three", T, || {
-        let (seen, failed) = spread(&listen, 12);
+        let (seen, failed) = spread(&listen, "/", 12);
         (seen.len() == 3 && failed == 0).then_some(())
     });
     stop_backend(ports[0]);
@@ -271,7 +288,7 @@ fn haproxy_follows_the_catalog() {
             .filter(|t| !t.contains(&format!(":{}", ports[0])))
     });
     std::thread::sleep(Duration::from_secs(1));
-    let (seen, failed) = spread(&listen, 30);
+    let (seen, failed) = spread(&listen, "/", 30);
     assert_eq!(failed, 0, "no request fails after the reload: {seen:?}");
     assert_eq!(
         seen,
@@ -280,7 +297,7 @@ fn haproxy_follows_the_catalog() {
     stop_backend(ports[1]);
     stop_backend(ports[2]);
     let status = wait_for("a 503", T, || {
-        get(&listen).map(|(s, _)| s).filter(|s| *s == 503)
+        get(&listen, "/").map(|(s, _)| s).filter(|s| *s == 503)
     });
     assert_eq!(status, 503);
 }
