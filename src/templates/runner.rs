@@ -132,7 +132,11 @@ fn watch(client: &Client, dep: Dep, wait: Duration, tx: mpsc::UnboundedSender<(D
                 Ok((v, meta)) => {
                     backoff.reset();
                     let moved = meta.index != index || index == 0;
-                    index = if meta.index < index { 0 } else { meta.index.max(1) };
+                    index = if meta.index < index {
+                        0
+                    } else {
+                        meta.index.max(1)
+                    };
                     if moved && tx.send((dep.clone(), v)).is_err() {
                         return;
                     }

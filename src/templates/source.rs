@@ -43,7 +43,12 @@ pub enum Dep {
 impl Dep {
     /// The dependency of a call, or None for `env` and unknown names.
     pub fn of(name: &str, args: &[Value]) -> Option<Dep> {
-        let arg = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or("").to_string();
+        let arg = |i: usize| {
+            args.get(i)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         Some(match name {
             "service" => Dep::Service(arg(0)),
             "services" => Dep::Services,
@@ -139,7 +144,11 @@ pub async fn fetch(
             for e in &entries {
                 let tags: Vec<String> = e.service["Tags"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|t| t.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if sq.tag.as_ref().is_some_and(|t| !tags.contains(t)) {
                     continue;
@@ -218,10 +227,7 @@ pub async fn fetch(
             let (checks, meta) = client.health_node(&name, q).await?;
             let (nodes, _) = client.catalog_nodes(&QueryOptions::default()).await?;
             let node = nodes.into_iter().find(|n| n.node == name);
-            Ok((
-                json!({"Node": node, "Checks": checks}),
-                meta,
-            ))
+            Ok((json!({"Node": node, "Checks": checks}), meta))
         }
     }
 }
@@ -315,12 +321,19 @@ mod tests {
         assert!(s.missing.contains(&Dep::Key("a/b".into())));
         s.data.insert(Dep::Key("a/b".into()), Value::Null);
         assert_eq!(
-            s.call("keyOrDefault", &[json!("a/b"), json!("dflt")]).unwrap(),
+            s.call("keyOrDefault", &[json!("a/b"), json!("dflt")])
+                .unwrap(),
             Some(json!("dflt"))
         );
-        assert_eq!(s.call("keyExists", &[json!("a/b")]).unwrap(), Some(json!(false)));
+        assert_eq!(
+            s.call("keyExists", &[json!("a/b")]).unwrap(),
+            Some(json!(false))
+        );
         s.data.insert(Dep::Ls("cfg".into()), json!([]));
-        assert!(s.call("safeLs", &[json!("cfg")]).unwrap_err().contains("empty prefix"));
+        assert!(s
+            .call("safeLs", &[json!("cfg")])
+            .unwrap_err()
+            .contains("empty prefix"));
         assert_eq!(s.call("ls", &[json!("cfg")]).unwrap(), Some(json!([])));
         assert_eq!(s.call("nosuch", &[]).unwrap(), None);
     }
