@@ -64,6 +64,21 @@ fn once_renders_healthy_instances_and_keys() {
         "critical instances are left out: {text}"
     );
     assert!(text.contains("# hello"), "{text}");
+    // -dry prints instead of writing.
+    let other = dir.path().join("dry.conf");
+    let (code, stdout, err) = cli(
+        &c.addr(),
+        &[
+            "template",
+            "-template",
+            &format!("{}:{}", src.display(), other.display()),
+            "-once",
+            "-dry",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("server 10.1.1.1:8001;"), "{stdout}");
+    assert!(!other.exists(), "-dry writes nothing");
     // A parse error names the line and writes nothing.
     std::fs::write(&src, "line one\n{{range service \"web\"}}\n").unwrap();
     let (code, _, err) = cli(

@@ -301,7 +301,8 @@ mod tests {
         let q = parse_service("web").unwrap();
         assert_eq!((q.name.as_str(), q.tag, q.any), ("web", None, false));
         assert!(q.states.contains("passing") && q.states.len() == 1);
-        let q = parse_service("v1.web|passing,warning@dc2").unwrap();
+        // consul-template's order: tag.name@dc|filter.
+        let q = parse_service("v1.web@dc2|passing,warning").unwrap();
         assert_eq!(q.tag.as_deref(), Some("v1"));
         assert_eq!(q.dc.as_deref(), Some("dc2"));
         assert_eq!(q.states.len(), 2);
