@@ -113,7 +113,9 @@ fn guarded_job(dir: &std::path::Path, id: &str, retries: u32) -> Value {
 
 #[test]
 fn cluster_sigkill_mid_job_retries_elsewhere_or_reports_lost() {
-    let mut c = Cluster::start();
+    // A stagger well above a loaded machine's scheduling delays, so the preferred node is the
+    // one that claims (the default 25ms is a preference, not a promise, under load).
+    let mut c = Cluster::start_n(3, &["--claim-stagger", "500ms"]);
     let h = c.http(0);
     let dir = tempfile::tempdir().unwrap();
     // Pick two IDs whose preferred node is the same, not node1 (whose API we keep using).
