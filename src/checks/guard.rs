@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::service::{self, ServiceCheck};
-use super::verdict::Status;
+use super::verdict::{Status, Verdict};
 use crate::agent::config::GuardConfig;
 use crate::consul::{
     AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
@@ -104,8 +104,21 @@ pub async fn run(
             };
             let id = check_id(&g);
             let mut index = 0u64;
+            // Who this node is does not change while the agent runs: asked until known, once.
+            let mut me: Option<service::Local> = None;
             loop {
-                let v = service::check(&client, &c).await;
+                let v = if let Some(m) = &me {
+                    service::check_as(&client, m, &c).await
+                } else {
+                    match service::local(&client, c.environment.as_deref()).await {
+                        Ok(m) => {
+                            let v = service::check_as(&client, &m, &c).await;
+                            me = Some(m);
+                            v
+                        }
+                        Err(e) => Verdict::error(e),
+                    }
+                };
                 let update = match v.status {
                     Status::Passing => CheckUpdate::Pass,
                     Status::Warning => CheckUpdate::Warn,

@@ -215,17 +215,21 @@ pub async fn role_for(
 
 /// Runs the whole check. Every failure along the way is a critical verdict that says why.
 pub async fn check(client: &Client, c: &ServiceCheck) -> Verdict {
-    let me = match local(client, c.environment.as_deref()).await {
-        Ok(m) => m,
-        Err(e) => return Verdict::error(e),
-    };
+    match local(client, c.environment.as_deref()).await {
+        Ok(me) => check_as(client, &me, c).await,
+        Err(e) => Verdict::error(e),
+    }
+}
+
+/// The check for a node already known (a guard asks the agent who it is once, not per run).
+pub async fn check_as(client: &Client, me: &Local, c: &ServiceCheck) -> Verdict {
     let base = |v: Verdict| {
         v.with("service", c.linux_service.clone())
             .with("consul_service", c.consul_service.clone())
             .with("environment", me.env.clone())
             .with("node", me.node.clone())
     };
-    let (role, roles) = match role_for(client, &me, &c.consul_service).await {
+    let (role, roles) = match role_for(client, me, &c.consul_service).await {
         Ok(r) => r,
         Err(e) => return base(Verdict::error(e)),
     };
