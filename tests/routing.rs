@@ -31,9 +31,9 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Three backends of service `web` (tagged `routed`) as NoWait servant jobs, each serving its
-/// own name, with an HTTP check.
+/// own name, with an HTTP check; returns once all three pass.
 fn start_backends(h: &Http, ip: &str, base: u16, root: &Path) -> Vec<u16> {
-    (0..3u16)
+    let ports = (0..3u16)
         .map(|i| {
             let port = base + i;
             let dir = root.join(format!("b{i}"));
@@ -53,7 +53,15 @@ fn start_backends(h: &Http, ip: &str, base: u16, root: &Path) -> Vec<u16> {
             h.put(&format!("/v1/kv/jobs/backend{i}"), job.to_string());
             port
         })
-        .collect()
+        .collect();
+    wait_for("three backends passing", T, || {
+        (h.get_json("/v1/health/service/web?passing")?
+            .as_array()?
+            .len()
+            == 3)
+            .then_some(())
+    });
+    ports
 }
 
 /// SIGKILLs the python server on `port`.
@@ -160,24 +168,9 @@ server {{
     )
     .unwrap();
     let ports = start_backends(&h, &c.ip, base, d);
-    wait_for("three backends passing", T, || {
-        (h.get_json("/v1/health/service/web?passing")?
-            .as_array()?
-            .len()
-            == 3)
-            .then_some(())
-    });
     let src = d.join("routes.ctmpl");
     let out = d.join("routes.conf");
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 0, "{err}");
     let conf = d.join("nginx.conf");
     let prefix = d.display().to_string();
@@ -249,24 +242,9 @@ fn haproxy_follows_the_catalog() {
     )
     .unwrap();
     let ports = start_backends(&h, &c.ip, base, d);
-    wait_for("three backends passing", T, || {
-        (h.get_json("/v1/health/service/web?passing")?
-            .as_array()?
-            .len()
-            == 3)
-            .then_some(())
-    });
     let src = d.join("haproxy.ctmpl");
     let out = d.join("haproxy.cfg");
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 0, "{err}");
     // haproxy in master-worker mode in the foreground: SIGUSR2 reloads it.
     let mut hap = std::process::Command::new("haproxy");

@@ -44,15 +44,7 @@ fn once_renders_healthy_instances_and_keys() {
     let src = dir.path().join("web.ctmpl");
     let out = dir.path().join("web.conf");
     std::fs::write(&src, TEMPLATE).unwrap();
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(
@@ -66,30 +58,13 @@ fn once_renders_healthy_instances_and_keys() {
     assert!(text.contains("# hello"), "{text}");
     // -dry prints instead of writing.
     let other = dir.path().join("dry.conf");
-    let (code, stdout, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), other.display()),
-            "-once",
-            "-dry",
-        ],
-    );
+    let (code, stdout, err) = render_once(&c.addr(), &src, &other, &["-dry"]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("server 10.1.1.1:8001;"), "{stdout}");
     assert!(!other.exists(), "-dry writes nothing");
     // A parse error names the line and writes nothing.
     std::fs::write(&src, "line one\n{{range service \"web\"}}\n").unwrap();
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 1);
     assert!(err.contains(":2:"), "{err}");
 }
@@ -171,28 +146,12 @@ fn safe_ls_refuses_an_empty_prefix_and_keeps_the_last_file() {
     .unwrap();
     std::fs::write(&out, "last good\n").unwrap();
     h.delete("/v1/kv/app/cfg?recurse");
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("empty prefix"), "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "last good\n");
     h.put("/v1/kv/app/cfg/a", "1");
-    let (code, _, err) = cli(
-        &c.addr(),
-        &[
-            "template",
-            "-template",
-            &format!("{}:{}", src.display(), out.display()),
-            "-once",
-        ],
-    );
+    let (code, _, err) = render_once(&c.addr(), &src, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "a=1\n");
 }

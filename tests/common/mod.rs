@@ -526,3 +526,12 @@ pub fn sleeps(needle: &str) -> std::collections::BTreeSet<i32> {
         })
         .collect()
 }
+
+/// `servant template -template SRC:OUT -once [extra...]` against `addr`: (exit code, stdout,
+/// stderr).
+pub fn render_once(addr: &str, src: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let spec = format!("{}:{}", src.display(), out.display());
+    let mut args = vec!["template", "-template", spec.as_str(), "-once"];
+    args.extend_from_slice(extra);
+    cli(addr, &args)
+}
