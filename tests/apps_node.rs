@@ -299,3 +299,39 @@ fn an_app_that_ignores_sigterm_is_killed_after_the_grace_period() {
     // SIGTERM is ignored, so only the SIGKILL after the 1s grace ends it.
     assert!(took >= Duration::from_millis(900), "ended after {took:?}");
 }
+
+/// Issue 10: an idle agent rewrote its reports about ten times a second, forever. Its watch of
+/// its own (missing) topology key and of the (empty) tasks prefix woke on every KV write, each
+/// wake-up made a report write, and that write woke them again. With nothing placed and the
+/// periodic report an hour away, an idle agent must write nothing at all.
+fn regression_an_idle_agent_does_not_write_to_consul(b: Backend) {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[apps]\nreport_interval = \"1h\"\n").unwrap();
+    let s = Single::start(b, &["--config", cfg.path().to_str().unwrap()]);
+    let h = s.http();
+    wait_for("the reports and the leader's schedule", T, || {
+        h.kv_raw(&format!("appmgr/status/{}/applications", s.node))?;
+        h.kv_raw("appmgr/schedule")
+    });
+    // Start-up writes (session, leader lock, schedule) settle within a second or two.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = h.index();
+    std::thread::sleep(Duration::from_secs(6));
+    let after = h.index();
+    assert_eq!(
+        before,
+        after,
+        "an idle agent wrote to the KV store {} times in 6 s",
+        after.saturating_sub(before)
+    );
+}
+
+#[test]
+fn regression_an_idle_agent_does_not_write_to_consul_on_dev() {
+    regression_an_idle_agent_does_not_write_to_consul(Backend::Dev);
+}
+
+#[test]
+fn regression_an_idle_agent_does_not_write_to_consul_on_consul() {
+    regression_an_idle_agent_does_not_write_to_consul(Backend::Consul);
+}

@@ -114,21 +114,28 @@ impl Supervisor {
                 stopping.push(h);
             }
         }
+        let mut changed = !stopping.is_empty();
         self.stop_many(stopping, KillReason::Removed).await;
         for (name, task) in desired {
             if !self.apps.contains_key(name) {
                 info!(app = %name, command = %task.app.command, "starting");
                 let h = self.start(task.clone());
                 self.apps.insert(name.clone(), h);
+                changed = true;
             }
         }
-        self.ctx.changed.notify_one();
+        if changed {
+            self.ctx.changed.notify_one();
+        }
     }
 
     /// Stops every app: `Removed` on shutdown (SIGTERM, grace, SIGKILL); `Fenced` when the
     /// apps session is lost (SIGKILL at once: the leader is already moving them).
     pub async fn stop_all(&mut self, why: KillReason) {
         let all: Vec<Handle> = std::mem::take(&mut self.apps).into_values().collect();
+        if all.is_empty() {
+            return;
+        }
         self.stop_many(all, why).await;
         self.ctx.changed.notify_one();
     }
@@ -296,8 +303,10 @@ async fn run_app(
             h.abort();
         }
         let ended = match outcome {
-            Outcome::Exited(c) if c > 128 => format!("exit status {c} (signal {})", c - 128),
-            Outcome::Exited(c) => format!("exit status {c}"),
+            Outcome::Exited { code: c, .. } if c > 128 => {
+                format!("exit status {c} (signal {})", c - 128)
+            }
+            Outcome::Exited { code: c, .. } => format!("exit status {c}"),
             Outcome::TimedOut => "timed out".into(),
             Outcome::Killed(r) => format!("stopped ({r:?})"),
         };
@@ -368,7 +377,7 @@ async fn health_loop(
                 let (_never, quiet) = watch::channel(None);
                 matches!(
                     r.supervise(Some(every), quiet, Duration::ZERO).await,
-                    Outcome::Exited(0)
+                    Outcome::Exited { code: 0, .. }
                 )
             }
             Err(e) => {

@@ -65,7 +65,10 @@ impl Backoff {
 ///
 /// `fetch` is given the options of each request (index and wait). The first read does not block,
 /// nor does the first read after an error.
-/// An answer is published when `X-Consul-Index` changed (or on the first read). Errors back off
+/// An answer is published only when it differs from the last one published. `X-Consul-Index`
+/// alone cannot tell: for a missing key or an empty prefix Consul answers with the whole KV
+/// table's index, which every unrelated write moves. Publishing on the index alone made an idle
+/// agent's watches feed its own report writes forever (issue 10). Errors back off
 /// exponentially; permission errors are logged as errors, since they need an operator.
 pub async fn watch_loop<T, F, Fut>(
     what: &str,
@@ -74,12 +77,12 @@ pub async fn watch_loop<T, F, Fut>(
     tx: watch::Sender<Option<T>>,
     mut shutdown: broadcast::Receiver<()>,
 ) where
+    T: PartialEq,
     F: FnMut(QueryOptions) -> Fut,
     Fut: Future<Output = Result<(T, QueryMeta), ConsulError>>,
 {
     let mut index = BlockingIndex::default();
     let mut backoff = Backoff::default();
-    let mut first = true;
     loop {
         let q = QueryOptions::blocking(index.get(), wait);
         let r = tokio::select! {
@@ -89,8 +92,8 @@ pub async fn watch_loop<T, F, Fut>(
         match r {
             Ok((v, meta)) => {
                 backoff.reset();
-                if index.update(meta.index) || first {
-                    first = false;
+                index.update(meta.index);
+                if tx.borrow().as_ref() != Some(&v) {
                     debug!(watch = what, index = meta.index, "changed");
                     if tx.send(Some(v)).is_err() {
                         return;
@@ -101,7 +104,6 @@ pub async fn watch_loop<T, F, Fut>(
                 // After an error, start over with a plain read: the agent may have restarted with
                 // a lower index, and a blocking read at the old index would hang until `wait`.
                 index = BlockingIndex::default();
-                first = true;
                 match &e {
                     ConsulError::PermissionDenied { .. } => {
                         error!(watch = what, error = %e, "watch refused")
@@ -137,6 +139,58 @@ mod tests {
         let mut i = BlockingIndex::default();
         i.update(0);
         assert_eq!(i.get(), 1);
+    }
+
+    /// A missing key's index moves with every write to the KV store: the same answer at a new
+    /// index is not a change, a different answer is.
+    #[tokio::test]
+    async fn watch_loop_publishes_only_changed_answers() {
+        use tokio::sync::mpsc;
+        let (answer, answers) = mpsc::unbounded_channel::<Option<u32>>();
+        let answers = std::sync::Arc::new(tokio::sync::Mutex::new(answers));
+        let (tx, mut rx) = watch::channel::<Option<Option<u32>>>(None);
+        let (stop, _) = broadcast::channel(1);
+        let mut index = 0;
+        let task = tokio::spawn(watch_loop(
+            "test",
+            Duration::from_secs(1),
+            move |_q| {
+                // Every answer comes at a new index, as Consul's would.
+                index += 10;
+                let answers = answers.clone();
+                async move {
+                    match answers.lock().await.recv().await {
+                        Some(v) => Ok((
+                            v,
+                            QueryMeta {
+                                index,
+                                ..Default::default()
+                            },
+                        )),
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+            tx,
+            stop.subscribe(),
+        ));
+        for (v, published) in [
+            (None, true),
+            (None, false),
+            (None, false),
+            (Some(7), true),
+            (Some(7), false),
+            (None, true),
+        ] {
+            answer.send(v).unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+            assert_eq!(got.is_ok(), published, "answer {v:?}");
+            if published {
+                assert_eq!(*rx.borrow_and_update(), Some(v));
+            }
+        }
+        let _ = stop.send(());
+        task.await.unwrap();
     }
 
     #[test]

@@ -121,24 +121,28 @@ struct Loaded {
     template: Template,
 }
 
-/// Starts the watch of one dependency: its value on `tx` whenever Consul's index moves.
+/// Starts the watch of one dependency: its value on `tx` whenever it changes (a moved index
+/// alone is no change: a missing key's index moves with every write to the KV store).
 fn watch(client: &Client, dep: Dep, wait: Duration, tx: mpsc::UnboundedSender<(Dep, Value)>) {
     let client = client.clone();
     tokio::spawn(async move {
         let mut index = 0u64;
         let mut backoff = Backoff::default();
+        let mut last: Option<Value> = None;
         loop {
             match fetch(&client, &dep, &QueryOptions::blocking(index, wait)).await {
                 Ok((v, meta)) => {
                     backoff.reset();
-                    let moved = meta.index != index || index == 0;
                     index = if meta.index < index {
                         0
                     } else {
                         meta.index.max(1)
                     };
-                    if moved && tx.send((dep.clone(), v)).is_err() {
-                        return;
+                    if last.as_ref() != Some(&v) {
+                        last = Some(v.clone());
+                        if tx.send((dep.clone(), v)).is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
