@@ -154,6 +154,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             behavior: crate::consul::SessionBehavior::Release,
         },
     );
+    keeper.clear_predecessors(&node).await;
     keeper.start().await?;
 
     let log_dir = cfg.data_dir.join("logs");

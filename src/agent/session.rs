@@ -57,6 +57,28 @@ impl SessionKeeper {
         )
     }
 
+    /// Destroys the sessions of this name that an earlier run of this agent left on `node`
+    /// (killed before it could destroy them). Consul would keep them, and every lock they hold,
+    /// until their TTL ran out twice over; destroyed now, their jobs are free after the
+    /// lock-delay. The earlier run's work died with it (the shim kills its process group).
+    pub async fn clear_predecessors(&self, node: &str) {
+        match self
+            .client
+            .session_node(node, &QueryOptions::default())
+            .await
+        {
+            Ok((sessions, _)) => {
+                for s in sessions.iter().filter(|s| s.name == self.settings.name) {
+                    info!(session = %s.id, name = %s.name, "destroying the session of an earlier run");
+                    if let Err(e) = self.client.session_destroy(&s.id).await {
+                        warn!(session = %s.id, error = %e, "cannot destroy an old session");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list this node's sessions"),
+        }
+    }
+
     async fn create(&self) -> Result<String, ConsulError> {
         self.client
             .session_create(&SessionRequest {

@@ -203,7 +203,8 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
             behavior: SessionBehavior::Delete,
         },
     );
-    clear_leftovers(&client, &cfg.node).await;
+    keeper.clear_predecessors(&cfg.node).await;
+    clear_leftover_services(&client).await;
     let started = tokio::select! {
         r = keeper.start() => r,
         _ = shutdown.recv() => return,
@@ -259,21 +260,9 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
     let _ = keeper_task.await;
 }
 
-/// What an earlier run of this agent left when it was killed: its apps session (which would
-/// hold the reports, and maybe the leader lock, until its TTL ran out) and the services its
-/// apps registered. No app runs yet, so all of them go.
-async fn clear_leftovers(client: &Client, node: &str) {
-    match client.session_node(node, &QueryOptions::default()).await {
-        Ok((sessions, _)) => {
-            for s in sessions.iter().filter(|s| s.name == "servant-apps") {
-                info!(session = %s.id, "destroying the apps session of an earlier run");
-                if let Err(e) = client.session_destroy(&s.id).await {
-                    warn!(error = %e, "cannot destroy an old apps session");
-                }
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot list this node's sessions"),
-    }
+/// The services an earlier run's apps registered (it was killed before it could deregister
+/// them). No app runs yet, so all of them go.
+async fn clear_leftover_services(client: &Client) {
     if let Ok(services) = client.agent_services().await {
         for (id, v) in &services {
             if v.pointer("/Meta/servant_app").is_some() {
@@ -284,7 +273,9 @@ async fn clear_leftovers(client: &Client, node: &str) {
     }
 }
 
-/// Writes this node's reports every `report_interval`, and soon after an app changes state.
+/// Writes this node's reports every `report_interval`, and the apps report soon after an app
+/// changes state. A wake-up that changed nothing writes nothing: every write wakes the watchers
+/// of the KV store, this node's own among them.
 async fn report_loop(
     client: Client,
     cfg: AppsNodeConfig,
@@ -295,10 +286,16 @@ async fn report_loop(
 ) {
     let started = now_ms();
     let mut sampler = ResourceSampler::new();
+    // The apps report last written, and the session it was written with.
+    let mut written: Option<(String, Value)> = None;
+    let mut next_full = tokio::time::Instant::now();
     loop {
         let sid = session.borrow().id.clone();
+        let full = tokio::time::Instant::now() >= next_full;
+        if full {
+            next_full = tokio::time::Instant::now() + cfg.report_interval;
+        }
         if let Some(sid) = sid {
-            let resource = sampler.sample(&cfg.labels, started, now_ms());
             let apps: BTreeMap<String, Value> = sup
                 .lock()
                 .await
@@ -306,24 +303,38 @@ async fn report_loop(
                 .into_iter()
                 .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or(Value::Null)))
                 .collect();
+            let apps = json!(apps);
+            let mut writes = Vec::new();
+            if full {
+                let resource = sampler.sample(&cfg.labels, started, now_ms());
+                writes.push((cfg.layout.resource(&cfg.node), resource));
+            }
+            if full || written.as_ref() != Some(&(sid.clone(), apps.clone())) {
+                writes.push((cfg.layout.applications(&cfg.node), apps.clone()));
+            }
             let opts = KvPutOptions {
-                acquire: Some(sid),
+                acquire: Some(sid.clone()),
                 ..Default::default()
             };
-            for (key, v) in [
-                (cfg.layout.resource(&cfg.node), resource),
-                (cfg.layout.applications(&cfg.node), json!(apps)),
-            ] {
+            let mut all_ok = true;
+            for (key, v) in writes {
                 let body = serde_json::to_vec(&v).unwrap_or_default();
                 match client.kv_put(&key, &body, &opts).await {
                     Ok(true) => {}
-                    Ok(false) => warn!(key = %key, "the report is held by another session"),
-                    Err(e) => warn!(key = %key, error = %e, "cannot write the report"),
+                    Ok(false) => {
+                        all_ok = false;
+                        warn!(key = %key, "the report is held by another session")
+                    }
+                    Err(e) => {
+                        all_ok = false;
+                        warn!(key = %key, error = %e, "cannot write the report")
+                    }
                 }
             }
+            written = all_ok.then_some((sid, apps));
         }
         tokio::select! {
-            _ = tokio::time::sleep(cfg.report_interval) => {}
+            _ = tokio::time::sleep_until(next_full) => {}
             _ = changed.notified() => {
                 // Let a burst of changes settle into one write.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -527,9 +538,11 @@ async fn lead(client: &Client, cfg: &AppsNodeConfig, sid: &str) {
                 let c = c.clone();
                 let prefix = what.clone();
                 async move {
+                    // A listing's index tells a change under the prefix only when the prefix
+                    // holds keys; an empty prefix answers with the whole KV table's index.
                     c.kv_keys(&prefix, None, &q)
                         .await
-                        .map(|(_, meta)| (meta.index, meta))
+                        .map(|(keys, meta)| (if keys.is_empty() { 0 } else { meta.index }, meta))
                 }
             },
             ptx,

@@ -72,6 +72,14 @@ pub struct JobResult {
     /// Process group of a started NoWait job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Processes the command left running in its group when it exited (started in the
+    /// background), stopped then: a job's processes end with it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub leftover_processes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl JobResult {

@@ -29,8 +29,10 @@ pub enum KillReason {
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Exited by itself with this code (128+n if the command died of signal n).
-    Exited(i32),
+    /// Exited by itself with this code (128+n if the command died of signal n). `leftovers`
+    /// processes it left in its group (started in the background) were then stopped: the
+    /// group ends with its command, as a Nomad task's processes do.
+    Exited { code: i32, leftovers: usize },
     /// Ran past its timeout; the group was killed.
     TimedOut,
     /// Stopped from outside.
@@ -105,16 +107,55 @@ pub struct Launch<'a> {
     pub append: bool,
 }
 
+/// Linux refuses any one argument or environment string over 128 KiB (MAX_ARG_STRLEN) with
+/// "Argument list too long". A longer shell command travels in pieces of this size.
+const ARG_PIECE: usize = 96 * 1024;
+
+/// The argv that runs `command` with `/bin/sh`, and the environment it needs. A command too
+/// long for one argument is passed in environment variables of at most `ARG_PIECE` bytes
+/// each, joined and `eval`ed by the shell, which unsets them first so the command never sees
+/// them.
+fn shell_argv(
+    command: &str,
+    env: &BTreeMap<String, String>,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    if command.len() <= ARG_PIECE {
+        return (
+            vec!["/bin/sh".into(), "-c".into(), command.to_string()],
+            env.clone(),
+        );
+    }
+    let mut env = env.clone();
+    let mut names = Vec::new();
+    let mut rest = command;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(ARG_PIECE);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let name = format!("SERVANT_COMMAND_{}", names.len());
+        env.insert(name.clone(), rest[..cut].to_string());
+        names.push(name);
+        rest = &rest[cut..];
+    }
+    let joined: String = names.iter().map(|n| format!("${{{n}}}")).collect();
+    let script = format!(
+        "__servant_command=\"{joined}\"; unset {}; eval \"$__servant_command\"",
+        names.join(" ")
+    );
+    (vec!["/bin/sh".into(), "-c".into(), script], env)
+}
+
 /// Starts `job` through the shim at `shim_exe`, output into `logs`.
 pub fn spawn(job: &JobSpec, shim_exe: &Path, logs: &LogPaths) -> Result<Running, SpawnError> {
-    let argv = match job.job_type {
-        JobType::Exec => job.argv.clone(),
-        _ => vec!["/bin/sh".into(), "-c".into(), job.command.clone()],
+    let (argv, env) = match job.job_type {
+        JobType::Exec => (job.argv.clone(), job.env.clone()),
+        _ => shell_argv(&job.command, &job.env),
     };
     spawn_launch(
         &Launch {
             argv: &argv,
-            env: &job.env,
+            env: &env,
             dir: job.dir.as_deref(),
             user: job.user.as_deref(),
             append: false,
@@ -212,9 +253,8 @@ impl Running {
                     use std::os::unix::process::ExitStatusExt;
                     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
                 }).unwrap_or(-1);
-                // Leftover background processes of a finished job die with it.
-                signal_group(self.pgid, Signal::SIGKILL);
-                return Outcome::Exited(code);
+                let leftovers = stop_leftovers(self.pgid, grace).await;
+                return Outcome::Exited { code, leftovers };
             }
             _ = deadline => Outcome::TimedOut,
             r = killed => Outcome::Killed(r),
@@ -240,6 +280,55 @@ impl Running {
     }
 }
 
+/// Live (not zombie) processes in process group `pgid`, from /proc.
+fn group_members(pgid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // After the command name (which may hold spaces and parentheses): state, ppid, pgrp.
+            let mut f = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|g| g.parse::<u32>().ok());
+            state != Some("Z") && pgrp == Some(pgid)
+        })
+        .count()
+}
+
+async fn count_group(pgid: u32) -> usize {
+    tokio::task::spawn_blocking(move || group_members(pgid))
+        .await
+        .unwrap_or(0)
+}
+
+/// After a group's leader (the shim) exited: stops what is left in the group, SIGTERM then
+/// SIGKILL after `grace`, and returns how many processes were left.
+async fn stop_leftovers(pgid: u32, grace: Duration) -> usize {
+    let left = count_group(pgid).await;
+    if left == 0 {
+        return 0;
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && count_group(pgid).await > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    left
+}
+
 /// Reads at most `cap` bytes of a log file, lossily as UTF-8; returns whether more was there.
 pub async fn read_capped(path: &Path, cap: usize) -> (String, bool) {
     let Ok(mut f) = tokio::fs::File::open(path).await else {
@@ -262,6 +351,20 @@ pub async fn read_capped(path: &Path, cap: usize) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_command_travels_in_pieces_under_the_argument_limit() {
+        let short = shell_argv("echo hi", &BTreeMap::new());
+        assert_eq!(short.0, vec!["/bin/sh", "-c", "echo hi"]);
+        let long = format!("echo {}", "ж".repeat(200 * 1024));
+        let (argv, env) = shell_argv(&long, &BTreeMap::new());
+        assert!(argv.iter().all(|a| a.len() <= ARG_PIECE));
+        assert!(env.values().all(|v| v.len() <= ARG_PIECE));
+        let pieces: String = (0..env.len())
+            .map(|i| env[&format!("SERVANT_COMMAND_{i}")].clone())
+            .collect();
+        assert_eq!(pieces, long);
+    }
 
     #[test]
     fn log_names_are_safe_and_short() {

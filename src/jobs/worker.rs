@@ -28,6 +28,9 @@ use super::spec::{self, JobSpec, Rejection, ServiceSpec};
 /// values travel base64-encoded in it (4/3 larger).
 const MAX_RESULT_BYTES: usize = 360 * 1024;
 
+/// How much of a long command a result echoes when the whole would not fit.
+const COMMAND_ECHO_CAP: usize = 64 * 1024;
+
 /// Largest job document that can be claimed: the claim transaction carries it base64-encoded.
 pub const MAX_JOB_BYTES: usize = 360 * 1024;
 
@@ -148,8 +151,7 @@ impl Worker {
         if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
             error!(dir = %cfg.log_dir.display(), error = %e, "cannot create the job log directory");
         }
-        // The jobs listing comes with its X-Consul-Index, to tell a newer view from an older one.
-        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<(Vec<KvPair>, u64)>>(None);
+        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
         let (queue_tx, mut queue_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
         let (live_tx, mut live_rx) = watch::channel::<Option<Vec<String>>>(None);
         {
@@ -161,7 +163,7 @@ impl Worker {
                 move |q| {
                     let c = c.clone();
                     let p = p.clone();
-                    async move { c.kv_list(&p, &q).await.map(|(v, m)| ((v, m.index), m)) }
+                    async move { c.kv_list(&p, &q).await }
                 },
                 jobs_tx,
                 shutdown.subscribe(),
@@ -219,10 +221,13 @@ impl Worker {
         // Keys this node finished, with the ModifyIndex it claimed them at: a stale snapshot
         // showing them unclaimed must not cause a second claim attempt.
         let mut finished: HashMap<String, u64> = HashMap::new();
-        // After a lost claim race: the jobs/ listing index that must be passed before this node
-        // claims shared jobs again, and when the hold ends anyway (a quiet cluster may send no
-        // newer listing).
+        // After a lost claim race: the count of jobs/ listings that must be passed before this
+        // node claims shared jobs again, and when the hold ends anyway (a quiet cluster may send
+        // no newer listing).
         let mut hold: Option<(u64, Instant)> = None;
+        // How many different jobs/ listings this node has seen: a newer view than the one a
+        // claim was planned from has a higher count.
+        let mut listings = 0u64;
         // Keys held by this node's session with no task of ours behind them (a claim whose
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
@@ -238,7 +243,7 @@ impl Worker {
                 }
             };
             tokio::select! {
-                _ = jobs_rx.changed() => {}
+                _ = jobs_rx.changed() => listings += 1,
                 _ = queue_rx.changed() => {}
                 _ = live_rx.changed() => {}
                 r = self.session.changed() => {
@@ -260,8 +265,7 @@ impl Worker {
                         book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
                         // Our view of jobs/ was stale: take no more shared jobs until a newer
                         // listing arrives, or each claim from the same view may fail as well.
-                        let seen = jobs_rx.borrow().as_ref().map(|(_, i)| *i).unwrap_or(0);
-                        hold = Some((seen, Instant::now() + STALE_HOLD));
+                        hold = Some((listings, Instant::now() + STALE_HOLD));
                     } else {
                         finished.insert(d.key, d.claimed_at);
                     }
@@ -278,11 +282,8 @@ impl Worker {
             let mut candidates = Vec::new();
             let own_queue = cfg.layout.queue_prefix(&cfg.node);
             let jobs_view = jobs_rx.borrow();
-            let (jobs_entries, jobs_index) = match &*jobs_view {
-                Some((v, i)) => (v.as_slice(), *i),
-                None => (&[][..], 0),
-            };
-            if hold.is_some_and(|(i, until)| jobs_index > i || Instant::now() >= until) {
+            let jobs_entries = jobs_view.as_deref().unwrap_or_default();
+            if hold.is_some_and(|(seen, until)| listings > seen || Instant::now() >= until) {
                 hold = None;
             }
             if let Some((_, until)) = hold {
@@ -482,9 +483,11 @@ async fn claim_and_run(
         Ok(job) => {
             match claim::verdict(lock_index, job.retries) {
                 Verdict::Lost { attempt } => {
-                    let mut r = JobResult::for_job(&job, &cfg.node, attempt);
+                    // `attempt` is the one refused; the result names the ones that ran.
+                    let ran = attempt - 1;
+                    let mut r = JobResult::for_job(&job, &cfg.node, ran);
                     r.status = Some(JobStatus::Lost);
-                    r.exit_errors = format!("lost: attempt {attempt} exceeds Retries {} + 1; the node running it failed", job.retries);
+                    r.exit_errors = lost_reason(ran, entry.flags, job.retries);
                     stamp_end(&mut r);
                     Some(r)
                 }
@@ -526,6 +529,23 @@ async fn claimed_after_error(ctx: &Ctx, key: &str, session: &str) -> Option<u64>
             Err(_) => return None,
         }
     }
+}
+
+/// Why a job is `lost`: which attempts ran, when the last one was claimed (the key's flags
+/// hold the claim time in ms), and that `Retries` allows no more.
+fn lost_reason(ran: u64, claimed_ms: u64, retries: u32) -> String {
+    let which = if ran <= 1 {
+        "attempt 1".to_string()
+    } else {
+        format!("attempts 1 to {ran} ran; attempt {ran}")
+    };
+    let when = match i64::try_from(claimed_ms) {
+        Ok(ms) if ms > 0 => format!(" (claimed at {})", rfc3339_ns(ms.saturating_mul(1_000_000))),
+        _ => String::new(),
+    };
+    format!(
+        "lost: {which}{when} was running when its node or agent failed; Retries {retries} allows no further attempt"
+    )
 }
 
 fn rejected(jk: &JobKey, body: &[u8], rej: &Rejection, node: &str, attempt: u64) -> JobResult {
@@ -630,11 +650,13 @@ async fn run_job(
     r.output_truncated = out_cut;
     r.output_errors_truncated = err_cut;
     match outcome {
-        Outcome::Exited(0) => {
+        Outcome::Exited { code: 0, leftovers } => {
             r.status = Some(JobStatus::Succeeded);
             r.exit_code = 0;
+            r.leftover_processes = leftovers;
         }
-        Outcome::Exited(code) => {
+        Outcome::Exited { code, leftovers } => {
+            r.leftover_processes = leftovers;
             r.status = Some(JobStatus::Failed);
             r.exit_code = code;
             r.exit_errors = if code > 128 {
@@ -704,8 +726,14 @@ async fn deregister(ctx: &Ctx, ids: &[String]) {
     }
 }
 
-/// Shrinks the output fields until the result fits Consul's value limit.
+/// Shrinks the result until it fits Consul's value limit: first the echoed command (the job
+/// document may be up to `MAX_JOB_BYTES`), then the output fields.
 fn encode_result(mut r: JobResult) -> Vec<u8> {
+    if serde_json::to_vec(&r).map(|b| b.len()).unwrap_or(0) > MAX_RESULT_BYTES
+        && cap_text(&mut r.command, COMMAND_ECHO_CAP)
+    {
+        r.command.push_str(" [...]");
+    }
     loop {
         let bytes = serde_json::to_vec(&r).unwrap_or_default();
         if bytes.len() <= MAX_RESULT_BYTES || (r.output.is_empty() && r.output_errors.is_empty()) {
@@ -862,5 +890,28 @@ async fn housekeeping(
         if n > 0 {
             info!(deleted = n, "housekeeping: old results deleted");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_result_names_the_attempts_that_ran() {
+        let one = lost_reason(1, 1_795_305_695_030, 0);
+        assert!(
+            one.starts_with("lost: attempt 1 (claimed at 2026-11-22T"),
+            "{one}"
+        );
+        assert!(
+            one.ends_with("Retries 0 allows no further attempt"),
+            "{one}"
+        );
+        let three = lost_reason(3, 0, 2);
+        assert!(
+            three.starts_with("lost: attempts 1 to 3 ran; attempt 3 was running"),
+            "{three}"
+        );
     }
 }
