@@ -36,7 +36,10 @@ fn main() {
         }
     };
     let code = rt.block_on(dispatch(cli)).unwrap_or_else(|e| {
-        eprintln!("servant: error: {e:#}");
+        eprintln!(
+            "servant: error: {}",
+            servant::util::error::chain(e.as_ref())
+        );
         1
     });
     std::process::exit(code);

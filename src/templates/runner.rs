@@ -105,10 +105,10 @@ pub struct RunnerConfig {
 /// Why the runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read template {path}: {source}")]
+    #[error("cannot read template {path}: {error}")]
     Read {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Parse(#[from] super::TemplateError),
@@ -210,7 +210,7 @@ pub async fn run(
     for spec in &cfg.templates {
         let text = std::fs::read_to_string(&spec.source).map_err(|e| RunError::Read {
             path: spec.source.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let name = spec.source.display().to_string();
         let template = parse(&name, &text, DATA_FUNCS)?;

@@ -1,5 +1,6 @@
 //! Small pure helpers shared by several features.
 
 pub mod duration;
+pub mod error;
 pub mod json;
 pub mod time;
