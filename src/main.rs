@@ -18,7 +18,7 @@ fn main() {
             // (1, as in Consul's CLI). A closed stdout is not worth a word.
             if e.kind() == clap::error::ErrorKind::DisplayVersion {
                 // `servant 0.1.0` after a subcommand too, not `servant-start 0.1.0`.
-                print!("{}", cli::version_text());
+                let _ = servant::util::output::write(cli::version_text().as_bytes());
                 std::process::exit(0);
             }
             let _ = e.print();
@@ -50,6 +50,10 @@ fn main() {
         }
     };
     let code = rt.block_on(dispatch(cli)).unwrap_or_else(|e| {
+        if servant::util::output::is_closed(e.as_ref()) {
+            // The reader of our output went away (`| head`): end quietly, as `cat` does.
+            return 0;
+        }
         eprintln!(
             "servant: error: {}",
             servant::util::error::chain(e.as_ref())
@@ -70,7 +74,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if let Command::Version = cli.command {
-        print!("{}", cli::version_text());
+        servant::util::output::write(cli::version_text().as_bytes())?;
         return Ok(0);
     }
     let ctx = cli.ctx()?;

@@ -2,6 +2,28 @@
 //!
 //! Like Consul's CLI (Go flags), long options may be written with one dash (`-join`, `-all`):
 //! `normalize_args` rewrites them before clap sees them.
+//!
+//! Command output goes through `out!`/`outln!` (never `print!`, which panics on a closed stdout):
+//! see `util::output`.
+
+/// `print!` for command output; `?` carries a closed stdout up to `main`, which ends quietly.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::util::output::write(format!($($t)*).as_bytes())?
+    };
+}
+
+/// `println!` for command output, as `out!`.
+macro_rules! outln {
+    () => {
+        $crate::util::output::write(b"\n")?
+    };
+    ($($t:tt)*) => {{
+        let mut line = format!($($t)*);
+        line.push('\n');
+        $crate::util::output::write(line.as_bytes())?
+    }};
+}
 
 pub mod agent;
 pub mod apps;

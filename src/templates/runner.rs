@@ -106,14 +106,13 @@ pub struct RunnerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot read template {path}: {error}")]
-    Read {
-        path: String,
-        error: std::io::Error,
-    },
+    Read { path: String, error: std::io::Error },
     #[error(transparent)]
     Parse(#[from] super::TemplateError),
     #[error("{0}")]
     Render(String),
+    #[error("cannot print the dry run")]
+    Output(#[source] crate::util::output::OutputError),
 }
 
 struct Loaded {
@@ -301,7 +300,8 @@ pub async fn run(
                 }
             };
             if cfg.dry {
-                println!("> {}\n{text}", l.spec.destination.display());
+                let shown = format!("> {}\n{text}\n", l.spec.destination.display());
+                crate::util::output::write(shown.as_bytes()).map_err(RunError::Output)?;
                 continue;
             }
             if last.get(&l.spec.destination) == Some(&text) {
