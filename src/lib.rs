@@ -1,5 +1,8 @@
 //! consul-servant: a cluster manager and orchestrator on HashiCorp Consul.
 #![forbid(unsafe_code)]
+// stdout is written only through `util::output`, which tells a closed stdout apart; `print!`
+// would panic on it (clippy.toml also refuses `std::io::stdout`).
+#![cfg_attr(not(test), deny(clippy::print_stdout))]
 
 pub mod agent;
 pub mod apps;

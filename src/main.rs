@@ -10,7 +10,21 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__job-shim") {
         std::process::exit(servant::jobs::shim::run(&args[2..]));
     }
-    let cli = Cli::parse_from(args);
+    let error_code = cli::error_exit_code(&args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout and exit 0; usage errors exit as other errors do
+            // (1, as in Consul's CLI). A closed stdout is not worth a word.
+            if e.kind() == clap::error::ErrorKind::DisplayVersion {
+                // `servant 0.1.0` after a subcommand too, not `servant-start 0.1.0`.
+                let _ = servant::util::output::write(cli::version_text().as_bytes());
+                std::process::exit(0);
+            }
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { error_code } else { 0 });
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SERVANT_LOG").unwrap_or_else(|_| {
@@ -36,8 +50,15 @@ fn main() {
         }
     };
     let code = rt.block_on(dispatch(cli)).unwrap_or_else(|e| {
-        eprintln!("servant: error: {e:#}");
-        1
+        if servant::util::output::is_closed(e.as_ref()) {
+            // The reader of our output went away (`| head`): end quietly, as `cat` does.
+            return 0;
+        }
+        eprintln!(
+            "servant: error: {}",
+            servant::util::error::chain(e.as_ref())
+        );
+        error_code
     });
     std::process::exit(code);
 }
@@ -52,9 +73,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         cli::agent::run(*a, cli.http_addr, cli.token, tls, &cli.kv_prefix).await?;
         return Ok(0);
     }
+    if let Command::Version = cli.command {
+        servant::util::output::write(cli::version_text().as_bytes())?;
+        return Ok(0);
+    }
     let ctx = cli.ctx()?;
     match cli.command {
-        Command::Agent(_) | Command::JobShim { .. } => unreachable!("handled above"),
+        Command::Agent(_) | Command::JobShim { .. } | Command::Version => {
+            unreachable!("handled above")
+        }
         Command::Start(a) => cli::start::run(&ctx, a).await,
         Command::Show(a) => cli::show::run(&ctx, a).await,
         Command::Jobs(a) => cli::jobs::run(&ctx, a).await,

@@ -255,7 +255,7 @@ fn cli_start_wait_show_jobs_and_aliases(b: Backend) {
     assert!(err.contains("already queued"), "{err}");
     // consul_visa aliases.
     assert_eq!(cli(&a, &["kv", "put", "x/y", "v1"]).0, 0);
-    assert_eq!(cli(&a, &["kv-get", "x/y"]).1, "v1");
+    assert_eq!(cli(&a, &["kv-get", "x/y"]).1, "v1\n");
     assert_eq!(cli(&a, &["kv-keys", "x/"]).1, "x/y\n");
     assert_eq!(cli(&a, &["kv-list", "x/"]).1, "x/y=v1\n");
     assert_eq!(cli(&a, &["kv-deltree", "x/"]).0, 0);

@@ -242,11 +242,8 @@ impl Default for AgentConfig {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("config file {path}: {detail}")]
     Parse { path: String, detail: String },
     #[error("invalid setting {field}: {detail}")]
@@ -276,7 +273,7 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let parsed = if path.extension().and_then(|e| e.to_str()) == Some("json") {
             serde_json::from_str(&text).map_err(|e| e.to_string())

@@ -21,13 +21,10 @@ use crate::consul::{Backoff, Client};
 pub enum LaunchError {
     #[error("no consul binary: set CONSUL_BIN, put consul on PATH, or run scripts/install-consul")]
     NoBinary,
-    #[error("cannot start {bin}: {source}")]
-    Spawn { bin: String, source: std::io::Error },
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot start {bin}: {error}")]
+    Spawn { bin: String, error: std::io::Error },
+    #[error("cannot create {path}: {error}")]
+    Dir { path: String, error: std::io::Error },
     #[error("consul elected no leader within {0:?}; see {1}")]
     NoLeader(Duration, String),
 }
@@ -105,11 +102,11 @@ fn spawn(
         .open(log)
         .map_err(|e| LaunchError::Dir {
             path: log.display().to_string(),
-            source: e,
+            error: e,
         })?;
     let err = out.try_clone().map_err(|e| LaunchError::Dir {
         path: log.display().to_string(),
-        source: e,
+        error: e,
     })?;
     let _ = std::fs::remove_file(pid_file);
     let child = Command::new(shim)
@@ -128,7 +125,7 @@ fn spawn(
         .spawn()
         .map_err(|e| LaunchError::Spawn {
             bin: bin.to_string(),
-            source: e,
+            error: e,
         })?;
     Ok(Spawned {
         child,
@@ -167,11 +164,11 @@ impl ConsulProcess {
             .unwrap_or_else(|| servant_data.join("consul"));
         std::fs::create_dir_all(&data_dir).map_err(|e| LaunchError::Dir {
             path: data_dir.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let shim = std::env::current_exe().map_err(|e| LaunchError::Spawn {
             bin: "servant".into(),
-            source: e,
+            error: e,
         })?;
         let args = consul_args(cfg, &data_dir);
         let log_path = servant_data.join("consul.log");

@@ -28,16 +28,10 @@ pub enum AgentError {
     Consul(#[from] ConsulError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
-    #[error("cannot use data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot serve the agent API on {addr}: {source}")]
-    Api {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot use data dir {path}: {error}")]
+    DataDir { path: String, error: std::io::Error },
+    #[error("cannot serve the agent API on {addr}: {error}")]
+    Api { addr: String, error: std::io::Error },
     #[error(transparent)]
     Dev(#[from] crate::devserver::DevError),
     #[error("cannot find the servant executable: {0}")]
@@ -65,14 +59,14 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::DataDir {
         path: cfg.data_dir.display().to_string(),
-        source: e,
+        error: e,
     })?;
     cfg.data_dir = cfg
         .data_dir
         .canonicalize()
         .map_err(|e| AgentError::DataDir {
             path: cfg.data_dir.display().to_string(),
-            source: e,
+            error: e,
         })?;
     if cfg.consul.wanted() && cfg.http_addr.is_none() {
         // Talk to the agent we launch, on its client address.
@@ -162,11 +156,11 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError::Api {
             addr: cfg.api_addr.clone(),
-            source: e,
+            error: e,
         })?;
     let api_addr = listener.local_addr().map_err(|e| AgentError::Api {
         addr: cfg.api_addr.clone(),
-        source: e,
+        error: e,
     })?;
     let (shutdown, _) = broadcast::channel::<()>(4);
     let mut api_stop = shutdown.subscribe();

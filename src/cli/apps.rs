@@ -58,9 +58,9 @@ pub struct AppLogsArgs {
     /// Only this node (default: every node the app is placed on).
     #[arg(short = 'n', long = "node")]
     pub node: Option<String>,
-    /// Only `stdout` or `stderr`.
-    #[arg(long)]
-    pub stream: Option<String>,
+    /// Only this stream.
+    #[arg(long, value_enum)]
+    pub stream: Option<super::logs::Stream>,
     /// The app's (task's) name.
     pub name: String,
 }
@@ -92,9 +92,10 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
             ctx.client
                 .kv_put(&l.task(&name), &body, &KvPutOptions::default())
                 .await?;
-            println!(
+            outln!(
                 "task {name} stored: {} replica(s) of {:?}",
-                t.replication, t.app.command
+                t.replication,
+                t.app.command
             );
         }
         TaskCommand::Rm(a) => {
@@ -104,7 +105,7 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                 bail!("no task named {}", a.name);
             }
             ctx.client.kv_delete(&key, false, None).await?;
-            println!("task {} removed; its app stops on every node", a.name);
+            outln!("task {} removed; its app stops on every node", a.name);
         }
         TaskCommand::Ls(a) => {
             let q = QueryOptions::default();
@@ -137,7 +138,7 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                             .map(|(n, e)| (n.as_str(), serde_json::json!({ "invalid": e }))),
                     )
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let mut rows: Vec<Vec<String>> = tasks
                     .iter()
@@ -154,7 +155,7 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                 rows.extend(invalid.iter().map(|(n, e)| {
                     vec![n.clone(), "-".into(), "-".into(), format!("INVALID: {e}")]
                 }));
-                print!("{}", table(&["TASK", "PLACED", "HOSTS", "COMMAND"], &rows));
+                out!("{}", table(&["TASK", "PLACED", "HOSTS", "COMMAND"], &rows));
             }
         }
     }
@@ -190,18 +191,13 @@ async fn app_logs(ctx: &Ctx, a: AppLogsArgs) -> anyhow::Result<i32> {
             a.name
         );
     }
-    let mut q = vec![("name", a.name.clone())];
-    if let Some(s) = &a.stream {
-        q.push(("stream", s.clone()));
-    }
+    let q = vec![("name", a.name.clone())];
     let many = nodes.len() > 1;
     for node in nodes {
-        let body = super::logs::fetch_log(ctx, &node, "/v1/app-logs", &q).await?;
         if many {
-            println!("==> {node} <==");
+            outln!("==> {node} <==");
         }
-        use std::io::Write;
-        std::io::stdout().write_all(&body)?;
+        super::logs::print_streams(ctx, &node, "/v1/app-logs", &q, a.stream).await?;
     }
     Ok(0)
 }
@@ -251,9 +247,9 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         all.insert(host.to_string(), v);
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!(
+        out!(
             "{}",
             table(
                 &["NODE", "APP", "STATUS", "HEALTH", "PID", "STARTED", "RESTARTS"],
@@ -283,7 +279,7 @@ pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         .map(|b| String::from_utf8_lossy(&b).to_string());
     if a.json {
         let v = serde_json::json!({"leader": leader, "topology": topo, "unplaced": report["unplaced"], "invalid": report["invalid"]});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
     let apps: BTreeSet<&String> = topo.values().flatten().collect();
@@ -303,17 +299,17 @@ pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
             r
         })
         .collect();
-    println!("leader: {}", leader.as_deref().unwrap_or("(none)"));
-    print!("{}", table(&header, &rows));
+    outln!("leader: {}", leader.as_deref().unwrap_or("(none)"));
+    out!("{}", table(&header, &rows));
     for u in report["unplaced"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "UNPLACED {}: {}",
             u["task"].as_str().unwrap_or("?"),
             u["reason"].as_str().unwrap_or("")
         );
     }
     for (name, why) in report["invalid"].as_object().into_iter().flatten() {
-        println!("INVALID {name}: {}", why.as_str().unwrap_or(""));
+        outln!("INVALID {name}: {}", why.as_str().unwrap_or(""));
     }
     Ok(0)
 }

@@ -163,7 +163,7 @@ pub async fn check(ctx: &Ctx, cmd: CheckCommand) -> anyhow::Result<i32> {
                 .with("consul_service", a.consul_service)
         }
     };
-    println!("{}", v.json_line());
+    outln!("{}", v.json_line());
     Ok(v.status.exit_code())
 }
 
@@ -200,16 +200,15 @@ async fn trigger_one(
     };
     let scratch = std::env::temp_dir();
     let run = fire(&ctx.client, &me.node, &tctx, timeout, &scratch).await;
-    Ok(run.map(|r| {
-        eprintln!(
-            "servant: trigger {} ran: exit {:?}{}",
-            r.key,
-            r.exit_code,
-            if r.timed_out { " (timed out)" } else { "" }
-        );
-        print!("{}", r.output);
-        r.exit_code.unwrap_or(1)
-    }))
+    let Some(r) = run else { return Ok(None) };
+    eprintln!(
+        "servant: trigger {} ran: exit {:?}{}",
+        r.key,
+        r.exit_code,
+        if r.timed_out { " (timed out)" } else { "" }
+    );
+    out!("{}", r.output);
+    Ok(Some(r.exit_code.unwrap_or(1)))
 }
 
 pub async fn trigger(ctx: &Ctx, a: TriggerArgs) -> anyhow::Result<i32> {
@@ -251,8 +250,9 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
         match trigger_one(ctx, c, a.state.as_str(), &a.opts).await {
             Ok(Some(code)) => worst = worst.max(code),
             Ok(None) => {}
+            Err(e) if crate::util::output::is_closed(e.as_ref()) => return Err(e),
             Err(e) => {
-                eprintln!("servant: {e:#}");
+                eprintln!("servant: {}", crate::util::error::chain(e.as_ref()));
                 worst = worst.max(1);
             }
         }

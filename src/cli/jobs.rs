@@ -59,10 +59,10 @@ pub async fn run(ctx: &Ctx, a: JobsArgs) -> anyhow::Result<i32> {
             }),
     );
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        outln!("{}", serde_json::to_string_pretty(&views)?);
     } else {
         let rows: Vec<Vec<String>> = views.iter().map(|v| v.row().to_vec()).collect();
-        print!(
+        out!(
             "{}",
             table(&["KEY", "STATE", "NODE", "TIME", "DETAIL"], &rows)
         );

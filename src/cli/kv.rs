@@ -1,6 +1,6 @@
 //! `servant kv get|keys|list|put|delete|deltree`, and consul_visa's `kv-*` aliases.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -62,12 +62,10 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand) -> anyhow::Result<i32> {
     let q = QueryOptions::default();
     match cmd {
         KvCommand::Get(a) => match ctx.client.kv_get_raw(&a.key).await? {
-            Some(v) => {
-                let mut out = std::io::stdout();
-                out.write_all(&v)?;
-                if !v.ends_with(b"\n") && std::io::IsTerminal::is_terminal(&out) {
-                    out.write_all(b"\n")?;
-                }
+            Some(mut v) => {
+                // As `consul kv get`: the value and a newline, always.
+                v.push(b'\n');
+                crate::util::output::write(&v)?;
             }
             None => bail!("key not found: {}", a.key),
         },
@@ -77,13 +75,13 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand) -> anyhow::Result<i32> {
                 .kv_keys(&a.prefix, a.separator.as_deref(), &q)
                 .await?;
             for k in keys {
-                println!("{k}");
+                outln!("{k}");
             }
         }
         KvCommand::List(a) => {
             let (entries, _) = ctx.client.kv_list(&a.prefix, &q).await?;
             for e in entries {
-                println!("{}={}", e.key, e.value_str());
+                outln!("{}={}", e.key, e.value_str());
             }
         }
         KvCommand::Put(a) => {

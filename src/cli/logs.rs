@@ -1,23 +1,79 @@
-//! `servant logs`: a job's full output, fetched from the agent API of the node that ran it.
+//! `servant logs`: a job's full output, fetched from the agent API of the node that ran it. The
+//! job's stdout goes to stdout and its stderr to stderr.
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use super::show::{node_keys, node_names};
 use super::Ctx;
 use crate::consul::QueryOptions;
 use crate::jobs::layout::JobKey;
 use crate::jobs::result::JobResult;
+
+/// One stream of a job's or an app's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    /// The streams to print: the one asked for, or both.
+    pub fn chosen(s: Option<Stream>) -> &'static [Stream] {
+        match s {
+            Some(Stream::Stdout) => &[Stream::Stdout],
+            Some(Stream::Stderr) => &[Stream::Stderr],
+            None => &[Stream::Stdout, Stream::Stderr],
+        }
+    }
+
+    /// Writes `body` where this stream belongs: stdout or stderr.
+    pub fn write(self, body: &[u8]) -> Result<(), crate::util::output::OutputError> {
+        match self {
+            Stream::Stdout => crate::util::output::write(body),
+            Stream::Stderr => crate::util::output::write_stderr(body),
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The job was queued on this node (`start -n`/`--all`).
     #[arg(short = 'n', long = "node")]
     pub node: Option<String>,
-    /// Only `stdout` or `stderr`.
-    #[arg(long)]
-    pub stream: Option<String>,
+    /// Only this stream.
+    #[arg(long, value_enum)]
+    pub stream: Option<Stream>,
     /// The job ID.
     pub id: String,
+}
+
+/// The key a bare job ID means: `jobs/<id>` if it ran or runs there, else the only node queue
+/// that holds it.
+async fn resolve(ctx: &Ctx, id: &str) -> anyhow::Result<JobKey> {
+    let any = JobKey::Any { id: id.to_string() };
+    let q = QueryOptions::default();
+    let (result, _) = ctx.client.kv_get(&ctx.layout.result_key(&any), &q).await?;
+    let (entry, _) = ctx.client.kv_get(&ctx.layout.job_key(&any), &q).await?;
+    if result.is_some() || entry.is_some() {
+        return Ok(any);
+    }
+    let mut per_node = node_keys(ctx, id).await?;
+    match per_node.len() {
+        0 => Ok(any),
+        1 => Ok(per_node.remove(0)),
+        _ => bail!(
+            "job {id} was queued on several nodes ({}); give -n NODE",
+            node_names(&per_node)
+        ),
+    }
 }
 
 pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
@@ -26,7 +82,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             node: n.clone(),
             id: a.id.clone(),
         },
-        None => JobKey::Any { id: a.id.clone() },
+        None => resolve(ctx, &a.id).await?,
     };
     let key = ctx.layout.job_key(&jk);
     let (result, _) = ctx
@@ -54,16 +110,47 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             a.id
         )
     };
-    let mut q = vec![("key", key.clone())];
-    if let Some(s) = &a.stream {
-        q.push(("stream", s.clone()));
-    }
-    let body = fetch_log(ctx, &node, "/v1/logs", &q)
+    let q = vec![("key", key.clone())];
+    print_streams(ctx, &node, "/v1/logs", &q, a.stream)
         .await
         .with_context(|| format!("job {}", a.id))?;
-    use std::io::Write;
-    std::io::stdout().write_all(&body)?;
     Ok(0)
+}
+
+/// Fetches the chosen streams from `node`'s agent API and writes each where it belongs. A stream
+/// with no log file is empty, unless it was asked for alone or neither exists.
+pub async fn print_streams(
+    ctx: &Ctx,
+    node: &str,
+    path: &str,
+    query: &[(&str, String)],
+    stream: Option<Stream>,
+) -> anyhow::Result<()> {
+    let mut bodies = Vec::new();
+    let mut missing = Vec::new();
+    for &s in Stream::chosen(stream) {
+        let mut q = query.to_vec();
+        q.push(("stream", s.as_str().to_string()));
+        match fetch_log(ctx, node, path, &q).await? {
+            Fetched::Body(b) => bodies.push((s, b)),
+            Fetched::Missing(why) => missing.push(why),
+        }
+    }
+    if bodies.is_empty() {
+        missing.dedup();
+        bail!("agent on {node}: {}", missing.join("; "));
+    }
+    for (s, b) in bodies {
+        s.write(&b)?;
+    }
+    Ok(())
+}
+
+/// What an agent answered for a log.
+pub enum Fetched {
+    Body(Vec<u8>),
+    /// It has no such log; its words.
+    Missing(String),
 }
 
 /// Fetches `path` with `query` from the servant agent API of `node`, found in the catalog
@@ -73,7 +160,7 @@ pub async fn fetch_log(
     node: &str,
     path: &str,
     query: &[(&str, String)],
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Fetched> {
     let (agents, _) = ctx
         .client
         .catalog_service("servant", None, &QueryOptions::default())
@@ -101,11 +188,21 @@ pub async fn fetch_log(
         .query(query)
         .send()
         .await
-        .with_context(|| format!("cannot reach the servant agent on {node} at {url}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the servant agent on {node} at {url}: {}",
+                crate::util::error::chain(&e.without_url())
+            )
+        })?;
     let status = resp.status();
     let body = resp.bytes().await?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Fetched::Missing(
+            String::from_utf8_lossy(&body).trim().to_string(),
+        ));
+    }
     if !status.is_success() {
         bail!("agent on {node}: {}", String::from_utf8_lossy(&body).trim());
     }
-    Ok(body.to_vec())
+    Ok(Fetched::Body(body.to_vec()))
 }

@@ -31,7 +31,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<i32> {
         NodeCommand::List(a) => {
             let members = ctx.client.agent_members().await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&members)?);
+                outln!("{}", serde_json::to_string_pretty(&members)?);
             } else {
                 let rows: Vec<Vec<String>> = members
                     .iter()
@@ -44,7 +44,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<i32> {
                         ]
                     })
                     .collect();
-                print!("{}", table(&["NODE", "ADDRESS", "STATUS", "ROLE"], &rows));
+                out!("{}", table(&["NODE", "ADDRESS", "STATUS", "ROLE"], &rows));
             }
         }
         NodeCommand::Eject(a) => {

@@ -70,47 +70,43 @@ pub async fn view_of(
     }
 }
 
-pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
-    let keys: Vec<JobKey> = if a.all {
-        let (entries, _) = ctx
-            .client
-            .kv_keys(
-                &format!("{}queues/", ctx.layout.prefix()),
-                None,
-                &QueryOptions::default(),
-            )
-            .await?;
-        let (results, _) = ctx
-            .client
-            .kv_keys(
-                &format!("{}queues/", ctx.layout.results_prefix()),
-                None,
-                &QueryOptions::default(),
-            )
-            .await?;
-        let mut ks: Vec<JobKey> = entries
-            .iter()
-            .filter_map(|k| ctx.layout.parse_job_key(k))
-            .chain(
-                results
-                    .iter()
-                    .filter_map(|k| ctx.layout.parse_result_key(k)),
-            )
-            .filter(|k| k.id() == a.id)
-            .collect();
-        ks.sort();
-        ks.dedup();
-        ks
-    } else if let Some(n) = &a.node {
-        vec![JobKey::Node {
-            node: n.clone(),
-            id: a.id.clone(),
-        }]
-    } else {
-        vec![JobKey::Any { id: a.id.clone() }]
-    };
+/// The per-node keys of job `id`: `queues/<node>/<id>` entries and their results, each node once.
+pub async fn node_keys(ctx: &Ctx, id: &str) -> anyhow::Result<Vec<JobKey>> {
+    let (entries, _) = ctx
+        .client
+        .kv_keys(
+            &format!("{}queues/", ctx.layout.prefix()),
+            None,
+            &QueryOptions::default(),
+        )
+        .await?;
+    let (results, _) = ctx
+        .client
+        .kv_keys(
+            &format!("{}queues/", ctx.layout.results_prefix()),
+            None,
+            &QueryOptions::default(),
+        )
+        .await?;
+    let mut ks: Vec<JobKey> = entries
+        .iter()
+        .filter_map(|k| ctx.layout.parse_job_key(k))
+        .chain(
+            results
+                .iter()
+                .filter_map(|k| ctx.layout.parse_result_key(k)),
+        )
+        .filter(|k| k.id() == id)
+        .collect();
+    ks.sort();
+    ks.dedup();
+    Ok(ks)
+}
+
+/// The views of the given keys that hold a job or a result.
+async fn views_of(ctx: &Ctx, keys: &[JobKey]) -> anyhow::Result<Vec<(JobKey, JobView)>> {
     let mut views = Vec::new();
-    for k in &keys {
+    for k in keys {
         let key = ctx.layout.job_key(k);
         let (entry, _) = ctx.client.kv_get(&key, &QueryOptions::default()).await?;
         let (result, _) = ctx
@@ -118,40 +114,95 @@ pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
             .kv_get(&ctx.layout.result_key(k), &QueryOptions::default())
             .await?;
         if let Some(v) = view_of(ctx, &key, entry.as_ref(), result.as_ref()).await? {
-            views.push(v);
+            views.push((k.clone(), v));
+        }
+    }
+    Ok(views)
+}
+
+/// Node names of per-node keys, for messages.
+pub fn node_names(keys: &[JobKey]) -> String {
+    keys.iter()
+        .filter_map(|k| match k {
+            JobKey::Node { node, .. } => Some(node.as_str()),
+            JobKey::Any { .. } => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
+    let mut views = if a.all {
+        views_of(ctx, &node_keys(ctx, &a.id).await?).await?
+    } else if let Some(n) = &a.node {
+        let k = JobKey::Node {
+            node: n.clone(),
+            id: a.id.clone(),
+        };
+        views_of(ctx, &[k]).await?
+    } else {
+        views_of(ctx, &[JobKey::Any { id: a.id.clone() }]).await?
+    };
+    if !a.all && a.node.is_none() {
+        // A bare ID may be a job queued per node (`start -n`, `start --all`).
+        let per_node = node_keys(ctx, &a.id).await?;
+        if views.is_empty() {
+            views = views_of(ctx, &per_node).await?;
+        } else if !per_node.is_empty() {
+            eprintln!(
+                "servant: note: per-node jobs use the ID {} too (on {}); `servant show --all {}` shows them",
+                a.id,
+                node_names(&per_node),
+                a.id
+            );
         }
     }
     if views.is_empty() {
         bail!(
             "no job {} found{}",
             a.id,
-            if a.all {
-                " in any node's queue".to_string()
-            } else {
-                format!(
+            match &a.node {
+                Some(n) => format!(
                     " at {}",
-                    keys.first()
-                        .map(|k| ctx.layout.job_key(k))
-                        .unwrap_or_default()
-                )
+                    ctx.layout.job_key(&JobKey::Node {
+                        node: n.clone(),
+                        id: a.id.clone()
+                    })
+                ),
+                None if a.all => " in any node's queue".to_string(),
+                None => format!(
+                    " at {} or in any node's queue",
+                    ctx.layout.job_key(&JobKey::Any { id: a.id.clone() })
+                ),
             }
         );
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        let views: Vec<&JobView> = views.iter().map(|(_, v)| v).collect();
+        outln!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(0);
     }
-    let rows: Vec<Vec<String>> = views.iter().map(|v| v.row().to_vec()).collect();
-    print!(
+    let rows: Vec<Vec<String>> = views.iter().map(|(_, v)| v.row().to_vec()).collect();
+    out!(
         "{}",
         table(&["KEY", "STATE", "NODE", "TIME", "DETAIL"], &rows)
     );
-    if let [JobView::Done { result, .. }] = views.as_slice() {
-        if !result.output.is_empty() {
-            println!("\nOutput:\n{}", result.output.trim_end());
-        }
-        if !result.output_errors.is_empty() {
-            println!("\nOutputErrors:\n{}", result.output_errors.trim_end());
+    if let [(key, JobView::Done { result, .. })] = views.as_slice() {
+        let logs = super::start::logs_command(key);
+        for (name, text, truncated) in [
+            ("Output", &result.output, result.output_truncated),
+            (
+                "OutputErrors",
+                &result.output_errors,
+                result.output_errors_truncated,
+            ),
+        ] {
+            if !text.is_empty() {
+                outln!("\n{name}:\n{}", text.trim_end());
+            }
+            if truncated {
+                outln!("({name} is truncated in KV; `{logs}` prints all of it)");
+            }
         }
     }
     Ok(0)

@@ -2,7 +2,6 @@
 //! (`--all`), optionally waiting for its result.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -36,7 +35,11 @@ pub struct StartArgs {
     /// Run on every alive node.
     #[arg(long)]
     pub all: bool,
-    /// Wait for the result and exit with the job's exit code.
+    /// Queue for -n NODE even if it is not an alive member of the cluster.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait for the result and exit with the job's exit code (1 if -n NODE leaves or fails
+    /// first).
     #[arg(long)]
     pub wait: bool,
     /// Job timeout: seconds or a duration such as 90s.
@@ -167,8 +170,59 @@ pub async fn alive_servants(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
     Ok(nodes)
 }
 
+/// Refuses a target node that is not an alive member, as Nomad refuses a job with no eligible
+/// node: such a job would wait in its queue, unseen, and `--wait` with it. `force` queues it
+/// anyway, with a warning. An alive member without a servant agent gets a warning.
+async fn check_target(ctx: &Ctx, node: &str, force: bool) -> anyhow::Result<()> {
+    let members = ctx.client.agent_members().await?;
+    let problem = match members.iter().find(|m| m.name == node) {
+        None => {
+            let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            names.sort_unstable();
+            let more = names.len().saturating_sub(10);
+            names.truncate(10);
+            format!(
+                "node {node} is not a member of the cluster (members: {}{})",
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        Some(m) if !m.is_alive() => format!("node {node} is {}, not alive", m.status_name()),
+        Some(_) => {
+            if !alive_servants(ctx).await?.iter().any(|n| n == node) {
+                eprintln!(
+                    "servant: warning: node {node} runs no servant agent; the job waits in its queue until one starts there"
+                );
+            }
+            return Ok(());
+        }
+    };
+    if !force {
+        bail!("{problem}: nothing would run the job; --force queues it anyway");
+    }
+    eprintln!("servant: warning: {problem}; queued anyway (--force)");
+    Ok(())
+}
+
+/// The command that prints a job's whole output.
+pub fn logs_command(t: &JobKey) -> String {
+    match t {
+        JobKey::Any { id } => format!("servant logs {id}"),
+        JobKey::Node { node, id } => format!("servant logs -n {node} {id}"),
+    }
+}
+
 pub async fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<i32> {
     let (id, doc) = build_job(&a)?;
+    match &a.node {
+        Some(node) => check_target(ctx, node, a.force).await?,
+        None if a.force => bail!("--force goes with -n NODE"),
+        None => {}
+    }
     let body = serde_json::to_vec(&doc)?;
     let targets: Vec<JobKey> = if a.all {
         let nodes = alive_servants(ctx).await?;
@@ -229,7 +283,7 @@ pub async fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    println!("{id}");
+    outln!("{id}");
     for t in &targets {
         eprintln!("queued {}", ctx.layout.job_key(t));
     }
@@ -239,13 +293,95 @@ pub async fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<i32> {
     let mut worst = 0;
     let many = targets.len() > 1;
     for t in &targets {
-        let r = wait_result(ctx, &ctx.layout.result_key(t)).await?;
-        let code = print_result(&r, many)?;
+        let code = match wait_target(ctx, t).await? {
+            Waited::Done(r) => print_result(&r, many, &logs_command(t))?,
+            Waited::NodeGone(why) => {
+                eprintln!("servant: error: {why}");
+                1
+            }
+        };
         if worst == 0 {
             worst = code;
         }
     }
     Ok(worst)
+}
+
+/// How waiting for a job ended.
+pub enum Waited {
+    Done(Box<JobResult>),
+    /// The job's node left or failed first; why, in words.
+    NodeGone(String),
+}
+
+/// Waits for the result of `t`. A job queued for one node also ends the wait when that node
+/// leaves or fails: nothing else can run it.
+pub async fn wait_target(ctx: &Ctx, t: &JobKey) -> anyhow::Result<Waited> {
+    let result_key = ctx.layout.result_key(t);
+    let JobKey::Node { node, id } = t else {
+        return Ok(Waited::Done(Box::new(wait_result(ctx, &result_key).await?)));
+    };
+    let gone = tokio::select! {
+        r = wait_result(ctx, &result_key) => return Ok(Waited::Done(Box::new(r?))),
+        g = node_gone(ctx, node) => g?,
+    };
+    // The result may have been written just before.
+    let (entry, _) = ctx
+        .client
+        .kv_get(&result_key, &QueryOptions::default())
+        .await?;
+    if let Some(r) = entry
+        .and_then(|e| serde_json::from_slice::<JobResult>(&e.value).ok())
+        .filter(|r| r.status.map(|s| s.is_final()).unwrap_or(true))
+    {
+        return Ok(Waited::Done(Box::new(r)));
+    }
+    let key = ctx.layout.job_key(t);
+    let (entry, _) = ctx.client.kv_get(&key, &QueryOptions::default()).await?;
+    // The node's failure releases its locks, so a claim shows as a lock count by now.
+    let state = match entry {
+        Some(e) if e.holder().is_some() || e.lock_index > 0 => "was running on it",
+        _ => "was queued for it",
+    };
+    Ok(Waited::NodeGone(format!(
+        "node {node} {gone} while job {id} {state}; the job stays at {key} until the node is back"
+    )))
+}
+
+/// Returns, in words, once `node` has left or failed. It waits on the node's health (its
+/// `serfHealth` check) with blocking queries; the gossip membership then says which it was. A
+/// node missing from the catalog counts only if the membership agrees, as one that just joined
+/// may not be in the catalog yet.
+async fn node_gone(ctx: &Ctx, node: &str) -> anyhow::Result<String> {
+    let mut index = crate::consul::BlockingIndex::default();
+    loop {
+        let (checks, meta) = ctx
+            .client
+            .health_node(
+                node,
+                &QueryOptions::blocking(index.get(), std::time::Duration::from_secs(300)),
+            )
+            .await?;
+        index.update(meta.index);
+        let serf = checks.iter().find(|c| c.check_id == "serfHealth");
+        if serf.is_some_and(|c| c.status != "critical") {
+            continue;
+        }
+        let members = ctx.client.agent_members().await?;
+        let word = match members.iter().find(|m| m.name == node) {
+            Some(m) if m.is_alive() && serf.is_none() => continue,
+            Some(m) if m.is_alive() => "failed".to_string(),
+            Some(m) => m.status_name().to_string(),
+            None if serf.is_none() => return Ok("is not a member of the cluster".to_string()),
+            None => "left".to_string(),
+        };
+        let why = serf.map(|c| c.output.trim()).unwrap_or_default();
+        return Ok(if why.is_empty() {
+            word
+        } else {
+            format!("{word} (serfHealth critical: {why})")
+        });
+    }
 }
 
 /// Blocks until a final result exists at `key`.
@@ -270,26 +406,22 @@ pub async fn wait_result(ctx: &Ctx, key: &str) -> anyhow::Result<JobResult> {
     }
 }
 
-/// Prints a result like a local run: Output to stdout, OutputErrors to stderr. Returns the exit
-/// code to use: the job's, or 1 if it did not exit by itself.
-pub fn print_result(r: &JobResult, header: bool) -> anyhow::Result<i32> {
+/// Prints a result like a local run: Output to stdout, OutputErrors to stderr; `logs` is the
+/// command that prints all of a truncated output. Returns the exit code to use: the job's, or 1
+/// if it did not exit by itself.
+pub fn print_result(r: &JobResult, header: bool, logs: &str) -> anyhow::Result<i32> {
     if header {
-        println!(
+        outln!(
             "==> {} ({}, exit {})",
             r.execution_node,
             r.status_str(),
             r.exit_code
         );
     }
-    let mut out = std::io::stdout();
-    out.write_all(r.output.as_bytes())?;
-    out.flush()?;
-    eprint!("{}", r.output_errors);
+    crate::util::output::write(r.output.as_bytes())?;
+    crate::util::output::write_stderr(r.output_errors.as_bytes())?;
     if r.output_truncated || r.output_errors_truncated {
-        eprintln!(
-            "servant: output truncated in KV; `servant logs {}` has all of it",
-            r.id
-        );
+        eprintln!("servant: output truncated in KV; `{logs}` prints all of it");
     }
     let code = match (r.status_str(), r.exit_code) {
         ("succeeded", _) => 0,

@@ -55,11 +55,12 @@ impl ClientConfig {
 /// Every way a Consul call can fail, classified by cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
-    #[error("cannot reach consul at {url}: {source}")]
+    /// The cause is in the message, not `source()`, so that logs show it too.
+    #[error("cannot reach consul at {url}: {}", crate::util::error::chain(.cause))]
     Unreachable {
         url: String,
-        #[source]
-        source: reqwest::Error,
+        /// Without its URL, which the message already names.
+        cause: reqwest::Error,
     },
     #[error("permission denied by consul for {method} {path}: {body} (set CONSUL_HTTP_TOKEN or -token to a token whose policy allows it)")]
     PermissionDenied {
@@ -243,7 +244,7 @@ impl Client {
     ) -> Result<Response, ConsulError> {
         let resp = r.send().await.map_err(|e| ConsulError::Unreachable {
             url: format!("{}{}", self.base, path),
-            source: e,
+            cause: e.without_url(),
         })?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {

@@ -105,15 +105,14 @@ pub struct RunnerConfig {
 /// Why the runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read template {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read template {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error(transparent)]
     Parse(#[from] super::TemplateError),
     #[error("{0}")]
     Render(String),
+    #[error("cannot print the dry run")]
+    Output(#[source] crate::util::output::OutputError),
 }
 
 struct Loaded {
@@ -214,7 +213,7 @@ pub async fn run(
     for spec in &cfg.templates {
         let text = std::fs::read_to_string(&spec.source).map_err(|e| RunError::Read {
             path: spec.source.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let name = spec.source.display().to_string();
         let template = parse(&name, &text, DATA_FUNCS)?;
@@ -305,7 +304,8 @@ pub async fn run(
                 }
             };
             if cfg.dry {
-                println!("> {}\n{text}", l.spec.destination.display());
+                let shown = format!("> {}\n{text}\n", l.spec.destination.display());
+                crate::util::output::write(shown.as_bytes()).map_err(RunError::Output)?;
                 continue;
             }
             if last.get(&l.spec.destination) == Some(&text) {
