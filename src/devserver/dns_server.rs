@@ -115,9 +115,11 @@ async fn serve_tcp(l: TcpListener, a: Arc<Answerer>, limit: Arc<Semaphore>) {
                 continue;
             }
         };
-        let (a, limit) = (a.clone(), limit.clone());
+        // A weak handle: an idle connection must not keep the core (and its data file) open
+        // after the server stops.
+        let (a, limit) = (Arc::downgrade(&a), limit.clone());
         tokio::spawn(async move {
-            if let Err(e) = tcp_conn(conn, &a, &limit).await {
+            if let Err(e) = tcp_conn(conn, a, &limit).await {
                 tracing::debug!(%peer, error = %e, "dns: tcp connection");
             }
         });
@@ -125,7 +127,11 @@ async fn serve_tcp(l: TcpListener, a: Arc<Answerer>, limit: Arc<Semaphore>) {
 }
 
 /// Length-prefixed queries on one connection, answered in order, until EOF or idle.
-async fn tcp_conn(mut conn: TcpStream, a: &Answerer, limit: &Semaphore) -> std::io::Result<()> {
+async fn tcp_conn(
+    mut conn: TcpStream,
+    a: std::sync::Weak<Answerer>,
+    limit: &Semaphore,
+) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await {
@@ -139,10 +145,12 @@ async fn tcp_conn(mut conn: TcpStream, a: &Answerer, limit: &Semaphore) -> std::
             Ok(r) => r?,
             Err(_) => return Ok(()),
         };
+        let Some(a) = a.upgrade() else { return Ok(()) };
         let out = {
             let _permit = limit.acquire().await;
             a.answer(&packet, Transport::Tcp).await
         };
+        drop(a);
         let Some(out) = out else { return Ok(()) };
         let Ok(n) = u16::try_from(out.len()) else {
             return Ok(());
