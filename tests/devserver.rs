@@ -913,3 +913,317 @@ fn http_and_tcp_checks_are_run_like_consul() {
         assert_eq!(h.put("/v1/agent/service/deregister/h1", "").0, 200);
     }
 }
+
+/// Runs Consul's own CLI against `addr`: (exit code, stdout, stderr).
+fn consul_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(consul_bin())
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", addr)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .output()
+        .expect("run consul");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `consul info`'s sections as key sets, and the values one single-node server must share.
+fn info_view(out: &str) -> Value {
+    let mut sections: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, String>,
+    > = Default::default();
+    let mut current = String::new();
+    for line in out.lines() {
+        if let Some(name) = line.strip_suffix(':').filter(|_| !line.starts_with('\t')) {
+            current = name.to_string();
+            sections.entry(current.clone()).or_default();
+        } else if let Some((k, v)) = line.trim().split_once(" = ") {
+            sections
+                .entry(current.clone())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        } else if let Some(k) = line.trim().strip_suffix(" =") {
+            sections
+                .entry(current.clone())
+                .or_default()
+                .insert(k.to_string(), String::new());
+        }
+    }
+    let keys = |s: &str| -> Vec<String> {
+        sections
+            .get(s)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let val = |s: &str, k: &str| -> String {
+        sections
+            .get(s)
+            .and_then(|m| m.get(k))
+            .cloned()
+            .unwrap_or_default()
+    };
+    json!({
+        // Go's runtime and serf's WAN pool have no counterpart on the embedded server.
+        "sections served": (["agent", "build", "consul", "raft", "runtime", "serf_lan"].iter().map(|s| sections.contains_key(*s)).collect::<Vec<_>>()),
+        "agent keys": keys("agent"),
+        "consul keys": keys("consul"),
+        "raft keys": keys("raft"),
+        "serf_lan keys": keys("serf_lan"),
+        "single leader": (["acl", "bootstrap", "known_datacenters", "leader", "server"].iter().map(|k| val("consul", k)).collect::<Vec<_>>()),
+        "raft": (["state", "num_peers", "protocol_version"].iter().map(|k| val("raft", k)).collect::<Vec<_>>()),
+        "leader_addr is the raft port": val("consul", "leader_addr").ends_with(":8300"),
+        "serf": (["members", "failed", "left", "encrypted"].iter().map(|k| val("serf_lan", k)).collect::<Vec<_>>()),
+        "version": val("build", "version"),
+        "runtime has os and arch": !val("runtime", "os").is_empty() && !val("runtime", "arch").is_empty(),
+    })
+}
+
+/// `consul info`, `consul catalog datacenters`, `consul reload` and `consul operator raft
+/// list-peers` work against the embedded server and print what they print against Consul
+/// 1.8.7 (where a single node's figures must agree).
+#[test]
+fn consul_info_datacenters_reload_and_raft_peers_match_real_consul() {
+    let real = ConsulDev::start();
+    let dev = Single::start(Backend::Dev, &[]);
+    let mut seen = Vec::new();
+    for (addr, node, ip) in [
+        (real.addr(), real.node.clone(), real.ip.clone()),
+        (dev.addr(), dev.node.clone(), dev.ip.clone()),
+    ] {
+        let (code, info, err) = consul_cli(&addr, &["info"]);
+        assert_eq!(code, 0, "consul info against {addr}: {err}");
+        let (code, dcs, err) = consul_cli(&addr, &["catalog", "datacenters"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, reload, err) = consul_cli(&addr, &["reload"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, peers, err) = consul_cli(&addr, &["operator", "raft", "list-peers"]);
+        assert_eq!(code, 0, "{err}");
+        // One row: this node, its Raft address, leader, voter, protocol 3.
+        let rows: Vec<Vec<String>> = peers
+            .lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .map(|w| {
+                        if w == node {
+                            "NODE".to_string()
+                        } else if w == format!("{ip}:8300") {
+                            "ADDR".to_string()
+                        } else if w.len() == 36 && w.matches('-').count() == 4 {
+                            "UUID".to_string()
+                        } else {
+                            w.to_string()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        seen.push(json!({
+            "info": info_view(&info),
+            "datacenters": dcs,
+            "reload": reload,
+            "peers": rows,
+        }));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "\nreal consul: {:#}\nembedded:    {:#}",
+        seen[0], seen[1]
+    );
+    assert_eq!(seen[1]["datacenters"], "dc1\n");
+    assert_eq!(
+        seen[1]["peers"][1],
+        json!(["NODE", "UUID", "ADDR", "leader", "true", "3"])
+    );
+}
+
+/// `consul maint` for the node and for a service, against both backends: the same output, the
+/// same maintenance checks (critical, with the reason), health endpoints that then leave the
+/// node's or the service's instances out, and the same errors.
+fn scenario_maint(addr: &str, node: &str) -> Vec<(String, Value)> {
+    let h = Http::new(addr);
+    let mut out: Vec<(String, Value)> = Vec::new();
+    let fields = [
+        "CheckID",
+        "Name",
+        "Status",
+        "Notes",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "Type",
+        "Service",
+        "Checks",
+        "ID",
+    ];
+    let reg = json!({"ID": "web1", "Name": "web", "Tags": ["v1"], "Port": 8080,
+        "Check": {"TTL": "1h", "Status": "passing"}});
+    assert_eq!(h.put("/v1/agent/service/register", reg.to_string()).0, 200);
+    let cli = |args: &[&str]| {
+        let (code, o, e) = consul_cli(addr, args);
+        json!([code, o.replace(node, "NODE"), e.replace(node, "NODE")])
+    };
+    // Consul's agent copies its checks to the catalog a moment later: wait for `want`.
+    let settle = |path: &str, want: &dyn Fn(&Value) -> bool| -> Value {
+        wait_for(&format!("{path} on {addr}"), T, || {
+            let v = h.get_json(path)?;
+            want(&v).then_some(v)
+        })
+    };
+    let instances = |v: &Value| v.as_array().map(|a| a.len()).unwrap_or(99);
+    settle("/v1/health/service/web?passing", &|v| instances(v) == 1);
+    out.push(("no maintenance".into(), cli(&["maint"])));
+    out.push((
+        "enable node".into(),
+        cli(&["maint", "-enable", "-reason", "disk swap"]),
+    ));
+    out.push((
+        "enable service".into(),
+        cli(&["maint", "-enable", "-service", "web1", "-reason", "upgrade"]),
+    ));
+    out.push((
+        "enable again keeps the first reason".into(),
+        cli(&["maint", "-enable", "-reason", "other"]),
+    ));
+    out.push(("listing".into(), cli(&["maint"])));
+    out.push((
+        "unknown service".into(),
+        cli(&["maint", "-enable", "-service", "nope"]),
+    ));
+    let checks = h.get_json("/v1/agent/checks").unwrap_or_default();
+    out.push((
+        "agent checks".into(),
+        project(
+            &json!([
+                checks["_node_maintenance"],
+                checks["_service_maintenance:web1"]
+            ]),
+            &fields,
+        ),
+    ));
+    let passing = settle("/v1/health/service/web?passing", &|v| instances(v) == 0);
+    out.push(("passing instances".into(), passing));
+    let all = settle("/v1/health/service/web", &|v| {
+        v[0]["Checks"].as_array().map(|c| c.len()) == Some(4)
+    });
+    out.push((
+        "instance checks".into(),
+        project(&all[0]["Checks"], &fields),
+    ));
+    let critical = settle("/v1/health/state/critical", &|v| instances(v) == 2);
+    out.push(("critical".into(), project(&critical, &fields)));
+    out.push((
+        "node health".into(),
+        project(
+            &settle(&format!("/v1/health/node/{node}"), &|v| instances(v) == 4),
+            &fields,
+        ),
+    ));
+    out.push(("bad enable value".into(), {
+        let (st, b) = h.put("/v1/agent/maintenance?enable=yes", "");
+        json!([st, b])
+    }));
+    out.push(("missing enable".into(), {
+        let (st, b) = h.put("/v1/agent/service/maintenance/web1", "");
+        json!([st, b])
+    }));
+    out.push(("disable node".into(), cli(&["maint", "-disable"])));
+    out.push((
+        "disable service".into(),
+        cli(&["maint", "-disable", "-service", "web1"]),
+    ));
+    out.push(("listing after".into(), cli(&["maint"])));
+    settle("/v1/health/service/web?passing", &|v| instances(v) == 1);
+    out.push((
+        "no maintenance check left".into(),
+        json!(h
+            .get_json("/v1/agent/checks")
+            .and_then(|c| c.as_object().map(|m| m.keys().any(|k| k.starts_with('_'))))),
+    ));
+    out
+}
+
+#[test]
+fn consul_maint_matches_real_consul() {
+    let real = ConsulDev::start();
+    let dev = Single::start(Backend::Dev, &[]);
+    let a = scenario_maint(&real.addr(), &real.node);
+    let b = scenario_maint(&dev.addr(), &dev.node);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
+    }
+}
+
+/// What the embedded server does not do is refused with a 501 whose text Consul's CLI prints,
+/// not an empty 404: `consul force-leave`, `consul monitor`, `consul exec` (refused at its
+/// `_rexec` event, so it cleans up and fails instead of reporting "0 / 0 node(s)"), and any
+/// other `/v1/` path.
+#[test]
+fn unsupported_consul_commands_fail_with_a_clear_error() {
+    let d = Single::start(Backend::Dev, &[]);
+    let addr = d.addr();
+    let (code, _, err) = consul_cli(&addr, &["force-leave", "somenode"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Unexpected response code: 501")
+            && err
+                .contains("servant agent -dev does not support PUT /v1/agent/force-leave/somenode"),
+        "{err}"
+    );
+    // `consul monitor` streams forever when it is served; refused, it ends at once.
+    let mut monitor = Command::new(consul_bin())
+        .arg("monitor")
+        .env("CONSUL_HTTP_ADDR", &addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + T;
+    while monitor.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = monitor.kill();
+            panic!("consul monitor did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = monitor.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("501") && err.contains("does not support GET /v1/agent/monitor"),
+        "{err}"
+    );
+    let (code, out, err) = consul_cli(&addr, &["exec", "uptime"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("node(s)"), "{out}");
+    assert!(
+        err.contains("Failed to fire event")
+            && err.contains("does not support remote execution (consul exec)")
+            && err.contains("servant start"),
+        "{err}"
+    );
+    // consul exec removed its session and its job spec on the way out.
+    let h = d.http();
+    wait_for("consul exec's cleanup", T, || {
+        let sessions = h.get("/v1/session/list").1;
+        let spec = h.get("/v1/kv/_rexec/?recurse").0;
+        (!sessions.contains("Remote Exec") && spec == 404).then_some(())
+    });
+    // Any other API path: 501 in plain text; outside /v1/ Consul's empty 404.
+    let r = reqwest::blocking::get(format!("http://{addr}/v1/acl/tokens")).unwrap();
+    assert_eq!(r.status().as_u16(), 501);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/plain; charset=utf-8"
+    );
+    assert!(r
+        .text()
+        .unwrap()
+        .starts_with("servant agent -dev does not support GET /v1/acl/tokens"));
+    assert_eq!(h.get("/not-an-api").0, 404);
+    // What it does serve still answers, and a user event other than `_rexec` still fires.
+    assert_eq!(h.put("/v1/event/fire/deploy", "x").0, 200);
+}

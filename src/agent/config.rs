@@ -58,6 +58,9 @@ pub struct AgentConfig {
     pub dev: bool,
     /// Where the embedded server listens.
     pub dev_listen: String,
+    /// The embedded server's Consul DNS port, on the IP of `dev_listen`, UDP and TCP. As
+    /// Consul's `-dns-port`: 0 or less (-1) turns DNS off.
+    pub dns_port: i32,
     /// A Consul agent to launch and supervise; none by default.
     pub consul: LaunchConfig,
     /// Replicated apps (App Manager's `appmgr/` keys).
@@ -230,6 +233,7 @@ impl Default for AgentConfig {
             api_addr: "127.0.0.1:8686".to_string(),
             dev: false,
             dev_listen: "127.0.0.1:8500".to_string(),
+            dns_port: 8600,
             consul: LaunchConfig::default(),
             apps: AppsConfig::default(),
             checks: ChecksConfig::default(),
@@ -338,6 +342,15 @@ impl AgentConfig {
                 detail: e,
             })?;
         }
+        if self.dns_port > 65_535 {
+            return Err(ConfigError::Invalid {
+                field: "dns_port",
+                detail: format!(
+                    "{} is not a port: use 1 to 65535, or -1 to turn DNS off",
+                    self.dns_port
+                ),
+            });
+        }
         if self.max_parallel == 0 {
             return Err(ConfigError::Invalid {
                 field: "max_parallel",
@@ -369,6 +382,11 @@ impl AgentConfig {
             });
         }
         Ok(())
+    }
+
+    /// The embedded server's DNS port; None when DNS is off (a port of 0 or less, as Consul).
+    pub fn dns_port(&self) -> Option<u16> {
+        u16::try_from(self.dns_port).ok().filter(|p| *p > 0)
     }
 
     /// How long the node session may go unconfirmed before the agent kills its own jobs: half the
@@ -409,6 +427,25 @@ mod tests {
         let c = AgentConfig::load(&j).unwrap();
         assert_eq!(c.kv_prefix, "x");
         assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn dns_port_follows_consul_minus_one_or_zero_turn_it_off() {
+        let port = |p: i32| AgentConfig {
+            dns_port: p,
+            ..Default::default()
+        };
+        assert_eq!(AgentConfig::default().dns_port(), Some(8600));
+        assert_eq!(port(53).dns_port(), Some(53));
+        assert_eq!(port(-1).dns_port(), None);
+        assert_eq!(port(0).dns_port(), None);
+        assert!(port(-1).validate().is_ok());
+        let e = port(70_000).validate().unwrap_err().to_string();
+        assert!(e.contains("dns_port") && e.contains("-1"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(&t, "dns_port = -1\n").unwrap();
+        assert_eq!(AgentConfig::load(&t).unwrap().dns_port(), None);
     }
 
     #[test]

@@ -84,11 +84,15 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "servant-dev".into())
         });
-        let d = DevServer::start(&cfg.data_dir, &cfg.dev_listen, &node).await?;
+        let d = DevServer::start(&cfg.data_dir, &cfg.dev_listen, &node, cfg.dns_port()).await?;
         if let Some(other) = &cfg.http_addr {
             warn!(ignored = %other, "-dev: the agent talks to its embedded server, not to the configured Consul address");
         }
         info!(addr = %d.addr, data = %cfg.data_dir.join("dev.redb").display(), "embedded single-node server listening");
+        match d.dns {
+            Some(dns) => info!(%dns, "embedded server answering Consul DNS (udp and tcp)"),
+            None => info!("embedded server DNS is off (dns_port -1)"),
+        }
         cfg.http_addr = Some(d.addr.to_string());
         Some(d)
     } else {

@@ -76,6 +76,10 @@ pub struct AgentArgs {
     /// Where the embedded server listens.
     #[arg(long, env = "SERVANT_DEV_LISTEN")]
     pub dev_listen: Option<String>,
+    /// The embedded server's Consul DNS port (UDP and TCP, on the IP of --dev-listen); -1
+    /// turns DNS off, as Consul's -dns-port.
+    #[arg(long, env = "SERVANT_DNS_PORT", allow_negative_numbers = true)]
+    pub dns_port: Option<i32>,
     /// Launch a throwaway `consul agent -dev`.
     #[arg(long)]
     pub consul_dev: bool,
@@ -137,7 +141,8 @@ impl AgentArgs {
             result_max_age,
             result_gc_interval,
             watch_wait,
-            api_addr
+            api_addr,
+            dns_port
         );
         if http_addr.is_some() {
             c.http_addr = http_addr;
@@ -286,6 +291,8 @@ mod tests {
             "h:1",
             "--token",
             "t",
+            "-dns-port",
+            "-1",
         ]);
         use std::time::Duration as D;
         assert_eq!(c.data_dir, std::path::PathBuf::from("/d"));
@@ -317,6 +324,7 @@ mod tests {
         );
         assert_eq!(c.consul.bin.as_deref(), Some("/c"));
         assert_eq!(c.consul.extra_args, vec!["-hcl=x"]);
+        assert_eq!(c.dns_port, -1);
         assert_eq!(
             (
                 c.kv_prefix.as_str(),

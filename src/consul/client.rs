@@ -84,11 +84,14 @@ pub enum ConsulError {
 }
 
 impl ConsulError {
-    /// Errors worth retrying after a pause (network, 5xx, leader elections).
+    /// Errors worth retrying after a pause (network, 5xx, leader elections). Not 501: the
+    /// embedded `-dev` server's answer to an API it does not have, which no retry changes.
     pub fn is_transient(&self) -> bool {
         match self {
             ConsulError::Unreachable { .. } => true,
-            ConsulError::Status { status, .. } => *status >= 500 || *status == 429,
+            ConsulError::Status { status, .. } => {
+                (*status >= 500 && *status != 501) || *status == 429
+            }
             _ => false,
         }
     }
@@ -390,4 +393,27 @@ pub(crate) fn encode_key(key: &str) -> String {
         .map(|s| utf8_percent_encode(s, SEG).to_string())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsulError;
+
+    fn status(status: u16) -> ConsulError {
+        ConsulError::Status {
+            status,
+            method: "PUT".into(),
+            path: "/v1/agent/force-leave/x".into(),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn server_errors_are_retried_but_not_an_api_the_server_lacks() {
+        assert!(status(500).is_transient());
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(501).is_transient());
+        assert!(!status(404).is_transient());
+    }
 }

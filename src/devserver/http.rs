@@ -5,6 +5,11 @@
 //! services and checks, TTL updates), `/v1/catalog` (nodes, node, services, service), `/v1/health`
 //! (node, checks, service with `passing`, state) and `/v1/event` (fire, list). TTL, HTTP and TCP
 //! checks work (the server runs the probes); script checks are registered but not run.
+//!
+//! For the Consul CLI commands users try first: `/v1/agent/self` with `Stats` (`consul info`),
+//! `/v1/catalog/datacenters`, node and service maintenance (`consul maint`), `/v1/agent/reload`
+//! and `/v1/operator/raft/configuration`. Every other `/v1/` path, and `consul exec`'s event,
+//! is refused with a plain-text 501 that says so, which Consul's CLI prints.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,7 +26,8 @@ use serde_json::{json, Value};
 
 use super::server::Core;
 use super::state::{
-    Behavior, Check, Entry, PutOptions, Session, State, StateError, TxnOp, UserEvent,
+    is_maintenance, Behavior, Check, Entry, PutOptions, Session, State, StateError, TxnOp,
+    UserEvent,
 };
 use crate::util::duration::parse_duration;
 use crate::util::json::canonical_keys;
@@ -109,7 +115,46 @@ pub fn router(core: Core) -> Router {
         .route("/v1/catalog/service/{name}", get(catalog_service))
         .route("/v1/health/node/{node}", get(health_node))
         .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/catalog/datacenters", get(catalog_datacenters))
+        .route("/v1/agent/reload", put(agent_reload))
+        .route("/v1/agent/maintenance", put(node_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(service_maintenance),
+        )
+        .route("/v1/operator/raft/configuration", get(raft_configuration))
+        .fallback(unsupported)
         .with_state(core)
+}
+
+/// Any path not served. Under `/v1/` it is an API this server does not have: a 501 whose
+/// plain-text body Consul's CLI prints ("Unexpected response code: 501 (...)"), instead of an
+/// empty 404 that reads like a missing key. Elsewhere, Consul's empty 404.
+async fn unsupported(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if !path.starts_with("/v1/") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let why = if path.starts_with("/v1/agent/force-leave/") {
+        "it is a single node, with no other members to remove"
+    } else if path == "/v1/agent/monitor" {
+        "its log is the servant agent's own output (set SERVANT_LOG for more)"
+    } else if path.starts_with("/v1/agent/join/") {
+        "it is a single-node server, not a distributed store"
+    } else {
+        "it serves only the Consul API subset listed in the README"
+    };
+    refuse(&format!("{method} {path}"), why)
+}
+
+/// A refusal of something `servant agent -dev` does not do: 501 with a plain-text reason.
+fn refuse(what: &str, why: &str) -> Response {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "servant agent -dev does not support {what}: {why}; use a real Consul agent for it"
+        ),
+    )
 }
 
 fn with_index(mut r: Response, index: u64) -> Response {
@@ -710,23 +755,148 @@ async fn sessions_where(core: Core, q: HashMap<String, String>, node: Option<Str
 }
 
 async fn status_leader(AxState(core): AxState<Core>) -> Response {
-    axum::Json(json!(format!("{}:8300", core.addr()))).into_response()
+    axum::Json(json!(raft_addr(&core))).into_response()
 }
 
 async fn status_peers(AxState(core): AxState<Core>) -> Response {
-    axum::Json(json!([format!("{}:8300", core.addr())])).into_response()
+    axum::Json(json!([raft_addr(&core)])).into_response()
 }
 
 fn member(core: &Core) -> Value {
     json!({"Name": core.node(), "Addr": core.addr(), "Port": 8301, "Tags": {"role": "consul", "dc": "dc1", "build": "servant-dev"}, "Status": 1})
 }
 
+/// The server's Raft address: `<addr>:8300`, bracketed for IPv6.
+fn raft_addr(core: &Core) -> String {
+    match core.addr().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(a)) => format!("[{a}]:8300"),
+        _ => format!("{}:8300", core.addr()),
+    }
+}
+
+/// `/v1/agent/self`, with the `Stats` sections `consul info` prints, for one node that is its
+/// own leader.
 async fn agent_self(AxState(core): AxState<Core>) -> Response {
+    let (index, services, checks, ttls, scripts) = core
+        .read(|st| {
+            let count = |f: fn(&Check) -> bool| st.checks.values().filter(|c| f(c)).count();
+            (
+                st.index,
+                st.services.len(),
+                st.checks.len(),
+                count(|c| c.ttl_ms > 0),
+                count(|c| check_type(c) == "script"),
+            )
+        })
+        .await;
+    let s = |v: &dyn ToString| v.to_string();
+    let arch = match std::env::consts::ARCH {
+        // Go's names, which Consul prints.
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let stats = json!({
+        "agent": {"check_monitors": s(&scripts), "check_ttls": s(&ttls), "checks": s(&checks), "services": s(&services)},
+        "build": {"prerelease": "", "revision": "servant-dev", "version": "1.8.7", "servant": env!("CARGO_PKG_VERSION")},
+        "consul": {"acl": "disabled", "bootstrap": "false", "known_datacenters": "1", "leader": "true", "leader_addr": raft_addr(&core), "server": "true"},
+        "raft": {
+            "applied_index": s(&index), "commit_index": s(&index), "fsm_pending": "0", "last_contact": "0",
+            "last_log_index": s(&index), "last_log_term": "1", "last_snapshot_index": "0", "last_snapshot_term": "0",
+            "latest_configuration": format!("[{{Suffrage:Voter ID:{} Address:{}}}]", node_id(&core), raft_addr(&core)),
+            "latest_configuration_index": "0", "num_peers": "0", "protocol_version": "3", "protocol_version_max": "3",
+            "protocol_version_min": "0", "snapshot_version_max": "1", "snapshot_version_min": "0", "state": "Leader", "term": "1",
+        },
+        "runtime": {"arch": arch, "cpu_count": s(&cpus), "os": std::env::consts::OS},
+        "serf_lan": {
+            "coordinate_resets": "0", "encrypted": "false", "event_queue": "0", "event_time": "1", "failed": "0",
+            "health_score": "0", "intent_queue": "0", "left": "0", "member_time": "1", "members": "1",
+            "query_queue": "0", "query_time": "1",
+        },
+    });
     axum::Json(json!({
-        "Config": {"Datacenter": "dc1", "NodeName": core.node(), "Server": true, "Version": "1.8.7", "Revision": "servant-dev"},
+        "Config": {"Datacenter": "dc1", "NodeName": core.node(), "NodeID": node_id(&core), "Server": true, "Version": "1.8.7", "Revision": "servant-dev"},
         "Member": member(&core),
+        "Stats": stats,
+        "Meta": {},
     }))
     .into_response()
+}
+
+async fn catalog_datacenters() -> Response {
+    axum::Json(json!(["dc1"])).into_response()
+}
+
+/// `consul reload`: the embedded server has no configuration files, so there is nothing to
+/// reload; Consul answers a reload that changes nothing with an empty 200.
+async fn agent_reload() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// `/v1/operator/raft/configuration`: one voter, the leader.
+async fn raft_configuration(AxState(core): AxState<Core>) -> Response {
+    axum::Json(json!({
+        "Servers": [{"ID": node_id(&core), "Node": core.node(), "Address": raft_addr(&core), "Leader": true, "ProtocolVersion": "3", "Voter": true}],
+        "Index": 0,
+    }))
+    .into_response()
+}
+
+/// Go's `strconv.ParseBool`, which Consul uses for `enable`.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `enable` and `reason` of a maintenance request, with Consul's 400 texts.
+fn maintenance_args(q: &HashMap<String, String>) -> Result<(bool, String), BadInput> {
+    let Some(v) = q.get("enable") else {
+        return Err(BadInput("Missing value for enable".into()));
+    };
+    let Some(enable) = go_bool(v) else {
+        return Err(BadInput(format!("Invalid value for enable: {v:?}")));
+    };
+    Ok((enable, q.get("reason").cloned().unwrap_or_default()))
+}
+
+async fn node_maintenance(AxState(core): AxState<Core>, q: Q) -> Response {
+    let (enable, reason) = match maintenance_args(&q.0) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match core
+        .write(move |st, now| st.node_maintenance(enable, &reason, now))
+        .await
+    {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn service_maintenance(
+    AxState(core): AxState<Core>,
+    Path(id): Path<String>,
+    q: Q,
+) -> Response {
+    let (enable, reason) = match maintenance_args(&q.0) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match core
+        .write(move |st, now| st.service_maintenance(&id, enable, &reason, now))
+        .await
+    {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => state_error(e),
+        Err(e) => core_error(e),
+    }
 }
 
 async fn agent_members(AxState(core): AxState<Core>) -> Response {
@@ -998,7 +1168,7 @@ async fn catalog_service(AxState(core): AxState<Core>, Path(name): Path<String>,
 }
 
 fn serf_health(core: &Core) -> Value {
-    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "ServiceTags": []})
+    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": ""})
 }
 
 fn check_json(core: &Core, st: &State, c: &Check) -> Value {
@@ -1007,7 +1177,18 @@ fn check_json(core: &Core, st: &State, c: &Check) -> Value {
         .get(&c.service_id)
         .and_then(|r| r.get("Tags").cloned())
         .unwrap_or(json!([]));
-    json!({"Node": core.node(), "CheckID": c.id, "Name": c.name, "Status": c.status, "Notes": c.notes, "Output": c.output, "ServiceID": c.service_id, "ServiceName": c.service_name, "ServiceTags": tags})
+    json!({"Node": core.node(), "CheckID": c.id, "Name": c.name, "Status": c.status, "Notes": c.notes, "Output": c.output, "ServiceID": c.service_id, "ServiceName": c.service_name, "ServiceTags": tags, "Type": check_type(c)})
+}
+
+/// Consul's `Type` of a check.
+fn check_type(c: &Check) -> &'static str {
+    match &c.probe {
+        _ if is_maintenance(&c.id) => "maintenance",
+        Some(p) if p.http => "http",
+        Some(_) => "tcp",
+        None if c.ttl_ms > 0 => "ttl",
+        None => "script",
+    }
 }
 
 /// serfHealth and every registered check, optionally only those matching `keep`.
@@ -1237,6 +1418,14 @@ async fn event_fire(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
+    if name == "_rexec" {
+        // `consul exec`'s job event: no agent here would run it, and Consul's CLI would wait
+        // out its quiet period and report "0 / 0 node(s)". Refused, so it stops with the reason.
+        return refuse(
+            "remote execution (consul exec)",
+            "run commands with `servant start -c CMD` (add --wait for the output)",
+        );
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let payload = body.to_vec();
     match core
@@ -1295,7 +1484,8 @@ async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, 
             let out: Vec<Value> = instances(st, &name, tag.as_deref())
                 .iter()
                 .map(|(id, r)| {
-                    let checks = all_checks(&core, st, |c| c["CheckID"] == "serfHealth" || c["ServiceID"] == id.as_str());
+                    // The node's checks (serfHealth, node maintenance...) and the instance's own.
+                    let checks = all_checks(&core, st, |c| c["ServiceID"] == "" || c["ServiceID"] == id.as_str());
                     json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": checks})
                 })
                 .filter(|e| !passing || e["Checks"].as_array().is_some_and(|cs| cs.iter().all(|c| c["Status"] == "passing")))

@@ -8,7 +8,11 @@
 //! - `wal`: the log file.
 //! - `server`: the state behind a lock, the group-commit writer thread, blocking reads, expiry.
 //! - `http`: the HTTP API (axum).
+//! - `dns`: Consul DNS, pure (a query and a snapshot in, the answer out); `dns_server`: its UDP
+//!   and TCP sockets.
 
+pub mod dns;
+pub mod dns_server;
 pub mod http;
 pub mod server;
 pub mod state;
@@ -27,13 +31,24 @@ pub enum DevError {
         addr: String,
         source: std::io::Error,
     },
+    /// The cause is in the message, not the error chain, so the advice comes last.
+    #[error("cannot serve DNS on {addr} ({proto}): {cause}. Choose another port with --dns-port (config dns_port, SERVANT_DNS_PORT), or turn DNS off with --dns-port -1")]
+    Dns {
+        addr: String,
+        proto: &'static str,
+        cause: std::io::Error,
+    },
 }
 
 /// A running embedded server.
 pub struct DevServer {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Where it answers DNS, if it does.
+    pub dns: Option<std::net::SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    /// The DNS sockets' tasks; they hold the core too.
+    dns_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The TTL expiry loop; it holds the core, so it must end for the data file to close.
     expiry: tokio::task::JoinHandle<()>,
     /// The HTTP/TCP check runner; it holds the core too.
@@ -41,8 +56,14 @@ pub struct DevServer {
 }
 
 impl DevServer {
-    /// Opens `<dir>/dev.redb` and serves on `listen`.
-    pub async fn start(dir: &Path, listen: &str, node: &str) -> Result<DevServer, DevError> {
+    /// Opens `<dir>/dev.redb` and serves HTTP on `listen`, and DNS on `dns_port` of the same
+    /// IP (UDP and TCP) unless it is None.
+    pub async fn start(
+        dir: &Path,
+        listen: &str,
+        node: &str,
+        dns_port: Option<u16>,
+    ) -> Result<DevServer, DevError> {
         let listener =
             tokio::net::TcpListener::bind(listen)
                 .await
@@ -54,7 +75,16 @@ impl DevServer {
             addr: listen.to_string(),
             source: e,
         })?;
+        // Bound before the data file opens, so a port in use stops the start cleanly.
+        let dns = match dns_port {
+            Some(p) => Some(dns_server::bind(std::net::SocketAddr::new(addr.ip(), p)).await?),
+            None => None,
+        };
         let core = server::Core::open(&dir.join("dev.redb"), node, &addr.ip().to_string())?;
+        let dns_addr = dns.as_ref().map(|d| d.addr);
+        let dns_tasks = dns
+            .map(|d| dns_server::serve(d, core.clone(), addr.ip()))
+            .unwrap_or_default();
         let expiry = tokio::spawn(core.clone().run_expiry());
         let probes = tokio::spawn(core.clone().run_probes());
         let app = http::router(core);
@@ -63,7 +93,9 @@ impl DevServer {
         });
         Ok(DevServer {
             addr,
+            dns: dns_addr,
             task,
+            dns_tasks,
             expiry,
             probes,
         })
@@ -72,6 +104,7 @@ impl DevServer {
     /// Stops serving.
     pub fn stop(self) {
         self.task.abort();
+        self.dns_tasks.iter().for_each(|t| t.abort());
         self.expiry.abort();
         self.probes.abort();
     }

@@ -772,7 +772,8 @@ impl State {
         expired
     }
 
-    /// Registers (or replaces) a service on the agent, with its checks (earlier ones go).
+    /// Registers (or replaces) a service on the agent, with its checks (earlier ones go, but a
+    /// maintenance check stays, as in Consul).
     pub fn service_register(
         &mut self,
         id: &str,
@@ -780,7 +781,11 @@ impl State {
         checks: Vec<Check>,
         now_ms: u64,
     ) {
+        let maint = self.checks.remove(&service_maintenance_id(id));
         self.drop_service_checks(id, now_ms);
+        if let Some(m) = maint {
+            self.checks.insert(m.id.clone(), m);
+        }
         let idx = self.next_index();
         self.catalog_index = idx;
         self.services.insert(id.to_string(), reg);
@@ -902,6 +907,66 @@ impl State {
         due
     }
 
+    /// Node maintenance mode, as Consul's agent keeps it: a critical check `_node_maintenance`
+    /// whose notes hold the reason. Enabling it twice keeps the first reason.
+    pub fn node_maintenance(&mut self, enable: bool, reason: &str, now_ms: u64) {
+        if !enable {
+            self.check_deregister(NODE_MAINTENANCE, now_ms);
+            return;
+        }
+        if self.checks.contains_key(NODE_MAINTENANCE) {
+            return;
+        }
+        let notes = if reason.is_empty() {
+            "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+        } else {
+            reason
+        };
+        self.check_register(
+            maintenance_check(NODE_MAINTENANCE, "Node Maintenance Mode", notes, "", ""),
+            now_ms,
+        );
+    }
+
+    /// Service maintenance mode: a critical check `_service_maintenance:<id>` tied to the
+    /// service. NotFound (Consul's 404 text) for a service that is not registered.
+    pub fn service_maintenance(
+        &mut self,
+        service_id: &str,
+        enable: bool,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StateError> {
+        let Some(reg) = self.services.get(service_id) else {
+            return Err(StateError::NotFound(format!(
+                "No service registered with ID {service_id:?}"
+            )));
+        };
+        let name = reg
+            .get("Name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let id = service_maintenance_id(service_id);
+        if !enable {
+            self.check_deregister(&id, now_ms);
+            return Ok(());
+        }
+        if self.checks.contains_key(&id) {
+            return Ok(());
+        }
+        let notes = if reason.is_empty() {
+            "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
+        } else {
+            reason
+        };
+        self.check_register(
+            maintenance_check(&id, "Service Maintenance Mode", notes, service_id, &name),
+            now_ms,
+        );
+        Ok(())
+    }
+
     /// Records a user event; the oldest go beyond `MAX_EVENTS`.
     pub fn event_fire(&mut self, id: &str, name: &str, payload: Vec<u8>) -> UserEvent {
         let ltime = self.events.last().map(|e| e.ltime + 1).unwrap_or(1);
@@ -926,6 +991,36 @@ impl State {
             .chain(self.checks.values().map(|c| c.expires_at_ms))
             .filter(|t| *t > 0)
             .min()
+    }
+}
+
+/// Consul's check ID for node maintenance mode.
+pub const NODE_MAINTENANCE: &str = "_node_maintenance";
+/// Prefix of Consul's check IDs for service maintenance mode.
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+/// The maintenance check ID of a service.
+pub fn service_maintenance_id(service_id: &str) -> String {
+    format!("{SERVICE_MAINTENANCE_PREFIX}{service_id}")
+}
+
+/// Whether a check ID is one of Consul's maintenance checks.
+pub fn is_maintenance(check_id: &str) -> bool {
+    check_id == NODE_MAINTENANCE || check_id.starts_with(SERVICE_MAINTENANCE_PREFIX)
+}
+
+fn maintenance_check(id: &str, name: &str, notes: &str, service_id: &str, service: &str) -> Check {
+    Check {
+        id: id.to_string(),
+        name: name.to_string(),
+        status: "critical".into(),
+        notes: notes.to_string(),
+        output: String::new(),
+        service_id: service_id.to_string(),
+        service_name: service.to_string(),
+        ttl_ms: 0,
+        expires_at_ms: 0,
+        probe: None,
     }
 }
 
@@ -1283,6 +1378,45 @@ mod tests {
             "a heartbeat with no change takes no index"
         );
         assert_eq!(s.next_expiry(), Some(1500));
+    }
+
+    #[test]
+    fn maintenance_checks_follow_consul() {
+        let mut s = State::default();
+        s.node_maintenance(true, "disk swap", 0);
+        s.node_maintenance(true, "second reason", 0);
+        assert_eq!(
+            s.checks[NODE_MAINTENANCE].notes, "disk swap",
+            "first reason kept"
+        );
+        assert_eq!(s.checks[NODE_MAINTENANCE].status, "critical");
+        s.node_maintenance(false, "", 0);
+        assert!(s.checks.is_empty());
+        s.node_maintenance(true, "", 0);
+        assert!(s.checks[NODE_MAINTENANCE]
+            .notes
+            .contains("no reason was provided"));
+        assert!(matches!(
+            s.service_maintenance("web1", true, "x", 0),
+            Err(StateError::NotFound(m)) if m == "No service registered with ID \"web1\""
+        ));
+        let reg = serde_json::json!({"Name": "web"});
+        s.service_register("web1", reg.clone(), vec![], 0);
+        s.service_maintenance("web1", true, "upgrade", 0).unwrap();
+        let id = service_maintenance_id("web1");
+        assert_eq!(
+            (
+                s.checks[&id].service_name.as_str(),
+                s.checks[&id].notes.as_str()
+            ),
+            ("web", "upgrade")
+        );
+        // Registering the service again keeps its maintenance; deregistering ends it.
+        s.service_register("web1", reg, vec![], 0);
+        assert!(s.checks.contains_key(&id));
+        s.service_deregister("web1", 0);
+        assert!(!s.checks.contains_key(&id));
+        assert!(is_maintenance(NODE_MAINTENANCE) && is_maintenance(&id) && !is_maintenance("x"));
     }
 
     #[test]
