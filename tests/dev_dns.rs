@@ -166,7 +166,8 @@ fn queries(node: &str) -> Vec<(String, &'static str, Vec<&'static str>)> {
 /// same status and records (TTL 0, SOA in authority, SRV targets with their address records).
 #[test]
 fn dns_answers_match_real_consul() {
-    let real = ConsulDev::start();
+    // -dev answers passing instances only, as Consul does with `only_passing`.
+    let real = ConsulDev::start_with(&["-hcl", "dns_config { only_passing = true }"], None);
     let dev = Single::start(Backend::Dev, &[]);
     register(&real.http());
     register(&dev.http());
@@ -190,9 +191,8 @@ fn dns_answers_match_real_consul() {
         BTreeSet::from([
             "web.service.consul. 0 IN SRV 1 1 8080 devnode.node.dc1.consul.".to_string(),
             "web.service.consul. 0 IN SRV 1 1 8081 7f000009.addr.dc1.consul.".to_string(),
-            "web.service.consul. 0 IN SRV 1 1 8083 devnode.node.dc1.consul.".to_string(),
         ]),
-        "the critical instance is left out, the warning one stays (as in Consul)"
+        "the critical and the warning instances are left out (passing only)"
     );
     assert_eq!(
         srv.additional,
@@ -215,7 +215,7 @@ fn dns_answers_match_real_consul() {
 /// backends; the node itself still answers.
 #[test]
 fn maintenance_leaves_dns_on_both_backends() {
-    let real = ConsulDev::start();
+    let real = ConsulDev::start_with(&["-hcl", "dns_config { only_passing = true }"], None);
     let dev = Single::start(Backend::Dev, &[]);
     for (ip, addr, node) in [
         (&real.ip, real.addr(), real.node.as_str()),
@@ -246,13 +246,10 @@ fn maintenance_leaves_dns_on_both_backends() {
                 (srv_ports(name)? == want).then_some(())
             });
         };
-        until(
-            "all answer",
-            "web.service.consul",
-            &["8080", "8081", "8083"],
-        );
+        // 8083 has a warning check: passing instances only.
+        until("all passing answer", "web.service.consul", &["8080", "8081"]);
         consul(&["maint", "-enable", "-service", "web1", "-reason", "upgrade"]);
-        until("web1 out", "web.service.consul", &["8081", "8083"]);
+        until("web1 out", "web.service.consul", &["8081"]);
         consul(&["maint", "-enable", "-reason", "disk swap"]);
         until("node out", "web.service.consul", &[]);
         until("node out", "db.service.consul", &[]);
@@ -268,9 +265,9 @@ fn maintenance_leaves_dns_on_both_backends() {
         );
         consul(&["maint", "-disable"]);
         until("node back", "db.service.consul", &["5432"]);
-        until("node back", "web.service.consul", &["8081", "8083"]);
+        until("node back", "web.service.consul", &["8081"]);
         consul(&["maint", "-disable", "-service", "web1"]);
-        until("web1 back", "web.service.consul", &["8080", "8081", "8083"]);
+        until("web1 back", "web.service.consul", &["8080", "8081"]);
     }
 }
 

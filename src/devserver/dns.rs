@@ -7,8 +7,9 @@
 //!   `_<name>._<tag|tcp>[.service][.dc1].consul` (SRV); `<node>.node[.dc1].consul`;
 //!   `<hex ip>.addr[.dc1].consul` (the SRV targets of services with their own address);
 //!   PTR for the node's and services' addresses.
-//! - An instance answers unless one of its checks or one of the node's checks (maintenance
-//!   included) is critical; warning still answers (Consul's `only_passing = false`).
+//! - An instance answers only while all its checks and all the node's checks (maintenance
+//!   included) pass: Consul's `dns_config { only_passing = true }` (its default also keeps
+//!   warnings).
 //! - Names are case-insensitive; TTLs are 0; answers are shuffled.
 //! - A name that matches nothing is NXDOMAIN with the zone's SOA in authority; a name that
 //!   exists without records of the asked type is NOERROR with the SOA (services) or empty
@@ -111,13 +112,13 @@ impl Snapshot {
         }
     }
 
-    /// Whether DNS answers with this instance: no critical check of its own or of the node.
+    /// Whether DNS answers with this instance: every check of its own and of its node passes
+    /// (Consul's `dns_config { only_passing = true }`; by default Consul keeps warnings).
     fn healthy(&self, i: &Instance) -> bool {
-        !self
-            .node_checks
+        self.node_checks
             .iter()
             .chain(&i.checks)
-            .any(|s| s == "critical")
+            .all(|s| s == "passing")
     }
 }
 
@@ -700,8 +701,7 @@ mod tests {
         let m = ask(&snap(), "web.service.consul.", RecordType::A);
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert!(m.authoritative() && m.recursion_desired() && !m.recursion_available());
-        // The critical instance is left out; warning stays (Consul's default); the two on
-        // the node share one record.
+        // The critical and warning instances are left out (passing only).
         assert_eq!(data(&m), vec!["127.0.0.2", "127.0.0.9"]);
         assert!(m.answers().iter().all(|r| r.ttl() == 0));
         assert_eq!(m.extensions().as_ref().map(Edns::max_payload), Some(1232));
@@ -715,7 +715,6 @@ mod tests {
             vec![
                 "1 1 8080 devnode.node.dc1.consul.",
                 "1 1 8081 7f000009.addr.dc1.consul.",
-                "1 1 8083 devnode.node.dc1.consul.",
             ]
         );
         let mut extra = sections(&m)["additional"].clone();
@@ -754,11 +753,11 @@ mod tests {
         );
         assert_eq!(
             ports(&ask(&s, "_web._tcp.service.consul.", RecordType::SRV)),
-            vec![8080, 8081, 8083]
+            vec![8080, 8081]
         );
         assert_eq!(
             ports(&ask(&s, "_web._tcp.dc1.consul.", RecordType::SRV)),
-            vec![8080, 8081, 8083]
+            vec![8080, 8081]
         );
         assert_eq!(
             data(&ask(&s, "v2.web.service.consul.", RecordType::A)),
@@ -828,12 +827,12 @@ mod tests {
         assert_eq!(m.response_code(), ResponseCode::NXDomain);
         let m = ask(&s, "devnode.node.consul.", RecordType::A);
         assert_eq!(data(&m), vec!["127.0.0.2"]);
-        // A warning node check does not.
+        // A warning node check too: passing only.
         let mut s = snap();
         s.node_checks.push("warning".into());
         assert_eq!(
-            data(&ask(&s, "db.service.consul.", RecordType::A)),
-            vec!["127.0.0.2"]
+            ask(&s, "db.service.consul.", RecordType::A).response_code(),
+            ResponseCode::NXDomain
         );
     }
 
@@ -1036,8 +1035,8 @@ mod tests {
             let _ = respond(&bytes, &snap(), Transport::Udp, 1, 2);
         }
 
-        /// SRV over TCP answers exactly the instances of that name (and tag) with no critical
-        /// check of their own or of the node, whatever the mix, in any letter case.
+        /// SRV over TCP answers exactly the instances of that name (and tag) whose checks and
+        /// the node's all pass, whatever the mix, in any letter case.
         #[test]
         fn srv_answers_exactly_the_healthy_instances(
             s in arb_snapshot(),
@@ -1046,11 +1045,11 @@ mod tests {
             upper in any::<bool>(),
             seed in any::<u64>(),
         ) {
-            let node_ok = !s.node_checks.iter().any(|c| c == "critical");
+            let node_ok = s.node_checks.iter().all(|c| c == "passing");
             let mut want: Vec<u16> = s.instances.iter()
                 .filter(|i| i.name.eq_ignore_ascii_case(&svc))
                 .filter(|i| tag.as_ref().is_none_or(|t| i.tags.contains(t)))
-                .filter(|i| node_ok && !i.checks.iter().any(|c| c == "critical"))
+                .filter(|i| node_ok && i.checks.iter().all(|c| c == "passing"))
                 .map(|i| i.port)
                 .collect();
             want.sort();

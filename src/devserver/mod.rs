@@ -26,10 +26,10 @@ use std::path::Path;
 pub enum DevError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The cause is in the message, not the error chain, so the advice comes last.
     #[error("cannot serve DNS on {addr} ({proto}): {cause}. Choose another port with --dns-port (config dns_port, SERVANT_DNS_PORT), or turn DNS off with --dns-port -1")]
@@ -69,11 +69,11 @@ impl DevServer {
                 .await
                 .map_err(|e| DevError::Listen {
                     addr: listen.to_string(),
-                    source: e,
+                    error: e,
                 })?;
         let addr = listener.local_addr().map_err(|e| DevError::Listen {
             addr: listen.to_string(),
-            source: e,
+            error: e,
         })?;
         // Bound before the data file opens, so a port in use stops the start cleanly.
         let dns = match dns_port {

@@ -81,10 +81,10 @@ pub struct Running {
 /// Errors before the command could run.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot create log file {path}: {source}")]
+    #[error("cannot create log file {path}: {error}")]
     Log {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot start the job: {0}")]
     Spawn(std::io::Error),
@@ -181,7 +181,7 @@ pub fn spawn_launch(l: &Launch, shim_exe: &Path, logs: &LogPaths) -> Result<Runn
         }
         o.open(p).map_err(|e| SpawnError::Log {
             path: p.display().to_string(),
-            source: e,
+            error: e,
         })
     };
     let out = open(&logs.stdout)?;
