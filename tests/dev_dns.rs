@@ -247,7 +247,11 @@ fn maintenance_leaves_dns_on_both_backends() {
             });
         };
         // 8083 has a warning check: passing instances only.
-        until("all passing answer", "web.service.consul", &["8080", "8081"]);
+        until(
+            "all passing answer",
+            "web.service.consul",
+            &["8080", "8081"],
+        );
         consul(&["maint", "-enable", "-service", "web1", "-reason", "upgrade"]);
         until("web1 out", "web.service.consul", &["8081"]);
         consul(&["maint", "-enable", "-reason", "disk swap"]);

@@ -36,6 +36,12 @@ fn background_children_end_with_the_job_and_the_result_says_so(b: Backend) {
         sleeps(&format!("sleep {arg}")).is_empty(),
         "the leftovers were stopped"
     );
+    let (code, out, err) = cli(&s.addr(), &["show", "bg"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("2 process(es) it left running in the background were stopped"),
+        "{out}"
+    );
 
     // A job that leaves nothing behind says nothing about it.
     h.put("/v1/kv/jobs/fg", r#"{"Command": "echo plain"}"#);
@@ -173,3 +179,53 @@ on_both!(
     a_command_at_the_documented_size_limit_runs,
     regression_a_restarted_agent_frees_its_predecessors_jobs,
 );
+
+/// Issue 10: a second agent on the same data dir was told to move the directory away. It is
+/// refused with the first agent's pid; and a second agent for the same node with a data dir of
+/// its own is refused too, before it could take the first one's sessions for a predecessor's.
+#[test]
+fn a_second_agent_is_refused_and_names_the_first() {
+    let c = ConsulDev::start();
+    let first = c.servant(&[]).ready();
+    let h = c.http();
+    let sessions = jobs_session(&h, &c.node);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let second = |data: &std::path::Path| {
+        let out = std::process::Command::new(servant_bin())
+            .args(["agent", "--http-addr", &c.addr(), "--data-dir"])
+            .arg(data)
+            .args(["--api-addr", &format!("{}:0", c.ip)])
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = second(first.data.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another servant agent (pid {}) is using data dir",
+            first.proc.pid()
+        )),
+        "{err}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let (code, err) = second(other.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another servant agent (pid {}) already serves node {}",
+            first.proc.pid(),
+            c.node
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        jobs_session(&h, &c.node),
+        sessions,
+        "the first agent keeps its session"
+    );
+}

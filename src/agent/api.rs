@@ -98,7 +98,7 @@ async fn serve_log(paths: LogPaths, stream: Option<&str>, what: &str, node: &str
 }
 
 async fn agent(State(st): State<ApiState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "Node": st.node }))
+    axum::Json(serde_json::json!({ "Node": st.node, "Pid": std::process::id() }))
 }
 
 /// The router of the agent API.

@@ -3,5 +3,6 @@
 pub mod api;
 pub mod config;
 pub mod consul_proc;
+pub mod datadir;
 pub mod run;
 pub mod session;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::api::{router, ApiState};
 use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
+use super::datadir::{live_peer, DataDirLock};
 use super::session::{SessionKeeper, SessionSettings};
 use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
 use crate::devserver::DevServer;
@@ -36,6 +37,14 @@ pub enum AgentError {
     Dev(#[from] crate::devserver::DevError),
     #[error("cannot find the servant executable: {0}")]
     Exe(std::io::Error),
+    #[error(transparent)]
+    DataDirLock(#[from] super::datadir::DataDirError),
+    #[error("another servant agent (pid {pid}) already serves node {node}, its API at {addr}; stop it first")]
+    NodeServed {
+        node: String,
+        addr: String,
+        pid: String,
+    },
 }
 
 /// How long to wait for a launched Consul's leader, or for Consul to answer at all.
@@ -68,6 +77,13 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
             path: cfg.data_dir.display().to_string(),
             error: e,
         })?;
+    let dir = cfg.data_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&dir))
+        .await
+        .map_err(|e| AgentError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            error: std::io::Error::other(e),
+        })??;
     if cfg.consul.wanted() && cfg.http_addr.is_none() {
         // Talk to the agent we launch, on its client address.
         let host = cfg
@@ -152,6 +168,11 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             behavior: crate::consul::SessionBehavior::Release,
         },
     );
+    // A servant that still answers for this node is not a predecessor: refuse rather than
+    // destroy its sessions (which would kill its jobs).
+    if let Some((addr, pid)) = live_peer(&client, &node, &cfg.kv_prefix).await {
+        return Err(AgentError::NodeServed { node, addr, pid });
+    }
     keeper.clear_predecessors(&node).await;
     keeper.start().await?;
 

@@ -204,6 +204,12 @@ pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
                 outln!("({name} is truncated in KV; `{logs}` prints all of it)");
             }
         }
+        if result.leftover_processes > 0 {
+            outln!(
+                "\n({} process(es) it left running in the background were stopped when it ended: a job's processes end with it)",
+                result.leftover_processes
+            );
+        }
     }
     Ok(0)
 }

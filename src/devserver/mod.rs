@@ -27,10 +27,7 @@ pub enum DevError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {error}")]
-    Listen {
-        addr: String,
-        error: std::io::Error,
-    },
+    Listen { addr: String, error: std::io::Error },
     /// The cause is in the message, not the error chain, so the advice comes last.
     #[error("cannot serve DNS on {addr} ({proto}): {cause}. Choose another port with --dns-port (config dns_port, SERVANT_DNS_PORT), or turn DNS off with --dns-port -1")]
     Dns {

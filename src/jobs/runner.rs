@@ -82,10 +82,7 @@ pub struct Running {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot create log file {path}: {error}")]
-    Log {
-        path: String,
-        error: std::io::Error,
-    },
+    Log { path: String, error: std::io::Error },
     #[error("cannot start the job: {0}")]
     Spawn(std::io::Error),
     #[error("working directory {0:?} does not exist or is not a directory")]
