@@ -13,22 +13,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs servant with exactly these arguments (no address added): (exit code, stdout, stderr).
-fn servant(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(servant_bin())
-        .args(args)
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .env_remove("SERVANT_KV_PREFIX")
-        .output()
-        .expect("run servant");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `servant --http-addr ADDR ARGS | head HEAD` through a real pipe: (servant's exit code, its
 /// stderr).
 fn piped_to_head(addr: &str, args: &[&str], head: &str) -> (i32, String) {
@@ -65,7 +49,7 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
         &["show"],
         &["logs", "--stream", "bogus", "j"],
     ] {
-        let (code, out, err) = servant(args);
+        let (code, out, err) = run_servant(args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(out.is_empty() && err.contains("error:"), "{args:?}: {err}");
     }
@@ -83,7 +67,7 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
             "/nonexistent/ca",
         ],
     ] {
-        let (code, _, err) = servant(args);
+        let (code, _, err) = run_servant(args);
         assert_eq!(code, 2, "{args:?}: {err}");
     }
     for args in [
@@ -93,7 +77,7 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
         &["start", "-help"],
         &["help", "kv"],
     ] {
-        let (code, out, err) = servant(args);
+        let (code, out, err) = run_servant(args);
         assert_eq!(code, 0, "{args:?}: {err}");
         assert!(out.contains("Usage:"), "{args:?}: {out}");
     }
@@ -104,7 +88,7 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
         &["--version"],
         &["start", "-version"],
     ] {
-        let (code, out, err) = servant(args);
+        let (code, out, err) = run_servant(args);
         assert_eq!(
             (code, out.as_str()),
             (0, version_line().as_str()),
@@ -112,7 +96,7 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
         );
     }
     // A command's own flags, then the global ones under their heading.
-    let (_, help, _) = servant(&["start", "--help"]);
+    let (_, help, _) = run_servant(&["start", "--help"]);
     let own = help.find("--wait").unwrap();
     let heading = help.find("Global options:").unwrap();
     let global = help.find("--http-addr").unwrap();
@@ -127,7 +111,7 @@ fn count(hay: &str, needle: &str) -> usize {
 #[test]
 fn errors_print_each_cause_once() {
     // A config file that is not there.
-    let (code, _, err) = servant(&["agent", "--config", "/nonexistent/servant.toml"]);
+    let (code, _, err) = run_servant(&["agent", "--config", "/nonexistent/servant.toml"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         count(&err, "No such file or directory (os error 2)"),
@@ -135,7 +119,7 @@ fn errors_print_each_cause_once() {
         "{err}"
     );
     // A CA file that is not there.
-    let (code, _, err) = servant(&["start", "--ca-file", "/nonexistent/ca.pem", "-c", "true"]);
+    let (code, _, err) = run_servant(&["start", "--ca-file", "/nonexistent/ca.pem", "-c", "true"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         count(&err, "No such file or directory (os error 2)"),
@@ -147,7 +131,7 @@ fn errors_print_each_cause_once() {
     let free = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
     let addr = free.local_addr().unwrap().to_string();
     drop(free);
-    let (code, _, err) = servant(&["--http-addr", &addr, "kv", "get", "k"]);
+    let (code, _, err) = run_servant(&["--http-addr", &addr, "kv", "get", "k"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(count(&err, "Connection refused"), 1, "{err}");
     assert_eq!(count(&err, "error sending request"), 1, "{err}");
@@ -195,7 +179,7 @@ fn stream_values_are_checked_by_the_cli() {
     ] {
         let mut full = vec!["--http-addr", "127.0.0.1:1"];
         full.extend_from_slice(args);
-        let (code, _, err) = servant(&full);
+        let (code, _, err) = run_servant(&full);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("invalid value 'bogus'"), "{err}");
         assert!(err.contains("stdout, stderr"), "{err}");
@@ -430,21 +414,6 @@ fn big_output(b: Backend) {
         !err.contains("error") && !err.contains("panicked") && !err.contains("Broken pipe"),
         "{err}"
     );
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        /// Against a real Consul 1.8.7 dev agent.
-        mod on_consul {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Consul) } )*
-        }
-        /// Against `servant agent -dev`, the embedded server.
-        mod on_dev {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Dev) } )*
-        }
-    };
 }
 
 on_both!(start_flags_and_targets, per_node_ids, big_output);

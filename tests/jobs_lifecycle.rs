@@ -159,21 +159,6 @@ fn regression_a_restarted_agent_frees_its_predecessors_jobs(b: Backend) {
     assert!(why.contains("Retries 0 allows no further attempt"), "{why}");
 }
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        /// Against a real Consul 1.8.7 dev agent.
-        mod on_consul {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Consul) } )*
-        }
-        /// Against `servant agent -dev`, the embedded server.
-        mod on_dev {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Dev) } )*
-        }
-    };
-}
-
 on_both!(
     background_children_end_with_the_job_and_the_result_says_so,
     a_command_at_the_documented_size_limit_runs,

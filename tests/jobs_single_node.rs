@@ -669,21 +669,6 @@ fn key_held_by_our_session_without_a_task_is_released(b: Backend) {
     assert_eq!(r["Attempt"], 2);
 }
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        /// Against a real Consul 1.8.7 dev agent.
-        mod on_consul {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Consul) } )*
-        }
-        /// Against `servant agent -dev`, the embedded server.
-        mod on_dev {
-            use super::*;
-            $( #[test] fn $name() { super::$name(Backend::Dev) } )*
-        }
-    };
-}
-
 on_both!(
     readme_curl_put_jobs_and_get_result_raw,
     readme_curl_node_queue,

@@ -425,10 +425,17 @@ impl Single {
 
 /// Runs the servant CLI against `addr`; returns (exit code, stdout, stderr).
 pub fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--http-addr", addr];
+    all.extend_from_slice(args);
+    run_servant(&all)
+}
+
+/// Runs servant with exactly these arguments, no Consul address, token or prefix from the
+/// environment: (exit code, stdout, stderr).
+pub fn run_servant(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(servant_bin())
-        .arg("--http-addr")
-        .arg(addr)
         .args(args)
+        .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_TOKEN")
         .env_remove("SERVANT_KV_PREFIX")
         .output()
@@ -438,6 +445,24 @@ pub fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs each named scenario `fn(Backend)` as two tests: `on_consul::name` against a real Consul
+/// 1.8.7 dev agent and `on_dev::name` against `servant agent -dev`.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        /// Against a real Consul 1.8.7 dev agent.
+        mod on_consul {
+            use super::*;
+            $( #[test] fn $name() { super::$name(Backend::Consul) } )*
+        }
+        /// Against `servant agent -dev`, the embedded server.
+        mod on_dev {
+            use super::*;
+            $( #[test] fn $name() { super::$name(Backend::Dev) } )*
+        }
+    };
 }
 
 /// User + system CPU clock ticks a process has used, from /proc.
