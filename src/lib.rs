@@ -13,3 +13,4 @@ pub mod devserver;
 pub mod jobs;
 pub mod templates;
 pub mod util;
+pub mod wire;

@@ -405,3 +405,65 @@ fn a_script_mode_guard_is_run_by_consul() {
     std::fs::write(&flag, "").unwrap();
     status("passing");
 }
+
+/// Issue 11: `kv_prefix` namespaced jobs and apps but not `cluster/`, `triggers/` and
+/// `trigger_history/`, so two namespaces shared one trigger history and each other's actions.
+#[test]
+fn regression_kv_prefix_covers_roles_triggers_and_their_history() {
+    let c = ConsulDev::start();
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fired");
+    // The unprefixed action must not run for namespace team-a; the prefixed one must.
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        format!("echo unprefixed > {}", out.display()),
+    );
+    h.put(
+        "/v1/kv/team-a/triggers/test/web/standalone/critical",
+        format!("echo team-a @ROLE > {}", out.display()),
+    );
+    // Roles come from the namespace too: team-a's data makes this node primary.
+    h.put(
+        "/v1/kv/team-a/cluster/test/web",
+        json!({"active_nodes": [c.node], "standby_nodes": ["other"]}).to_string(),
+    );
+    h.put(
+        "/v1/kv/team-a/triggers/test/web/primary/critical",
+        format!("echo team-a @ROLE > {}", out.display()),
+    );
+    let check_json = json!({"Node": c.node, "CheckID": "service:web", "Name": "web check",
+                            "ServiceName": "web", "Status": "critical"})
+    .to_string();
+    let (code, _, err) = cli(
+        &c.addr(),
+        &[
+            "--kv-prefix",
+            "team-a",
+            "trigger",
+            "critical",
+            "-s",
+            &check_json,
+            "--env",
+            "test",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "team-a primary"
+    );
+    let history: Value = serde_json::from_str(
+        &h.kv_raw(&format!("team-a/trigger_history/{}", c.node))
+            .expect("the history is in the namespace"),
+    )
+    .unwrap();
+    assert_eq!(
+        history[0]["key"],
+        "team-a/triggers/test/web/primary/critical"
+    );
+    assert!(
+        h.kv_raw(&format!("trigger_history/{}", c.node)).is_none(),
+        "nothing is recorded outside the namespace"
+    );
+}

@@ -17,8 +17,8 @@ use super::datadir::{live_peer, DataDirLock};
 use super::session::{SessionKeeper, SessionSettings};
 use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
 use crate::devserver::DevServer;
-use crate::jobs::layout::Layout;
 use crate::jobs::worker::{Worker, WorkerConfig};
+use crate::wire::Namespace;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -151,12 +151,8 @@ async fn node_name(client: &Client) -> Result<String, ConsulError> {
 
 async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
     let node = node_name(&client).await?;
-    let layout = Layout::new(&cfg.kv_prefix);
-    let session_name = if layout.prefix().is_empty() {
-        "servant".to_string()
-    } else {
-        format!("servant:{}", layout.prefix())
-    };
+    let layout = Namespace::new(&cfg.kv_prefix);
+    let session_name = layout.jobs_session();
     info!(node = %node, consul = client.base_url(), "servant agent starting");
     let (keeper, session_rx) = SessionKeeper::new(
         client.clone(),
@@ -221,11 +217,11 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
     let (keeper_stop, _) = broadcast::channel::<()>(1);
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
-    let apps_prefix = layout.prefix().to_string();
+    let apps_layout = layout.clone();
     let worker = Worker::new(
         client.clone(),
         WorkerConfig {
-            layout,
+            layout: layout.clone(),
             node: node.clone(),
             session_name,
             max_parallel: cfg.max_parallel,
@@ -255,6 +251,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
                 repeat: cfg.checks.repeat,
                 scratch: std::env::temp_dir(),
                 watch_wait: cfg.watch_wait,
+                layout: layout.clone(),
             },
             shutdown.subscribe(),
         ))
@@ -264,6 +261,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             client.clone(),
             cfg.checks.guard.clone(),
             cfg.checks.environment.clone(),
+            layout.clone(),
             shim_exe.clone(),
             shutdown.subscribe(),
         ))
@@ -294,7 +292,7 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         let apps_cfg = crate::apps::node::AppsNodeConfig::from_agent(
             cfg,
             &node,
-            &apps_prefix,
+            apps_layout,
             shim_exe.clone(),
         );
         tokio::spawn(crate::apps::node::run(

@@ -23,6 +23,7 @@ use crate::consul::{
     TxnOp,
 };
 use crate::util::time::now_ms;
+use crate::wire::Namespace;
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
@@ -32,57 +33,9 @@ const REJOIN_HOLD: Duration = Duration::from_secs(10);
 /// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
 const TXN_BYTES: usize = 384 * 1024;
 
-/// The `appmgr/` paths, under the configured KV prefix.
-#[derive(Debug, Clone)]
-pub struct AppsLayout {
-    base: String,
-}
-
-impl AppsLayout {
-    /// `prefix` is the jobs layout's prefix ("" or "ns/").
-    pub fn new(prefix: &str) -> Self {
-        AppsLayout {
-            base: format!("{prefix}appmgr/"),
-        }
-    }
-    pub fn leader(&self) -> String {
-        format!("{}leader", self.base)
-    }
-    /// The leader's report: unplaced replicas and invalid tasks.
-    pub fn schedule(&self) -> String {
-        format!("{}schedule", self.base)
-    }
-    pub fn tasks(&self) -> String {
-        format!("{}task/", self.base)
-    }
-    pub fn task(&self, name: &str) -> String {
-        format!("{}task/{name}", self.base)
-    }
-    pub fn topology_prefix(&self) -> String {
-        format!("{}topology/", self.base)
-    }
-    pub fn topology(&self, host: &str) -> String {
-        format!("{}topology/{host}", self.base)
-    }
-    pub fn status_prefix(&self) -> String {
-        format!("{}status/", self.base)
-    }
-    pub fn resource(&self, host: &str) -> String {
-        format!("{}status/{host}/resource", self.base)
-    }
-    pub fn applications(&self, host: &str) -> String {
-        format!("{}status/{host}/applications", self.base)
-    }
-    /// The last segment after `prefix`, if `key` is directly under it.
-    pub fn name_under<'a>(&self, prefix: &str, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(prefix)
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-    }
-}
-
 /// Parses every task under the tasks prefix: the valid ones, and why the others are not.
 pub fn parse_tasks(
-    layout: &AppsLayout,
+    layout: &Namespace,
     entries: &[KvPair],
 ) -> (BTreeMap<String, Task>, BTreeMap<String, String>) {
     let mut ok = BTreeMap::new();
@@ -105,7 +58,7 @@ pub fn parse_tasks(
 }
 
 /// Live hosts (those with a `resource` report) and what they offer.
-pub fn hosts_from_reports(layout: &AppsLayout, entries: &[KvPair]) -> Vec<HostInfo> {
+pub fn hosts_from_reports(layout: &Namespace, entries: &[KvPair]) -> Vec<HostInfo> {
     let prefix = layout.status_prefix();
     entries
         .iter()
@@ -136,7 +89,7 @@ pub fn hosts_from_reports(layout: &AppsLayout, entries: &[KvPair]) -> Vec<HostIn
 
 /// The current placements, from the topology keys. A value that is not a list of names
 /// counts as empty (the leader rewrites it).
-pub fn topology_from_keys(layout: &AppsLayout, entries: &[KvPair]) -> Topology {
+pub fn topology_from_keys(layout: &Namespace, entries: &[KvPair]) -> Topology {
     let prefix = layout.topology_prefix();
     entries
         .iter()
@@ -152,7 +105,7 @@ pub fn topology_from_keys(layout: &AppsLayout, entries: &[KvPair]) -> Topology {
 #[derive(Clone)]
 pub struct AppsNodeConfig {
     pub node: String,
-    pub layout: AppsLayout,
+    pub layout: Namespace,
     pub labels: BTreeMap<String, String>,
     pub session_ttl: Duration,
     pub fence_after: Duration,
@@ -165,10 +118,10 @@ pub struct AppsNodeConfig {
 }
 
 impl AppsNodeConfig {
-    pub fn from_agent(cfg: &AgentConfig, node: &str, prefix: &str, shim: PathBuf) -> Self {
+    pub fn from_agent(cfg: &AgentConfig, node: &str, layout: Namespace, shim: PathBuf) -> Self {
         AppsNodeConfig {
             node: node.to_string(),
-            layout: AppsLayout::new(prefix),
+            layout,
             labels: cfg.apps.labels.clone(),
             session_ttl: cfg.apps.session_ttl,
             // Half the apps session's TTL, not the jobs' short fence: a Consul leader election
@@ -194,7 +147,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
     let (keeper, session_rx) = SessionKeeper::new(
         client.clone(),
         SessionSettings {
-            name: "servant-apps".into(),
+            name: cfg.layout.apps_session(),
             ttl: cfg.session_ttl,
             // Leader writes are fenced by Consul itself (each checks the leader lock's
             // session), so a new leader need not wait.

@@ -14,6 +14,7 @@ use crate::agent::config::GuardConfig;
 use crate::consul::{
     AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
 };
+use crate::wire::Namespace;
 
 /// The check's ID on the local agent.
 pub fn check_id(g: &GuardConfig) -> String {
@@ -26,6 +27,7 @@ pub fn registration(
     exe: &str,
     http_addr: &str,
     env: Option<&str>,
+    layout: &Namespace,
 ) -> AgentServiceRegistration {
     let interval = format!("{}ms", g.interval.as_millis());
     let check = if g.mode == "script" {
@@ -45,6 +47,9 @@ pub fn registration(
         }
         if let Some(e) = env {
             args.extend(["--env".into(), e.to_string()]);
+        }
+        if !layout.prefix().is_empty() {
+            args.extend(["--kv-prefix".into(), layout.prefix().to_string()]);
         }
         AgentCheckRegistration {
             check_id: Some(check_id(g)),
@@ -79,13 +84,14 @@ pub async fn run(
     client: Client,
     guards: Vec<GuardConfig>,
     env: Option<String>,
+    layout: Namespace,
     exe: PathBuf,
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let exe = exe.display().to_string();
     let addr = client.base_url().to_string();
     for g in &guards {
-        let reg = registration(g, &exe, &addr, env.as_deref());
+        let reg = registration(g, &exe, &addr, env.as_deref(), &layout);
         match client.agent_service_register(&reg).await {
             Ok(()) => info!(service = %g.consul_service, mode = %g.mode, "guard registered"),
             Err(e) => warn!(service = %g.consul_service, error = %e, "cannot register the guard"),
@@ -95,6 +101,7 @@ pub async fn run(
     for g in guards.iter().filter(|g| g.mode != "script").cloned() {
         let client = client.clone();
         let env = env.clone();
+        let layout = layout.clone();
         tasks.push(tokio::spawn(async move {
             let c = ServiceCheck {
                 linux_service: g.linux_service.clone(),
@@ -110,7 +117,7 @@ pub async fn run(
                 let v = if let Some(m) = &me {
                     service::check_as(&client, m, &c).await
                 } else {
-                    match service::local(&client, c.environment.as_deref()).await {
+                    match service::local(&client, c.environment.as_deref(), &layout).await {
                         Ok(m) => {
                             let v = service::check_as(&client, &m, &c).await;
                             me = Some(m);

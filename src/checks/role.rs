@@ -211,11 +211,6 @@ pub fn environment(configured: Option<&str>, hostname: &str) -> String {
     }
 }
 
-/// `cluster/<env>/<svc>`.
-pub fn roles_key(env: &str, service: &str) -> String {
-    format!("cluster/{env}/{service}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

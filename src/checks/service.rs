@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::role::{
-    environment, expects_running, judge, parse_roles, role_of, roles_key, ClusterRoles, Grouping,
-    Role,
+    environment, expects_running, judge, parse_roles, role_of, ClusterRoles, Grouping, Role,
 };
 use super::verdict::Verdict;
 use crate::consul::{Client, QueryOptions};
+use crate::wire::Namespace;
 
 /// How long a status command may take before the check calls it critical.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,10 +172,16 @@ pub struct Local {
     pub datacenter: String,
     /// `@ENV`: configured, else the hostname's prefix.
     pub env: String,
+    /// Where the role data and the triggers are (`kv_prefix`).
+    pub layout: Namespace,
 }
 
 /// Asks the local agent who this node is.
-pub async fn local(client: &Client, env: Option<&str>) -> Result<Local, String> {
+pub async fn local(
+    client: &Client,
+    env: Option<&str>,
+    layout: &Namespace,
+) -> Result<Local, String> {
     let me = client
         .agent_self()
         .await
@@ -193,6 +199,7 @@ pub async fn local(client: &Client, env: Option<&str>) -> Result<Local, String> 
         env: environment(env, &host),
         node,
         datacenter,
+        layout: layout.clone(),
     })
 }
 
@@ -202,7 +209,7 @@ pub async fn role_for(
     me: &Local,
     consul_service: &str,
 ) -> Result<(Role, Option<ClusterRoles>), String> {
-    let key = roles_key(&me.env, consul_service);
+    let key = me.layout.cluster(&me.env, consul_service);
     let body = client
         .kv_get_raw(&key)
         .await
@@ -214,8 +221,8 @@ pub async fn role_for(
 }
 
 /// Runs the whole check. Every failure along the way is a critical verdict that says why.
-pub async fn check(client: &Client, c: &ServiceCheck) -> Verdict {
-    match local(client, c.environment.as_deref()).await {
+pub async fn check(client: &Client, layout: &Namespace, c: &ServiceCheck) -> Verdict {
+    match local(client, c.environment.as_deref(), layout).await {
         Ok(me) => check_as(client, &me, c).await,
         Err(e) => Verdict::error(e),
     }

@@ -16,19 +16,12 @@ use tracing::{info, warn};
 use crate::consul::{Client, KvPutOptions, QueryOptions};
 use crate::jobs::runner::signal_group;
 use crate::util::time::now_ms;
+use crate::wire::Namespace;
 
 /// Runs kept in `trigger_history/<node>`, newest last.
 pub const HISTORY_LEN: usize = 20;
 /// Bytes of an action's output kept in the record.
 const OUTPUT_CAP: usize = 4096;
-
-/// The keys to look at, most specific first.
-pub fn trigger_keys(env: &str, service: &str, role: &str, state: &str) -> [String; 2] {
-    [
-        format!("triggers/{env}/{service}/{role}/{state}"),
-        format!("triggers/{service}/{role}/{state}"),
-    ]
-}
 
 /// `@ENV`, `@HOST` and `@ROLE` replaced.
 pub fn substitute(action: &str, env: &str, host: &str, role: &str) -> String {
@@ -73,9 +66,10 @@ pub struct TriggerRun {
 /// Finds the action for `ctx`: (key, action), or None when neither key exists.
 pub async fn find_action(
     client: &Client,
+    layout: &Namespace,
     ctx: &TriggerCtx,
 ) -> Result<Option<(String, String)>, crate::consul::ConsulError> {
-    for key in trigger_keys(&ctx.env, &ctx.service, &ctx.role, &ctx.state) {
+    for key in layout.triggers(&ctx.env, &ctx.service, &ctx.role, &ctx.state) {
         if let Some(v) = client.kv_get_raw(&key).await? {
             let text = String::from_utf8_lossy(&v).to_string();
             if !text.trim().is_empty() {
@@ -182,8 +176,8 @@ pub async fn run_action(
 }
 
 /// Appends `run` to `trigger_history/<node>` (the newest `HISTORY_LEN`), with check-and-set.
-pub async fn record(client: &Client, node: &str, run: &TriggerRun) {
-    let key = format!("trigger_history/{node}");
+pub async fn record(client: &Client, layout: &Namespace, node: &str, run: &TriggerRun) {
+    let key = layout.trigger_history(node);
     for _ in 0..5 {
         let (entry, _) = match client.kv_get(&key, &QueryOptions::default()).await {
             Ok(r) => r,
@@ -221,12 +215,13 @@ pub async fn record(client: &Client, node: &str, run: &TriggerRun) {
 /// Finds and runs the action for `ctx`, logs and records it. None when there is no action.
 pub async fn fire(
     client: &Client,
+    layout: &Namespace,
     node: &str,
     ctx: &TriggerCtx,
     timeout: Duration,
     scratch: &Path,
 ) -> Option<TriggerRun> {
-    let (key, action) = match find_action(client, ctx).await {
+    let (key, action) = match find_action(client, layout, ctx).await {
         Ok(Some(a)) => a,
         Ok(None) => {
             info!(service = %ctx.service, role = %ctx.role, state = %ctx.state, "no trigger action");
@@ -243,7 +238,7 @@ pub async fn fire(
         exit_code = ?run.exit_code, timed_out = run.timed_out, duration_ms = run.duration_ms,
         "trigger ran"
     );
-    record(client, node, &run).await;
+    record(client, layout, node, &run).await;
     Some(run)
 }
 
@@ -252,14 +247,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_and_substitution() {
-        assert_eq!(
-            trigger_keys("prod", "web", "secondary", "critical"),
-            [
-                "triggers/prod/web/secondary/critical".to_string(),
-                "triggers/web/secondary/critical".to_string()
-            ]
-        );
+    fn substitution() {
         assert_eq!(
             substitute("echo @HOST @ENV @ROLE @HOST", "prod", "h1", "primary"),
             "echo h1 prod primary h1"

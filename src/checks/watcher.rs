@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::service::{local, role_for, Local};
 use super::trigger::{fire, TriggerCtx};
 use crate::consul::{watch_loop, Client, HealthCheck};
+use crate::wire::Namespace;
 
 /// What the watcher needs from the agent.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct WatcherConfig {
     /// Where script actions are written before they run.
     pub scratch: PathBuf,
     pub watch_wait: Duration,
+    /// Where the role data, the actions and the history are (`kv_prefix`).
+    pub layout: Namespace,
 }
 
 /// A check's new state, for its service's worker.
@@ -50,7 +53,7 @@ fn service_of(c: &HealthCheck) -> &str {
 /// Runs until `shutdown`.
 pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Receiver<()>) {
     let me = loop {
-        match local(&client, cfg.environment.as_deref()).await {
+        match local(&client, cfg.environment.as_deref(), &cfg.layout).await {
             Ok(m) => break m,
             Err(e) => {
                 warn!(error = %e, "trigger watcher waiting for the local agent");
@@ -181,6 +184,14 @@ async fn worker(
             state: status,
             check_output: output,
         };
-        fire(&client, &cfg.node, &ctx, cfg.timeout, &cfg.scratch).await;
+        fire(
+            &client,
+            &cfg.layout,
+            &cfg.node,
+            &ctx,
+            cfg.timeout,
+            &cfg.scratch,
+        )
+        .await;
     }
 }

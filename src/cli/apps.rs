@@ -8,10 +8,11 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::Ctx;
-use crate::apps::node::{parse_tasks, topology_from_keys, AppsLayout};
+use crate::apps::node::{parse_tasks, topology_from_keys};
 use crate::apps::task::parse_task;
 use crate::consul::{KvPutOptions, QueryOptions};
 use crate::jobs::view::table;
+use crate::wire::Namespace;
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -65,8 +66,8 @@ pub struct AppLogsArgs {
     pub name: String,
 }
 
-fn layout(ctx: &Ctx) -> AppsLayout {
-    AppsLayout::new(ctx.layout.prefix())
+fn layout(ctx: &Ctx) -> Namespace {
+    ctx.layout.clone()
 }
 
 pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {

@@ -128,6 +128,7 @@ pub async fn check(ctx: &Ctx, cmd: CheckCommand) -> anyhow::Result<i32> {
         CheckCommand::Service(a) => {
             service::check(
                 &ctx.client,
+                &ctx.layout,
                 &ServiceCheck {
                     linux_service: a.service,
                     consul_service: a.consul_service,
@@ -176,7 +177,7 @@ async fn trigger_one(
 ) -> anyhow::Result<Option<i32>> {
     let timeout = parse_duration(&opts.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout {:?}: {e}", opts.timeout))?;
-    let me = local(&ctx.client, opts.env.as_deref())
+    let me = local(&ctx.client, opts.env.as_deref(), &ctx.layout)
         .await
         .map_err(anyhow::Error::msg)?;
     let service = check["ServiceName"]
@@ -199,7 +200,7 @@ async fn trigger_one(
         check_output: check["Output"].as_str().unwrap_or("").to_string(),
     };
     let scratch = std::env::temp_dir();
-    let run = fire(&ctx.client, &me.node, &tctx, timeout, &scratch).await;
+    let run = fire(&ctx.client, &ctx.layout, &me.node, &tctx, timeout, &scratch).await;
     let Some(r) = run else { return Ok(None) };
     eprintln!(
         "servant: trigger {} ran: exit {:?}{}",
@@ -237,7 +238,7 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
     let Some(list) = checks.as_array() else {
         anyhow::bail!("the watch input is not a list of checks");
     };
-    let me = local(&ctx.client, a.opts.env.as_deref())
+    let me = local(&ctx.client, a.opts.env.as_deref(), &ctx.layout)
         .await
         .map_err(anyhow::Error::msg)?;
     let mut worst = 0;

@@ -39,7 +39,7 @@ pub mod template;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::consul::{Client, ClientConfig};
-use crate::jobs::layout::Layout;
+use crate::wire::Namespace;
 
 /// The heading of the flags every command takes, shown after the command's own.
 pub const GLOBAL_HEADING: &str = "Global options";
@@ -168,7 +168,7 @@ pub enum Command {
 /// What every client command needs.
 pub struct Ctx {
     pub client: Client,
-    pub layout: Layout,
+    pub layout: Namespace,
 }
 
 impl Cli {
@@ -191,7 +191,7 @@ impl Cli {
         }
         Ok(Ctx {
             client: Client::new(&cfg)?,
-            layout: Layout::new(&self.kv_prefix),
+            layout: Namespace::new(&self.kv_prefix),
         })
     }
 }

@@ -5,9 +5,9 @@ use clap::Args;
 
 use super::Ctx;
 use crate::consul::{KvPair, QueryOptions};
-use crate::jobs::layout::JobKey;
 use crate::jobs::result::{JobResult, JobStatus};
 use crate::jobs::view::{table, JobView};
+use crate::wire::JobKey;
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {

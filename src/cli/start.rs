@@ -10,9 +10,9 @@ use serde_json::{json, Map, Value};
 
 use super::Ctx;
 use crate::consul::{KvPutOptions, QueryOptions, TxnKvOp, TxnOp, TxnOutcome};
-use crate::jobs::layout::JobKey;
 use crate::jobs::result::JobResult;
 use crate::jobs::spec::{self, validate_id};
+use crate::wire::JobKey;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
@@ -152,11 +152,7 @@ pub fn build_job(a: &StartArgs) -> anyhow::Result<(String, Value)> {
 
 /// The nodes with a live servant: they hold a node session and their serf status is alive.
 pub async fn alive_servants(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
-    let name = if ctx.layout.prefix().is_empty() {
-        "servant".to_string()
-    } else {
-        format!("servant:{}", ctx.layout.prefix())
-    };
+    let name = ctx.layout.jobs_session();
     let (sessions, _) = ctx.client.session_list(&QueryOptions::default()).await?;
     let members = ctx.client.agent_members().await?;
     let mut nodes: Vec<String> = sessions

@@ -4,7 +4,6 @@
 //! IO loop that watches Consul and ties them together.
 
 pub mod claim;
-pub mod layout;
 pub mod result;
 pub mod runner;
 pub mod shim;

@@ -19,10 +19,10 @@ use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
-use super::layout::{JobKey, Layout};
 use super::result::{cap_text, JobResult, JobStatus};
 use super::runner::{self, KillReason, LogPaths, Outcome};
 use super::spec::{self, JobSpec, Rejection, ServiceSpec};
+use crate::wire::{JobKey, Namespace};
 
 /// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and
 /// values travel base64-encoded in it (4/3 larger).
@@ -37,7 +37,7 @@ pub const MAX_JOB_BYTES: usize = 360 * 1024;
 /// Settings of the worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub layout: Layout,
+    pub layout: Namespace,
     /// This node's Consul node name.
     pub node: String,
     /// Name of the servants' node sessions; the live servants are the nodes holding one.
