@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::util::duration::parse_duration;
+use crate::util::duration::{de_duration, ser_duration};
 
 /// Everything the agent can be told. Field names are the file's keys.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,115 +64,13 @@ pub struct AgentConfig {
     /// A Consul agent to launch and supervise; none by default.
     pub consul: LaunchConfig,
     /// Replicated apps (App Manager's `appmgr/` keys).
-    pub apps: AppsConfig,
+    pub apps: crate::apps::config::AppsConfig,
     /// Health checks, roles and triggers (python-powerconsul's).
-    pub checks: ChecksConfig,
+    pub checks: crate::checks::config::ChecksConfig,
     /// Templates the agent keeps rendered (`[[template]]`, as in `servant template -config`).
     pub template: Vec<crate::templates::runner::TemplateSpec>,
     /// Their quiescence, `min[:max]`.
     pub template_wait: Option<String>,
-}
-
-/// Checks this agent registers, and the native trigger watcher.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ChecksConfig {
-    /// `@ENV` and the `cluster/<env>/` of roles; default: the hostname's prefix before `-`.
-    pub environment: Option<String>,
-    /// Watch this node's checks and run `triggers/` actions on changes.
-    pub watch: bool,
-    /// A new state must hold this long before its action runs.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub debounce: Duration,
-    /// An action still running after this long is killed with its process group.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub trigger_timeout: Duration,
-    /// While a check stays warning or critical, its action runs again this often (a start
-    /// that failed, or an action written after the check changed); 0 turns it off.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub repeat: Duration,
-    /// Services to guard with `servant check service`.
-    pub guard: Vec<GuardConfig>,
-}
-
-impl Default for ChecksConfig {
-    fn default() -> Self {
-        ChecksConfig {
-            environment: None,
-            watch: true,
-            debounce: Duration::from_secs(1),
-            trigger_timeout: Duration::from_secs(60),
-            repeat: Duration::from_secs(60),
-            guard: Vec::new(),
-        }
-    }
-}
-
-/// One guarded service: a Consul service with a `servant check service` check.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GuardConfig {
-    /// The Consul service (registered by the agent, keys roles and triggers).
-    pub consul_service: String,
-    /// The local service the check asks about.
-    pub linux_service: String,
-    /// A status command instead of the service manager (0 running, 3 stopped).
-    #[serde(default)]
-    pub status_cmd: Option<String>,
-    /// `ttl`: the agent runs the check and updates a TTL check (works with any Consul);
-    /// `script`: Consul runs `servant check service` (needs Consul's `enable_script_checks`).
-    #[serde(default = "ttl_mode")]
-    pub mode: String,
-    /// How often the check runs.
-    #[serde(
-        default = "ten_seconds",
-        deserialize_with = "de_duration",
-        serialize_with = "ser_duration"
-    )]
-    pub interval: Duration,
-}
-
-fn ttl_mode() -> String {
-    "ttl".into()
-}
-
-fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// Replicated apps: this node's reports, its part in leader election, its apps.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AppsConfig {
-    /// Take part: report, stand for leader, run the apps placed here.
-    pub enabled: bool,
-    /// This node's labels, matched by tasks' `labels`.
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// TTL of the apps session that holds the reports and the leader lock (App Manager's
-    /// `session_TTL`). Tied to serfHealth too, so a dead node is noticed by Consul's failure
-    /// detection, not by this TTL.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub session_ttl: Duration,
-    /// How often the reports are rewritten (App Manager's `report_interval`); an app's change
-    /// of state rewrites them at once.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub report_interval: Duration,
-    /// The leader's safety re-check (App Manager's `topology_interval`); it reconciles on
-    /// every change anyway.
-    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
-    pub topology_interval: Duration,
-}
-
-impl Default for AppsConfig {
-    fn default() -> Self {
-        AppsConfig {
-            enabled: true,
-            labels: Default::default(),
-            session_ttl: Duration::from_secs(30),
-            report_interval: Duration::from_secs(10),
-            topology_interval: Duration::from_secs(30),
-        }
-    }
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -235,8 +133,8 @@ impl Default for AgentConfig {
             dev_listen: "127.0.0.1:8500".to_string(),
             dns_port: 8600,
             consul: LaunchConfig::default(),
-            apps: AppsConfig::default(),
-            checks: ChecksConfig::default(),
+            apps: Default::default(),
+            checks: Default::default(),
             template: Vec::new(),
             template_wait: None,
         }
@@ -254,22 +152,13 @@ pub enum ConfigError {
     Invalid { field: &'static str, detail: String },
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(f64),
-        Text(String),
+impl From<crate::util::Invalid> for ConfigError {
+    fn from(e: crate::util::Invalid) -> Self {
+        ConfigError::Invalid {
+            field: e.field,
+            detail: e.detail,
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
-
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::util::duration::go_format(*d))
 }
 
 impl AgentConfig {
@@ -306,36 +195,8 @@ impl AgentConfig {
                 detail: "Consul accepts at most 60s".into(),
             });
         }
-        if self.apps.session_ttl < Duration::from_secs(10)
-            || self.apps.session_ttl > Duration::from_secs(86400)
-        {
-            return Err(ConfigError::Invalid {
-                field: "apps.session_ttl",
-                detail: "Consul accepts 10s to 24h".into(),
-            });
-        }
-        if self.apps.report_interval < Duration::from_secs(1)
-            || self.apps.topology_interval < Duration::from_secs(1)
-        {
-            return Err(ConfigError::Invalid {
-                field: "apps.report_interval/topology_interval",
-                detail: "must be at least 1s".into(),
-            });
-        }
-        for g in &self.checks.guard {
-            if g.mode != "ttl" && g.mode != "script" {
-                return Err(ConfigError::Invalid {
-                    field: "checks.guard.mode",
-                    detail: format!("{:?}: expected ttl or script", g.mode),
-                });
-            }
-            if g.interval < Duration::from_secs(1) || g.consul_service.is_empty() {
-                return Err(ConfigError::Invalid {
-                    field: "checks.guard",
-                    detail: "needs a consul_service and an interval of at least 1s".into(),
-                });
-            }
-        }
+        self.apps.validate()?;
+        self.checks.validate()?;
         if let Some(w) = &self.template_wait {
             crate::templates::runner::parse_wait(w).map_err(|e| ConfigError::Invalid {
                 field: "template_wait",

@@ -14,8 +14,8 @@ use super::api::{router, ApiState};
 use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::datadir::{live_peer, DataDirLock};
-use super::session::{SessionKeeper, SessionSettings};
 use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
+use crate::consul::{SessionKeeper, SessionSettings};
 use crate::devserver::DevServer;
 use crate::jobs::worker::{Worker, WorkerConfig};
 use crate::wire::Namespace;
@@ -289,11 +289,14 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         })
     });
     let apps_task = cfg.apps.enabled.then(|| {
-        let apps_cfg = crate::apps::node::AppsNodeConfig::from_agent(
-            cfg,
+        let apps_cfg = crate::apps::node::AppsNodeConfig::new(
+            &cfg.apps,
             &node,
             apps_layout,
             shim_exe.clone(),
+            cfg.data_dir.join("apps"),
+            cfg.kill_grace,
+            cfg.watch_wait,
         );
         tokio::spawn(crate::apps::node::run(
             client.clone(),

@@ -9,6 +9,7 @@
 //! - `node`: the IO around them: the apps session, reports, leader election and the leader's
 //!   reconciliation, this node's topology watch.
 
+pub mod config;
 pub mod node;
 pub mod report;
 pub mod scheduler;

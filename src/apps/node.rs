@@ -12,16 +12,16 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{info, warn};
 
+use super::config::AppsConfig;
 use super::report::ResourceSampler;
 use super::scheduler::{changes, schedule, HostInfo, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use super::task::{parse_task, Task};
-use crate::agent::config::AgentConfig;
-use crate::agent::session::{SessionKeeper, SessionSettings, SessionState};
 use crate::consul::{
     watch_loop, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
     TxnOp,
 };
+use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::time::now_ms;
 use crate::wire::Namespace;
 
@@ -118,22 +118,32 @@ pub struct AppsNodeConfig {
 }
 
 impl AppsNodeConfig {
-    pub fn from_agent(cfg: &AgentConfig, node: &str, layout: Namespace, shim: PathBuf) -> Self {
+    /// The apps part's settings: its own section, and what it takes from the agent's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        apps: &AppsConfig,
+        node: &str,
+        layout: Namespace,
+        shim: PathBuf,
+        log_dir: PathBuf,
+        kill_grace: Duration,
+        watch_wait: Duration,
+    ) -> Self {
         AppsNodeConfig {
             node: node.to_string(),
             layout,
-            labels: cfg.apps.labels.clone(),
-            session_ttl: cfg.apps.session_ttl,
+            labels: apps.labels.clone(),
+            session_ttl: apps.session_ttl,
             // Half the apps session's TTL, not the jobs' short fence: a Consul leader election
             // must not restart every app in the cluster. A partitioned node's apps may overlap
             // their replacements for at most this long.
-            fence_after: cfg.apps.session_ttl / 2,
-            report_interval: cfg.apps.report_interval,
-            topology_interval: cfg.apps.topology_interval,
-            watch_wait: cfg.watch_wait,
+            fence_after: apps.session_ttl / 2,
+            report_interval: apps.report_interval,
+            topology_interval: apps.topology_interval,
+            watch_wait,
             shim,
-            log_dir: cfg.data_dir.join("apps"),
-            kill_grace: cfg.kill_grace,
+            log_dir,
+            kill_grace,
         }
     }
 }

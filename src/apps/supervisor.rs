@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::report::app_time;
 use super::task::Task;
-use crate::consul::Client;
+use crate::consul::{AgentServiceRegistration, Client};
 use crate::jobs::runner::{spawn_launch, KillReason, Launch, LogPaths, Outcome};
 use crate::util::time::now_ms;
 
@@ -400,7 +400,7 @@ async fn register_services(ctx: &SupervisorCtx, task: &Task) {
         meta.insert("servant_app".to_string(), task.name.clone());
         if let Err(e) = ctx
             .client
-            .agent_service_register(&s.registration(meta))
+            .agent_service_register(&AgentServiceRegistration::from_spec(s, meta))
             .await
         {
             warn!(app = %task.name, service = %s.id(), error = %e, "cannot register the app's service");

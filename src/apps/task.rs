@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::scheduler::TaskReq;
-use crate::jobs::spec::ServiceSpec;
+use crate::wire::ServiceSpec;
 
 /// Why a task value cannot be used. Reported by the leader; the other tasks go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

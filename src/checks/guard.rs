@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
+use super::config::{GuardConfig, GuardMode};
 use super::service::{self, ServiceCheck};
 use super::verdict::{Status, Verdict};
-use crate::agent::config::GuardConfig;
 use crate::consul::{
     AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
 };
@@ -30,7 +30,7 @@ pub fn registration(
     layout: &Namespace,
 ) -> AgentServiceRegistration {
     let interval = format!("{}ms", g.interval.as_millis());
-    let check = if g.mode == "script" {
+    let check = if g.mode == GuardMode::Script {
         let mut args = vec![
             exe.to_string(),
             "--http-addr".into(),
@@ -98,7 +98,7 @@ pub async fn run(
         }
     }
     let mut tasks = Vec::new();
-    for g in guards.iter().filter(|g| g.mode != "script").cloned() {
+    for g in guards.iter().filter(|g| g.mode == GuardMode::Ttl).cloned() {
         let client = client.clone();
         let env = env.clone();
         let layout = layout.clone();

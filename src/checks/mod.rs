@@ -9,6 +9,7 @@
 //! - `watcher`: the agent's native watcher: this node's check changes run their actions.
 //! - `guard`: services the agent registers with a service check (TTL it updates, or script).
 
+pub mod config;
 pub mod crontab;
 pub mod guard;
 pub mod process;

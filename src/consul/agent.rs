@@ -80,6 +80,49 @@ pub struct AgentServiceRegistration {
     pub checks: Vec<AgentCheckRegistration>,
 }
 
+impl AgentServiceRegistration {
+    /// The registration of a service a job or an app declares, with `meta` saying who
+    /// registered it (so leftovers of an earlier run can be found). A check without `Interval`
+    /// runs every 10s.
+    pub fn from_spec(
+        spec: &crate::wire::ServiceSpec,
+        meta: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let checks = spec
+            .check
+            .as_ref()
+            .map(|c| {
+                let interval = c
+                    .interval
+                    .clone()
+                    .or_else(|| (c.ttl.is_none()).then(|| "10s".to_string()));
+                vec![AgentCheckRegistration {
+                    name: Some(format!("{} check", spec.name())),
+                    ttl: c.ttl.clone(),
+                    http: c.http.clone(),
+                    tcp: c.tcp.clone(),
+                    args: c.args.clone(),
+                    interval: if c.ttl.is_some() { None } else { interval },
+                    timeout: c
+                        .timeout
+                        .clone()
+                        .filter(|t| crate::util::duration::parse_duration(t).is_ok()),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default();
+        AgentServiceRegistration {
+            id: Some(spec.id().to_string()),
+            name: spec.name().to_string(),
+            tags: spec.tags.clone(),
+            port: spec.port,
+            address: spec.address.clone(),
+            meta,
+            checks,
+        }
+    }
+}
+
 /// The three TTL check updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckUpdate {

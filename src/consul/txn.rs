@@ -7,60 +7,7 @@ use serde_json::{json, Value};
 use super::client::{Client, ConsulError};
 use super::kv::KvPair;
 
-/// One KV verb in a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnKvOp {
-    Set {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-    },
-    Cas {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        index: u64,
-    },
-    Lock {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        session: String,
-    },
-    Unlock {
-        key: String,
-        value: Vec<u8>,
-        flags: u64,
-        session: String,
-    },
-    Get {
-        key: String,
-    },
-    GetTree {
-        key: String,
-    },
-    CheckIndex {
-        key: String,
-        index: u64,
-    },
-    CheckSession {
-        key: String,
-        session: String,
-    },
-    CheckNotExists {
-        key: String,
-    },
-    Delete {
-        key: String,
-    },
-    DeleteTree {
-        key: String,
-    },
-    DeleteCas {
-        key: String,
-        index: u64,
-    },
-}
+pub use crate::wire::TxnKvOp;
 
 /// A transaction operation; only KV ops are used by the product.
 #[derive(Debug, Clone, PartialEq, Eq)]

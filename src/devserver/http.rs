@@ -239,7 +239,7 @@ impl IntoResponse for BadInput {
 }
 
 fn rand_nanos() -> u64 {
-    crate::jobs::claim::stable_hash(&[&crate::util::time::now_ns().to_string()])
+    crate::util::hash::stable_hash(&[&crate::util::time::now_ns().to_string()])
 }
 
 fn entry_json(key: &str, e: &Entry, with_value: bool) -> Value {
@@ -1064,8 +1064,8 @@ async fn service_deregister(AxState(core): AxState<Core>, Path(id): Path<String>
 fn node_id(core: &Core) -> String {
     let h = format!(
         "{:016x}{:016x}",
-        crate::jobs::claim::stable_hash(&[core.node()]),
-        crate::jobs::claim::stable_hash(&[core.node(), "id"])
+        crate::util::hash::stable_hash(&[core.node()]),
+        crate::util::hash::stable_hash(&[core.node(), "id"])
     );
     format!(
         "{}-{}-{}-{}-{}",
@@ -1456,7 +1456,7 @@ async fn event_list(AxState(core): AxState<Core>, q: Q) -> Response {
             let hash = st
                 .events
                 .last()
-                .map(|e| crate::jobs::claim::stable_hash(&[&e.id]))
+                .map(|e| crate::util::hash::stable_hash(&[&e.id]))
                 .unwrap_or(1);
             // A blocking list wakes when the hash differs from the one asked with.
             (

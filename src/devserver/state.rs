@@ -134,7 +134,7 @@ pub enum StateError {
 }
 
 /// One KV verb of a transaction: the client's own type, so both sides share one list of verbs.
-pub use crate::consul::TxnKvOp as TxnOp;
+pub use crate::wire::TxnKvOp as TxnOp;
 
 /// The state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::util::duration::parse_duration;
 use crate::util::json::canonical_keys;
+pub use crate::wire::{CheckSpec, ServiceSpec};
 
 /// Default `Timeout` when a job gives none (consul_servant's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,121 +27,6 @@ pub enum JobType {
     Exec,
     /// A container; not available yet, so rejected with a clear reason.
     Docker,
-}
-
-/// A service check, in consul_servant's (and Consul's) names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CheckSpec {
-    #[serde(rename = "TTL", default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-    #[serde(rename = "HTTP", default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<String>,
-    #[serde(rename = "TCP", default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-}
-
-/// A service the job registers while it runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceSpec {
-    #[serde(rename = "ID", default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// A number or a numeric string ("80", as consul_servant's README writes it).
-    #[serde(default, deserialize_with = "de_port")]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub address: Option<String>,
-    #[serde(default)]
-    pub check: Option<CheckSpec>,
-}
-
-impl ServiceSpec {
-    /// The local agent registration of this service, with `meta` saying who registered it (so
-    /// leftovers of an earlier run can be found). A check without `Interval` runs every 10s.
-    pub fn registration(
-        &self,
-        meta: BTreeMap<String, String>,
-    ) -> crate::consul::AgentServiceRegistration {
-        let checks = self
-            .check
-            .as_ref()
-            .map(|c| {
-                let interval = c
-                    .interval
-                    .clone()
-                    .or_else(|| (c.ttl.is_none()).then(|| "10s".to_string()));
-                vec![crate::consul::AgentCheckRegistration {
-                    name: Some(format!("{} check", self.name())),
-                    ttl: c.ttl.clone(),
-                    http: c.http.clone(),
-                    tcp: c.tcp.clone(),
-                    args: c.args.clone(),
-                    interval: if c.ttl.is_some() { None } else { interval },
-                    timeout: c
-                        .timeout
-                        .clone()
-                        .filter(|t| crate::util::duration::parse_duration(t).is_ok()),
-                    ..Default::default()
-                }]
-            })
-            .unwrap_or_default();
-        crate::consul::AgentServiceRegistration {
-            id: Some(self.id().to_string()),
-            name: self.name().to_string(),
-            tags: self.tags.clone(),
-            port: self.port,
-            address: self.address.clone(),
-            meta,
-            checks,
-        }
-    }
-
-    /// The service name: `Name`, else `ID`.
-    pub fn name(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.id.as_deref())
-            .unwrap_or_default()
-    }
-    /// The service ID: `ID`, else `Name`.
-    pub fn id(&self) -> &str {
-        self.id
-            .as_deref()
-            .or(self.name.as_deref())
-            .unwrap_or_default()
-    }
-}
-
-fn de_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    use serde::de::Error;
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| D::Error::custom(format!("port {n} is not in 0..=65535"))),
-        Value::String(s) if s.trim().is_empty() => Ok(None),
-        Value::String(s) => s
-            .trim()
-            .parse::<u16>()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("port {s:?} is not a number in 0..=65535"))),
-        other => Err(D::Error::custom(format!(
-            "port must be a number or a numeric string, not {other}"
-        ))),
-    }
 }
 
 /// The job document as submitted, before defaults.

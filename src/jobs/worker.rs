@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::agent::session::SessionState;
+use crate::consul::SessionState;
 use crate::consul::{
     watch_loop, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
@@ -690,7 +690,7 @@ fn registration(s: &ServiceSpec, jk: &JobKey, prefix: &str) -> AgentServiceRegis
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("servant_job".to_string(), jk.relative());
     meta.insert("servant_prefix".to_string(), prefix.to_string());
-    s.registration(meta)
+    AgentServiceRegistration::from_spec(s, meta)
 }
 
 /// Services of jobs registered by an earlier run of this agent (killed before it could

@@ -4,5 +4,9 @@
 //! field by field with defaults.
 
 pub mod namespace;
+pub mod service;
+pub mod txn;
 
 pub use namespace::{JobKey, Namespace};
+pub use service::{CheckSpec, ServiceSpec};
+pub use txn::TxnKvOp;

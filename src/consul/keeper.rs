@@ -1,6 +1,7 @@
-//! The node session: one long-lived session per agent, tied to the node's serfHealth check and a
-//! TTL, behaviour release. It is renewed at TTL/2; when Consul says it is gone, the agent is
-//! fenced: the holder of the old session is told, and a new session is made.
+//! A long-lived session kept alive: tied to the node's serfHealth check and a TTL, renewed at
+//! TTL/2, watched so that its loss is seen at once; when Consul says it is gone, its holder is
+//! told (fenced) and a new session is made. The agent keeps two: the jobs session (behaviour
+//! release) and the apps session (behaviour delete).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
-use crate::consul::{
+use super::{
     Backoff, BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest,
 };
 
