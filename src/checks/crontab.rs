@@ -6,7 +6,8 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
 
-use super::verdict::{Status, Verdict};
+use super::verdict::Verdict;
+use crate::wire::HealthStatus;
 
 /// The default spool directories: Debian/Ubuntu first, then RHEL/CentOS.
 pub const SPOOL_DIRS: &[&str] = &["/var/spool/cron/crontabs", "/var/spool/cron"];
@@ -47,8 +48,11 @@ fn check_with(user: &str, pattern: Option<&str>, spool_dirs: &[&Path], fallback:
         };
     }
     let none = |why: &str| {
-        Verdict::new(Status::Critical, format!("no crontab for user {user}{why}"))
-            .with("user", user)
+        Verdict::new(
+            HealthStatus::Critical,
+            format!("no crontab for user {user}{why}"),
+        )
+        .with("user", user)
     };
     if !fallback {
         return none("");
@@ -77,7 +81,7 @@ fn check_with(user: &str, pattern: Option<&str>, spool_dirs: &[&Path], fallback:
 fn judge(user: &str, pattern: Option<&str>, text: &str, source: &str) -> Verdict {
     let Some(pattern) = pattern else {
         let v = Verdict::new(
-            Status::Passing,
+            HealthStatus::Passing,
             format!("user {user} has a crontab ({source})"),
         );
         return v.with("user", user).with("source", source);
@@ -89,12 +93,12 @@ fn judge(user: &str, pattern: Option<&str>, text: &str, source: &str) -> Verdict
         .find(|l| l.contains(pattern));
     let v = match hit {
         Some(line) => Verdict::new(
-            Status::Passing,
+            HealthStatus::Passing,
             format!("crontab of user {user} has a line containing {pattern:?}"),
         )
         .with("line", line),
         None => Verdict::new(
-            Status::Critical,
+            HealthStatus::Critical,
             format!("crontab of user {user} has no non-comment line containing {pattern:?}"),
         ),
     };
@@ -122,7 +126,7 @@ mod tests {
     fn spool_file_exists() {
         let d = spool(&[("root", ROOT_TAB)]);
         let v = check_with("root", None, &[d.path()], false);
-        assert_eq!(v.status, Status::Passing, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         assert!(v.details["source"]
             .as_str()
             .is_some_and(|s| s.ends_with("/root")));
@@ -132,7 +136,7 @@ mod tests {
     fn pattern_on_a_live_line_passes() {
         let d = spool(&[("root", ROOT_TAB)]);
         let v = check_with("root", Some("servant-sync"), &[d.path()], false);
-        assert_eq!(v.status, Status::Passing, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         assert_eq!(
             v.details["line"],
             "*/5 * * * * /usr/local/bin/servant-sync --all"
@@ -143,7 +147,7 @@ mod tests {
     fn pattern_only_in_a_comment_is_critical() {
         let d = spool(&[("root", ROOT_TAB)]);
         let v = check_with("root", Some("old-backup"), &[d.path()], false);
-        assert_eq!(v.status, Status::Critical);
+        assert_eq!(v.status, HealthStatus::Critical);
         assert!(v.message.contains("no non-comment line"), "{}", v.message);
     }
 
@@ -156,17 +160,17 @@ mod tests {
             &[empty.path(), rhel.path()],
             false,
         );
-        assert_eq!(v.status, Status::Passing, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         let deb = spool(&[("root", "# nothing\n")]);
         let v = check_with("root", Some("/bin/true"), &[deb.path(), rhel.path()], false);
-        assert_eq!(v.status, Status::Critical, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Critical, "{}", v.message);
     }
 
     #[test]
     fn no_spool_file_without_fallback_is_critical() {
         let (a, b) = (spool(&[]), spool(&[]));
         let v = check_with("root", None, &[a.path(), b.path()], false);
-        assert_eq!(v.status, Status::Critical);
+        assert_eq!(v.status, HealthStatus::Critical);
         assert!(
             v.message.contains("no crontab for user root"),
             "{}",
@@ -178,7 +182,7 @@ mod tests {
     fn unknown_user_is_critical() {
         let d = spool(&[("no-such-user-xyz", ROOT_TAB)]);
         let v = check("no-such-user-xyz", None, &[d.path()]);
-        assert_eq!(v.status, Status::Critical);
+        assert_eq!(v.status, HealthStatus::Critical);
         assert!(v.message.contains("no such user"), "{}", v.message);
     }
 }

@@ -10,10 +10,11 @@ use tracing::{info, warn};
 
 use super::config::{GuardConfig, GuardMode};
 use super::service::{self, ServiceCheck};
-use super::verdict::{Status, Verdict};
+use super::verdict::Verdict;
 use crate::consul::{
     AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
 };
+use crate::wire::HealthStatus;
 use crate::wire::Namespace;
 
 /// The check's ID on the local agent.
@@ -127,9 +128,9 @@ pub async fn run(
                     }
                 };
                 let update = match v.status {
-                    Status::Passing => CheckUpdate::Pass,
-                    Status::Warning => CheckUpdate::Warn,
-                    Status::Critical => CheckUpdate::Fail,
+                    HealthStatus::Passing => CheckUpdate::Pass,
+                    HealthStatus::Warning => CheckUpdate::Warn,
+                    HealthStatus::Critical => CheckUpdate::Fail,
                 };
                 if let Err(e) = client
                     .agent_check_update(&id, update, Some(&v.json_line()))
@@ -142,7 +143,7 @@ pub async fn run(
                 // active node's failure as soon as Consul notices it, not at its next run.
                 // A check that is not passing is asked again within a second: the action that
                 // fixes it (a trigger starting the service) shows at once.
-                let wait = if v.status == Status::Passing {
+                let wait = if v.status == HealthStatus::Passing {
                     g.interval
                 } else {
                     g.interval.min(std::time::Duration::from_secs(1))

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::path::Path;
 
-use super::verdict::{Status, Verdict};
+use super::verdict::Verdict;
+use crate::wire::HealthStatus;
 
 /// A Nagios threshold range: alert when the value is OUTSIDE [start, end] (or inside, with '@').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,15 +275,15 @@ pub fn check(
         critical
     };
     let (status, why) = if let Some(c) = critical.filter(|c| c.alerts(count)) {
-        (Status::Critical, format!("critical range {c}"))
+        (HealthStatus::Critical, format!("critical range {c}"))
     } else if let Some(w) = warning.filter(|w| w.alerts(count)) {
-        (Status::Warning, format!("warning range {w}"))
+        (HealthStatus::Warning, format!("warning range {w}"))
     } else {
         let ranges: Vec<String> = [("warning", warning), ("critical", critical)]
             .into_iter()
             .filter_map(|(k, r)| r.map(|r| format!("{k} range {r}")))
             .collect();
-        (Status::Passing, ranges.join(", "))
+        (HealthStatus::Passing, ranges.join(", "))
     };
     let noun = if count == 1 { "process" } else { "processes" };
     let what = match *sel == Selector::default() {
@@ -454,24 +455,24 @@ mod tests {
         let v = check(&sel(None, Some("sleep 300"), None), None, None, dir.path());
         assert_eq!(
             (v.status, v.details["count"].as_u64()),
-            (Status::Passing, Some(1))
+            (HealthStatus::Passing, Some(1))
         );
         let v = check(&Selector::default(), None, Some(&r("5:")), dir.path());
-        assert_eq!(v.status, Status::Critical, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Critical, "{}", v.message);
         let v = check(
             &sel(None, None, Some("no-such-user-xyz")),
             None,
             None,
             dir.path(),
         );
-        assert!(v.status == Status::Critical && v.message.contains("no such user"));
+        assert!(v.status == HealthStatus::Critical && v.message.contains("no such user"));
         let v = check(
             &Selector::default(),
             None,
             None,
             &dir.path().join("missing"),
         );
-        assert!(v.status == Status::Critical && v.message.contains("cannot read"));
+        assert!(v.status == HealthStatus::Critical && v.message.contains("cannot read"));
     }
 
     /// Kills and reaps the spawned sleeps even when an assertion fails.
@@ -499,25 +500,25 @@ mod tests {
         };
         // Until both children have exec'd sleep, their cmdline is still ours.
         for _ in 0..100 {
-            if run(None, Some("2:2")).status == Status::Passing {
+            if run(None, Some("2:2")).status == HealthStatus::Passing {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let v = run(None, Some("2:2"));
-        assert_eq!(v.status, Status::Passing, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         assert_eq!(v.details["count"], 2);
         assert_eq!(v.details["pids"].as_array().map(Vec::len), Some(2));
         let v = run(None, Some("1:1"));
-        assert_eq!(v.status, Status::Critical, "{}", v.message);
+        assert_eq!(v.status, HealthStatus::Critical, "{}", v.message);
         assert!(
             v.message.starts_with("2 processes matching args=\"sleep "),
             "{}",
             v.message
         );
         assert!(v.message.ends_with("(critical range 1:1)"), "{}", v.message);
-        assert_eq!(run(Some("3:"), Some("2:2")).status, Status::Warning);
-        assert_eq!(run(Some("3:"), None).status, Status::Warning);
-        assert_eq!(run(Some("1:2"), Some("2:")).status, Status::Passing);
+        assert_eq!(run(Some("3:"), Some("2:2")).status, HealthStatus::Warning);
+        assert_eq!(run(Some("3:"), None).status, HealthStatus::Warning);
+        assert_eq!(run(Some("1:2"), Some("2:")).status, HealthStatus::Passing);
     }
 }

@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use super::verdict::Status;
+use crate::wire::HealthStatus;
 
 /// A node's role for one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +194,11 @@ pub fn expects_running(role: Role, active_healthy: bool) -> bool {
 }
 
 /// Passing when the service is as expected, critical otherwise.
-pub fn judge(expected_running: bool, running: bool) -> Status {
+pub fn judge(expected_running: bool, running: bool) -> HealthStatus {
     if expected_running == running {
-        Status::Passing
+        HealthStatus::Passing
     } else {
-        Status::Critical
+        HealthStatus::Critical
     }
 }
 
@@ -278,10 +278,10 @@ mod tests {
         assert!(expects_running(Role::Standalone, true));
         assert!(!expects_running(Role::Secondary, true));
         assert!(expects_running(Role::Secondary, false));
-        assert_eq!(judge(true, true), Status::Passing);
-        assert_eq!(judge(false, true), Status::Critical);
-        assert_eq!(judge(true, false), Status::Critical);
-        assert_eq!(judge(false, false), Status::Passing);
+        assert_eq!(judge(true, true), HealthStatus::Passing);
+        assert_eq!(judge(false, true), HealthStatus::Critical);
+        assert_eq!(judge(true, false), HealthStatus::Critical);
+        assert_eq!(judge(false, false), HealthStatus::Passing);
     }
 
     #[test]

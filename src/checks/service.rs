@@ -11,7 +11,7 @@ use super::role::{
 };
 use super::verdict::Verdict;
 use crate::consul::{Client, QueryOptions};
-use crate::wire::Namespace;
+use crate::wire::{HealthStatus, Namespace};
 
 /// How long a status command may take before the check calls it critical.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,9 +120,10 @@ pub async fn active_healthy(
                     .map_err(|e| format!("cannot read the health of {node}: {e}"))?;
                 let serf = checks
                     .iter()
-                    .any(|c| c.check_id == "serfHealth" && c.status == "passing");
+                    .any(|c| c.check_id == "serfHealth" && c.status == HealthStatus::Passing);
                 let svc: Vec<_> = checks.iter().filter(|c| ours(c)).collect();
-                if serf && !svc.is_empty() && svc.iter().all(|c| c.status == "passing") {
+                if serf && !svc.is_empty() && svc.iter().all(|c| c.status == HealthStatus::Passing)
+                {
                     return Ok(true);
                 }
             }
@@ -138,10 +139,10 @@ pub async fn active_healthy(
                     .health_service(consul_service, false, &q)
                     .await
                     .map_err(|e| format!("cannot read {consul_service} in {dc}: {e}"))?;
-                if entries
-                    .iter()
-                    .any(|e| !e.checks.is_empty() && e.checks.iter().all(|c| c.status == "passing"))
-                {
+                if entries.iter().any(|e| {
+                    !e.checks.is_empty()
+                        && e.checks.iter().all(|c| c.status == HealthStatus::Passing)
+                }) {
                     return Ok(true);
                 }
             }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::consul::{Client, KvPutOptions, QueryOptions};
 use crate::jobs::runner::signal_group;
 use crate::util::time::now_ms;
-use crate::wire::Namespace;
+use crate::wire::{HealthStatus, Namespace};
 
 /// Runs kept in `trigger_history/<node>`, newest last.
 pub const HISTORY_LEN: usize = 20;
@@ -39,8 +39,7 @@ pub struct TriggerCtx {
     pub host: String,
     pub service: String,
     pub role: String,
-    /// passing, warning or critical.
-    pub state: String,
+    pub state: HealthStatus,
     /// The check's output (the check's JSON line for servant checks).
     pub check_output: String,
 }
@@ -69,7 +68,7 @@ pub async fn find_action(
     layout: &Namespace,
     ctx: &TriggerCtx,
 ) -> Result<Option<(String, String)>, crate::consul::ConsulError> {
-    for key in layout.triggers(&ctx.env, &ctx.service, &ctx.role, &ctx.state) {
+    for key in layout.triggers(&ctx.env, &ctx.service, &ctx.role, ctx.state.as_str()) {
         if let Some(v) = client.kv_get_raw(&key).await? {
             let text = String::from_utf8_lossy(&v).to_string();
             if !text.trim().is_empty() {
@@ -93,7 +92,7 @@ pub async fn run_action(
         time_ms: now_ms(),
         service: ctx.service.clone(),
         role: ctx.role.clone(),
-        state: ctx.state.clone(),
+        state: ctx.state.to_string(),
         key: key.to_string(),
         exit_code: None,
         timed_out: false,
@@ -133,7 +132,7 @@ pub async fn run_action(
     cmd.env("SERVANT_ENV", &ctx.env)
         .env("SERVANT_HOST", &ctx.host)
         .env("SERVANT_ROLE", &ctx.role)
-        .env("SERVANT_STATE", &ctx.state)
+        .env("SERVANT_STATE", ctx.state.as_str())
         .env("SERVANT_SERVICE", &ctx.service)
         .env("SERVANT_CHECK_OUTPUT", &ctx.check_output)
         .env("SERVANT_EXPECTED", expected)
@@ -260,7 +259,7 @@ mod tests {
             host: "h1".into(),
             service: "web".into(),
             role: "secondary".into(),
-            state: "critical".into(),
+            state: HealthStatus::Critical,
             check_output: r#"{"expected":"stopped"}"#.into(),
         }
     }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::service::{local, role_for, Local};
 use super::trigger::{fire, TriggerCtx};
 use crate::consul::{watch_loop, Client, HealthCheck};
-use crate::wire::Namespace;
+use crate::wire::{HealthStatus, Namespace};
 
 /// What the watcher needs from the agent.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct WatcherConfig {
 #[derive(Debug, Clone)]
 struct Change {
     check_id: String,
-    state: String,
+    state: HealthStatus,
 }
 
 type Snapshot = watch::Receiver<Option<Vec<HealthCheck>>>;
@@ -78,7 +78,7 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
         tx,
         shutdown.resubscribe(),
     ));
-    let mut last: HashMap<String, String> = HashMap::new();
+    let mut last: HashMap<String, HealthStatus> = HashMap::new();
     // When each check's change was last handed to its worker, for `repeat`.
     let mut sent: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut workers: HashMap<String, mpsc::UnboundedSender<Change>> = HashMap::new();
@@ -94,19 +94,19 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
         };
         let now = tokio::time::Instant::now();
         for c in checks.iter().filter(|c| c.check_id != "serfHealth") {
-            let prev = last.insert(c.check_id.clone(), c.status.clone());
+            let prev = last.insert(c.check_id.clone(), c.status);
             let again = !cfg.repeat.is_zero()
-                && c.status != "passing"
+                && c.status != HealthStatus::Passing
                 && sent
                     .get(&c.check_id)
                     .is_some_and(|t| now.duration_since(*t) >= cfg.repeat);
-            if prev.as_deref() == Some(c.status.as_str()) && !again {
+            if prev == Some(c.status) && !again {
                 continue;
             }
             // A first sight of a passing check is no transition; warning and critical are
             // acted on even at start (a standby that starts while no active node is healthy
             // must take over).
-            if prev.is_none() && c.status == "passing" {
+            if prev.is_none() && c.status == HealthStatus::Passing {
                 continue;
             }
             sent.insert(c.check_id.clone(), now);
@@ -125,7 +125,7 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
             });
             let _ = w.send(Change {
                 check_id: c.check_id.clone(),
-                state: c.status.clone(),
+                state: c.status,
             });
         }
     }
@@ -153,11 +153,11 @@ async fn worker(
         let current = match client.agent_checks().await {
             Ok(checks) => checks
                 .get(&change.check_id)
-                .map(|c| (c.status.clone(), c.output.clone())),
+                .map(|c| (c.status, c.output.clone())),
             Err(_) => snapshot.borrow().as_ref().and_then(|cs| {
                 cs.iter()
                     .find(|c| c.check_id == change.check_id)
-                    .map(|c| (c.status.clone(), c.output.clone()))
+                    .map(|c| (c.status, c.output.clone()))
             }),
         };
         let Some((status, output)) = current else {

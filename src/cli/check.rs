@@ -13,6 +13,7 @@ use crate::checks::service::{self, local, role_for, ServiceCheck};
 use crate::checks::trigger::{fire, TriggerCtx};
 use crate::checks::verdict::Verdict;
 use crate::util::duration::parse_duration;
+use crate::wire::HealthStatus;
 
 #[derive(Debug, Subcommand)]
 pub enum CheckCommand {
@@ -85,11 +86,11 @@ pub enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    fn status(self) -> HealthStatus {
         match self {
-            State::Passing => "passing",
-            State::Warning => "warning",
-            State::Critical => "critical",
+            State::Passing => HealthStatus::Passing,
+            State::Warning => HealthStatus::Warning,
+            State::Critical => HealthStatus::Critical,
         }
     }
 }
@@ -172,7 +173,7 @@ pub async fn check(ctx: &Ctx, cmd: CheckCommand) -> anyhow::Result<i32> {
 async fn trigger_one(
     ctx: &Ctx,
     check: &Value,
-    state: &str,
+    state: HealthStatus,
     opts: &TriggerOpts,
 ) -> anyhow::Result<Option<i32>> {
     let timeout = parse_duration(&opts.timeout)
@@ -196,7 +197,7 @@ async fn trigger_one(
         host: me.node.clone(),
         service,
         role: role.as_str().to_string(),
-        state: state.to_string(),
+        state,
         check_output: check["Output"].as_str().unwrap_or("").to_string(),
     };
     let scratch = std::env::temp_dir();
@@ -215,7 +216,7 @@ async fn trigger_one(
 pub async fn trigger(ctx: &Ctx, a: TriggerArgs) -> anyhow::Result<i32> {
     let check: Value = serde_json::from_str(&a.check)
         .map_err(|e| anyhow::anyhow!("-s is not a check's JSON: {e}"))?;
-    match trigger_one(ctx, &check, a.state.as_str(), &a.opts).await? {
+    match trigger_one(ctx, &check, a.state.status(), &a.opts).await? {
         Some(code) => Ok(code),
         None => {
             eprintln!("servant: no trigger action for this check and state");
@@ -244,11 +245,14 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
     let mut worst = 0;
     for c in list {
         let ours = c["Node"].as_str().is_none_or(|n| n == me.node);
-        if !ours || c["Status"].as_str() != Some(a.state.as_str()) || c["CheckID"] == "serfHealth" {
+        if !ours
+            || c["Status"].as_str() != Some(a.state.status().as_str())
+            || c["CheckID"] == "serfHealth"
+        {
             continue;
         }
         // One check's trouble (bad role data) does not keep the others' actions from running.
-        match trigger_one(ctx, c, a.state.as_str(), &a.opts).await {
+        match trigger_one(ctx, c, a.state.status(), &a.opts).await {
             Ok(Some(code)) => worst = worst.max(code),
             Ok(None) => {}
             Err(e) if crate::util::output::is_closed(e.as_ref()) => return Err(e),

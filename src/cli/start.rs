@@ -360,7 +360,7 @@ async fn node_gone(ctx: &Ctx, node: &str) -> anyhow::Result<String> {
             .await?;
         index.update(meta.index);
         let serf = checks.iter().find(|c| c.check_id == "serfHealth");
-        if serf.is_some_and(|c| c.status != "critical") {
+        if serf.is_some_and(|c| c.status != crate::wire::HealthStatus::Critical) {
             continue;
         }
         let members = ctx.client.agent_members().await?;

@@ -47,8 +47,7 @@ pub struct HealthCheck {
     #[serde(rename = "CheckID")]
     pub check_id: String,
     pub name: String,
-    /// passing, warning or critical.
-    pub status: String,
+    pub status: crate::wire::HealthStatus,
     #[serde(default)]
     pub notes: String,
     #[serde(default)]

@@ -3,6 +3,7 @@
 //! every template) and answered from a cache while a template renders. Shapes follow
 //! consul-template's (`.Address`, `.Port`, `.Tags`, `.Key`, `.Value`...).
 
+use crate::wire::HealthStatus;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
@@ -68,7 +69,9 @@ pub struct ServiceQuery {
     pub name: String,
     pub tag: Option<String>,
     /// Check states an instance may be in; `any` drops the filter. Default: passing only.
-    pub states: BTreeSet<String>,
+    pub states: BTreeSet<HealthStatus>,
+    /// Instances in maintenance mode pass the filter too (consul-template's `maintenance`).
+    pub maintenance: bool,
     pub any: bool,
     pub dc: Option<String>,
 }
@@ -92,35 +95,42 @@ pub fn parse_service(s: &str) -> Result<ServiceQuery, String> {
     }
     let mut states = BTreeSet::new();
     let mut any = false;
+    let mut maintenance = false;
     for f in filter.unwrap_or("passing").split(',').map(str::trim) {
-        match f {
-            "any" => any = true,
-            "passing" | "warning" | "critical" | "maintenance" => {
-                states.insert(f.to_string());
+        match (f, HealthStatus::parse(f)) {
+            ("any", _) => any = true,
+            ("maintenance", _) => maintenance = true,
+            (_, Some(st)) => {
+                states.insert(st);
             }
-            other => return Err(format!("service {s:?}: unknown health filter {other:?}")),
+            (other, None) => return Err(format!("service {s:?}: unknown health filter {other:?}")),
         }
     }
     Ok(ServiceQuery {
         name,
         tag,
         states,
+        maintenance,
         any,
         dc,
     })
 }
 
-/// An instance's state: the worst of its checks (Consul's aggregate).
-fn aggregate(checks: &[crate::consul::HealthCheck]) -> &'static str {
-    let mut worst = "passing";
-    for c in checks {
-        match c.status.as_str() {
-            "critical" => return "critical",
-            "warning" => worst = "warning",
-            _ => {}
-        }
+/// An instance's state: the worst of its checks (Consul's aggregate); None in maintenance
+/// mode, which consul-template tells apart from critical.
+fn aggregate(checks: &[crate::consul::HealthCheck]) -> Option<HealthStatus> {
+    if checks.iter().any(|c| {
+        c.check_id == "_node_maintenance" || c.check_id.starts_with("_service_maintenance:")
+    }) {
+        return None;
     }
-    worst
+    Some(
+        checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(HealthStatus::Passing),
+    )
 }
 
 /// Fetches a dependency, blocking on `q`: its value in the shape templates see.
@@ -153,10 +163,15 @@ pub async fn fetch(
                 if sq.tag.as_ref().is_some_and(|t| !tags.contains(t)) {
                     continue;
                 }
-                let status = aggregate(&e.checks);
-                if !sq.any && !sq.states.contains(status) {
+                let state = aggregate(&e.checks);
+                let wanted = match state {
+                    Some(st) => sq.states.contains(&st),
+                    None => sq.maintenance,
+                };
+                if !sq.any && !wanted {
                     continue;
                 }
+                let status = state.map_or("maintenance", HealthStatus::as_str);
                 let svc_addr = e.service["Address"].as_str().unwrap_or("");
                 let address = if svc_addr.is_empty() {
                     e.node.address.clone()
@@ -300,7 +315,7 @@ mod tests {
     fn service_arguments() {
         let q = parse_service("web").unwrap();
         assert_eq!((q.name.as_str(), q.tag, q.any), ("web", None, false));
-        assert!(q.states.contains("passing") && q.states.len() == 1);
+        assert!(q.states.contains(&HealthStatus::Passing) && q.states.len() == 1);
         // consul-template's order: tag.name@dc|filter.
         let q = parse_service("v1.web@dc2|passing,warning").unwrap();
         assert_eq!(q.tag.as_deref(), Some("v1"));

@@ -3,10 +3,12 @@
 //! in. Pure: no IO. A field renamed here is renamed for everyone; nothing parses these documents
 //! field by field with defaults.
 
+pub mod health;
 pub mod namespace;
 pub mod service;
 pub mod txn;
 
+pub use health::HealthStatus;
 pub use namespace::{JobKey, Namespace};
 pub use service::{CheckSpec, ServiceSpec};
 pub use txn::TxnKvOp;
