@@ -1,13 +1,19 @@
 //! `servant agent`: wires the pieces together and owns graceful shutdown.
 //!
-//! Order at start: launch Consul if asked and wait for a leader; learn the node name; create the
-//! node session; serve the API and register it; run the job worker. At SIGINT/SIGTERM: stop
-//! taking jobs, let running ones finish within the grace period, destroy the session, deregister,
-//! and stop the launched Consul last.
+//! Order at start: listen for SIGINT/SIGTERM; launch Consul if asked and wait for a leader; learn
+//! the node name; create the node session; serve the API and register it; start the parts (jobs,
+//! apps, checks, templates). At SIGINT/SIGTERM, whenever it comes: stop taking jobs, let running
+//! ones finish within the grace period, end the other parts, destroy the session, deregister,
+//! stop the API, and stop the launched Consul last.
+//!
+//! One `CancellationToken` is the stop signal. It is level-triggered: a signal during start-up is
+//! seen by whatever step runs next, and a part started after it stops at once. Every task a
+//! part starts is tracked and awaited before the part returns.
 
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::api::{router, ApiState};
@@ -50,21 +56,51 @@ pub enum AgentError {
 /// How long to wait for a launched Consul's leader, or for Consul to answer at all.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn termination() {
+/// Cancels `stop` when SIGINT or SIGTERM arrives.
+async fn cancel_on_signal(stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+            return;
+        }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = stop.cancelled() => return,
+    }
+    info!("signal received: stopping");
+    stop.cancel();
+}
+
+/// `fut`'s output, or None if `stop` comes first.
+async fn unless_stopped<T>(
+    stop: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => None,
+        v = fut => Some(v),
     }
 }
 
 /// Runs the agent until a termination signal.
-pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    // Before anything else: a signal at any point of the start must stop the agent.
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(stop.clone()));
+    let outcome = run_until(cfg, &stop).await;
+    stop.cancel();
+    let _ = signals.await;
+    outcome
+}
+
+async fn run_until(mut cfg: AgentConfig, stop: &CancellationToken) -> Result<(), AgentError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::DataDir {
         path: cfg.data_dir.display().to_string(),
@@ -116,14 +152,26 @@ pub async fn run(mut cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let client = Client::new(&cfg.client_config())?;
     let consul = if cfg.consul.wanted() {
-        Some(
-            ConsulProcess::start(&cfg.consul, &cfg.data_dir, client.clone(), STARTUP_TIMEOUT)
-                .await?,
+        let launched = unless_stopped(
+            stop,
+            ConsulProcess::start(&cfg.consul, &cfg.data_dir, client.clone(), STARTUP_TIMEOUT),
         )
+        .await;
+        match launched {
+            Some(c) => Some(c?),
+            // Stopped while waiting for a leader: the launched Consul runs under the job shim
+            // and ends with this process.
+            None => {
+                if let Some(d) = dev {
+                    d.stop();
+                }
+                return Ok(());
+            }
+        }
     } else {
         None
     };
-    let outcome = serve(&cfg, client).await;
+    let outcome = serve(&cfg, client, stop).await;
     if let Some(c) = consul {
         info!("stopping the launched consul agent");
         c.stop().await;
@@ -149,8 +197,15 @@ async fn node_name(client: &Client) -> Result<String, ConsulError> {
     }
 }
 
-async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
-    let node = node_name(&client).await?;
+async fn serve(
+    cfg: &AgentConfig,
+    client: Client,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let Some(node) = unless_stopped(stop, node_name(&client)).await else {
+        return Ok(());
+    };
+    let node = node?;
     let layout = Namespace::new(&cfg.kv_prefix);
     let session_name = layout.jobs_session();
     info!(node = %node, consul = client.base_url(), "servant agent starting");
@@ -170,8 +225,29 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         return Err(AgentError::NodeServed { node, addr, pid });
     }
     keeper.clear_predecessors(&node).await;
-    keeper.start().await?;
+    let Some(started) = unless_stopped(stop, keeper.start()).await else {
+        return Ok(());
+    };
+    started?;
+    // From here the session exists: it is destroyed on every way out.
+    let keeper_stop = CancellationToken::new();
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
+    let outcome = serve_parts(cfg, &client, &node, layout, session_rx, stop).await;
+    keeper_stop.cancel();
+    let _ = keeper_task.await;
+    outcome
+}
 
+/// Serves the API and runs the parts until `stop`; returns once every part has ended.
+async fn serve_parts(
+    cfg: &AgentConfig,
+    client: &Client,
+    node: &str,
+    layout: Namespace,
+    session_rx: tokio::sync::watch::Receiver<crate::consul::SessionState>,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let session_name = layout.jobs_session();
     let log_dir = cfg.data_dir.join("logs");
     let listener = tokio::net::TcpListener::bind(&cfg.api_addr)
         .await
@@ -183,21 +259,22 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         addr: cfg.api_addr.clone(),
         error: e,
     })?;
-    let (shutdown, _) = broadcast::channel::<()>(4);
-    let mut api_stop = shutdown.subscribe();
+    // The API outlives the parts, so `servant logs` works while jobs drain.
+    let api_stop = CancellationToken::new();
     let api_state = ApiState {
         log_dir,
         apps_log_dir: cfg.data_dir.join("apps"),
-        node: node.clone(),
+        node: node.to_string(),
     };
-    let api = tokio::spawn(async move {
-        let app = router(api_state);
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.recv().await;
-            })
-            .await;
-    });
+    let api = {
+        let api_stop = api_stop.clone();
+        tokio::spawn(async move {
+            let app = router(api_state);
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { api_stop.cancelled().await })
+                .await;
+        })
+    };
     let service_id = format!("servant-{node}");
     let reg = AgentServiceRegistration {
         id: Some(service_id.clone()),
@@ -213,16 +290,34 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         warn!(error = %e, "cannot register the agent API as service servant; `servant logs` will not find this node");
     }
     info!(api = %api_addr, "agent API listening");
+    let outcome = run_parts(cfg, client, node, layout, session_name, session_rx, stop).await;
+    if let Err(e) = client.agent_service_deregister(&service_id).await {
+        warn!(error = %e, "cannot deregister the agent API service");
+    }
+    api_stop.cancel();
+    let _ = api.await;
+    info!("servant agent stopped");
+    outcome
+}
 
-    let (keeper_stop, _) = broadcast::channel::<()>(1);
-    let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
+/// Starts every part on one tracker and waits, after `stop`, for all of them to end.
+#[allow(clippy::too_many_arguments)]
+async fn run_parts(
+    cfg: &AgentConfig,
+    client: &Client,
+    node: &str,
+    layout: Namespace,
+    session_name: String,
+    session_rx: tokio::sync::watch::Receiver<crate::consul::SessionState>,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
-    let apps_layout = layout.clone();
+    let parts = TaskTracker::new();
     let worker = Worker::new(
         client.clone(),
         WorkerConfig {
             layout: layout.clone(),
-            node: node.clone(),
+            node: node.to_string(),
             session_name,
             max_parallel: cfg.max_parallel,
             claim_stagger: cfg.claim_stagger,
@@ -239,12 +334,12 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
         },
         session_rx,
     );
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let watcher_task = cfg.checks.watch.then(|| {
-        tokio::spawn(crate::checks::watcher::run(
+    parts.spawn(worker.run(stop.clone()));
+    if cfg.checks.watch {
+        parts.spawn(crate::checks::watcher::run(
             client.clone(),
             crate::checks::watcher::WatcherConfig {
-                node: node.clone(),
+                node: node.to_string(),
                 environment: cfg.checks.environment.clone(),
                 debounce: cfg.checks.debounce,
                 timeout: cfg.checks.trigger_timeout,
@@ -253,20 +348,21 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
                 watch_wait: cfg.watch_wait,
                 layout: layout.clone(),
             },
-            shutdown.subscribe(),
-        ))
-    });
-    let guard_task = (!cfg.checks.guard.is_empty()).then(|| {
-        tokio::spawn(crate::checks::guard::run(
+            stop.clone(),
+        ));
+    }
+    if !cfg.checks.guard.is_empty() {
+        parts.spawn(crate::checks::guard::run(
             client.clone(),
             cfg.checks.guard.clone(),
             cfg.checks.environment.clone(),
             layout.clone(),
             shim_exe.clone(),
-            shutdown.subscribe(),
-        ))
-    });
-    let templates_task = (!cfg.template.is_empty()).then(|| {
+            cfg.watch_wait,
+            stop.clone(),
+        ));
+    }
+    if !cfg.template.is_empty() {
         let (wait_min, wait_max) = cfg
             .template_wait
             .as_deref()
@@ -281,47 +377,35 @@ async fn serve(cfg: &AgentConfig, client: Client) -> Result<(), AgentError> {
             watch_wait: cfg.watch_wait,
         };
         let client = client.clone();
-        let stop = shutdown.subscribe();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        parts.spawn(async move {
             if let Err(e) = crate::templates::runner::run(client, runner, stop).await {
                 tracing::error!(error = %e, "the agent's templates stopped");
             }
-        })
-    });
-    let apps_task = cfg.apps.enabled.then(|| {
+        });
+    }
+    if cfg.apps.enabled {
         let apps_cfg = crate::apps::node::AppsNodeConfig::new(
             &cfg.apps,
-            &node,
-            apps_layout,
-            shim_exe.clone(),
+            node,
+            layout,
+            shim_exe,
             cfg.data_dir.join("apps"),
             cfg.kill_grace,
             cfg.watch_wait,
         );
-        tokio::spawn(crate::apps::node::run(
+        parts.spawn(crate::apps::node::run(
             client.clone(),
             apps_cfg,
-            shutdown.subscribe(),
-        ))
-    });
-    info!(node = %node, "servant agent ready");
-
-    termination().await;
-    info!("signal received: no new jobs; waiting for running jobs");
-    let _ = shutdown.send(());
-    let _ = worker_task.await;
-    for t in [apps_task, watcher_task, guard_task, templates_task]
-        .into_iter()
-        .flatten()
-    {
-        let _ = t.await;
+            stop.clone(),
+        ));
     }
-    let _ = keeper_stop.send(());
-    let _ = keeper_task.await;
-    if let Err(e) = client.agent_service_deregister(&service_id).await {
-        warn!(error = %e, "cannot deregister the agent API service");
+    parts.close();
+    if !stop.is_cancelled() {
+        info!(node = %node, "servant agent ready");
     }
-    let _ = api.await;
-    info!("servant agent stopped");
+    stop.cancelled().await;
+    info!("no new jobs; waiting for running jobs and the other parts");
+    parts.wait().await;
     Ok(())
 }

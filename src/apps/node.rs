@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::config::AppsConfig;
@@ -18,8 +20,8 @@ use super::scheduler::{changes, schedule, HostInfo, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use super::task::{parse_task, Task};
 use crate::consul::{
-    watch_loop, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
-    TxnOp,
+    spawn_watch, Backoff, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior,
+    TxnKvOp, TxnOp,
 };
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::time::now_ms;
@@ -148,10 +150,11 @@ impl AppsNodeConfig {
     }
 }
 
-/// Runs the apps part until `shutdown`; then stops this node's apps and ends the session
-/// (which deletes the reports and frees the leader lock).
-pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::Receiver<()>) {
-    if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
+/// Runs the apps part until `stop`; then stops this node's apps and ends the session (which
+/// deletes the reports and frees the leader lock). Every task it starts has ended when it
+/// returns.
+pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
+    if let Err(e) = tokio::fs::create_dir_all(&cfg.log_dir).await {
         warn!(dir = %cfg.log_dir.display(), error = %e, "cannot create the apps' log directory");
     }
     let (keeper, session_rx) = SessionKeeper::new(
@@ -170,16 +173,15 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
     clear_leftover_services(&client).await;
     let started = tokio::select! {
         r = keeper.start() => r,
-        _ = shutdown.recv() => return,
+        _ = stop.cancelled() => return,
     };
     if let Err(e) = started {
         warn!(error = %e, "cannot create the apps session; apps are off on this node");
-        let _ = shutdown.recv().await;
         return;
     }
-    let (stop, _) = broadcast::channel::<()>(4);
-    let (keeper_stop, _) = broadcast::channel::<()>(1);
-    let keeper_task = tokio::spawn(keeper.run(keeper_stop.subscribe()));
+    // The session outlives the loops: it is ended last, after the apps have stopped.
+    let keeper_stop = CancellationToken::new();
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
     let changed = Arc::new(Notify::new());
     let sup = Supervisor::new(SupervisorCtx {
         client: client.clone(),
@@ -189,37 +191,35 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
         changed: changed.clone(),
     });
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
-    let reporter = tokio::spawn(report_loop(
+    let tasks = TaskTracker::new();
+    tasks.spawn(report_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
         sup.clone(),
         changed,
-        stop.subscribe(),
+        stop.clone(),
     ));
-    let leader = tokio::spawn(leader_loop(
+    tasks.spawn(leader_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
-        stop.subscribe(),
+        stop.clone(),
     ));
-    let node_side = tokio::spawn(node_loop(
+    tasks.spawn(node_loop(
         client.clone(),
         cfg.clone(),
         session_rx,
         sup.clone(),
-        stop.subscribe(),
+        stop.clone(),
     ));
-    let _ = shutdown.recv().await;
-    let _ = stop.send(());
-    let _ = node_side.await;
+    tasks.close();
+    tasks.wait().await;
     sup.lock()
         .await
         .stop_all(crate::jobs::runner::KillReason::Removed)
         .await;
-    let _ = reporter.await;
-    let _ = leader.await;
-    let _ = keeper_stop.send(());
+    keeper_stop.cancel();
     let _ = keeper_task.await;
 }
 
@@ -245,7 +245,7 @@ async fn report_loop(
     session: watch::Receiver<SessionState>,
     sup: Arc<tokio::sync::Mutex<Supervisor>>,
     changed: Arc<Notify>,
-    mut stop: broadcast::Receiver<()>,
+    stop: CancellationToken,
 ) {
     let started = now_ms();
     let mut sampler = ResourceSampler::new();
@@ -302,7 +302,7 @@ async fn report_loop(
                 // Let a burst of changes settle into one write.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ = stop.recv() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -314,14 +314,13 @@ async fn node_loop(
     cfg: AppsNodeConfig,
     mut session: watch::Receiver<SessionState>,
     sup: Arc<tokio::sync::Mutex<Supervisor>>,
-    mut stop: broadcast::Receiver<()>,
+    stop: CancellationToken,
 ) {
-    let (topo_tx, mut topo_rx) = watch::channel::<Option<Option<KvPair>>>(None);
-    let (tasks_tx, mut tasks_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
-    let (wstop, _) = broadcast::channel::<()>(1);
+    let watches = TaskTracker::new();
     let key = cfg.layout.topology(&cfg.node);
     let c = client.clone();
-    let w1 = tokio::spawn(watch_loop(
+    let mut topo_rx = spawn_watch(
+        &watches,
         "own topology",
         cfg.watch_wait,
         move |q| {
@@ -329,12 +328,12 @@ async fn node_loop(
             let key = key.clone();
             async move { c.kv_get(&key, &q).await }
         },
-        topo_tx,
-        wstop.subscribe(),
-    ));
+        &stop,
+    );
     let c = client.clone();
     let prefix = cfg.layout.tasks();
-    let w2 = tokio::spawn(watch_loop(
+    let mut tasks_rx = spawn_watch(
+        &watches,
         "tasks",
         cfg.watch_wait,
         move |q| {
@@ -342,9 +341,8 @@ async fn node_loop(
             let prefix = prefix.clone();
             async move { c.kv_list(&prefix, &q).await }
         },
-        tasks_tx,
-        wstop.subscribe(),
-    ));
+        &stop,
+    );
     // After this node's apps session was lost and made again, its topology key may still name
     // apps the leader is moving away: hold off until the key changes (the leader has seen the
     // loss) or `REJOIN_HOLD` passes (it never did).
@@ -392,114 +390,130 @@ async fn node_loop(
         }
         let wake = hold.map(|(until, _)| until);
         tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
             r = topo_rx.changed() => if r.is_err() { break },
             r = tasks_rx.changed() => if r.is_err() { break },
             r = session.changed() => if r.is_err() { break },
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
-            _ = stop.recv() => break,
         }
     }
-    let _ = wstop.send(());
-    let _ = w1.await;
-    let _ = w2.await;
+    watches.close();
+    watches.wait().await;
 }
 
 /// Stands for leader while the apps session exists: acquire `appmgr/leader`; when another
-/// node holds it, block on the key until it is freed (no polling).
+/// node holds it, follow the key with a watch and try again when it is freed (no polling).
 async fn leader_loop(
     client: Client,
     cfg: AppsNodeConfig,
     mut session: watch::Receiver<SessionState>,
-    mut stop: broadcast::Receiver<()>,
+    stop: CancellationToken,
 ) {
     let key = cfg.layout.leader();
-    let mut index = 0u64;
-    loop {
+    let watches = TaskTracker::new();
+    let c = client.clone();
+    let k = key.clone();
+    // Who holds the lock (None: free, or no key yet).
+    let mut holder = spawn_watch(
+        &watches,
+        "apps leader",
+        cfg.watch_wait,
+        move |q| {
+            let c = c.clone();
+            let k = k.clone();
+            async move {
+                let (e, meta) = c.kv_get(&k, &q).await?;
+                Ok((e.and_then(|e| e.holder().map(str::to_string)), meta))
+            }
+        },
+        &stop,
+    );
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    'outer: loop {
         let state = session.borrow_and_update().clone();
         let Some(sid) = state.id.clone() else {
             tokio::select! {
                 _ = session.changed() => continue,
-                _ = stop.recv() => return,
+                _ = stop.cancelled() => break,
             }
         };
         let opts = KvPutOptions {
             acquire: Some(sid.clone()),
             ..Default::default()
         };
-        match client.kv_put(&key, cfg.node.as_bytes(), &opts).await {
+        let pause = match client.kv_put(&key, cfg.node.as_bytes(), &opts).await {
             Ok(true) => {
+                backoff.reset();
                 info!(node = %cfg.node, "apps leader");
                 tokio::select! {
-                    _ = lead(&client, &cfg, &sid) => {}
+                    _ = lead(&client, &cfg, &sid, &stop, &watches) => {}
                     _ = session.changed() => {}
-                    _ = stop.recv() => return,
+                    _ = stop.cancelled() => break,
                 }
                 info!(node = %cfg.node, "no longer the apps leader");
-                index = 0;
                 continue;
             }
-            Ok(false) => {}
             Err(e) => {
                 warn!(error = %e, "cannot stand for apps leader");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.recv() => return,
-                }
-                continue;
+                Some(backoff.fail())
             }
-        }
-        // Someone else leads (or the lock is in its lock-delay): wait for the key to change.
-        let q = QueryOptions::blocking(index, cfg.watch_wait);
-        let r = tokio::select! {
-            r = client.kv_get(&key, &q) => r,
-            _ = session.changed() => continue,
-            _ = stop.recv() => return,
+            // Held by another node: wait until the watch says it is free. Free but refused is
+            // a lock-delay: try again shortly.
+            Ok(false) => holder
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|h| h.is_none())
+                .then(|| backoff.fail()),
         };
-        match r {
-            Ok((entry, meta)) => {
-                let free = entry.as_ref().and_then(|e| e.holder()).is_none();
-                index = if meta.index < index { 0 } else { meta.index };
-                if free {
-                    // Free but refused: a lock-delay; try again shortly.
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = stop.recv() => return,
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break 'outer,
+                _ = session.changed() => continue 'outer,
+                _ = async { match pause { Some(p) => tokio::time::sleep(p).await, None => std::future::pending().await } } => continue 'outer,
+                r = holder.changed() => {
+                    if r.is_err() {
+                        break 'outer;
                     }
-                }
-            }
-            Err(e) => {
-                index = 0;
-                warn!(error = %e, "cannot watch the apps leader");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.recv() => return,
+                    if holder.borrow_and_update().as_ref().is_some_and(|h| h.is_none()) {
+                        continue 'outer;
+                    }
                 }
             }
         }
     }
+    watches.close();
+    watches.wait().await;
 }
 
 /// The leader's work: on every change to tasks, live hosts or topology (and every
 /// `topology_interval`), schedule and write the changed host keys. Returns when a write finds
 /// that this session no longer holds the leader lock.
-async fn lead(client: &Client, cfg: &AppsNodeConfig, sid: &str) {
-    let (tx, mut rx) = watch::channel::<Option<()>>(None);
-    let (wstop, _) = broadcast::channel::<()>(1);
-    let mut watchers = Vec::new();
-    for prefix in [
+async fn lead(
+    client: &Client,
+    cfg: &AppsNodeConfig,
+    sid: &str,
+    stop: &CancellationToken,
+    watches: &TaskTracker,
+) {
+    // Dropped (leadership or the session lost, or the agent stopping) or returned: either way
+    // the guard ends the watches; the caller's tracker awaits them.
+    let watching = stop.child_token();
+    let _end = watching.clone().drop_guard();
+    let mut inputs = [
         cfg.layout.tasks(),
         cfg.layout.status_prefix(),
         cfg.layout.topology_prefix(),
-    ] {
+    ]
+    .map(|prefix| {
         let c = client.clone();
-        let (ptx, mut prx) = watch::channel::<Option<u64>>(None);
-        let what = prefix.clone();
-        watchers.push(tokio::spawn(watch_loop(
+        spawn_watch(
+            watches,
             "leader input",
             cfg.watch_wait,
             move |q| {
                 let c = c.clone();
-                let prefix = what.clone();
+                let prefix = prefix.clone();
                 async move {
                     // A listing's index tells a change under the prefix only when the prefix
                     // holds keys; an empty prefix answers with the whole KV table's index.
@@ -508,16 +522,9 @@ async fn lead(client: &Client, cfg: &AppsNodeConfig, sid: &str) {
                         .map(|(keys, meta)| (if keys.is_empty() { 0 } else { meta.index }, meta))
                 }
             },
-            ptx,
-            wstop.subscribe(),
-        )));
-        let tx = tx.clone();
-        watchers.push(tokio::spawn(async move {
-            while prx.changed().await.is_ok() {
-                tx.send_replace(Some(()));
-            }
-        }));
-    }
+            &watching,
+        )
+    });
     let mut last_report = Value::Null;
     loop {
         match reconcile(client, cfg, sid, &mut last_report).await {
@@ -525,16 +532,15 @@ async fn lead(client: &Client, cfg: &AppsNodeConfig, sid: &str) {
             Ok(false) => break,
             Err(e) => warn!(error = %e, "apps reconciliation failed; retrying"),
         }
+        let [a, b, c] = &mut inputs;
         tokio::select! {
-            r = rx.changed() => if r.is_err() { break },
+            r = a.changed() => if r.is_err() { break },
+            r = b.changed() => if r.is_err() { break },
+            r = c.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(cfg.topology_interval) => {}
         }
         // Let a burst (a node's two reports, several task writes) settle.
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = wstop.send(());
-    for w in watchers {
-        w.abort();
     }
 }
 

@@ -4,15 +4,17 @@
 //! registered over HTTP otherwise).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::config::{GuardConfig, GuardMode};
 use super::service::{self, ServiceCheck};
 use super::verdict::Verdict;
 use crate::consul::{
-    AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client, QueryOptions,
+    spawn_watch, AgentCheckRegistration, AgentServiceRegistration, CheckUpdate, Client,
 };
 use crate::wire::HealthStatus;
 use crate::wire::Namespace;
@@ -87,7 +89,8 @@ pub async fn run(
     env: Option<String>,
     layout: Namespace,
     exe: PathBuf,
-    mut shutdown: broadcast::Receiver<()>,
+    watch_wait: Duration,
+    stop: CancellationToken,
 ) {
     let exe = exe.display().to_string();
     let addr = client.base_url().to_string();
@@ -98,12 +101,27 @@ pub async fn run(
             Err(e) => warn!(service = %g.consul_service, error = %e, "cannot register the guard"),
         }
     }
-    let mut tasks = Vec::new();
+    let tasks = TaskTracker::new();
     for g in guards.iter().filter(|g| g.mode == GuardMode::Ttl).cloned() {
         let client = client.clone();
         let env = env.clone();
         let layout = layout.clone();
-        tasks.push(tokio::spawn(async move {
+        let stop = stop.clone();
+        let c = client.clone();
+        let svc = g.consul_service.clone();
+        // The service's health across the cluster (an active node's serfHealth or check).
+        let mut health = spawn_watch(
+            &tasks,
+            "guarded service health",
+            watch_wait,
+            move |q| {
+                let c = c.clone();
+                let svc = svc.clone();
+                async move { c.health_service(&svc, false, &q).await }
+            },
+            &stop,
+        );
+        tasks.spawn(async move {
             let c = ServiceCheck {
                 linux_service: g.linux_service.clone(),
                 consul_service: g.consul_service.clone(),
@@ -111,10 +129,10 @@ pub async fn run(
                 environment: env,
             };
             let id = check_id(&g);
-            let mut index = 0u64;
             // Who this node is does not change while the agent runs: asked until known, once.
             let mut me: Option<service::Local> = None;
             loop {
+                let started = tokio::time::Instant::now();
                 let v = if let Some(m) = &me {
                     service::check_as(&client, m, &c).await
                 } else {
@@ -139,35 +157,32 @@ pub async fn run(
                     warn!(check = %id, error = %e, "cannot update the guard's check");
                 }
                 // Wait for the interval, or sooner for a change in the service's health across
-                // the cluster (an active node's serfHealth or check): a standby reacts to the
-                // active node's failure as soon as Consul notices it, not at its next run.
-                // A check that is not passing is asked again within a second: the action that
-                // fixes it (a trigger starting the service) shows at once.
+                // the cluster: a standby reacts to the active node's failure as soon as Consul
+                // notices it, not at its next run. A check that is not passing is asked again
+                // within a second: the action that fixes it (a trigger starting the service)
+                // shows at once.
                 let wait = if v.status == HealthStatus::Passing {
                     g.interval
                 } else {
-                    g.interval.min(std::time::Duration::from_secs(1))
+                    g.interval.min(Duration::from_secs(1))
                 };
-                let q = QueryOptions::blocking(index, wait);
-                let started = tokio::time::Instant::now();
-                match client.health_service(&g.consul_service, false, &q).await {
-                    Ok((_, meta)) => {
-                        index = if meta.index < index { 0 } else { meta.index };
-                    }
-                    Err(_) => index = 0,
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                    r = health.changed() => if r.is_err() { return },
                 }
-                // Never busier than every 200 ms, never slower than the interval.
-                let spent = started.elapsed();
-                if spent < std::time::Duration::from_millis(200) {
-                    tokio::time::sleep(std::time::Duration::from_millis(200) - spent).await;
+                // Never busier than every 200 ms.
+                let next = started + Duration::from_millis(200);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
                 }
             }
-        }));
+        });
     }
-    let _ = shutdown.recv().await;
-    for t in tasks {
-        t.abort();
-    }
+    stop.cancelled().await;
+    tasks.close();
+    tasks.wait().await;
     for g in &guards {
         let _ = client.agent_service_deregister(&g.consul_service).await;
     }

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::service::{local, role_for, Local};
 use super::trigger::{fire, TriggerCtx};
-use crate::consul::{watch_loop, Client, HealthCheck};
+use crate::consul::{spawn_watch, Client, HealthCheck};
 use crate::wire::{HealthStatus, Namespace};
 
 /// What the watcher needs from the agent.
@@ -51,7 +53,7 @@ fn service_of(c: &HealthCheck) -> &str {
 }
 
 /// Runs until `shutdown`.
-pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Receiver<()>) {
+pub async fn run(client: Client, cfg: WatcherConfig, stop: CancellationToken) {
     let me = loop {
         match local(&client, cfg.environment.as_deref(), &cfg.layout).await {
             Ok(m) => break m,
@@ -59,15 +61,17 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
                 warn!(error = %e, "trigger watcher waiting for the local agent");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown.recv() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }
     };
-    let (tx, mut rx) = watch::channel(None);
+    // The watch and one worker per service; all end with `stop` and are awaited.
+    let tasks = TaskTracker::new();
     let c = client.clone();
     let node = cfg.node.clone();
-    let watcher = tokio::spawn(watch_loop(
+    let mut rx = spawn_watch(
+        &tasks,
         "node checks",
         cfg.watch_wait,
         move |q| {
@@ -75,9 +79,8 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
             let node = node.clone();
             async move { c.health_node(&node, &q).await }
         },
-        tx,
-        shutdown.resubscribe(),
-    ));
+        &stop,
+    );
     let mut last: HashMap<String, HealthStatus> = HashMap::new();
     // When each check's change was last handed to its worker, for `repeat`.
     let mut sent: HashMap<String, tokio::time::Instant> = HashMap::new();
@@ -85,9 +88,10 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
             r = rx.changed() => if r.is_err() { break },
             _ = tick.tick() => {}
-            _ = shutdown.recv() => break,
         }
         let Some(checks) = rx.borrow().clone() else {
             continue;
@@ -113,13 +117,14 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
             let service = service_of(c).to_string();
             let w = workers.entry(service.clone()).or_insert_with(|| {
                 let (wtx, wrx) = mpsc::unbounded_channel();
-                tokio::spawn(worker(
+                tasks.spawn(worker(
                     client.clone(),
                     cfg.clone(),
                     me.clone(),
                     service,
                     wrx,
                     rx.clone(),
+                    stop.clone(),
                 ));
                 wtx
             });
@@ -130,7 +135,8 @@ pub async fn run(client: Client, cfg: WatcherConfig, mut shutdown: broadcast::Re
         }
     }
     drop(workers);
-    watcher.abort();
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// One service's actions, one at a time: waits out the debounce, keeps only the newest change,
@@ -142,9 +148,17 @@ async fn worker(
     service: String,
     mut rx: mpsc::UnboundedReceiver<Change>,
     snapshot: Snapshot,
+    stop: CancellationToken,
 ) {
-    while let Some(mut change) = rx.recv().await {
-        tokio::time::sleep(cfg.debounce).await;
+    // An action under way runs to its end (or its timeout); no new one starts after `stop`.
+    while let Some(mut change) = tokio::select! {
+        c = rx.recv() => c,
+        _ = stop.cancelled() => None,
+    } {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.debounce) => {}
+            _ = stop.cancelled() => break,
+        }
         while let Ok(newer) = rx.try_recv() {
             change = newer;
         }

@@ -65,11 +65,11 @@ pub async fn run_cmd(ctx: &Ctx, a: TemplateArgs) -> anyhow::Result<i32> {
         Some(w) => parse_wait(&w).map_err(anyhow::Error::msg)?,
         None => (Duration::ZERO, Duration::ZERO),
     };
-    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = tokio_util::sync::CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-        let _ = stopper.send(());
+        stopper.cancel();
     });
     run(
         ctx.client.clone(),
@@ -81,7 +81,7 @@ pub async fn run_cmd(ctx: &Ctx, a: TemplateArgs) -> anyhow::Result<i32> {
             dry: a.dry,
             watch_wait: Duration::from_secs(300),
         },
-        stop.subscribe(),
+        stop,
     )
     .await?;
     Ok(0)

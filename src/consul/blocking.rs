@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::client::{ConsulError, QueryMeta, QueryOptions};
@@ -75,7 +77,7 @@ pub async fn watch_loop<T, F, Fut>(
     wait: Duration,
     mut fetch: F,
     tx: watch::Sender<Option<T>>,
-    mut shutdown: broadcast::Receiver<()>,
+    stop: CancellationToken,
 ) where
     T: PartialEq,
     F: FnMut(QueryOptions) -> Fut,
@@ -87,7 +89,9 @@ pub async fn watch_loop<T, F, Fut>(
         let q = QueryOptions::blocking(index.get(), wait);
         let r = tokio::select! {
             r = fetch(q) => r,
-            _ = shutdown.recv() => return,
+            _ = stop.cancelled() => return,
+            // Nobody reads it any more.
+            _ = tx.closed() => return,
         };
         match r {
             Ok((v, meta)) => {
@@ -113,11 +117,32 @@ pub async fn watch_loop<T, F, Fut>(
                 let pause = backoff.fail();
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.recv() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }
     }
+}
+
+/// Starts `watch_loop` on `tracker` and returns what it publishes: None until the first answer.
+/// The one way the product follows something in Consul.
+pub fn spawn_watch<T, F, Fut>(
+    tracker: &TaskTracker,
+    what: impl Into<String>,
+    wait: Duration,
+    fetch: F,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<T>>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: FnMut(QueryOptions) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(T, QueryMeta), ConsulError>> + Send,
+{
+    let (tx, rx) = watch::channel(None);
+    let what = what.into();
+    let stop = stop.clone();
+    tracker.spawn(async move { watch_loop(&what, wait, fetch, tx, stop).await });
+    rx
 }
 
 #[cfg(test)]
@@ -149,7 +174,7 @@ mod tests {
         let (answer, answers) = mpsc::unbounded_channel::<Option<u32>>();
         let answers = std::sync::Arc::new(tokio::sync::Mutex::new(answers));
         let (tx, mut rx) = watch::channel::<Option<Option<u32>>>(None);
-        let (stop, _) = broadcast::channel(1);
+        let stop = CancellationToken::new();
         let mut index = 0;
         let task = tokio::spawn(watch_loop(
             "test",
@@ -172,7 +197,7 @@ mod tests {
                 }
             },
             tx,
-            stop.subscribe(),
+            stop.clone(),
         ));
         for (v, published) in [
             (None, true),
@@ -189,7 +214,7 @@ mod tests {
                 assert_eq!(*rx.borrow_and_update(), Some(v));
             }
         }
-        let _ = stop.send(());
+        stop.cancel();
         task.await.unwrap();
     }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{
@@ -115,9 +116,9 @@ impl SessionKeeper {
         }
     }
 
-    /// Renews at TTL/2 until shutdown, then destroys the session. Between renewals it blocks on
+    /// Renews at TTL/2 until `stop`, then destroys the session. Between renewals it blocks on
     /// the session's info, so an invalidation is seen at once, not at the next renewal.
-    pub async fn run(self, mut shutdown: broadcast::Receiver<()>) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let renew_every = self.settings.ttl / 2;
         let fence_after = self.settings.fence_after;
@@ -135,7 +136,7 @@ impl SessionKeeper {
             let Some(id) = current else {
                 tokio::select! {
                     _ = self.recreate(&mut backoff, &mut abandoned) => {}
-                    _ = shutdown.recv() => break,
+                    _ = stop.cancelled() => break,
                 }
                 index = BlockingIndex::default();
                 next_renew = Instant::now() + renew_every;
@@ -150,7 +151,7 @@ impl SessionKeeper {
             let q = QueryOptions::blocking(index.get(), wait);
             let watched = tokio::select! {
                 r = tokio::time::timeout(fence_after.max(wait + Duration::from_millis(500)), self.client.session_info(&id, &q)) => r,
-                _ = shutdown.recv() => break,
+                _ = stop.cancelled() => break,
             };
             let mut gone = false;
             let answered = matches!(watched, Ok(Ok(_)));

@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::consul::SessionState;
 use crate::consul::{
-    watch_loop, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
+    spawn_watch, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
 use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
@@ -143,73 +145,68 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` fires, then drains: running jobs get `shutdown_grace` to finish and
-    /// are then killed with a result that says so.
-    pub async fn run(mut self, shutdown: broadcast::Sender<()>) {
+    /// Runs until `stop` is cancelled, then drains: running jobs get `shutdown_grace` to finish
+    /// and are then killed with a result that says so. Every task it starts is tracked and has
+    /// ended when this returns.
+    pub async fn run(mut self, stop: CancellationToken) {
         let ctx = self.ctx.clone();
         let cfg = &ctx.cfg;
-        if let Err(e) = std::fs::create_dir_all(&cfg.log_dir) {
+        if let Err(e) = tokio::fs::create_dir_all(&cfg.log_dir).await {
             error!(dir = %cfg.log_dir.display(), error = %e, "cannot create the job log directory");
         }
-        let (jobs_tx, mut jobs_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
-        let (queue_tx, mut queue_rx) = watch::channel::<Option<Vec<KvPair>>>(None);
-        let (live_tx, mut live_rx) = watch::channel::<Option<Vec<String>>>(None);
-        {
-            let c = ctx.client.clone();
-            let p = cfg.layout.jobs_prefix();
-            tokio::spawn(watch_loop(
-                "jobs",
-                cfg.watch_wait,
-                move |q| {
-                    let c = c.clone();
-                    let p = p.clone();
-                    async move { c.kv_list(&p, &q).await }
-                },
-                jobs_tx,
-                shutdown.subscribe(),
-            ));
-            let c = ctx.client.clone();
-            let p = cfg.layout.queue_prefix(&cfg.node);
-            tokio::spawn(watch_loop(
-                "queue",
-                cfg.watch_wait,
-                move |q| {
-                    let c = c.clone();
-                    let p = p.clone();
-                    async move { c.kv_list(&p, &q).await }
-                },
-                queue_tx,
-                shutdown.subscribe(),
-            ));
-            let c = ctx.client.clone();
-            let name = cfg.session_name.clone();
-            tokio::spawn(watch_loop(
-                "servants",
-                cfg.watch_wait,
-                move |q| {
-                    let c = c.clone();
-                    let name = name.clone();
-                    async move {
-                        let (sessions, meta) = c.session_list(&q).await?;
-                        let mut nodes: Vec<String> = sessions
-                            .into_iter()
-                            .filter(|s| s.name == name)
-                            .map(|s| s.node)
-                            .collect();
-                        nodes.sort();
-                        nodes.dedup();
-                        Ok((nodes, meta))
-                    }
-                },
-                live_tx,
-                shutdown.subscribe(),
-            ));
-            tokio::spawn(housekeeping(
-                ctx.clone(),
-                live_rx.clone(),
-                shutdown.subscribe(),
-            ));
-        }
+        // The watches and housekeeping end with `stop`; job tasks, key releases and result
+        // writes are tracked too, and awaited after the drain.
+        let tasks = TaskTracker::new();
+        let c = ctx.client.clone();
+        let p = cfg.layout.jobs_prefix();
+        let mut jobs_rx = spawn_watch(
+            &tasks,
+            "jobs",
+            cfg.watch_wait,
+            move |q| {
+                let c = c.clone();
+                let p = p.clone();
+                async move { c.kv_list(&p, &q).await }
+            },
+            &stop,
+        );
+        let c = ctx.client.clone();
+        let p = cfg.layout.queue_prefix(&cfg.node);
+        let mut queue_rx = spawn_watch(
+            &tasks,
+            "queue",
+            cfg.watch_wait,
+            move |q| {
+                let c = c.clone();
+                let p = p.clone();
+                async move { c.kv_list(&p, &q).await }
+            },
+            &stop,
+        );
+        let c = ctx.client.clone();
+        let name = cfg.session_name.clone();
+        let mut live_rx = spawn_watch(
+            &tasks,
+            "servants",
+            cfg.watch_wait,
+            move |q| {
+                let c = c.clone();
+                let name = name.clone();
+                async move {
+                    let (sessions, meta) = c.session_list(&q).await?;
+                    let mut nodes: Vec<String> = sessions
+                        .into_iter()
+                        .filter(|s| s.name == name)
+                        .map(|s| s.node)
+                        .collect();
+                    nodes.sort();
+                    nodes.dedup();
+                    Ok((nodes, meta))
+                }
+            },
+            &stop,
+        );
+        tasks.spawn(housekeeping(ctx.clone(), live_rx.clone(), stop.clone()));
 
         deregister_leftover_services(&ctx).await;
         let params = PlanParams {
@@ -232,7 +229,6 @@ impl Worker {
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-        let mut stop = shutdown.subscribe();
         let mut wake: Option<Instant> = None;
         let mut session_id = self.session.borrow().id.clone();
         loop {
@@ -242,10 +238,14 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            // `stop` first, and level-triggered: once cancelled it wins every pass. A watch ends
+            // only with `stop`, so a closed channel means the same.
             tokio::select! {
-                _ = jobs_rx.changed() => listings += 1,
-                _ = queue_rx.changed() => {}
-                _ = live_rx.changed() => {}
+                biased;
+                _ = stop.cancelled() => break,
+                r = jobs_rx.changed() => { if r.is_err() { break; } listings += 1 }
+                r = queue_rx.changed() => if r.is_err() { break },
+                r = live_rx.changed() => if r.is_err() { break },
                 r = self.session.changed() => {
                     if r.is_err() { break; }
                     let now_id = self.session.borrow().id.clone();
@@ -271,7 +271,6 @@ impl Worker {
                     }
                 }
                 _ = sleep => {}
-                _ = stop.recv() => break,
             }
             wake = None;
             let Some(session) = session_id.clone() else {
@@ -300,7 +299,7 @@ impl Worker {
                         .or_insert_with(std::time::Instant::now);
                     if since.elapsed() > ORPHAN_GRACE {
                         orphans.remove(&e.key);
-                        tokio::spawn(release(ctx.clone(), e.clone(), session.clone()));
+                        tasks.spawn(release(ctx.clone(), e.clone(), session.clone()));
                     }
                 }
                 if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
@@ -350,7 +349,7 @@ impl Worker {
                 let ctx = ctx.clone();
                 let done = done_tx.clone();
                 let session = session.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     // Reports on drop, so even a panicking task frees its slot.
                     let mut guard = DoneGuard {
                         done,
@@ -368,6 +367,14 @@ impl Worker {
             }
         }
         drain(handles, done_rx, cfg.shutdown_grace, cfg.kill_grace).await;
+        tasks.close();
+        // A result write retries while Consul is unreachable; shutdown waits for it only so long.
+        if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some job results could not be written before the agent stopped");
+        }
     }
 }
 
@@ -828,7 +835,7 @@ async fn write_result(
 async fn housekeeping(
     ctx: Arc<Ctx>,
     live: watch::Receiver<Option<Vec<String>>>,
-    mut shutdown: broadcast::Receiver<()>,
+    stop: CancellationToken,
 ) {
     let cfg = &ctx.cfg;
     let mut first = true;
@@ -841,7 +848,7 @@ async fn housekeeping(
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.recv() => return,
+            _ = stop.cancelled() => return,
         }
         let live_nodes = live.borrow().clone().unwrap_or_default();
         debug!(live = ?live_nodes, "housekeeping pass");

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
-use tracing::{error, info, warn};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
 
 use super::source::{fetch, CachedSource, Dep, DATA_FUNCS};
 use super::{parse, Template};
-use crate::consul::{Backoff, Client, QueryOptions};
+use crate::consul::{spawn_watch, Client};
 use crate::util::duration::parse_duration;
 
 /// One template: where it comes from, where it goes, what runs after a change.
@@ -120,38 +122,35 @@ struct Loaded {
     template: Template,
 }
 
-/// Starts the watch of one dependency: its value on `tx` whenever it changes (a moved index
-/// alone is no change: a missing key's index moves with every write to the KV store).
-fn watch(client: &Client, dep: Dep, wait: Duration, tx: mpsc::UnboundedSender<(Dep, Value)>) {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let mut index = 0u64;
-        let mut backoff = Backoff::default();
-        let mut last: Option<Value> = None;
-        loop {
-            match fetch(&client, &dep, &QueryOptions::blocking(index, wait)).await {
-                Ok((v, meta)) => {
-                    backoff.reset();
-                    index = if meta.index < index {
-                        0
-                    } else {
-                        meta.index.max(1)
-                    };
-                    if last.as_ref() != Some(&v) {
-                        last = Some(v.clone());
-                        if tx.send((dep.clone(), v)).is_err() {
-                            return;
-                        }
-                    }
+/// Starts the watch of one dependency on `tasks`: its value on `tx` whenever it changes.
+fn watch(
+    tasks: &TaskTracker,
+    client: &Client,
+    dep: Dep,
+    wait: Duration,
+    tx: mpsc::UnboundedSender<(Dep, Value)>,
+    stop: &CancellationToken,
+) {
+    let c = client.clone();
+    let d = dep.clone();
+    let mut rx = spawn_watch(
+        tasks,
+        format!("template dependency {dep:?}"),
+        wait,
+        move |q| {
+            let c = c.clone();
+            let d = d.clone();
+            async move { fetch(&c, &d, &q).await }
+        },
+        stop,
+    );
+    tasks.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let v = rx.borrow_and_update().clone();
+            if let Some(v) = v {
+                if tx.send((dep.clone(), v)).is_err() {
+                    return;
                 }
-                Err(e) => {
-                    warn!(dependency = ?dep, error = %e, "template watch failed; retrying");
-                    index = 0;
-                    tokio::time::sleep(backoff.fail()).await;
-                }
-            }
-            if tx.is_closed() {
-                return;
             }
         }
     });
@@ -207,7 +206,24 @@ async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
 pub async fn run(
     client: Client,
     cfg: RunnerConfig,
-    mut shutdown: broadcast::Receiver<()>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    // The watches end with this run, however it ends; all are awaited.
+    let tasks = TaskTracker::new();
+    let watching = stop.child_token();
+    let result = render_loop(&client, &cfg, &stop, &watching, &tasks).await;
+    watching.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result
+}
+
+async fn render_loop(
+    client: &Client,
+    cfg: &RunnerConfig,
+    stop: &CancellationToken,
+    watching: &CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<(), RunError> {
     let mut loaded = Vec::new();
     for spec in &cfg.templates {
@@ -230,7 +246,7 @@ pub async fn run(
         for (name, args) in l.template.literal_calls() {
             if let Some(dep) = Dep::of(&name, &args) {
                 if watched.insert(dep.clone()) {
-                    watch(&client, dep, cfg.watch_wait, tx.clone());
+                    watch(tasks, client, dep, cfg.watch_wait, tx.clone(), watching);
                 }
             }
         }
@@ -249,7 +265,7 @@ pub async fn run(
         if !nothing_to_wait_for {
             let first = tokio::select! {
                 m = rx.recv() => m,
-                _ = shutdown.recv() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
             };
             let Some((dep, v)) = first else { return Ok(()) };
             cache.data.insert(dep, v);
@@ -264,7 +280,7 @@ pub async fn run(
                         None => return Ok(()),
                     },
                     _ = tokio::time::sleep_until(quiet.min(deadline)) => break,
-                    _ = shutdown.recv() => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                 }
                 if tokio::time::Instant::now() >= deadline {
                     break;
@@ -288,7 +304,7 @@ pub async fn run(
                 // Found dependencies the first pass could not see (computed arguments).
                 for dep in std::mem::take(&mut cache.missing) {
                     if watched.insert(dep.clone()) {
-                        watch(&client, dep, cfg.watch_wait, tx.clone());
+                        watch(tasks, client, dep, cfg.watch_wait, tx.clone(), watching);
                     }
                 }
                 all_rendered = false;
