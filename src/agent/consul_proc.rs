@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::config::LaunchConfig;
-use crate::consul::{Backoff, Client};
+use crate::consul::Client;
+use crate::util::backoff::Backoff;
 
 /// Errors of the launched agent.
 #[derive(Debug, thiserror::Error)]

@@ -15,10 +15,11 @@ use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::datadir::{live_peer, DataDirLock};
 use super::session::{SessionKeeper, SessionSettings};
-use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
+use crate::consul::{AgentServiceRegistration, Client, ConsulError};
 use crate::devserver::DevServer;
 use crate::jobs::layout::Layout;
 use crate::jobs::worker::{Worker, WorkerConfig};
+use crate::util::backoff::Backoff;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]

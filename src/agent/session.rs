@@ -10,8 +10,9 @@ use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
 use crate::consul::{
-    Backoff, BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest,
+    BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest,
 };
+use crate::util::backoff::Backoff;
 
 /// The session as the rest of the agent sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,7 @@ mod session;
 mod txn;
 
 pub use agent::{AgentCheckRegistration, AgentMember, AgentServiceRegistration, CheckUpdate};
-pub use blocking::{watch_loop, Backoff, BlockingIndex};
+pub use blocking::{watch_loop, BlockingIndex};
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
 pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
 pub use event::UserEvent;

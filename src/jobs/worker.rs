@@ -15,6 +15,7 @@ use crate::agent::session::SessionState;
 use crate::consul::{
     watch_loop, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
+use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
@@ -515,8 +516,7 @@ async fn claim_and_run(
 /// After a claim error: the key's LockIndex if our session holds it, else None. Retries the read
 /// while Consul is unreachable, for up to a minute.
 async fn claimed_after_error(ctx: &Ctx, key: &str, session: &str) -> Option<u64> {
-    let mut backoff =
-        crate::consul::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match ctx.client.kv_get(key, &Default::default()).await {
@@ -782,7 +782,7 @@ async fn write_result(
     };
     let mut current = r;
     let mut stripped = false;
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     // Transient errors (Consul restarting, no leader) are retried for as long as it takes: a
     // job must not stay locked without a result. Only losing the lock ends the attempts.
     loop {
@@ -794,8 +794,7 @@ async fn write_result(
             }
             Err(e) if e.is_transient() => {
                 warn!(key = %job_key, error = %e, "cannot write the result yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.fail()).await;
             }
             Err(e) if !stripped => {
                 // Refused as it is (too large, or something in the output): keep the verdict,

@@ -15,7 +15,8 @@ use tracing::{error, info, warn};
 
 use super::source::{fetch, CachedSource, Dep, DATA_FUNCS};
 use super::{parse, Template};
-use crate::consul::{Backoff, Client, QueryOptions};
+use crate::consul::{Client, QueryOptions};
+use crate::util::backoff::Backoff;
 use crate::util::duration::parse_duration;
 
 /// One template: where it comes from, where it goes, what runs after a change.
