@@ -11,5 +11,6 @@ pub mod cli;
 pub mod consul;
 pub mod devserver;
 pub mod jobs;
+pub mod process;
 pub mod templates;
 pub mod util;

@@ -252,7 +252,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, mut shutdown: broadcast::R
     let _ = node_side.await;
     sup.lock()
         .await
-        .stop_all(crate::jobs::runner::KillReason::Removed)
+        .stop_all(crate::process::KillReason::Removed)
         .await;
     let _ = reporter.await;
     let _ = leader.await;
@@ -423,7 +423,7 @@ async fn node_loop(
                 // Fenced: no grace, the leader is already placing these elsewhere.
                 sup.lock()
                     .await
-                    .stop_all(crate::jobs::runner::KillReason::Fenced)
+                    .stop_all(crate::process::KillReason::Fenced)
                     .await;
             }
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::consul::{Client, KvPutOptions, QueryOptions};
-use crate::jobs::runner::signal_group;
+use crate::process::local::signal_group;
 use crate::util::time::now_ms;
 
 /// Runs kept in `trigger_history/<node>`, newest last.

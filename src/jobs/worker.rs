@@ -15,6 +15,10 @@ use crate::agent::session::SessionState;
 use crate::consul::{
     watch_loop, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
+use crate::process::{
+    read_capped, supervise, Driver, KillReason, LaunchSpec, LogPaths, Outcome, Output,
+    ProcessDriver, TaskHandle,
+};
 use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
@@ -22,8 +26,7 @@ use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
 use super::layout::{JobKey, Layout};
 use super::result::{cap_text, JobResult, JobStatus};
-use super::runner::{self, KillReason, LogPaths, Outcome};
-use super::spec::{self, JobSpec, Rejection, ServiceSpec};
+use super::spec::{self, JobSpec, JobType, Rejection, ServiceSpec};
 
 /// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and
 /// values travel base64-encoded in it (4/3 larger).
@@ -613,7 +616,8 @@ async fn run_job(
         }
     }
     let logs = LogPaths::for_key(&cfg.log_dir, key);
-    let running = match runner::spawn(job, &cfg.shim_exe, &logs) {
+    let driver = ProcessDriver::with_shim(cfg.shim_exe.clone());
+    let mut running = match driver.launch(&launch_spec(job, &logs)).await {
         Ok(p) => p,
         Err(e) => {
             deregister(ctx, &registered).await;
@@ -623,12 +627,12 @@ async fn run_job(
             return Some(r);
         }
     };
-    info!(key = %key, attempt, pgid = running.pgid, "job started");
+    info!(key = %key, attempt, pgid = running.pid(), "job started");
     let timeout = if job.no_wait { None } else { Some(job.timeout) };
     if job.no_wait {
         let mut started = r.clone();
         started.status = Some(JobStatus::Started);
-        started.pid = Some(running.pgid);
+        started.pid = Some(running.pid());
         write_result(
             ctx,
             key,
@@ -638,13 +642,13 @@ async fn run_job(
             false,
         )
         .await;
-        r.pid = Some(running.pgid);
+        r.pid = Some(running.pid());
     }
-    let outcome = running.supervise(timeout, kill, cfg.kill_grace).await;
+    let outcome = supervise(&mut running, timeout, kill, cfg.kill_grace).await;
     deregister(ctx, &registered).await;
     stamp_end(&mut r);
-    let (out, out_cut) = runner::read_capped(&logs.stdout, cfg.output_cap).await;
-    let (err, err_cut) = runner::read_capped(&logs.stderr, cfg.output_cap).await;
+    let (out, out_cut) = read_capped(&logs.stdout, cfg.output_cap).await;
+    let (err, err_cut) = read_capped(&logs.stderr, cfg.output_cap).await;
     r.output = out;
     r.output_errors = err;
     r.output_truncated = out_cut;
@@ -683,6 +687,20 @@ async fn run_job(
         Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return None,
     }
     Some(r)
+}
+
+/// How a job is started: `Exec` as argv, the rest with the shell; output into fresh log files.
+fn launch_spec(job: &JobSpec, logs: &LogPaths) -> LaunchSpec {
+    let spec = match job.job_type {
+        JobType::Exec => LaunchSpec::new(job.argv.clone()).env(job.env.clone()),
+        _ => LaunchSpec::shell(&job.command, &job.env),
+    };
+    spec.dir(job.dir.clone())
+        .user(job.user.clone())
+        .output(Output::Files {
+            logs: logs.clone(),
+            append: false,
+        })
 }
 
 /// The agent registration of a job's service. The job key goes into the service's meta.

@@ -198,7 +198,7 @@ async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
         Ok(Ok(st)) => Err(format!("{cmd:?} exited {st}")),
         Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
         Err(_) => {
-            crate::jobs::runner::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            crate::process::local::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
             Err(format!("{cmd:?} killed after {timeout:?}"))
         }
     }
