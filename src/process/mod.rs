@@ -137,3 +137,49 @@ pub(crate) mod testing {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Lines of product code (test modules left out) under `p` that start a process.
+    fn spawns(p: &Path, out: &mut Vec<String>) {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                spawns(&e.path(), out);
+            }
+            return;
+        }
+        if p.extension().and_then(|x| x.to_str()) != Some("rs") {
+            return;
+        }
+        let text = std::fs::read_to_string(p).unwrap();
+        // A file's test module comes last, after its `#[cfg(test)]`.
+        let product = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in product.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("Command::new") || code.contains("process::Command") {
+                out.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+            }
+        }
+    }
+
+    /// Issue 11: five modules started processes five ways. Only `src/process/` may (and
+    /// `src/cli/`, whose `Command` is clap's).
+    #[test]
+    fn no_module_but_process_starts_a_process() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            let name = e.file_name();
+            if name != "process" && name != "cli" {
+                spawns(&e.path(), &mut found);
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "processes started outside src/process/:\n{}",
+            found.join("\n")
+        );
+    }
+}
