@@ -11,6 +11,7 @@ pub mod cli;
 pub mod consul;
 pub mod devserver;
 pub mod jobs;
+pub mod process;
 pub mod templates;
 pub mod util;
 pub mod wire;

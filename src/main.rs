@@ -8,7 +8,7 @@ fn main() {
     let args = cli::normalize_args(std::env::args().collect());
     // The job shim runs before anything else: no runtime, no logging setup.
     if args.get(1).map(String::as_str) == Some("__job-shim") {
-        std::process::exit(servant::jobs::shim::run(&args[2..]));
+        std::process::exit(servant::process::shim::run(&args[2..]));
     }
     let error_code = cli::error_exit_code(&args);
     let cli = match Cli::try_parse_from(args) {

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::jobs::runner::LogPaths;
+use crate::process::LogPaths;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

@@ -1,20 +1,30 @@
 //! Launching and supervising the local `consul agent` (consul_servant's one-executable start).
 //!
 //! Consul runs under the job shim, so it dies with the servant even on SIGKILL. It is restarted
-//! with back-off if it exits on its own, and asked to leave (SIGINT) when the servant stops.
+//! with the restart policy's back-off if it exits on its own, and asked to leave (SIGINT, to the
+//! pid in its pid file) when the servant stops.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::config::LaunchConfig;
-use crate::consul::{Backoff, Client};
+use crate::consul::Client;
+use crate::process::local::find_on_path;
+use crate::process::{
+    Driver, LaunchSpec, Output, ProcessDriver, RestartPolicy, Signal, SpawnError, TaskHandle,
+};
+
+/// Restarts of a Consul that exits: 1 s, doubling up to 30 s; a run of `STABLE_RUN` starts
+/// the back-off over.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const STABLE_RUN: Duration = Duration::from_secs(60);
+/// How long a leaving Consul may take before it is killed.
+const LEAVE_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of the launched agent.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +39,22 @@ pub enum LaunchError {
     NoLeader(Duration, String),
 }
 
+impl LaunchError {
+    fn of_spawn(bin: &str, e: SpawnError) -> Self {
+        match e {
+            SpawnError::Log { path, error } => LaunchError::Dir { path, error },
+            SpawnError::Spawn(error) => LaunchError::Spawn {
+                bin: bin.to_string(),
+                error,
+            },
+            other => LaunchError::Spawn {
+                bin: bin.to_string(),
+                error: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// Finds the consul binary: the configured one, CONSUL_BIN, then PATH.
 pub fn find_consul(cfg: &LaunchConfig) -> Result<String, LaunchError> {
     if let Some(b) = cfg
@@ -38,10 +64,7 @@ pub fn find_consul(cfg: &LaunchConfig) -> Result<String, LaunchError> {
     {
         return Ok(b);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("consul"))
-        .find(|p| p.is_file())
+    find_on_path("consul")
         .map(|p| p.display().to_string())
         .ok_or(LaunchError::NoBinary)
 }
@@ -84,69 +107,47 @@ pub struct ConsulProcess {
     pub log_path: PathBuf,
 }
 
-struct Spawned {
-    child: Child,
-    pid_file: PathBuf,
-}
-
-fn spawn(
-    bin: &str,
-    args: &[String],
-    shim: &std::path::Path,
-    log: &std::path::Path,
-    pid_file: &std::path::Path,
-) -> Result<Spawned, LaunchError> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| LaunchError::Dir {
-            path: log.display().to_string(),
-            error: e,
-        })?;
-    let err = out.try_clone().map_err(|e| LaunchError::Dir {
-        path: log.display().to_string(),
-        error: e,
-    })?;
-    let _ = std::fs::remove_file(pid_file);
-    let child = Command::new(shim)
-        .arg("__job-shim")
-        .arg("--parent")
-        .arg(std::process::id().to_string())
-        .arg("--pid-file")
-        .arg(pid_file)
-        .arg("--")
-        .arg(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| LaunchError::Spawn {
-            bin: bin.to_string(),
-            error: e,
-        })?;
-    Ok(Spawned {
-        child,
-        pid_file: pid_file.to_path_buf(),
-    })
-}
-
-fn consul_pid(pid_file: &std::path::Path) -> Option<i32> {
-    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
-}
-
-/// Asks consul to leave (SIGINT), waits up to `grace` (the shim exits with consul), then kills
-/// whatever is left of the group.
-async fn stop_child(mut s: Spawned, grace: Duration) {
-    let pgid = s.child.id().unwrap_or(0);
-    if let Some(pid) = consul_pid(&s.pid_file) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-        let _ = tokio::time::timeout(grace, s.child.wait()).await;
+/// Keeps Consul running until `stop`: when it exits, waits the policy's pause and starts it
+/// again (a start that fails is retried the same way); on `stop`, asks it to leave and kills
+/// what is left after `LEAVE_GRACE`.
+async fn keep_running<D: Driver>(
+    driver: D,
+    spec: LaunchSpec,
+    mut current: D::Handle,
+    mut policy: RestartPolicy,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut started = Instant::now();
+    loop {
+        let exited = tokio::select! {
+            code = current.wait() => Some(code),
+            _ = &mut stop => None,
+        };
+        let Some(code) = exited else {
+            current.stop(Signal::SIGINT, LEAVE_GRACE).await;
+            return;
+        };
+        let mut pause = policy.after_run(started.elapsed());
+        error!(exit_code = code, ran = ?started.elapsed(), restart_in = ?pause, "consul exited; restarting it");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut stop => return,
+            }
+            match driver.launch(&spec).await {
+                Ok(h) => {
+                    info!(pgid = %h.id(), "consul restarted");
+                    current = h;
+                    started = Instant::now();
+                    break;
+                }
+                Err(e) => {
+                    pause = policy.after_failed_start();
+                    error!(error = %e, retry_in = ?pause, "cannot restart consul");
+                }
+            }
+        }
     }
-    crate::jobs::runner::signal_group(pgid, Signal::SIGKILL);
-    let _ = s.child.wait().await;
 }
 
 impl ConsulProcess {
@@ -162,45 +163,35 @@ impl ConsulProcess {
             .data_dir
             .clone()
             .unwrap_or_else(|| servant_data.join("consul"));
-        std::fs::create_dir_all(&data_dir).map_err(|e| LaunchError::Dir {
-            path: data_dir.display().to_string(),
-            error: e,
-        })?;
+        tokio::fs::create_dir_all(&data_dir)
+            .await
+            .map_err(|e| LaunchError::Dir {
+                path: data_dir.display().to_string(),
+                error: e,
+            })?;
         let shim = std::env::current_exe().map_err(|e| LaunchError::Spawn {
             bin: "servant".into(),
             error: e,
         })?;
         let args = consul_args(cfg, &data_dir);
         let log_path = servant_data.join("consul.log");
-        let pid_file = servant_data.join("consul.pid");
         info!(bin = %bin, args = ?args, log = %log_path.display(), "launching consul");
-        let first = spawn(&bin, &args, &shim, &log_path, &pid_file)?;
-        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-        let log2 = log_path.clone();
-        let done = tokio::spawn(async move {
-            let mut current = first;
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-            loop {
-                tokio::select! {
-                    st = current.child.wait() => {
-                        let pause = backoff.fail();
-                        error!(status = ?st, restart_in = ?pause, "consul exited; restarting it");
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
-                            _ = &mut stop_rx => return,
-                        }
-                        match spawn(&bin, &args, &shim, &log2, &pid_file) {
-                            Ok(s) => current = s,
-                            Err(e) => { error!(error = %e, "cannot restart consul"); return; }
-                        }
-                    }
-                    _ = &mut stop_rx => {
-                        stop_child(current, Duration::from_secs(10)).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let mut argv = vec![bin.clone()];
+        argv.extend(args);
+        let spec = LaunchSpec::new(argv)
+            .output(Output::Combined {
+                path: log_path.clone(),
+                append: true,
+            })
+            .pid_file(servant_data.join("consul.pid"));
+        let driver = ProcessDriver::with_shim(shim);
+        let first = driver
+            .launch(&spec)
+            .await
+            .map_err(|e| LaunchError::of_spawn(&bin, e))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let policy = RestartPolicy::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_RUN);
+        let done = tokio::spawn(keep_running(driver, spec, first, policy, stop_rx));
         let me = ConsulProcess {
             stop: Some(stop_tx),
             done: Some(done),
@@ -243,6 +234,111 @@ impl ConsulProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Captured;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    /// A "consul" whose runs last the scripted durations, then exit 1.
+    #[derive(Clone, Default)]
+    struct Fake {
+        runs: Arc<Mutex<VecDeque<Duration>>>,
+        launches: Arc<Mutex<Vec<Instant>>>,
+        stops: Arc<Mutex<Vec<Signal>>>,
+    }
+
+    struct FakeRun {
+        ends: Instant,
+        stops: Arc<Mutex<Vec<Signal>>>,
+    }
+
+    impl Driver for Fake {
+        type Handle = FakeRun;
+        async fn launch(&self, _: &LaunchSpec) -> Result<FakeRun, SpawnError> {
+            let now = Instant::now();
+            self.launches.lock().unwrap().push(now);
+            let ran = self
+                .runs
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Duration::from_secs(3600));
+            Ok(FakeRun {
+                ends: now + ran,
+                stops: self.stops.clone(),
+            })
+        }
+    }
+
+    impl TaskHandle for FakeRun {
+        fn id(&self) -> String {
+            "fake".into()
+        }
+        fn pid(&self) -> u32 {
+            0
+        }
+        async fn wait(&mut self) -> i32 {
+            tokio::time::sleep_until(self.ends).await;
+            1
+        }
+        async fn stop(&mut self, signal: Signal, _: Duration) {
+            self.stops.lock().unwrap().push(signal);
+        }
+        async fn stop_leftovers(&mut self, _: Duration) -> usize {
+            0
+        }
+        async fn captured(&mut self, _: usize) -> Captured {
+            Captured::default()
+        }
+    }
+
+    /// Issue 11: the launched Consul's back-off was never reset, so after a few crashes every
+    /// restart waited the longest pause, even after days of healthy running.
+    #[tokio::test]
+    async fn a_consul_that_ran_healthily_is_restarted_after_the_shortest_pause() {
+        let ms = Duration::from_millis;
+        let fake = Fake::default();
+        // Four quick crashes (pauses 100, 200, 400, 800 ms), then a healthy run past
+        // `stable_after` that ends in a crash: the pause is 100 ms again, not 1600.
+        fake.runs
+            .lock()
+            .unwrap()
+            .extend([ms(5), ms(5), ms(5), ms(5), ms(1200)]);
+        let first = fake.launch(&LaunchSpec::default()).await.unwrap();
+        let (stop, stop_rx) = oneshot::channel();
+        let policy = RestartPolicy::new(ms(100), ms(5000), ms(1000));
+        let task = tokio::spawn(keep_running(
+            fake.clone(),
+            LaunchSpec::default(),
+            first,
+            policy,
+            stop_rx,
+        ));
+        let launched = |n: usize| fake.launches.lock().unwrap().len() >= n;
+        while !launched(6) {
+            tokio::time::sleep(ms(10)).await;
+        }
+        let at = fake.launches.lock().unwrap().clone();
+        // The pause before launch n+1 began when run n ended.
+        let pause = |n: usize, ran: Duration| at[n + 1] - (at[n] + ran);
+        assert!(
+            pause(3, ms(5)) >= ms(800),
+            "the back-off grew: {:?}",
+            pause(3, ms(5))
+        );
+        let after_healthy = pause(4, ms(1200));
+        assert!(after_healthy >= ms(100), "{after_healthy:?}");
+        assert!(
+            after_healthy < ms(800),
+            "restarted after {after_healthy:?}, not after the shortest pause"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert_eq!(
+            *fake.stops.lock().unwrap(),
+            [Signal::SIGINT],
+            "asked to leave"
+        );
+    }
 
     #[test]
     fn args_for_a_joining_client() {

@@ -20,10 +20,11 @@ use super::api::{router, ApiState};
 use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::datadir::{live_peer, DataDirLock};
-use crate::consul::{AgentServiceRegistration, Backoff, Client, ConsulError};
+use crate::consul::{AgentServiceRegistration, Client, ConsulError};
 use crate::consul::{SessionKeeper, SessionSettings};
 use crate::devserver::DevServer;
 use crate::jobs::worker::{Worker, WorkerConfig};
+use crate::util::backoff::Backoff;
 use crate::wire::Namespace;
 
 /// Why the agent could not run.

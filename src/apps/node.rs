@@ -20,10 +20,11 @@ use super::scheduler::{changes, schedule, HostInfo, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use super::task::{parse_task, Task};
 use crate::consul::{
-    spawn_watch, Backoff, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior,
-    TxnKvOp, TxnOp,
+    spawn_watch, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
+    TxnOp,
 };
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
+use crate::util::backoff::Backoff;
 use crate::util::time::now_ms;
 use crate::wire::Namespace;
 
@@ -217,7 +218,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     tasks.wait().await;
     sup.lock()
         .await
-        .stop_all(crate::jobs::runner::KillReason::Removed)
+        .stop_all(crate::process::KillReason::Removed)
         .await;
     keeper_stop.cancel();
     let _ = keeper_task.await;
@@ -384,7 +385,7 @@ async fn node_loop(
                 // Fenced: no grace, the leader is already placing these elsewhere.
                 sup.lock()
                     .await
-                    .stop_all(crate::jobs::runner::KillReason::Fenced)
+                    .stop_all(crate::process::KillReason::Fenced)
                     .await;
             }
         }

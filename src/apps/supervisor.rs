@@ -18,7 +18,11 @@ use tracing::{info, warn};
 use super::report::app_time;
 use super::task::Task;
 use crate::consul::{AgentServiceRegistration, Client};
-use crate::jobs::runner::{spawn_launch, KillReason, Launch, LogPaths, Outcome};
+use crate::process::logs::rotate_if_big;
+use crate::process::{
+    run_with_timeout, supervise, Driver, KillReason, LaunchSpec, Limits, LogPaths, Outcome, Output,
+    ProcessDriver, RestartPolicy, TaskHandle,
+};
 use crate::util::time::now_ms;
 
 /// First restart delay of an app that exits; doubled per quick exit up to `MAX_BACKOFF`.
@@ -26,9 +30,8 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run this long resets the backoff: the app was up, not crash-looping.
 const STABLE_RUN: Duration = Duration::from_secs(30);
-/// Log file size that triggers a rotation (copy to `.1`, truncate), and generations kept.
+/// Log file size that triggers a rotation (copy to `.1`, truncate; three copies are kept).
 pub const LOG_MAX_BYTES: u64 = 10 << 20;
-const LOG_KEEP: usize = 3;
 
 /// One app's state as App Manager's `applications` report shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -221,32 +224,30 @@ async fn run_app(
 ) {
     let app = &task.app;
     let logs = LogPaths::for_key(&ctx.log_dir, &task.name);
-    let argv = vec!["/bin/sh".to_string(), "-c".to_string(), app.command.clone()];
+    let driver = ProcessDriver::with_shim(ctx.shim.clone());
+    let spec = LaunchSpec::shell(&app.command, &app.env)
+        .dir(app.working_dir.clone())
+        .user(app.user.clone())
+        .output(Output::Files {
+            logs: logs.clone(),
+            append: true,
+        });
     let periodic =
         (app.start_interval_seconds > 0).then(|| Duration::from_secs(app.start_interval_seconds));
-    let mut backoff = MIN_BACKOFF;
+    let mut policy = RestartPolicy::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_RUN);
     let mut services_up = false;
     loop {
         if kill.borrow().is_some() {
             break;
         }
-        for p in [&logs.stdout, &logs.stderr] {
-            rotate_if_big(p, LOG_MAX_BYTES);
-        }
+        rotate_if_big(&logs, LOG_MAX_BYTES).await;
         let started = tokio::time::Instant::now();
         let started_ms = now_ms();
-        let launch = Launch {
-            argv: &argv,
-            env: &app.env,
-            dir: app.working_dir.as_deref(),
-            user: app.user.as_deref(),
-            append: true,
-        };
-        let running = match spawn_launch(&launch, &ctx.shim, &logs) {
+        let mut running = match driver.launch(&spec).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(app = %task.name, error = %e, "cannot start the app");
-                let next = backoff;
+                let next = policy.after_failed_start();
                 set(&ctx, &status, |s| {
                     s.status = 2;
                     s.health = 1;
@@ -254,14 +255,13 @@ async fn run_app(
                     s.last_exit = format!("spawn failed: {e}");
                     s.next_start_time = app_time(now_ms().saturating_add(next.as_millis() as u64));
                 });
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 if sleep_or_killed(next, &mut kill).await {
                     break;
                 }
                 continue;
             }
         };
-        let pgid = running.pgid;
+        let pgid = running.pid();
         set(&ctx, &status, |s| {
             if s.start_time.is_empty() {
                 s.start_time = app_time(started_ms);
@@ -291,13 +291,11 @@ async fn run_app(
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(30)).await;
-                    for p in [&logs.stdout, &logs.stderr] {
-                        rotate_if_big(p, LOG_MAX_BYTES);
-                    }
+                    rotate_if_big(&logs, LOG_MAX_BYTES).await;
                 }
             })
         };
-        let outcome = running.supervise(None, kill.clone(), ctx.kill_grace).await;
+        let outcome = supervise(&mut running, None, kill.clone(), ctx.kill_grace).await;
         rotation.abort();
         if let Some(h) = health {
             h.abort();
@@ -317,17 +315,10 @@ async fn run_app(
         let ran = started.elapsed();
         let wait = match periodic {
             Some(every) => every.saturating_sub(ran),
-            None => {
-                if ran >= STABLE_RUN {
-                    backoff = MIN_BACKOFF;
-                }
-                let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                w
-            }
+            None => policy.after_run(ran),
         };
         // Quick exits that pushed the backoff up: crash-looping, so unavailable.
-        let looping = periodic.is_none() && backoff > MIN_BACKOFF * 4;
+        let looping = periodic.is_none() && policy.looping();
         set(&ctx, &status, |s| {
             s.pid = 0;
             s.health = 1;
@@ -362,24 +353,23 @@ async fn health_loop(
     every: Duration,
     status: &Mutex<AppStatus>,
 ) {
-    let argv = vec!["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()];
     let logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
-    loop {
-        let launch = Launch {
-            argv: &argv,
-            env: &task.app.env,
-            dir: task.app.working_dir.as_deref(),
-            user: task.app.user.as_deref(),
+    let driver = ProcessDriver::with_shim(ctx.shim.clone());
+    let spec = LaunchSpec::shell(cmd, &task.app.env)
+        .dir(task.app.working_dir.clone())
+        .user(task.app.user.clone())
+        .output(Output::Files {
+            logs,
             append: false,
-        };
-        let healthy = match spawn_launch(&launch, &ctx.shim, &logs) {
-            Ok(r) => {
-                let (_never, quiet) = watch::channel(None);
-                matches!(
-                    r.supervise(Some(every), quiet, Duration::ZERO).await,
-                    Outcome::Exited { code: 0, .. }
-                )
-            }
+        });
+    let limits = Limits {
+        timeout: every,
+        grace: Duration::ZERO,
+        cap: 0,
+    };
+    loop {
+        let healthy = match run_with_timeout(&driver, &spec, limits).await {
+            Ok(f) => matches!(f.outcome, Outcome::Exited { code: 0, .. }),
             Err(e) => {
                 warn!(app = %task.name, error = %e, "cannot run the health command");
                 false
@@ -413,51 +403,5 @@ async fn deregister_services(ctx: &SupervisorCtx, task: &Task) {
         if let Err(e) = ctx.client.agent_service_deregister(s.id()).await {
             warn!(app = %task.name, service = %s.id(), error = %e, "cannot deregister the app's service");
         }
-    }
-}
-
-/// Copy-and-truncate rotation: the app keeps its file open with O_APPEND, so the live file is
-/// copied to `.1` (older copies shift up to `.LOG_KEEP`) and truncated in place.
-pub fn rotate_if_big(path: &std::path::Path, max: u64) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    if meta.len() <= max {
-        return;
-    }
-    let gen = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
-    for n in (1..LOG_KEEP).rev() {
-        let _ = std::fs::rename(gen(n), gen(n + 1));
-    }
-    if let Err(e) = std::fs::copy(path, gen(1)) {
-        warn!(log = %path.display(), error = %e, "cannot rotate the log");
-        return;
-    }
-    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
-        let _ = f.set_len(0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn big_logs_rotate_and_keep_three_generations() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("app.out");
-        for round in 0..5u8 {
-            std::fs::write(&p, vec![b'a' + round; 100]).unwrap();
-            rotate_if_big(&p, 50);
-            assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
-        }
-        let read = |n: usize| std::fs::read(dir.path().join(format!("app.out.{n}"))).unwrap();
-        assert_eq!(read(1)[0], b'e', "newest copy first");
-        assert_eq!(read(2)[0], b'd');
-        assert_eq!(read(3)[0], b'c');
-        assert!(!dir.path().join("app.out.4").exists());
-        std::fs::write(&p, b"small").unwrap();
-        rotate_if_big(&p, 50);
-        assert_eq!(std::fs::read(&p).unwrap(), b"small");
     }
 }

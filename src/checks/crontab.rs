@@ -2,32 +2,62 @@
 //! non-comment line contains it). Reads the cron spool directly, falling back to
 //! `crontab -l -u <user>` where the spool is elsewhere.
 
-use std::io::ErrorKind;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::verdict::Verdict;
+use crate::process::local::find_on_path;
+use crate::process::{run_with_timeout, LaunchSpec, Limits, Outcome, Output, ProcessDriver};
 use crate::wire::HealthStatus;
 
 /// The default spool directories: Debian/Ubuntu first, then RHEL/CentOS.
 pub const SPOOL_DIRS: &[&str] = &["/var/spool/cron/crontabs", "/var/spool/cron"];
 
+/// How long `crontab -l` may take.
+const CRONTAB_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of `crontab -l`'s output read.
+const CRONTAB_CAP: usize = 1 << 20;
+
 /// `servant check crontab -u user [-p pattern]`: passing when the user has a crontab (and,
 /// with a pattern, some non-comment line contains it); critical otherwise, saying which.
 /// Reads `<dir>/<user>` from the first of `spool_dirs` that has it, else runs
 /// `crontab -l -u <user>`. An unknown user is critical "no such user".
-pub fn check(user: &str, pattern: Option<&str>, spool_dirs: &[&Path]) -> Verdict {
-    check_with(user, pattern, spool_dirs, true)
+pub async fn check(user: &str, pattern: Option<&str>, spool_dirs: &[&Path]) -> Verdict {
+    let (u, p) = (user.to_string(), pattern.map(str::to_string));
+    let dirs: Vec<PathBuf> = spool_dirs.iter().map(|d| d.to_path_buf()).collect();
+    // The user database and the spool are files: read them off the async workers.
+    let spool = tokio::task::spawn_blocking(move || {
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let found = from_spool(&u, p.as_deref(), &dirs);
+        (found, find_on_path("crontab").is_some())
+    })
+    .await;
+    match spool {
+        Ok((Some(v), _)) => v,
+        Ok((None, true)) => from_crontab_l(user, pattern).await,
+        Ok((None, false)) => none(user, " (no spool file, and no crontab command to ask)"),
+        Err(e) => Verdict::error(format!("cannot read the crontab of {user:?}: {e}")),
+    }
 }
 
-/// `check`, with the `crontab -l` fallback optional so tests stay hermetic.
-fn check_with(user: &str, pattern: Option<&str>, spool_dirs: &[&Path], fallback: bool) -> Verdict {
+fn none(user: &str, why: &str) -> Verdict {
+    Verdict::new(
+        HealthStatus::Critical,
+        format!("no crontab for user {user}{why}"),
+    )
+    .with("user", user)
+}
+
+/// The verdict from the spool; None when no spool dir holds the user's file.
+fn from_spool(user: &str, pattern: Option<&str>, spool_dirs: &[&Path]) -> Option<Verdict> {
     match nix::unistd::User::from_name(user) {
         Ok(Some(_)) => {}
-        Ok(None) => return Verdict::error(format!("no such user {user:?}")).with("user", user),
+        Ok(None) => {
+            return Some(Verdict::error(format!("no such user {user:?}")).with("user", user))
+        }
         Err(e) => {
             let msg = format!("cannot look up user {user:?}: {e}");
-            return Verdict::error(msg).with("user", user);
+            return Some(Verdict::error(msg).with("user", user));
         }
     }
     for dir in spool_dirs {
@@ -35,7 +65,7 @@ fn check_with(user: &str, pattern: Option<&str>, spool_dirs: &[&Path], fallback:
         if !path.is_file() {
             continue;
         }
-        return match std::fs::read(&path) {
+        return Some(match std::fs::read(&path) {
             Ok(bytes) => judge(
                 user,
                 pattern,
@@ -45,34 +75,40 @@ fn check_with(user: &str, pattern: Option<&str>, spool_dirs: &[&Path], fallback:
             Err(e) => {
                 Verdict::error(format!("cannot read {}: {e}", path.display())).with("user", user)
             }
-        };
+        });
     }
-    let none = |why: &str| {
-        Verdict::new(
-            HealthStatus::Critical,
-            format!("no crontab for user {user}{why}"),
-        )
-        .with("user", user)
-    };
-    if !fallback {
-        return none("");
-    }
-    match Command::new("crontab").args(["-l", "-u", user]).output() {
-        Ok(out) if out.status.success() => judge(
-            user,
-            pattern,
-            &String::from_utf8_lossy(&out.stdout),
-            "crontab -l",
-        ),
-        Ok(out) => match String::from_utf8_lossy(&out.stderr).trim() {
-            "" => none(""),
-            err => none(&format!(" (crontab -l: {err})")),
-        },
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            none(" (no spool file, and no crontab command to ask)")
-        }
+    None
+}
+
+/// Asks `crontab -l -u <user>`.
+async fn from_crontab_l(user: &str, pattern: Option<&str>) -> Verdict {
+    let spec = LaunchSpec::new(vec![
+        "crontab".into(),
+        "-l".into(),
+        "-u".into(),
+        user.into(),
+    ])
+    .output(Output::Capture {
+        dir: None,
+        combined: false,
+    });
+    let limits = Limits::new(CRONTAB_TIMEOUT, CRONTAB_CAP);
+    let done = match run_with_timeout(&ProcessDriver::current(), &spec, limits).await {
+        Ok(d) => d,
         Err(e) => {
-            Verdict::error(format!("cannot run crontab -l -u {user}: {e}")).with("user", user)
+            let msg = format!("cannot run crontab -l -u {user}: {}", e.detail());
+            return Verdict::error(msg).with("user", user);
+        }
+    };
+    match done.outcome {
+        Outcome::Exited { code: 0, .. } => judge(user, pattern, &done.output.stdout, "crontab -l"),
+        Outcome::Exited { .. } => match done.output.stderr.trim() {
+            "" => none(user, ""),
+            err => none(user, &format!(" (crontab -l: {err})")),
+        },
+        Outcome::TimedOut | Outcome::Killed(_) => {
+            let msg = format!("crontab -l -u {user}: no answer within {CRONTAB_TIMEOUT:?}");
+            Verdict::error(msg).with("user", user)
         }
     }
 }
@@ -125,7 +161,7 @@ mod tests {
     #[test]
     fn spool_file_exists() {
         let d = spool(&[("root", ROOT_TAB)]);
-        let v = check_with("root", None, &[d.path()], false);
+        let v = from_spool("root", None, &[d.path()]).unwrap();
         assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         assert!(v.details["source"]
             .as_str()
@@ -135,7 +171,7 @@ mod tests {
     #[test]
     fn pattern_on_a_live_line_passes() {
         let d = spool(&[("root", ROOT_TAB)]);
-        let v = check_with("root", Some("servant-sync"), &[d.path()], false);
+        let v = from_spool("root", Some("servant-sync"), &[d.path()]).unwrap();
         assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         assert_eq!(
             v.details["line"],
@@ -146,7 +182,7 @@ mod tests {
     #[test]
     fn pattern_only_in_a_comment_is_critical() {
         let d = spool(&[("root", ROOT_TAB)]);
-        let v = check_with("root", Some("old-backup"), &[d.path()], false);
+        let v = from_spool("root", Some("old-backup"), &[d.path()]).unwrap();
         assert_eq!(v.status, HealthStatus::Critical);
         assert!(v.message.contains("no non-comment line"), "{}", v.message);
     }
@@ -154,34 +190,27 @@ mod tests {
     #[test]
     fn first_spool_dir_with_the_file_wins() {
         let (empty, rhel) = (spool(&[]), spool(&[("root", "@reboot /bin/true\n")]));
-        let v = check_with(
-            "root",
-            Some("/bin/true"),
-            &[empty.path(), rhel.path()],
-            false,
-        );
+        let v = from_spool("root", Some("/bin/true"), &[empty.path(), rhel.path()]).unwrap();
         assert_eq!(v.status, HealthStatus::Passing, "{}", v.message);
         let deb = spool(&[("root", "# nothing\n")]);
-        let v = check_with("root", Some("/bin/true"), &[deb.path(), rhel.path()], false);
+        let v = from_spool("root", Some("/bin/true"), &[deb.path(), rhel.path()]).unwrap();
         assert_eq!(v.status, HealthStatus::Critical, "{}", v.message);
     }
 
-    #[test]
-    fn no_spool_file_without_fallback_is_critical() {
+    #[tokio::test]
+    async fn no_spool_file_asks_crontab_or_is_critical() {
         let (a, b) = (spool(&[]), spool(&[]));
-        let v = check_with("root", None, &[a.path(), b.path()], false);
-        assert_eq!(v.status, HealthStatus::Critical);
-        assert!(
-            v.message.contains("no crontab for user root"),
-            "{}",
-            v.message
-        );
+        assert!(from_spool("root", None, &[a.path(), b.path()]).is_none());
+        // What `crontab -l` says depends on the machine; without a crontab for root it is
+        // critical either way, and says so.
+        let v = check("root", Some("no-such-pattern-xyz"), &[a.path(), b.path()]).await;
+        assert_eq!(v.status, HealthStatus::Critical, "{}", v.message);
     }
 
-    #[test]
-    fn unknown_user_is_critical() {
+    #[tokio::test]
+    async fn unknown_user_is_critical() {
         let d = spool(&[("no-such-user-xyz", ROOT_TAB)]);
-        let v = check("no-such-user-xyz", None, &[d.path()]);
+        let v = check("no-such-user-xyz", None, &[d.path()]).await;
         assert_eq!(v.status, HealthStatus::Critical);
         assert!(v.message.contains("no such user"), "{}", v.message);
     }

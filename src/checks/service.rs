@@ -11,6 +11,7 @@ use super::role::{
 };
 use super::verdict::Verdict;
 use crate::consul::{Client, QueryOptions};
+use crate::process::{run_with_timeout, LaunchSpec, Limits, Outcome, Output, ProcessDriver};
 use crate::wire::{HealthStatus, Namespace};
 
 /// How long a status command may take before the check calls it critical.
@@ -58,43 +59,56 @@ pub fn lsb_status(code: Option<i32>, what: &str) -> Result<bool, String> {
 
 /// Asks the manager whether `service` runs.
 pub async fn is_running(m: &Manager, service: &str) -> Result<bool, String> {
-    let (mut cmd, what) = match m {
-        Manager::Systemd => {
-            let mut c = tokio::process::Command::new("systemctl");
-            c.args(["is-active", "--quiet", service]);
-            (c, format!("systemctl is-active {service}"))
-        }
+    status_within(m, service, STATUS_TIMEOUT).await
+}
+
+/// Bytes of a status command's stderr quoted when its answer is not LSB.
+const STDERR_CAP: usize = 512;
+
+/// `is_running` with its timeout. The command runs in a process group of its own, so a
+/// command past its timeout is killed with everything it started.
+async fn status_within(m: &Manager, service: &str, timeout: Duration) -> Result<bool, String> {
+    let argv = |a: &[&str]| LaunchSpec::new(a.iter().map(|s| s.to_string()).collect());
+    let (spec, what) = match m {
+        Manager::Systemd => (
+            argv(&["systemctl", "is-active", "--quiet", service]),
+            format!("systemctl is-active {service}"),
+        ),
         Manager::SysV => {
-            let mut c = tokio::process::Command::new(format!("/etc/init.d/{service}"));
-            c.arg("status");
-            (c, format!("/etc/init.d/{service} status"))
+            let script = format!("/etc/init.d/{service}");
+            (argv(&[&script, "status"]), format!("{script} status"))
         }
-        Manager::ServiceWrapper => {
-            let mut c = tokio::process::Command::new("service");
-            c.args([service, "status"]);
-            (c, format!("service {service} status"))
-        }
-        Manager::Command(s) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.args(["-c", s]);
-            (c, format!("status command {s:?}"))
-        }
+        Manager::ServiceWrapper => (
+            argv(&["service", service, "status"]),
+            format!("service {service} status"),
+        ),
+        Manager::Command(s) => (
+            LaunchSpec::shell(s, &Default::default()),
+            format!("status command {s:?}"),
+        ),
     };
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{what}: cannot run: {e}"))?;
-    match tokio::time::timeout(STATUS_TIMEOUT, child.wait()).await {
-        Ok(Ok(st)) => {
-            let code = st.code();
-            // systemctl: 0 active, 3 inactive/failed, 4 no such unit.
-            lsb_status(code, &what)
+    let spec = spec.output(Output::Capture {
+        dir: None,
+        combined: false,
+    });
+    let done = run_with_timeout(
+        &ProcessDriver::current(),
+        &spec,
+        Limits::new(timeout, STDERR_CAP),
+    )
+    .await
+    .map_err(|e| format!("{what}: cannot run: {}", e.detail()))?;
+    match done.outcome {
+        // systemctl: 0 active, 3 inactive/failed, 4 no such unit.
+        Outcome::Exited { code, .. } => {
+            lsb_status(Some(code), &what).map_err(|e| match done.output.stderr.trim() {
+                "" => e,
+                err => format!("{e} ({err})"),
+            })
         }
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {STATUS_TIMEOUT:?}")),
+        Outcome::TimedOut | Outcome::Killed(_) => {
+            Err(format!("{what}: no answer within {timeout:?}"))
+        }
     }
 }
 
@@ -320,5 +334,29 @@ mod tests {
         assert!(is_running(&Manager::Command("exit 9".into()), "x")
             .await
             .is_err());
+        let e = is_running(&Manager::Command("echo broken >&2; exit 9".into()), "x")
+            .await
+            .unwrap_err();
+        assert!(e.ends_with("exited 9 (broken)"), "{e}");
+    }
+
+    /// Issue 11: a status command past its timeout was killed alone; what it had started ran
+    /// on.
+    #[tokio::test]
+    async fn a_status_command_past_its_timeout_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let cmd = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let t = std::time::Instant::now();
+        let e = status_within(&Manager::Command(cmd), "x", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(e.contains("no answer within"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let pid = crate::process::testing::read_pid(&pid_file);
+        assert!(
+            crate::process::testing::gone(pid).await,
+            "the status command's child {pid} still runs"
+        );
     }
 }

@@ -3,18 +3,21 @@
 //! runs as a script with its own interpreter; anything else with `sh -c`. `@ENV`, `@HOST` and
 //! `@ROLE` are substituted; the action also gets `SERVANT_*` variables, among them
 //! `SERVANT_EXPECTED` (running or stopped), so one secondary action can both take over and give
-//! back. Each run has a timeout (the process group is killed), and is recorded.
+//! back. Each run has a timeout (the process group gets SIGTERM, then SIGKILL), and is
+//! recorded. Actions are the one kind of process whose background children outlive it: they
+//! are launched `Detached`.
 
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::consul::{Client, KvPutOptions, QueryOptions};
-use crate::jobs::runner::signal_group;
+use crate::process::{
+    run_with_timeout, LaunchSpec, Lifetime, Limits, Outcome, Output, ProcessDriver,
+};
 use crate::util::time::now_ms;
 use crate::wire::{HealthStatus, Namespace};
 
@@ -100,78 +103,95 @@ pub async fn run_action(
         output: String::new(),
     };
     let text = substitute(action, &ctx.env, &ctx.host, &ctx.role);
-    let mut cmd = if text.starts_with("#!") {
-        // A script: the kernel runs its interpreter, whatever it is.
-        let path = scratch.join(format!("trigger-{}-{}", std::process::id(), now_ms()));
-        let written = std::fs::write(&path, &text)
-            .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)));
-        if let Err(e) = written {
-            run.output = format!("cannot write the script to {}: {e}", path.display());
-            return run;
-        }
-        tokio::process::Command::new(path)
-    } else {
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg("-c").arg(&text);
-        c
-    };
     let expected = serde_json::from_str::<serde_json::Value>(&ctx.check_output)
         .ok()
         .and_then(|v| v["expected"].as_str().map(str::to_string))
         .unwrap_or_default();
+    let env: BTreeMap<String, String> = [
+        ("SERVANT_ENV", ctx.env.as_str()),
+        ("SERVANT_HOST", &ctx.host),
+        ("SERVANT_ROLE", &ctx.role),
+        ("SERVANT_STATE", ctx.state.as_str()),
+        ("SERVANT_SERVICE", &ctx.service),
+        ("SERVANT_CHECK_OUTPUT", &ctx.check_output),
+        ("SERVANT_EXPECTED", &expected),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // A script: the kernel runs its interpreter, whatever it is. Its file is removed when
+    // `script` drops, however the run ends.
+    let script = if text.starts_with("#!") {
+        match write_script(scratch, &text).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                run.output = format!("cannot write the script to {}: {e}", scratch.display());
+                return run;
+            }
+        }
+    } else {
+        None
+    };
+    let spec = match &script {
+        Some(p) => LaunchSpec::new(vec![p.to_string_lossy().into_owned()]).env(env),
+        None => LaunchSpec::shell(&text, &env),
+    };
     // Output goes to a file, not a pipe: a service the action starts in the background keeps
     // its stdout, and the run must end when the action does, not when that service does.
-    let out_path = scratch.join(format!("trigger-out-{}-{}", std::process::id(), now_ms()));
-    let out = match std::fs::File::create(&out_path).and_then(|f| Ok((f.try_clone()?, f))) {
-        Ok(f) => f,
-        Err(e) => {
-            run.output = format!("cannot create {}: {e}", out_path.display());
-            return run;
-        }
-    };
-    cmd.env("SERVANT_ENV", &ctx.env)
-        .env("SERVANT_HOST", &ctx.host)
-        .env("SERVANT_ROLE", &ctx.role)
-        .env("SERVANT_STATE", ctx.state.as_str())
-        .env("SERVANT_SERVICE", &ctx.service)
-        .env("SERVANT_CHECK_OUTPUT", &ctx.check_output)
-        .env("SERVANT_EXPECTED", expected)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.0)
-        .stderr(out.1)
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            run.output = format!("cannot start the action: {e}");
-            let _ = std::fs::remove_file(&out_path);
-            return run;
-        }
-    };
-    let pgid = child.id().unwrap_or(0);
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(st)) => run.exit_code = st.code(),
-        Ok(Err(e)) => run.output = format!("waiting for the action failed: {e}"),
-        Err(_) => {
-            run.timed_out = true;
-            // The action and everything it started are killed: a hung action leaves nothing.
-            signal_group(pgid, Signal::SIGKILL);
-            let _ = child.wait().await;
-        }
+    let spec = spec
+        .output(Output::Capture {
+            dir: Some(scratch.to_path_buf()),
+            combined: true,
+        })
+        .lifetime(Lifetime::Detached);
+    let done = run_with_timeout(
+        &ProcessDriver::current(),
+        &spec,
+        Limits::new(timeout, OUTPUT_CAP),
+    )
+    .await;
+    if let Some(p) = script {
+        let _ = tokio::task::spawn_blocking(move || p.close()).await;
     }
-    let text = std::fs::read(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    let text: String = String::from_utf8_lossy(&text)
-        .chars()
-        .take(OUTPUT_CAP)
-        .collect();
-    if run.timed_out {
-        run.output = format!("{text}killed after its timeout of {timeout:?}");
-    } else if run.output.is_empty() {
-        run.output = text;
+    match done {
+        Err(e) => run.output = format!("cannot start the action: {}", e.detail()),
+        Ok(f) => {
+            let text = f.output.stdout;
+            match f.outcome {
+                Outcome::Exited { code, .. } => {
+                    run.exit_code = Some(code);
+                    run.output = text;
+                }
+                // The action and everything it started are killed: a hung action leaves
+                // nothing.
+                Outcome::TimedOut | Outcome::Killed(_) => {
+                    run.timed_out = true;
+                    run.output = format!("{text}killed after its timeout of {timeout:?}");
+                }
+            }
+        }
     }
     run.duration_ms = started.elapsed().as_millis() as u64;
     run
+}
+
+/// Writes a script action to a private (0700) file of its own in `dir`, closed so that it can
+/// be run; the file is removed when the returned path drops.
+async fn write_script(dir: &Path, text: &str) -> std::io::Result<tempfile::TempPath> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, text) = (dir.to_path_buf(), text.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut f = tempfile::Builder::new()
+            .prefix("servant-trigger-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempfile_in(&dir)?;
+        f.write_all(text.as_bytes())?;
+        // The kernel refuses to run a file that is open for writing.
+        Ok(f.into_temp_path())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Appends `run` to `trigger_history/<node>` (the newest `HISTORY_LEN`), with check-and-set.
@@ -289,6 +309,74 @@ mod tests {
         assert_eq!(r.output.trim(), "py secondary");
     }
 
+    fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect()
+    }
+
+    /// Issue 11: every script action left a 0700 file in the scratch dir, and so did one that
+    /// timed out or could not start.
+    #[tokio::test]
+    async fn script_actions_leave_nothing_in_the_scratch_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = run_action(
+            "k",
+            "#!/bin/sh\necho script\n",
+            &ctx(),
+            Duration::from_secs(10),
+            dir.path(),
+        )
+        .await;
+        assert_eq!((ok.exit_code, ok.output.as_str()), (Some(0), "script\n"));
+        let hung = run_action(
+            "k",
+            "#!/bin/sh\nsleep 30\n",
+            &ctx(),
+            Duration::from_millis(200),
+            dir.path(),
+        )
+        .await;
+        assert!(hung.timed_out, "{hung:?}");
+        let broken = run_action(
+            "k",
+            "#!/no/such/interpreter\n",
+            &ctx(),
+            Duration::from_secs(10),
+            dir.path(),
+        )
+        .await;
+        assert_eq!(broken.exit_code, None);
+        assert!(
+            broken.output.starts_with("cannot start the action: "),
+            "{broken:?}"
+        );
+        assert_eq!(entries(dir.path()), Vec::<std::ffi::OsString>::new());
+    }
+
+    /// Issue 11: output files were named by pid and millisecond, so two services' actions
+    /// started in the same millisecond shared one (and one of them lost its output).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn actions_started_together_each_keep_their_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = tokio::task::JoinSet::new();
+        for n in 0..12 {
+            let scratch = dir.path().to_path_buf();
+            runs.spawn(async move {
+                let action = format!("echo {n}; sleep 0.2; echo {n} done");
+                let r = run_action("k", &action, &ctx(), Duration::from_secs(10), &scratch).await;
+                (n, r)
+            });
+        }
+        while let Some(done) = runs.join_next().await {
+            let (n, r) = done.unwrap();
+            assert_eq!(r.output, format!("{n}\n{n} done\n"), "{r:?}");
+        }
+        assert_eq!(entries(dir.path()), Vec::<std::ffi::OsString>::new());
+    }
+
     #[tokio::test]
     async fn a_hanging_action_is_killed_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
@@ -333,6 +421,9 @@ mod tests {
             Path::new(&format!("/proc/{pid}")).exists(),
             "the service still runs"
         );
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

@@ -162,6 +162,7 @@ pub async fn check(ctx: &Ctx, cmd: CheckCommand) -> anyhow::Result<i32> {
         CheckCommand::Crontab(a) => {
             let dirs: Vec<&Path> = crontab::SPOOL_DIRS.iter().map(Path::new).collect();
             crontab::check(&a.user, a.pattern.as_deref(), &dirs)
+                .await
                 .with("consul_service", a.consul_service)
         }
     };

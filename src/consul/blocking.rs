@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::client::{ConsulError, QueryMeta, QueryOptions};
+use crate::util::backoff::Backoff;
 
 /// The index to send on the next blocking read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,39 +28,6 @@ impl BlockingIndex {
         let prev = self.0;
         self.0 = if header < prev { 0 } else { header.max(1) };
         header != prev
-    }
-}
-
-/// Exponential back-off between failed reads, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
-    }
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            next: min,
-            min,
-            max,
-        }
-    }
-    /// The pause to take now; doubles the next one.
-    pub fn fail(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-    pub fn reset(&mut self) {
-        self.next = self.min;
     }
 }
 
@@ -216,15 +184,5 @@ mod tests {
         }
         stop.cancel();
         task.await.unwrap();
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        assert_eq!(b.fail(), Duration::from_millis(100));
-        assert_eq!(b.fail(), Duration::from_millis(200));
-        assert_eq!(b.fail(), Duration::from_millis(350));
-        b.reset();
-        assert_eq!(b.fail(), Duration::from_millis(100));
     }
 }

@@ -11,9 +11,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{
-    Backoff, BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest,
-};
+use super::{BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest};
+use crate::util::backoff::Backoff;
 
 /// The session as the rest of the agent sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,12 +1,10 @@
 //! Jobs: consul_servant's queues in KV, done right.
 //!
-//! `spec`, `layout`, `result` and `claim` are pure; `runner` owns processes; `worker` is the thin
-//! IO loop that watches Consul and ties them together.
+//! `spec`, `layout`, `result` and `claim` are pure; `worker` is the thin IO loop that watches
+//! Consul and ties them together, and runs jobs through `crate::process`.
 
 pub mod claim;
 pub mod result;
-pub mod runner;
-pub mod shim;
 pub mod spec;
 pub mod view;
 pub mod worker;

@@ -17,13 +17,17 @@ use crate::consul::SessionState;
 use crate::consul::{
     spawn_watch, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
+use crate::process::{
+    read_capped, supervise, Driver, KillReason, LaunchSpec, LogPaths, Outcome, Output,
+    ProcessDriver, TaskHandle,
+};
+use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
 use super::result::{cap_text, JobResult, JobStatus};
-use super::runner::{self, KillReason, LogPaths, Outcome};
-use super::spec::{self, JobSpec, Rejection, ServiceSpec};
+use super::spec::{self, JobSpec, JobType, Rejection, ServiceSpec};
 use crate::wire::{JobKey, Namespace};
 
 /// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and
@@ -522,8 +526,7 @@ async fn claim_and_run(
 /// After a claim error: the key's LockIndex if our session holds it, else None. Retries the read
 /// while Consul is unreachable, for up to a minute.
 async fn claimed_after_error(ctx: &Ctx, key: &str, session: &str) -> Option<u64> {
-    let mut backoff =
-        crate::consul::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match ctx.client.kv_get(key, &Default::default()).await {
@@ -620,7 +623,8 @@ async fn run_job(
         }
     }
     let logs = LogPaths::for_key(&cfg.log_dir, key);
-    let running = match runner::spawn(job, &cfg.shim_exe, &logs) {
+    let driver = ProcessDriver::with_shim(cfg.shim_exe.clone());
+    let mut running = match driver.launch(&launch_spec(job, &logs)).await {
         Ok(p) => p,
         Err(e) => {
             deregister(ctx, &registered).await;
@@ -630,12 +634,12 @@ async fn run_job(
             return Some(r);
         }
     };
-    info!(key = %key, attempt, pgid = running.pgid, "job started");
+    info!(key = %key, attempt, pgid = running.pid(), "job started");
     let timeout = if job.no_wait { None } else { Some(job.timeout) };
     if job.no_wait {
         let mut started = r.clone();
         started.status = Some(JobStatus::Started);
-        started.pid = Some(running.pgid);
+        started.pid = Some(running.pid());
         write_result(
             ctx,
             key,
@@ -645,13 +649,13 @@ async fn run_job(
             false,
         )
         .await;
-        r.pid = Some(running.pgid);
+        r.pid = Some(running.pid());
     }
-    let outcome = running.supervise(timeout, kill, cfg.kill_grace).await;
+    let outcome = supervise(&mut running, timeout, kill, cfg.kill_grace).await;
     deregister(ctx, &registered).await;
     stamp_end(&mut r);
-    let (out, out_cut) = runner::read_capped(&logs.stdout, cfg.output_cap).await;
-    let (err, err_cut) = runner::read_capped(&logs.stderr, cfg.output_cap).await;
+    let (out, out_cut) = read_capped(&logs.stdout, cfg.output_cap).await;
+    let (err, err_cut) = read_capped(&logs.stderr, cfg.output_cap).await;
     r.output = out;
     r.output_errors = err;
     r.output_truncated = out_cut;
@@ -690,6 +694,20 @@ async fn run_job(
         Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return None,
     }
     Some(r)
+}
+
+/// How a job is started: `Exec` as argv, the rest with the shell; output into fresh log files.
+fn launch_spec(job: &JobSpec, logs: &LogPaths) -> LaunchSpec {
+    let spec = match job.job_type {
+        JobType::Exec => LaunchSpec::new(job.argv.clone()).env(job.env.clone()),
+        _ => LaunchSpec::shell(&job.command, &job.env),
+    };
+    spec.dir(job.dir.clone())
+        .user(job.user.clone())
+        .output(Output::Files {
+            logs: logs.clone(),
+            append: false,
+        })
 }
 
 /// The agent registration of a job's service. The job key goes into the service's meta.
@@ -789,7 +807,7 @@ async fn write_result(
     };
     let mut current = r;
     let mut stripped = false;
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     // Transient errors (Consul restarting, no leader) are retried for as long as it takes: a
     // job must not stay locked without a result. Only losing the lock ends the attempts.
     loop {
@@ -801,8 +819,7 @@ async fn write_result(
             }
             Err(e) if e.is_transient() => {
                 warn!(key = %job_key, error = %e, "cannot write the result yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.fail()).await;
             }
             Err(e) if !stripped => {
                 // Refused as it is (too large, or something in the output): keep the verdict,

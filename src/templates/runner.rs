@@ -18,6 +18,8 @@ use tracing::{error, info};
 use super::source::{fetch, CachedSource, Dep, DATA_FUNCS};
 use super::{parse, Template};
 use crate::consul::{spawn_watch, Client};
+use crate::process::run::TIMEOUT_GRACE;
+use crate::process::{run_with_timeout, LaunchSpec, Limits, Outcome, Output, ProcessDriver};
 use crate::util::duration::parse_duration;
 
 /// One template: where it comes from, where it goes, what runs after a change.
@@ -156,8 +158,16 @@ fn watch(
     });
 }
 
-/// Writes `text` to `dest` atomically; keeps the old file as `.bak` when asked.
-fn write_atomic(spec: &TemplateSpec, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `dest` atomically, on a blocking thread; keeps the old file as `.bak` when
+/// asked.
+async fn write_atomic(spec: &TemplateSpec, text: &str) -> std::io::Result<()> {
+    let (spec, text) = (spec.clone(), text.to_string());
+    tokio::task::spawn_blocking(move || write_atomic_blocking(&spec, &text))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn write_atomic_blocking(spec: &TemplateSpec, text: &str) -> std::io::Result<()> {
     let dest = &spec.destination;
     let dir = dest
         .parent()
@@ -168,37 +178,86 @@ fn write_atomic(spec: &TemplateSpec, text: &str) -> std::io::Result<()> {
         ".{}.servant-tmp",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("out")
     ));
-    std::fs::write(&tmp, text)?;
-    let mode = spec.perms.or_else(|| {
-        std::fs::metadata(dest)
-            .ok()
-            .map(|m| m.permissions().mode() & 0o7777)
-    });
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
-    if spec.backup && dest.exists() {
-        std::fs::copy(dest, PathBuf::from(format!("{}.bak", dest.display())))?;
+    let written = (|| {
+        std::fs::write(&tmp, text)?;
+        let mode = spec.perms.or_else(|| {
+            std::fs::metadata(dest)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o7777)
+        });
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+        if spec.backup && dest.exists() {
+            std::fs::copy(dest, PathBuf::from(format!("{}.bak", dest.display())))?;
+        }
+        std::fs::rename(&tmp, dest)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, dest)
+    written
 }
 
-/// Runs a template's command with its timeout; the result as text for the log.
-async fn run_command(cmd: &str, timeout: Duration) -> Result<(), String> {
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = c.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let pgid = child.id().unwrap_or(0);
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(st)) if st.success() => Ok(()),
-        Ok(Ok(st)) => Err(format!("{cmd:?} exited {st}")),
-        Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
-        Err(_) => {
-            crate::jobs::runner::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            Err(format!("{cmd:?} killed after {timeout:?}"))
-        }
+/// Bytes of a command's output kept for the log.
+const COMMAND_OUTPUT_CAP: usize = 4096;
+
+/// Why a template's command failed.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    #[error("cannot run {cmd:?}: {detail}")]
+    Start { cmd: String, detail: String },
+    #[error("{cmd:?} exited {code}{output}")]
+    Exited {
+        cmd: String,
+        code: i32,
+        output: String,
+    },
+    #[error("{cmd:?} killed after {timeout:?}{output}")]
+    TimedOut {
+        cmd: String,
+        timeout: Duration,
+        output: String,
+    },
+}
+
+/// Runs a template's command (`sh -c`, a process group of its own) with its timeout, after
+/// which it gets SIGTERM, then SIGKILL after `grace`. Its output (stdout and stderr, capped).
+async fn run_command(
+    cmd: &str,
+    timeout: Duration,
+    grace: Duration,
+) -> Result<String, CommandError> {
+    let spec = LaunchSpec::shell(cmd, &Default::default()).output(Output::Capture {
+        dir: None,
+        combined: true,
+    });
+    let limits = Limits {
+        timeout,
+        grace,
+        cap: COMMAND_OUTPUT_CAP,
+    };
+    let done = run_with_timeout(&ProcessDriver::current(), &spec, limits)
+        .await
+        .map_err(|e| CommandError::Start {
+            cmd: cmd.to_string(),
+            detail: e.detail(),
+        })?;
+    let text = done.output.stdout;
+    let output = match text.trim() {
+        "" => String::new(),
+        t => format!(": {t}"),
+    };
+    match done.outcome {
+        Outcome::Exited { code: 0, .. } => Ok(text),
+        Outcome::Exited { code, .. } => Err(CommandError::Exited {
+            cmd: cmd.to_string(),
+            code,
+            output,
+        }),
+        Outcome::TimedOut | Outcome::Killed(_) => Err(CommandError::TimedOut {
+            cmd: cmd.to_string(),
+            timeout,
+            output,
+        }),
     }
 }
 
@@ -327,7 +386,7 @@ async fn render_loop(
             if last.get(&l.spec.destination) == Some(&text) {
                 continue;
             }
-            if let Err(e) = write_atomic(&l.spec, &text) {
+            if let Err(e) = write_atomic(&l.spec, &text).await {
                 error!(file = %l.spec.destination.display(), error = %e, "cannot write the output");
                 failures.push(format!("{}: {e}", l.spec.destination.display()));
                 continue;
@@ -341,8 +400,8 @@ async fn render_loop(
                     .as_deref()
                     .and_then(|t| parse_duration(t).ok())
                     .unwrap_or(Duration::from_secs(30));
-                match run_command(cmd, timeout).await {
-                    Ok(()) => info!(command = %cmd, "command ran"),
+                match run_command(cmd, timeout, TIMEOUT_GRACE).await {
+                    Ok(out) => info!(command = %cmd, output = %out.trim_end(), "command ran"),
                     Err(e) => {
                         error!(error = %e, "command failed");
                         eprintln!("servant: {e}");
@@ -388,8 +447,51 @@ mod tests {
         assert!(parse_wait("soon").is_err());
     }
 
-    #[test]
-    fn writes_are_atomic_with_perms_and_backup() {
+    /// Issue 11: a command past its timeout got SIGKILL at once, with no chance to clean up.
+    #[tokio::test]
+    async fn a_command_past_its_timeout_gets_sigterm_then_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("term");
+        let pid_file = dir.path().join("pid");
+        // Traps SIGTERM and carries on, so only the SIGKILL after the grace period ends it.
+        let cmd = format!(
+            "echo $$ > {}; trap 'echo term > {}' TERM; echo reloading; while :; do sleep 0.05; done",
+            pid_file.display(),
+            marker.display()
+        );
+        let t = std::time::Instant::now();
+        // The timeout leaves the shell time to set its trap, even on a busy machine.
+        let e = run_command(&cmd, Duration::from_secs(1), Duration::from_millis(700))
+            .await
+            .unwrap_err();
+        // The shell may add "Terminated" for the sleep the SIGTERM ended.
+        assert!(e.to_string().contains("killed after 1s: reloading"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "term\n",
+            "SIGTERM came first"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1700),
+            "then the grace: {:?}",
+            t.elapsed()
+        );
+        let pid = crate::process::testing::read_pid(&pid_file);
+        assert!(!crate::process::testing::alive(pid), "then SIGKILL");
+        assert_eq!(
+            run_command("echo fine", Duration::from_secs(5), TIMEOUT_GRACE)
+                .await
+                .unwrap(),
+            "fine\n"
+        );
+        let e = run_command("echo no >&2; exit 4", Duration::from_secs(5), TIMEOUT_GRACE)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "\"echo no >&2; exit 4\" exited 4: no");
+    }
+
+    #[tokio::test]
+    async fn writes_are_atomic_with_perms_and_backup() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.conf");
         let spec = TemplateSpec {
@@ -400,8 +502,8 @@ mod tests {
             backup: true,
             command_timeout: None,
         };
-        write_atomic(&spec, "one").unwrap();
-        write_atomic(&spec, "two").unwrap();
+        write_atomic(&spec, "one").await.unwrap();
+        write_atomic(&spec, "two").await.unwrap();
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "two");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("out.conf.bak")).unwrap(),

@@ -1,6 +1,7 @@
 //! Small helpers shared by several features: pure ones, and the one place that writes a
 //! command's output (`output`).
 
+pub mod backoff;
 pub mod duration;
 pub mod error;
 pub mod hash;

@@ -145,7 +145,15 @@ impl Net {
     /// Undoes every `cut_between` of host `i`.
     pub fn heal_between(&self, i: usize) {
         for chain in ["INPUT", "OUTPUT"] {
-            let _ = run(&["ip", "netns", "exec", &self.hosts[i].ns, "iptables", "-F", chain]);
+            let _ = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.hosts[i].ns,
+                "iptables",
+                "-F",
+                chain,
+            ]);
         }
     }
 

@@ -1,16 +1,20 @@
-//! `servant __job-shim`: the process-group leader between the agent and a job's command.
+//! `servant __job-shim`: the process-group leader between the agent and the command of every
+//! `Owned` task (jobs, apps, the launched Consul, short commands).
 //!
 //! Why it exists: a job must die with its agent. If the agent is SIGKILLed, the job's lock is
 //! released and another node may retry it; the old process must not go on running beside the
 //! retry. The shim is spawned as a new process group, runs the command as its child, and kills
 //! the whole group as soon as its parent changes (the agent died). It also switches to `User`.
-//! It uses no async runtime: it only waits and polls.
+//! It uses no async runtime: it only waits and polls. The binary's `main` calls `run` before
+//! anything else.
 
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgrp, getppid, User};
+
+use super::exit_code;
 
 /// How often the shim checks that its parent is alive.
 const PARENT_POLL: Duration = Duration::from_millis(50);
@@ -26,8 +30,21 @@ pub struct ShimArgs {
     pub argv: Vec<String>,
 }
 
+/// A bad shim argument list (only the agent writes one).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShimArgError {
+    #[error("--parent needs a pid")]
+    Parent,
+    #[error("{0} needs a value")]
+    Value(&'static str),
+    #[error("unexpected shim argument {0:?}")]
+    Unexpected(String),
+    #[error("no command after --")]
+    NoCommand,
+}
+
 /// Parses the shim's own small argument list.
-pub fn parse_args(args: &[String]) -> Result<ShimArgs, String> {
+pub fn parse_args(args: &[String]) -> Result<ShimArgs, ShimArgError> {
     let mut out = ShimArgs::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -36,32 +53,54 @@ pub fn parse_args(args: &[String]) -> Result<ShimArgs, String> {
                 out.parent = Some(
                     it.next()
                         .and_then(|p| p.parse().ok())
-                        .ok_or("--parent needs a pid")?,
+                        .ok_or(ShimArgError::Parent)?,
                 )
             }
-            "--user" => out.user = Some(it.next().ok_or("--user needs a value")?.clone()),
+            "--user" => out.user = Some(it.next().ok_or(ShimArgError::Value("--user"))?.clone()),
             "--pid-file" => {
-                out.pid_file = Some(it.next().ok_or("--pid-file needs a value")?.clone())
+                out.pid_file = Some(it.next().ok_or(ShimArgError::Value("--pid-file"))?.clone())
             }
             "--" => {
                 out.argv = it.cloned().collect();
                 break;
             }
-            other => return Err(format!("unexpected shim argument {other:?}")),
+            other => return Err(ShimArgError::Unexpected(other.to_string())),
         }
     }
     if out.argv.is_empty() {
-        return Err("no command after --".into());
+        return Err(ShimArgError::NoCommand);
     }
     Ok(out)
 }
 
-/// Exit code of the shim for a child's status: the code, or 128 + signal like a shell.
-fn code_of(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+/// A `User` that cannot be switched to.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user {0:?} does not exist")]
+    Missing(String),
+    #[error("cannot look up user {name:?}: {error}")]
+    Lookup { name: String, error: nix::Error },
+}
+
+/// Looks `name` up in the user database (a blocking read of /etc/passwd or NSS).
+pub fn lookup_user(name: &str) -> Result<User, UserError> {
+    match User::from_name(name) {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(UserError::Missing(name.to_string())),
+        Err(error) => Err(UserError::Lookup {
+            name: name.to_string(),
+            error,
+        }),
+    }
+}
+
+/// Makes `cmd` run as `u`, with its login variables.
+pub fn run_as(cmd: &mut Command, u: &User) {
+    use std::os::unix::process::CommandExt;
+    cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    cmd.env("HOME", &u.dir)
+        .env("USER", &u.name)
+        .env("LOGNAME", &u.name);
 }
 
 /// Runs the shim and returns its exit code. 127 means the command could not start.
@@ -84,20 +123,10 @@ pub fn run(args: &[String]) -> i32 {
     let mut cmd = Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
     if let Some(name) = &a.user {
-        use std::os::unix::process::CommandExt;
-        match User::from_name(name) {
-            Ok(Some(u)) => {
-                cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-                cmd.env("HOME", &u.dir)
-                    .env("USER", &u.name)
-                    .env("LOGNAME", &u.name);
-            }
-            Ok(None) => {
-                eprintln!("servant: user {name:?} does not exist");
-                return 127;
-            }
+        match lookup_user(name) {
+            Ok(u) => run_as(&mut cmd, &u),
             Err(e) => {
-                eprintln!("servant: cannot look up user {name:?}: {e}");
+                eprintln!("servant: {e}");
                 return 127;
             }
         }
@@ -133,7 +162,7 @@ pub fn run(args: &[String]) -> i32 {
         std::thread::sleep(PARENT_POLL);
     });
     match child.wait() {
-        Ok(status) => code_of(status),
+        Ok(status) => exit_code(status),
         Err(e) => {
             eprintln!("servant: cannot wait for the command: {e}");
             127
@@ -154,7 +183,14 @@ mod tests {
         let a = parse_args(&v).unwrap();
         assert_eq!(a.user.as_deref(), Some("nobody"));
         assert_eq!(a.argv, vec!["sh", "-c", "echo --"]);
-        assert!(parse_args(&[]).is_err());
-        assert!(parse_args(&["--".to_string()]).is_err());
+        assert_eq!(parse_args(&[]), Err(ShimArgError::NoCommand));
+        assert_eq!(
+            parse_args(&["--".to_string()]),
+            Err(ShimArgError::NoCommand)
+        );
+        assert_eq!(
+            parse_args(&["--user".to_string()]),
+            Err(ShimArgError::Value("--user"))
+        );
     }
 }

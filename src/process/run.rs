@@ -1,0 +1,205 @@
+//! Running a launched task to its end: `supervise` (exit, timeout or a kill request) and
+//! `run_with_timeout` for short commands whose output is wanted.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+
+use super::spec::LaunchSpec;
+use super::{Captured, Driver, SpawnError, TaskHandle};
+
+/// Why a running task is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// The node's session was invalidated: the job is no longer ours.
+    Fenced,
+    /// The agent is stopping and the grace period is over.
+    Shutdown,
+    /// An app's task was removed from this node or changed: SIGTERM, then SIGKILL after the
+    /// grace period.
+    Removed,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited by itself with this code (128+n if the command died of signal n). `leftovers`
+    /// processes it left in its group (started in the background) were then stopped: the
+    /// group ends with its command, as a Nomad task's processes do.
+    Exited { code: i32, leftovers: usize },
+    /// Ran past its timeout; the group was killed.
+    TimedOut,
+    /// Stopped from outside.
+    Killed(KillReason),
+}
+
+/// How the wait for a task ended, before anything is stopped.
+enum Ended {
+    Exited(i32),
+    TimedOut,
+    Killed(KillReason),
+}
+
+/// Waits for the task to end, its timeout (None = no timeout), or a kill request. On timeout
+/// or kill the whole task gets SIGTERM, then SIGKILL after `grace` (none when fenced); after a
+/// normal exit, what it left running is stopped the same way.
+pub async fn supervise<H: TaskHandle>(
+    task: &mut H,
+    timeout: Option<Duration>,
+    mut kill: watch::Receiver<Option<KillReason>>,
+    grace: Duration,
+) -> Outcome {
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let killed = async {
+        loop {
+            if let Some(r) = *kill.borrow_and_update() {
+                return r;
+            }
+            if kill.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let ended = tokio::select! {
+        code = task.wait() => Ended::Exited(code),
+        _ = deadline => Ended::TimedOut,
+        r = killed => Ended::Killed(r),
+    };
+    let outcome = match ended {
+        Ended::Exited(code) => {
+            let leftovers = task.stop_leftovers(grace).await;
+            return Outcome::Exited { code, leftovers };
+        }
+        Ended::TimedOut => Outcome::TimedOut,
+        Ended::Killed(r) => Outcome::Killed(r),
+    };
+    // A fenced job is no longer ours: another node may start it after the lock-delay, so it
+    // gets no grace period.
+    let grace = if outcome == Outcome::Killed(KillReason::Fenced) {
+        Duration::ZERO
+    } else {
+        grace
+    };
+    task.stop(Signal::SIGTERM, grace).await;
+    outcome
+}
+
+/// Grace between SIGTERM and SIGKILL for a short command past its timeout.
+pub const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Limits of a `run_with_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// Between SIGTERM and SIGKILL after the timeout.
+    pub grace: Duration,
+    /// Bytes of each captured stream kept.
+    pub cap: usize,
+}
+
+impl Limits {
+    /// `timeout`, the usual grace, and `cap` bytes of output.
+    pub fn new(timeout: Duration, cap: usize) -> Self {
+        Limits {
+            timeout,
+            grace: TIMEOUT_GRACE,
+            cap,
+        }
+    }
+}
+
+/// A short command's end and output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// What `Output::Capture` caught, capped.
+    pub output: Captured,
+}
+
+/// Starts `spec`, waits up to the timeout, then SIGTERM the whole task, the grace period,
+/// SIGKILL; returns how it ended and its captured output.
+pub async fn run_with_timeout<D: Driver>(
+    driver: &D,
+    spec: &LaunchSpec,
+    limits: Limits,
+) -> Result<Finished, SpawnError> {
+    let mut task = driver.launch(spec).await?;
+    let (_none, never) = watch::channel(None);
+    let outcome = supervise(&mut task, Some(limits.timeout), never, limits.grace).await;
+    let output = task.captured(limits.cap).await;
+    Ok(Finished { outcome, output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{Output, ProcessDriver};
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_gets_sigterm_then_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("term");
+        // Traps SIGTERM (and carries on): only the SIGKILL after the grace ends it.
+        let cmd = format!(
+            "trap 'echo term > {}' TERM; echo started; while :; do sleep 0.05; done",
+            marker.display()
+        );
+        let spec = LaunchSpec::shell(&cmd, &Default::default()).output(Output::Capture {
+            dir: None,
+            combined: true,
+        });
+        let t = Instant::now();
+        let limits = Limits {
+            // Long enough for the shell to set its trap, even on a busy machine.
+            timeout: Duration::from_secs(1),
+            grace: Duration::from_millis(700),
+            cap: 100,
+        };
+        let f = run_with_timeout(&ProcessDriver::current(), &spec, limits)
+            .await
+            .unwrap();
+        assert_eq!(f.outcome, Outcome::TimedOut);
+        // The shell may add "Terminated" for the sleep the SIGTERM ended.
+        assert!(f.output.stdout.starts_with("started\n"), "{:?}", f.output);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "term\n");
+        assert!(
+            t.elapsed() >= Duration::from_millis(1700),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_kill_request_stops_the_task_and_fenced_gets_no_grace() {
+        let d = ProcessDriver::current();
+        let dir = tempfile::tempdir().unwrap();
+        for (why, least) in [
+            (KillReason::Removed, Duration::from_millis(500)),
+            (KillReason::Fenced, Duration::ZERO),
+        ] {
+            let ready = dir.path().join(format!("{why:?}"));
+            let cmd = format!("trap '' TERM; touch {}; sleep 30", ready.display());
+            let spec = LaunchSpec::shell(&cmd, &Default::default());
+            let mut task = d.launch(&spec).await.unwrap();
+            // SIGTERM is ignored from here on.
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (tx, rx) = watch::channel(None);
+            tx.send(Some(why)).unwrap();
+            let t = Instant::now();
+            let outcome = supervise(&mut task, None, rx, Duration::from_millis(500)).await;
+            assert_eq!(outcome, Outcome::Killed(why));
+            assert!(t.elapsed() >= least, "{why:?} {:?}", t.elapsed());
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+    }
+}
