@@ -58,7 +58,9 @@ fn background_children_end_with_the_job_and_the_result_says_so(b: Backend) {
     );
     let r = h.wait_result("jdone_jid/jobs/nowaitbg", T);
     assert_eq!(r["Status"], "succeeded", "{r}");
-    assert_eq!(r["LeftoverProcesses"], 2, "the subshell and its sleep: {r}");
+    // The subshell, and its sleep if it had forked it yet.
+    let left = r["LeftoverProcesses"].as_u64().unwrap_or(0);
+    assert!((1..=2).contains(&left), "{r}");
     std::thread::sleep(Duration::from_secs(3));
     assert!(!marker.exists(), "the backgrounded subshell was stopped");
 }
