@@ -120,7 +120,7 @@ impl Default for AgentConfig {
             kv_prefix: String::new(),
             max_parallel: 8,
             session_ttl: Duration::from_secs(15),
-            lock_delay: Duration::from_secs(5),
+            lock_delay: Duration::from_secs(25),
             claim_stagger: Duration::from_millis(25),
             shutdown_grace: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
@@ -160,6 +160,10 @@ impl From<crate::util::Invalid> for ConfigError {
         }
     }
 }
+
+/// What the jobs' fence keeps free under the lock-delay: a slow reply, a scheduling delay, and
+/// the shim watchdog's tick.
+const FENCE_MARGIN: Duration = Duration::from_secs(2);
 
 impl AgentConfig {
     /// Reads a file: `.json` as JSON, anything else as TOML.
@@ -250,10 +254,14 @@ impl AgentConfig {
         u16::try_from(self.dns_port).ok().filter(|p| *p > 0)
     }
 
-    /// How long the node session may go unconfirmed before the agent kills its own jobs: half the
-    /// lock-delay, so they are dead before another node may claim them (at least 500 ms).
+    /// How long the node session may go unconfirmed before the agent kills its own jobs: the
+    /// lock-delay less 2 s (23 s by default), so they are dead before another node may claim
+    /// them; at least half the lock-delay, and 500 ms. ARCHITECTURE.md derives it.
     pub fn fence_after(&self) -> Duration {
-        (self.lock_delay / 2).max(Duration::from_millis(500))
+        self.lock_delay
+            .saturating_sub(FENCE_MARGIN)
+            .max(self.lock_delay / 2)
+            .max(Duration::from_millis(500))
     }
 
     /// The Consul client settings: this config, else Consul's environment variables.

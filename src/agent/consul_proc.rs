@@ -289,6 +289,7 @@ mod tests {
         async fn captured(&mut self, _: usize) -> Captured {
             Captured::default()
         }
+        async fn fence(&mut self, _: Option<u64>) {}
     }
 
     /// Issue 11: the launched Consul's back-off was never reset, so after a few crashes every

@@ -225,15 +225,22 @@ async fn serve(
     if let Some((addr, pid)) = live_peer(&client, &node, &cfg.kv_prefix).await {
         return Err(AgentError::NodeServed { node, addr, pid });
     }
-    keeper.clear_predecessors(&node).await;
+    // An earlier run's jobs are released first (no lock-delay: its work died with it), then its
+    // session is ended.
+    let dead = keeper.predecessors(&node).await;
+    crate::jobs::worker::release_predecessors(&client, &layout, &node, &dead).await;
+    for id in &dead {
+        keeper.destroy_predecessor(id).await;
+    }
     let Some(started) = unless_stopped(stop, keeper.start()).await else {
         return Ok(());
     };
     started?;
     // From here the session exists: it is destroyed on every way out.
+    let deadline_rx = keeper.deadline();
     let keeper_stop = CancellationToken::new();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
-    let outcome = serve_parts(cfg, &client, &node, layout, session_rx, stop).await;
+    let outcome = serve_parts(cfg, &client, &node, layout, session_rx, deadline_rx, stop).await;
     keeper_stop.cancel();
     let _ = keeper_task.await;
     outcome
@@ -246,6 +253,7 @@ async fn serve_parts(
     node: &str,
     layout: Namespace,
     session_rx: tokio::sync::watch::Receiver<crate::consul::SessionState>,
+    deadline_rx: tokio::sync::watch::Receiver<Option<u64>>,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let session_name = layout.jobs_session();
@@ -291,7 +299,16 @@ async fn serve_parts(
         warn!(error = %e, "cannot register the agent API as service servant; `servant logs` will not find this node");
     }
     info!(api = %api_addr, "agent API listening");
-    let outcome = run_parts(cfg, client, node, layout, session_name, session_rx, stop).await;
+    let outcome = run_parts(
+        cfg,
+        client,
+        node,
+        layout,
+        session_name,
+        (session_rx, deadline_rx),
+        stop,
+    )
+    .await;
     if let Err(e) = client.agent_service_deregister(&service_id).await {
         warn!(error = %e, "cannot deregister the agent API service");
     }
@@ -309,7 +326,10 @@ async fn run_parts(
     node: &str,
     layout: Namespace,
     session_name: String,
-    session_rx: tokio::sync::watch::Receiver<crate::consul::SessionState>,
+    (session_rx, deadline_rx): (
+        tokio::sync::watch::Receiver<crate::consul::SessionState>,
+        tokio::sync::watch::Receiver<Option<u64>>,
+    ),
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
@@ -334,6 +354,7 @@ async fn run_parts(
             gc_interval: cfg.result_gc_interval,
         },
         session_rx,
+        deadline_rx,
     );
     parts.spawn(worker.run(stop.clone()));
     if cfg.checks.watch {

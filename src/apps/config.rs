@@ -43,6 +43,14 @@ impl Default for AppsConfig {
 }
 
 impl AppsConfig {
+    /// How long the apps session may go unconfirmed before this node stops its apps: the TTL
+    /// less 5 s (25 s by default), at least half the TTL.
+    pub fn fence_after(&self) -> Duration {
+        self.session_ttl
+            .saturating_sub(Duration::from_secs(5))
+            .max(self.session_ttl / 2)
+    }
+
     /// Values that parse but cannot work.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.session_ttl < Duration::from_secs(10)

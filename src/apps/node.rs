@@ -137,10 +137,11 @@ impl AppsNodeConfig {
             layout,
             labels: apps.labels.clone(),
             session_ttl: apps.session_ttl,
-            // Half the apps session's TTL, not the jobs' short fence: a Consul leader election
-            // must not restart every app in the cluster. A partitioned node's apps may overlap
-            // their replacements for at most this long.
-            fence_after: apps.session_ttl / 2,
+            // The apps session has no lock-delay: its replicas move as soon as Consul lets it
+            // go, so a partitioned node's apps may overlap their replacements for at most this
+            // long. Long enough to ride out a Consul leader election (up to about 20 s with
+            // Consul's default Raft timing) without restarting every app in the cluster.
+            fence_after: apps.fence_after(),
             report_interval: apps.report_interval,
             topology_interval: apps.topology_interval,
             watch_wait,
@@ -182,6 +183,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     }
     // The session outlives the loops: it is ended last, after the apps have stopped.
     let keeper_stop = CancellationToken::new();
+    let deadline = keeper.deadline();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
     let changed = Arc::new(Notify::new());
     let sup = Supervisor::new(SupervisorCtx {
@@ -190,6 +192,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
         log_dir: cfg.log_dir.clone(),
         kill_grace: cfg.kill_grace,
         changed: changed.clone(),
+        deadline,
     });
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
     let tasks = TaskTracker::new();
@@ -351,7 +354,7 @@ async fn node_loop(
     let mut hold: Option<(tokio::time::Instant, u64)> = None;
     loop {
         let st = session.borrow_and_update().clone();
-        let ok = st.id.is_some();
+        let ok = st.id.is_some() && !st.fenced;
         let topo = topo_rx.borrow_and_update().clone();
         let tasks = tasks_rx.borrow_and_update().clone();
         let key_index = topo

@@ -72,6 +72,9 @@ pub struct SupervisorCtx {
     pub kill_grace: Duration,
     /// Told whenever an app's status changes, so the report is rewritten soon.
     pub changed: Arc<Notify>,
+    /// The apps session's hold deadline (CLOCK_BOOTTIME ms): each app's shim kills it when it
+    /// passes, even if the agent is paused and cannot.
+    pub deadline: watch::Receiver<Option<u64>>,
 }
 
 struct Handle {
@@ -243,6 +246,7 @@ async fn run_app(
         rotate_if_big(&logs, LOG_MAX_BYTES).await;
         let started = tokio::time::Instant::now();
         let started_ms = now_ms();
+        let spec = spec.clone().fence(*ctx.deadline.borrow());
         let mut running = match driver.launch(&spec).await {
             Ok(r) => r,
             Err(e) => {
@@ -295,7 +299,14 @@ async fn run_app(
                 }
             })
         };
-        let outcome = supervise(&mut running, None, kill.clone(), ctx.kill_grace).await;
+        let outcome = supervise(
+            &mut running,
+            None,
+            kill.clone(),
+            ctx.kill_grace,
+            Some(ctx.deadline.clone()),
+        )
+        .await;
         rotation.abort();
         if let Some(h) = health {
             h.abort();

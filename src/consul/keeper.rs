@@ -1,7 +1,20 @@
 //! A long-lived session kept alive: tied to the node's serfHealth check and a TTL, renewed at
-//! TTL/2, watched so that its loss is seen at once; when Consul says it is gone, its holder is
-//! told (fenced) and a new session is made. The agent keeps two: the jobs session (behaviour
-//! release) and the apps session (behaviour delete).
+//! TTL/2, and confirmed with Consul continually. The agent keeps two: the jobs session
+//! (behaviour release) and the apps session (behaviour delete).
+//!
+//! Two different things can happen, and they are told apart:
+//! - Consul says the session is gone: its holder is told at once (`id` becomes None), its work is
+//!   killed, and a new session is made.
+//! - Consul cannot answer (no leader during an election, the local agent restarting, the
+//!   network): nothing is known, so nothing is done until the hold deadline passes. The deadline
+//!   is the send time of the last request that confirmed the session, plus `fence_after`; past
+//!   it another node could take the work (ARCHITECTURE.md derives it), so the holder stops its
+//!   work (`fenced`) but the session is kept: once Consul answers and still has it, the results
+//!   that finished meanwhile are written with it, and work resumes.
+//!
+//! The deadline is also published on its own (`SessionKeeper::deadline`), in CLOCK_BOOTTIME
+//! milliseconds, for the job shims' watchdogs: a paused agent cannot kill its work, its shims
+//! can.
 
 use std::time::Duration;
 
@@ -13,14 +26,19 @@ use tracing::{error, info, warn};
 
 use super::{BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest};
 use crate::util::backoff::Backoff;
+use crate::util::time::boot_ms;
 
 /// The session as the rest of the agent sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {
-    /// The current session ID; None while there is none (start-up, or after a loss).
+    /// The current session ID; None while there is none (start-up, or after Consul said it was
+    /// gone).
     pub id: Option<String>,
     /// Bumped on every new session, so a holder can tell "fenced" from "same".
     pub generation: u64,
+    /// Consul has not confirmed the session within `fence_after`: its work must stop and no new
+    /// work may start, but the session is kept until Consul says what became of it.
+    pub fenced: bool,
 }
 
 /// Settings of the node session.
@@ -30,8 +48,8 @@ pub struct SessionSettings {
     pub name: String,
     pub ttl: Duration,
     pub lock_delay: Duration,
-    /// Without Consul's confirmation for this long, the agent fences itself. Must be well under
-    /// `lock_delay`, so a job is dead here before another node may take it.
+    /// The hold deadline: the send time of the last confirming request plus this. Must be under
+    /// `lock_delay` (for the jobs session), so a job is dead here before another node may take it.
     pub fence_after: Duration,
     /// Release for the jobs session (a dead node's jobs are retried); delete for the apps
     /// session (a dead node's reports vanish).
@@ -43,19 +61,33 @@ pub struct SessionKeeper {
     client: Client,
     settings: SessionSettings,
     tx: watch::Sender<SessionState>,
+    /// The hold deadline (CLOCK_BOOTTIME ms); None while there is no session.
+    deadline: watch::Sender<Option<u64>>,
 }
 
 impl SessionKeeper {
     pub fn new(client: Client, settings: SessionSettings) -> (Self, watch::Receiver<SessionState>) {
         let (tx, rx) = watch::channel(SessionState::default());
+        let (deadline, _) = watch::channel(None);
         (
             SessionKeeper {
                 client,
                 settings,
                 tx,
+                deadline,
             },
             rx,
         )
+    }
+
+    /// The hold deadline of the current session, in CLOCK_BOOTTIME milliseconds, for the
+    /// watchdogs of the work it holds.
+    pub fn deadline(&self) -> watch::Receiver<Option<u64>> {
+        self.deadline.subscribe()
+    }
+
+    fn hold_from(&self, sent_ms: u64) -> u64 {
+        sent_ms + self.settings.fence_after.as_millis() as u64
     }
 
     /// Destroys the sessions of this name that an earlier run of this agent left on `node`
@@ -63,20 +95,35 @@ impl SessionKeeper {
     /// until their TTL ran out twice over; destroyed now, their jobs are free after the
     /// lock-delay. The earlier run's work died with it (the shim kills its process group).
     pub async fn clear_predecessors(&self, node: &str) {
+        for id in self.predecessors(node).await {
+            self.destroy_predecessor(&id).await;
+        }
+    }
+
+    /// The sessions of this name that an earlier run left on `node`.
+    pub async fn predecessors(&self, node: &str) -> Vec<String> {
         match self
             .client
             .session_node(node, &QueryOptions::default())
             .await
         {
-            Ok((sessions, _)) => {
-                for s in sessions.iter().filter(|s| s.name == self.settings.name) {
-                    info!(session = %s.id, name = %s.name, "destroying the session of an earlier run");
-                    if let Err(e) = self.client.session_destroy(&s.id).await {
-                        warn!(session = %s.id, error = %e, "cannot destroy an old session");
-                    }
-                }
+            Ok((sessions, _)) => sessions
+                .into_iter()
+                .filter(|s| s.name == self.settings.name)
+                .map(|s| s.id)
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list this node's sessions");
+                Vec::new()
             }
-            Err(e) => warn!(error = %e, "cannot list this node's sessions"),
+        }
+    }
+
+    /// Destroys a session an earlier run left.
+    pub async fn destroy_predecessor(&self, id: &str) {
+        info!(session = %id, name = %self.settings.name, "destroying the session of an earlier run");
+        if let Err(e) = self.client.session_destroy(id).await {
+            warn!(session = %id, error = %e, "cannot destroy an old session");
         }
     }
 
@@ -97,17 +144,15 @@ impl SessionKeeper {
     pub async fn start(&self) -> Result<String, ConsulError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
+            let sent = boot_ms();
             match self.create().await {
                 Ok(id) => {
-                    info!(session = %id, "node session created");
-                    self.tx.send_modify(|s| {
-                        s.id = Some(id.clone());
-                        s.generation += 1;
-                    });
+                    info!(session = %id, name = %self.settings.name, "session created");
+                    self.publish_new(id.clone(), sent);
                     return Ok(id);
                 }
                 Err(e) if e.is_transient() => {
-                    warn!(error = %e, "cannot create the node session yet");
+                    warn!(error = %e, "cannot create the session yet");
                     tokio::time::sleep(backoff.fail()).await;
                 }
                 Err(e) => return Err(e),
@@ -115,123 +160,144 @@ impl SessionKeeper {
         }
     }
 
-    /// Renews at TTL/2 until `stop`, then destroys the session. Between renewals it blocks on
-    /// the session's info, so an invalidation is seen at once, not at the next renewal.
+    fn publish_new(&self, id: String, sent_ms: u64) {
+        self.deadline.send_replace(Some(self.hold_from(sent_ms)));
+        self.tx.send_modify(|s| {
+            s.id = Some(id);
+            s.generation += 1;
+            s.fenced = false;
+        });
+    }
+
+    /// Keeps the session until `stop`, then destroys it. It renews at TTL/2 and, between
+    /// renewals, blocks on the session's info: an invalidation is seen at once, and every
+    /// answer confirms the session as of the request's send time.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let renew_every = self.settings.ttl / 2;
         let fence_after = self.settings.fence_after;
         let mut next_renew = Instant::now() + renew_every;
         let mut index = BlockingIndex::default();
-        // The last instant Consul confirmed the session: a blocking read came back with the
-        // session in it. A read in flight keeps the session confirmed (Consul would answer at
-        // once if the session went away); a broken connection or a read past its time does not.
-        let mut confirmed = Instant::now();
-        // A session this agent gave up on without Consul's word; destroyed once Consul answers,
-        // so the locks it may still hold are released.
-        let mut abandoned: Option<String> = None;
         loop {
             let current = self.tx.borrow().id.clone();
             let Some(id) = current else {
                 tokio::select! {
-                    _ = self.recreate(&mut backoff, &mut abandoned) => {}
+                    _ = self.recreate(&mut backoff) => {}
                     _ = stop.cancelled() => break,
                 }
                 index = BlockingIndex::default();
                 next_renew = Instant::now() + renew_every;
-                confirmed = Instant::now();
                 continue;
             };
-            let sent = Instant::now();
+            let hold = self.deadline.borrow().unwrap_or(0);
+            let sent = boot_ms();
+            // Answers must come well before the deadline: a blocking read returns at the latest
+            // after `wait`, and confirms the session as of when it was sent.
             let wait = next_renew
-                .saturating_duration_since(sent)
+                .saturating_duration_since(Instant::now())
                 .min(fence_after * 3 / 4)
                 .max(Duration::from_millis(10));
+            // A request that hangs must not hold the fencing back: it is given up at the
+            // deadline.
+            let to_deadline = Duration::from_millis(hold.saturating_sub(sent).max(10));
+            let limit = if self.tx.borrow().fenced {
+                wait + Duration::from_millis(500)
+            } else {
+                (wait + Duration::from_millis(500)).min(to_deadline)
+            };
             let q = QueryOptions::blocking(index.get(), wait);
             let watched = tokio::select! {
-                r = tokio::time::timeout(fence_after.max(wait + Duration::from_millis(500)), self.client.session_info(&id, &q)) => r,
+                r = tokio::time::timeout(limit, self.client.session_info(&id, &q)) => r,
                 _ = stop.cancelled() => break,
             };
             let mut gone = false;
-            let answered = matches!(watched, Ok(Ok(_)));
+            let mut confirmed_at = None;
             match watched {
                 Ok(Ok((None, _))) => gone = true,
                 Ok(Ok((Some(_), meta))) => {
-                    // The read held while the session existed; it is valid as of the answer.
-                    confirmed = Instant::now();
+                    confirmed_at = Some(sent);
                     index.update(meta.index);
                 }
                 Ok(Err(e)) => {
                     index = BlockingIndex::default();
-                    warn!(error = %e, "cannot watch the node session");
+                    warn!(error = %e, session = %id, "consul cannot confirm the session");
                 }
                 Err(_) => {
                     index = BlockingIndex::default();
-                    warn!("consul did not answer the session watch in time");
+                    warn!(session = %id, "consul did not answer the session watch in time");
                 }
             }
             if !gone && Instant::now() >= next_renew {
+                let sent = boot_ms();
                 match self.client.session_renew(&id).await {
                     Ok(Some(_)) => {
                         backoff.reset();
                         next_renew = Instant::now() + renew_every;
+                        confirmed_at = Some(confirmed_at.map_or(sent, |c: u64| c.max(sent)));
                     }
                     Ok(None) => gone = true,
                     Err(e) => {
-                        warn!(error = %e, "cannot renew the node session");
+                        warn!(error = %e, session = %id, "cannot renew the session");
                         next_renew = Instant::now() + backoff.fail();
                     }
                 }
             }
             if gone {
-                error!(session = %id, "node session was invalidated: fencing this node's jobs");
-                self.tx.send_modify(|s| s.id = None);
-            } else if confirmed.elapsed() > fence_after {
-                // Consul may have invalidated the session without us hearing it; after the
-                // lock-delay another node may take our jobs. Stop them first.
-                error!(session = %id, unconfirmed = ?confirmed.elapsed(), "consul has not confirmed the node session: fencing this node's jobs");
-                abandoned = Some(id);
-                self.tx.send_modify(|s| s.id = None);
-            } else if !answered {
-                tokio::time::sleep(backoff.fail().min(fence_after / 4)).await;
+                error!(session = %id, name = %self.settings.name, "consul says the session is gone: stopping its work");
+                self.deadline.send_replace(None);
+                self.tx.send_modify(|s| {
+                    s.id = None;
+                    s.fenced = false;
+                });
+                continue;
+            }
+            if let Some(sent) = confirmed_at {
+                backoff.reset();
+                let until = self.hold_from(sent);
+                if self.deadline.borrow().is_none_or(|d| until > d) {
+                    self.deadline.send_replace(Some(until));
+                }
+                if self.tx.borrow().fenced {
+                    info!(session = %id, "consul confirms the session again: work resumes");
+                    self.tx.send_modify(|s| s.fenced = false);
+                }
+                continue;
+            }
+            let hold = self.deadline.borrow().unwrap_or(0);
+            if boot_ms() >= hold && !self.tx.borrow().fenced {
+                // Consul may have let the session go without us hearing it; another node may
+                // take its work from now on. Stop the work, keep the session: it may still be
+                // valid, and results written meanwhile need it.
+                error!(session = %id, name = %self.settings.name, unconfirmed_for = ?fence_after, "consul has not confirmed the session: stopping its work until it does");
+                self.tx.send_modify(|s| s.fenced = true);
+            }
+            let pause = backoff.fail().min(fence_after / 4);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => break,
             }
         }
         let current = self.tx.borrow().id.clone();
         if let Some(id) = current {
             match self.client.session_destroy(&id).await {
-                Ok(()) => info!(session = %id, "node session destroyed"),
-                Err(e) => warn!(error = %e, "cannot destroy the node session"),
+                Ok(()) => info!(session = %id, name = %self.settings.name, "session destroyed"),
+                Err(e) => warn!(error = %e, "cannot destroy the session"),
             }
         }
+        self.deadline.send_replace(None);
         self.tx.send_modify(|s| s.id = None);
     }
 
-    async fn recreate(&self, backoff: &mut Backoff, abandoned: &mut Option<String>) {
-        if let Some(old) = abandoned.clone() {
-            // Release whatever the old session still holds before taking new work.
-            match self.client.session_destroy(&old).await {
-                Ok(()) => {
-                    info!(session = %old, "abandoned node session destroyed");
-                    *abandoned = None;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot destroy the abandoned node session yet");
-                    tokio::time::sleep(backoff.fail()).await;
-                    return;
-                }
-            }
-        }
+    async fn recreate(&self, backoff: &mut Backoff) {
+        let sent = boot_ms();
         match self.create().await {
             Ok(id) => {
-                info!(session = %id, "new node session created");
+                info!(session = %id, name = %self.settings.name, "new session created");
                 backoff.reset();
-                self.tx.send_modify(|s| {
-                    s.id = Some(id);
-                    s.generation += 1;
-                });
+                self.publish_new(id, sent);
             }
             Err(e) => {
-                warn!(error = %e, "cannot create a new node session");
+                warn!(error = %e, "cannot create a new session");
                 tokio::time::sleep(backoff.fail()).await;
             }
         }

@@ -97,8 +97,14 @@ const STALE_HOLD: Duration = Duration::from_millis(200);
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 
 /// Gives an orphaned key back, unchanged, so the next claim (another attempt) can run it.
-async fn release(ctx: Arc<Ctx>, e: KvPair, session: String) {
+async fn release_orphan(ctx: Arc<Ctx>, e: KvPair, session: String) {
     warn!(key = %e.key, "held by this node with no task running it: releasing it");
+    release(&ctx.client, e, session).await;
+}
+
+/// Unlocks `e` on behalf of `session`, unchanged. A release, unlike an invalidated session,
+/// imposes no lock-delay: the next attempt may start at once.
+async fn release(client: &Client, e: KvPair, session: String) {
     let ops = [
         TxnOp::Kv(TxnKvOp::CheckSession {
             key: e.key.clone(),
@@ -111,8 +117,41 @@ async fn release(ctx: Arc<Ctx>, e: KvPair, session: String) {
             session,
         }),
     ];
-    if let Err(err) = ctx.client.txn(&ops).await {
+    if let Err(err) = client.txn(&ops).await {
         warn!(key = %e.key, error = %err, "cannot release the key");
+    }
+}
+
+/// Releases the job keys that the sessions of an earlier run of this agent (`dead`) still
+/// hold, so their next attempts need not wait out the lock-delay that destroying those
+/// sessions imposes. Safe because that run is gone (the data dir's lock says so) and its work
+/// died with it (its shims' lease pipes closed when it died).
+pub async fn release_predecessors(
+    client: &Client,
+    layout: &Namespace,
+    node: &str,
+    dead: &[String],
+) {
+    if dead.is_empty() {
+        return;
+    }
+    for prefix in [layout.jobs_prefix(), layout.queue_prefix(node)] {
+        let entries = match client.kv_list(&prefix, &Default::default()).await {
+            Ok((e, _)) => e,
+            Err(e) => {
+                warn!(error = %e, "cannot list the jobs an earlier run held");
+                continue;
+            }
+        };
+        for e in entries {
+            let Some(holder) = e.holder().map(str::to_string) else {
+                continue;
+            };
+            if dead.contains(&holder) {
+                info!(key = %e.key, "releasing a job an earlier run of this agent held");
+                release(client, e, holder).await;
+            }
+        }
     }
 }
 
@@ -139,12 +178,25 @@ pub struct Worker {
 struct Ctx {
     client: Client,
     cfg: WorkerConfig,
+    /// The session's hold deadline (CLOCK_BOOTTIME ms), handed to each job's watchdog.
+    deadline: watch::Receiver<Option<u64>>,
 }
 
 impl Worker {
-    pub fn new(client: Client, cfg: WorkerConfig, session: watch::Receiver<SessionState>) -> Self {
+    /// `deadline` is the session keeper's hold deadline: a job's shim kills it when it passes,
+    /// even if this agent is paused and cannot.
+    pub fn new(
+        client: Client,
+        cfg: WorkerConfig,
+        session: watch::Receiver<SessionState>,
+        deadline: watch::Receiver<Option<u64>>,
+    ) -> Self {
         Worker {
-            ctx: Arc::new(Ctx { client, cfg }),
+            ctx: Arc::new(Ctx {
+                client,
+                cfg,
+                deadline,
+            }),
             session,
         }
     }
@@ -235,6 +287,7 @@ impl Worker {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut wake: Option<Instant> = None;
         let mut session_id = self.session.borrow().id.clone();
+        let mut fenced = self.session.borrow().fenced;
         loop {
             let sleep = async {
                 match wake {
@@ -252,7 +305,10 @@ impl Worker {
                 r = live_rx.changed() => if r.is_err() { break },
                 r = self.session.changed() => {
                     if r.is_err() { break; }
-                    let now_id = self.session.borrow().id.clone();
+                    let (now_id, now_fenced) = {
+                        let st = self.session.borrow();
+                        (st.id.clone(), st.fenced)
+                    };
                     if now_id != session_id {
                         if let Some(old) = &session_id {
                             for (key, h) in handles.iter().filter(|(_, h)| &h.session == old) {
@@ -261,7 +317,16 @@ impl Worker {
                             }
                         }
                         session_id = now_id;
+                    } else if now_fenced && !fenced {
+                        // Consul has not confirmed the session for `fence_after`: another node
+                        // may take these jobs soon. Stop them; a result that is already
+                        // written stays, and one being written waits for Consul.
+                        for (key, h) in &handles {
+                            warn!(key = %key, "consul cannot confirm this node's session: killing the job");
+                            let _ = h.kill.send(Some(KillReason::Fenced));
+                        }
                     }
+                    fenced = now_fenced;
                 }
                 Some(d) = done_rx.recv() => {
                     handles.remove(&d.key);
@@ -277,7 +342,8 @@ impl Worker {
                 _ = sleep => {}
             }
             wake = None;
-            let Some(session) = session_id.clone() else {
+            // No new work while fenced: nothing says the session is still ours.
+            let Some(session) = session_id.clone().filter(|_| !fenced) else {
                 continue;
             };
             let mut entries: HashMap<String, KvPair> = HashMap::new();
@@ -303,7 +369,7 @@ impl Worker {
                         .or_insert_with(std::time::Instant::now);
                     if since.elapsed() > ORPHAN_GRACE {
                         orphans.remove(&e.key);
-                        tasks.spawn(release(ctx.clone(), e.clone(), session.clone()));
+                        tasks.spawn(release_orphan(ctx.clone(), e.clone(), session.clone()));
                     }
                 }
                 if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
@@ -624,7 +690,9 @@ async fn run_job(
     }
     let logs = LogPaths::for_key(&cfg.log_dir, key);
     let driver = ProcessDriver::with_shim(cfg.shim_exe.clone());
-    let mut running = match driver.launch(&launch_spec(job, &logs)).await {
+    let mut spec = launch_spec(job, &logs).fence(*ctx.deadline.borrow());
+    spec.env.extend(fencing_token(key, attempt, session));
+    let mut running = match driver.launch(&spec).await {
         Ok(p) => p,
         Err(e) => {
             deregister(ctx, &registered).await;
@@ -651,7 +719,14 @@ async fn run_job(
         .await;
         r.pid = Some(running.pid());
     }
-    let outcome = supervise(&mut running, timeout, kill, cfg.kill_grace).await;
+    let outcome = supervise(
+        &mut running,
+        timeout,
+        kill,
+        cfg.kill_grace,
+        Some(ctx.deadline.clone()),
+    )
+    .await;
     deregister(ctx, &registered).await;
     stamp_end(&mut r);
     let (out, out_cut) = read_capped(&logs.stdout, cfg.output_cap).await;
@@ -708,6 +783,16 @@ fn launch_spec(job: &JobSpec, logs: &LogPaths) -> LaunchSpec {
             logs: logs.clone(),
             append: false,
         })
+}
+
+/// A job's fencing token, for its environment: the key, the lock's `LockIndex` (the attempt)
+/// and the session holding it, so the job can fence its own writes elsewhere.
+fn fencing_token(key: &str, attempt: u64, session: &str) -> [(String, String); 3] {
+    [
+        ("SERVANT_JOB_KEY".into(), key.to_string()),
+        ("SERVANT_ATTEMPT".into(), attempt.to_string()),
+        ("SERVANT_SESSION".into(), session.to_string()),
+    ]
 }
 
 /// The agent registration of a job's service. The job key goes into the service's meta.

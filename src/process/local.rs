@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 
 use super::logs::read_capped_file;
-use super::shim::{lookup_user, run_as};
+use super::shim::{lookup_user, run_as, LeaseLine};
 use super::spec::{LaunchSpec, Lifetime, Output};
 use super::{exit_code, Captured, Driver, SpawnError, TaskHandle};
 
@@ -51,6 +51,8 @@ pub struct ProcessHandle {
     lifetime: Lifetime,
     /// `Output::Capture`'s files: stdout (or both), and stderr when apart.
     capture: Option<(File, Option<File>)>,
+    /// The shim's lease pipe: fence deadlines go down it, and it closes when the agent dies.
+    lease: Option<tokio::process::ChildStdin>,
 }
 
 /// The files and user a launch needs, prepared on a blocking thread.
@@ -169,9 +171,10 @@ impl Driver for ProcessDriver {
         let mut cmd = match &shim {
             Some(exe) => {
                 let mut c = std::process::Command::new(exe);
-                c.arg("__job-shim")
-                    .arg("--parent")
-                    .arg(std::process::id().to_string());
+                c.arg("__job-shim");
+                if let Some(ms) = spec.fence {
+                    c.arg("--fence-until").arg(ms.to_string());
+                }
                 if let Some(u) = &spec.user {
                     c.arg("--user").arg(u);
                 }
@@ -195,14 +198,20 @@ impl Driver for ProcessDriver {
             cmd.current_dir(d);
         }
         let stdio = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-        cmd.stdin(Stdio::null())
-            .stdout(stdio(prepared.stdout))
-            .stderr(stdio(prepared.stderr));
+        // A shim's stdin is the lease pipe; the command itself gets /dev/null.
+        cmd.stdin(if shim.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(stdio(prepared.stdout))
+        .stderr(stdio(prepared.stderr));
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
-        let child = cmd.spawn().map_err(SpawnError::Spawn)?;
+        let mut child = cmd.spawn().map_err(SpawnError::Spawn)?;
         let pgid = child.id().unwrap_or(0);
+        let lease = child.stdin.take();
         if let (None, Some(p)) = (&shim, &spec.pid_file) {
             // No shim to write it: the command itself is the real process.
             let _ = tokio::fs::write(p, format!("{pgid}\n")).await;
@@ -213,6 +222,7 @@ impl Driver for ProcessDriver {
             pid_file: spec.pid_file.clone(),
             lifetime: spec.lifetime,
             capture: prepared.capture,
+            lease,
         })
     }
 }
@@ -268,6 +278,18 @@ impl TaskHandle for ProcessHandle {
         match self.lifetime {
             Lifetime::Owned => stop_leftovers(self.pgid, grace).await,
             Lifetime::Detached => 0,
+        }
+    }
+
+    async fn fence(&mut self, until: Option<u64>) {
+        use tokio::io::AsyncWriteExt;
+        let line = match until {
+            Some(ms) => LeaseLine::Fence(ms),
+            None => LeaseLine::NoFence,
+        };
+        if let Some(pipe) = self.lease.as_mut() {
+            // A shim that is gone cannot read it; its group is gone with it.
+            let _ = pipe.write_all(line.to_line().as_bytes()).await;
         }
     }
 

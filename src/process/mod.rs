@@ -95,6 +95,9 @@ pub trait TaskHandle: Send {
     fn stop_leftovers(&mut self, grace: Duration) -> impl Future<Output = usize> + Send;
     /// What `Output::Capture` caught, at most `cap` bytes a stream; empty for other outputs.
     fn captured(&mut self, cap: usize) -> impl Future<Output = Captured> + Send;
+    /// Moves the fence deadline (CLOCK_BOOTTIME ms; None: no deadline): the task is killed
+    /// when it passes, by a watchdog that does not need the agent (it may be paused).
+    fn fence(&mut self, until: Option<u64>) -> impl Future<Output = ()> + Send;
 }
 
 /// An exit status as one code: the code, or 128 + the signal, as a shell reports it.

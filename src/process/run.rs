@@ -49,6 +49,7 @@ pub async fn supervise<H: TaskHandle>(
     timeout: Option<Duration>,
     mut kill: watch::Receiver<Option<KillReason>>,
     grace: Duration,
+    mut fence: Option<watch::Receiver<Option<u64>>>,
 ) -> Outcome {
     let deadline = async {
         match timeout {
@@ -66,10 +67,24 @@ pub async fn supervise<H: TaskHandle>(
             }
         }
     };
-    let ended = tokio::select! {
-        code = task.wait() => Ended::Exited(code),
-        _ = deadline => Ended::TimedOut,
-        r = killed => Ended::Killed(r),
+    tokio::pin!(deadline, killed);
+    let ended = loop {
+        // Every move of the holder's deadline goes on to the task's watchdog.
+        let moved = async {
+            match fence.as_mut() {
+                Some(f) => match f.changed().await {
+                    Ok(()) => *f.borrow_and_update(),
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            code = task.wait() => break Ended::Exited(code),
+            _ = &mut deadline => break Ended::TimedOut,
+            r = &mut killed => break Ended::Killed(r),
+            until = moved => task.fence(until).await,
+        }
     };
     let outcome = match ended {
         Ended::Exited(code) => {
@@ -131,7 +146,7 @@ pub async fn run_with_timeout<D: Driver>(
 ) -> Result<Finished, SpawnError> {
     let mut task = driver.launch(spec).await?;
     let (_none, never) = watch::channel(None);
-    let outcome = supervise(&mut task, Some(limits.timeout), never, limits.grace).await;
+    let outcome = supervise(&mut task, Some(limits.timeout), never, limits.grace, None).await;
     let output = task.captured(limits.cap).await;
     Ok(Finished { outcome, output })
 }
@@ -196,7 +211,7 @@ mod tests {
             let (tx, rx) = watch::channel(None);
             tx.send(Some(why)).unwrap();
             let t = Instant::now();
-            let outcome = supervise(&mut task, None, rx, Duration::from_millis(500)).await;
+            let outcome = supervise(&mut task, None, rx, Duration::from_millis(500), None).await;
             assert_eq!(outcome, Outcome::Killed(why));
             assert!(t.elapsed() >= least, "{why:?} {:?}", t.elapsed());
             assert!(t.elapsed() < Duration::from_secs(5));

@@ -1,40 +1,84 @@
 //! `servant __job-shim`: the process-group leader between the agent and the command of every
 //! `Owned` task (jobs, apps, the launched Consul, short commands).
 //!
-//! Why it exists: a job must die with its agent. If the agent is SIGKILLed, the job's lock is
-//! released and another node may retry it; the old process must not go on running beside the
-//! retry. The shim is spawned as a new process group, runs the command as its child, and kills
-//! the whole group as soon as its parent changes (the agent died). It also switches to `User`.
-//! It uses no async runtime: it only waits and polls. The binary's `main` calls `run` before
+//! Why it exists: a job must die with its agent, and must not outlive the agent's hold on it.
+//! If the agent is SIGKILLed, its jobs are retried elsewhere; if it is paused (SIGSTOP, a VM
+//! freeze), Consul lets its session go and its jobs are retried elsewhere too. Either way the
+//! old process must not run on beside the retry, and a dead or paused agent cannot kill it.
+//!
+//! The shim is spawned as a new process group and runs the command as its child. Its stdin is
+//! the agent's lease pipe:
+//! - the pipe closes when the agent dies, however it dies: the shim kills the whole group at
+//!   once (no polling: a command that ended meanwhile could otherwise finish with nobody to
+//!   write its result);
+//! - the agent writes `fence <ms>` lines, the moment (CLOCK_BOOTTIME milliseconds) after which
+//!   the work is no longer surely the agent's; `fence none` for work without one. A paused
+//!   agent stops moving the deadline, and the shim kills the group when it passes.
+//!
+//! It also switches to `User`. It uses no async runtime. The binary's `main` calls `run` before
 //! anything else.
 
 use std::process::Command;
 use std::time::Duration;
 
+use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{getpgrp, getppid, User};
+use nix::unistd::{getpgrp, User};
 
 use super::exit_code;
+use crate::util::time::boot_ms;
 
-/// How often the shim checks that its parent is alive.
-const PARENT_POLL: Duration = Duration::from_millis(50);
+/// How often the shim looks at its fence deadline.
+const FENCE_CHECK: Duration = Duration::from_millis(20);
 
-/// Shim arguments: `[--parent PID] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
+/// "No deadline" in the shared cell.
+const NO_FENCE: u64 = u64::MAX;
+
+/// Shim arguments: `[--fence-until MS] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ShimArgs {
-    /// The agent's pid. Passed in, not read with getppid() after exec: if the agent died in
-    /// between, getppid() would already name init and the watchdog would never fire.
-    pub parent: Option<i32>,
+    /// The first fence deadline (CLOCK_BOOTTIME ms), given before the agent could be paused;
+    /// none when absent.
+    pub fence_until: Option<u64>,
     pub user: Option<String>,
     pub pid_file: Option<String>,
     pub argv: Vec<String>,
 }
 
+/// One line the agent writes on the lease pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseLine {
+    /// The work must be gone at this CLOCK_BOOTTIME millisecond unless moved again.
+    Fence(u64),
+    /// No deadline.
+    NoFence,
+}
+
+impl LeaseLine {
+    pub fn to_line(self) -> String {
+        match self {
+            LeaseLine::Fence(ms) => format!("fence {ms}\n"),
+            LeaseLine::NoFence => "fence none\n".to_string(),
+        }
+    }
+
+    /// A line read from the pipe; None for anything else (ignored).
+    pub fn parse(line: &str) -> Option<LeaseLine> {
+        match line.trim().strip_prefix("fence ")? {
+            "none" => Some(LeaseLine::NoFence),
+            ms => ms.parse().ok().map(LeaseLine::Fence),
+        }
+    }
+}
+
 /// A bad shim argument list (only the agent writes one).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShimArgError {
-    #[error("--parent needs a pid")]
-    Parent,
+    #[error("--fence-until needs a CLOCK_BOOTTIME millisecond")]
+    Fence,
     #[error("{0} needs a value")]
     Value(&'static str),
     #[error("unexpected shim argument {0:?}")]
@@ -49,11 +93,11 @@ pub fn parse_args(args: &[String]) -> Result<ShimArgs, ShimArgError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--parent" => {
-                out.parent = Some(
+            "--fence-until" => {
+                out.fence_until = Some(
                     it.next()
                         .and_then(|p| p.parse().ok())
-                        .ok_or(ShimArgError::Parent)?,
+                        .ok_or(ShimArgError::Fence)?,
                 )
             }
             "--user" => out.user = Some(it.next().ok_or(ShimArgError::Value("--user"))?.clone()),
@@ -112,16 +156,15 @@ pub fn run(args: &[String]) -> i32 {
             return 127;
         }
     };
-    let parent = a
-        .parent
-        .map(nix::unistd::Pid::from_raw)
-        .unwrap_or_else(getppid);
-    if getppid() != parent {
-        // The agent is already gone: run nothing.
+    let fence = Arc::new(AtomicU64::new(a.fence_until.unwrap_or(NO_FENCE)));
+    if fence_passed(&fence) {
+        // The agent's hold ended before the command could start: run nothing.
         return 137;
     }
     let mut cmd = Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
+    // The lease pipe is the shim's alone.
+    cmd.stdin(std::process::Stdio::null());
     if let Some(name) = &a.user {
         match lookup_user(name) {
             Ok(u) => run_as(&mut cmd, &u),
@@ -154,12 +197,27 @@ pub fn run(args: &[String]) -> i32 {
     ] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
-    // A watchdog thread takes the group down if the agent dies; this thread just waits.
+    // The lease pipe: the agent's fence deadlines, and its death (end of file). Read on a
+    // thread of its own; another enforces the deadline; this one waits for the command.
+    let cell = fence.clone();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line.as_deref().ok().and_then(LeaseLine::parse) {
+                Some(LeaseLine::Fence(ms)) => cell.store(ms, Ordering::SeqCst),
+                Some(LeaseLine::NoFence) => cell.store(NO_FENCE, Ordering::SeqCst),
+                None if line.is_err() => break,
+                None => {}
+            }
+        }
+        // End of file (or a read error): the agent is gone. Nothing may outlive it.
+        let _ = killpg(getpgrp(), Signal::SIGKILL);
+    });
     std::thread::spawn(move || loop {
-        if getppid() != parent {
+        if fence_passed(&fence) {
             let _ = killpg(getpgrp(), Signal::SIGKILL);
         }
-        std::thread::sleep(PARENT_POLL);
+        std::thread::sleep(FENCE_CHECK);
     });
     match child.wait() {
         Ok(status) => exit_code(status),
@@ -168,6 +226,12 @@ pub fn run(args: &[String]) -> i32 {
             127
         }
     }
+}
+
+/// Whether the deadline in `cell` has passed.
+fn fence_passed(cell: &AtomicU64) -> bool {
+    let until = cell.load(Ordering::SeqCst);
+    until != NO_FENCE && boot_ms() >= until
 }
 
 #[cfg(test)]
@@ -192,5 +256,23 @@ mod tests {
             parse_args(&["--user".to_string()]),
             Err(ShimArgError::Value("--user"))
         );
+        let v: Vec<String> = ["--fence-until", "1234", "--", "true"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(parse_args(&v).unwrap().fence_until, Some(1234));
+    }
+
+    #[test]
+    fn lease_lines_round_trip() {
+        for l in [
+            LeaseLine::Fence(0),
+            LeaseLine::Fence(987_654_321),
+            LeaseLine::NoFence,
+        ] {
+            assert_eq!(LeaseLine::parse(&l.to_line()), Some(l));
+        }
+        assert_eq!(LeaseLine::parse("fence soon"), None);
+        assert_eq!(LeaseLine::parse("hello"), None);
     }
 }

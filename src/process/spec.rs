@@ -54,6 +54,10 @@ pub struct LaunchSpec {
     /// the group leader is the shim.
     pub pid_file: Option<PathBuf>,
     pub lifetime: Lifetime,
+    /// The first fence deadline (CLOCK_BOOTTIME ms) of an `Owned` task: past it, unless moved
+    /// with `TaskHandle::fence`, the shim kills the task even if the agent cannot (paused).
+    /// None: no deadline (it still dies with the agent).
+    pub fence: Option<u64>,
 }
 
 /// Linux refuses any one argument or environment string over 128 KiB (MAX_ARG_STRLEN) with
@@ -132,6 +136,11 @@ impl LaunchSpec {
 
     pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
         self.lifetime = lifetime;
+        self
+    }
+
+    pub fn fence(mut self, until: Option<u64>) -> Self {
+        self.fence = until;
         self
     }
 }

@@ -18,6 +18,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since boot, counting time the machine was suspended (CLOCK_BOOTTIME). The
+/// agent and its job shims share this clock, so a deadline the agent sends a shim means the
+/// same moment to both, even across a pause or a VM freeze.
+pub fn boot_ms() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1000) + (t.tv_nsec() as u64) / 1_000_000)
+        .unwrap_or(0)
+}
+
 /// RFC 3339 UTC text of a nanosecond timestamp, e.g. "2026-11-21T22:45:01.123Z".
 pub fn rfc3339_ns(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
