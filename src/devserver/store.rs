@@ -608,6 +608,47 @@ mod tests {
         assert!(!back.services.contains_key("gone"));
     }
 
+    /// Files written by the code before check states were typed (commit afeede1): a redb file
+    /// whose checkpoint holds four checks, and a log whose one record adds three and turns
+    /// `ckpt-warning` passing. The redb file is stored as run-length pairs (count u32 LE, byte),
+    /// the log as it was, cut after its record.
+    #[test]
+    fn checks_written_before_typed_states_still_load() {
+        let rle = include_bytes!("fixtures/pre-wire.redb.rle");
+        let mut redb = Vec::new();
+        for pair in rle.chunks_exact(5) {
+            let n = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
+            redb.extend(std::iter::repeat_n(pair[4], n));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.redb");
+        std::fs::write(&path, &redb).unwrap();
+        std::fs::write(
+            wal_path(&path),
+            include_bytes!("fixtures/pre-wire.redb.wal"),
+        )
+        .unwrap();
+        let (_s, st) = Store::open(&path, 1_000).unwrap();
+        let status = |id: &str| st.checks[id].status.clone();
+        assert_eq!(st.checks.len(), 7, "{:?}", st.checks.keys());
+        // From the checkpoint only.
+        assert_eq!(status("ckpt-passing"), "passing");
+        assert_eq!(status("ckpt-critical"), "critical");
+        assert_eq!(status("ckpt-warning-kept"), "warning");
+        // From the log, over the checkpoint.
+        assert_eq!(status("ckpt-warning"), "passing");
+        assert_eq!(st.checks["ckpt-warning"].output, "now passing");
+        // From the log only.
+        assert_eq!(status("log-passing"), "passing");
+        assert_eq!(status("log-warning"), "warning");
+        assert_eq!(status("log-critical"), "critical");
+        assert!(st.checks["log-critical"].probe.is_some());
+        // TTL timers start again, except for a critical check.
+        assert_eq!(st.checks["ckpt-passing"].expires_at_ms, 31_000);
+        assert_eq!(st.checks["log-warning"].expires_at_ms, 11_000);
+        assert_eq!(st.checks["ckpt-critical"].expires_at_ms, 0);
+    }
+
     #[test]
     fn a_corrupt_file_is_an_error_and_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
