@@ -7,11 +7,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use super::table::table;
 use super::Ctx;
 use crate::apps::node::{parse_tasks, topology_from_keys};
 use crate::apps::task::parse_task;
 use crate::consul::{KvPutOptions, QueryOptions};
-use crate::jobs::view::table;
 use crate::wire::Namespace;
 
 #[derive(Debug, Subcommand)]

@@ -8,5 +8,4 @@ pub mod result;
 pub mod runner;
 pub mod shim;
 pub mod spec;
-pub mod view;
 pub mod worker;

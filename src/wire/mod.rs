@@ -4,11 +4,13 @@
 //! field by field with defaults.
 
 pub mod health;
+pub mod job;
 pub mod namespace;
 pub mod service;
 pub mod txn;
 
 pub use health::HealthStatus;
+pub use job::{JobResult, JobStatus, JobView};
 pub use namespace::{JobKey, Namespace};
 pub use service::{CheckSpec, ServiceSpec};
 pub use txn::TxnKvOp;
