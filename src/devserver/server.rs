@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch, RwLock};
 use super::state::{Probe, State};
 use super::store::{Store, StoreError};
 use crate::util::time::now_ms;
+use crate::wire::HealthStatus;
 
 /// Writes gathered into one durable transaction at most.
 const MAX_BATCH: usize = 256;
@@ -254,7 +255,7 @@ impl Core {
 }
 
 /// One run of a probe: Consul's status and output text.
-async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
+async fn probe(http: &reqwest::Client, p: &Probe) -> (HealthStatus, String) {
     let timeout = Duration::from_millis(p.timeout_ms);
     if p.http {
         match http.get(&p.target).timeout(timeout).send().await {
@@ -267,13 +268,22 @@ async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
                     format!("HTTP GET {}: {} Output: {body}", p.target, code),
                 )
             }
-            Err(e) => ("critical", format!("Get {:?}: {e}", p.target)),
+            Err(e) => (HealthStatus::Critical, format!("Get {:?}: {e}", p.target)),
         }
     } else {
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&p.target)).await {
-            Ok(Ok(_)) => ("passing", format!("TCP connect {}: Success", p.target)),
-            Ok(Err(e)) => ("critical", format!("dial tcp {}: {e}", p.target)),
-            Err(_) => ("critical", format!("dial tcp {}: i/o timeout", p.target)),
+            Ok(Ok(_)) => (
+                HealthStatus::Passing,
+                format!("TCP connect {}: Success", p.target),
+            ),
+            Ok(Err(e)) => (
+                HealthStatus::Critical,
+                format!("dial tcp {}: {e}", p.target),
+            ),
+            Err(_) => (
+                HealthStatus::Critical,
+                format!("dial tcp {}: i/o timeout", p.target),
+            ),
         }
     }
 }

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::HealthStatus;
+
 /// Consul's value size limit.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 /// Consul's limit of operations in one transaction.
@@ -66,8 +68,8 @@ pub const MAX_EVENTS: usize = 256;
 pub struct Check {
     pub id: String,
     pub name: String,
-    /// passing, warning or critical.
-    pub status: String,
+    /// Stored by its lowercase name, as when it was a string: older data files read the same.
+    pub status: HealthStatus,
     pub notes: String,
     pub output: String,
     pub service_id: String,
@@ -92,11 +94,11 @@ pub struct Probe {
 
 impl Probe {
     /// Consul's verdict on an HTTP status: 2xx passing, 429 warning, anything else critical.
-    pub fn http_status(code: u16) -> &'static str {
+    pub fn http_status(code: u16) -> HealthStatus {
         match code {
-            200..=299 => "passing",
-            429 => "warning",
-            _ => "critical",
+            200..=299 => HealthStatus::Passing,
+            429 => HealthStatus::Warning,
+            _ => HealthStatus::Critical,
         }
     }
 }
@@ -821,7 +823,7 @@ impl State {
 
     /// Registers (or replaces) a check.
     pub fn check_register(&mut self, mut c: Check, now_ms: u64) {
-        c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+        c.expires_at_ms = if c.ttl_ms > 0 && c.status != HealthStatus::Critical {
             now_ms.saturating_add(c.ttl_ms)
         } else {
             0
@@ -850,7 +852,7 @@ impl State {
     pub fn check_update(
         &mut self,
         id: &str,
-        status: &str,
+        status: HealthStatus,
         output: Option<String>,
         now_ms: u64,
     ) -> bool {
@@ -858,12 +860,12 @@ impl State {
             return false;
         };
         let changed = c.status != status || output.as_ref().is_some_and(|o| *o != c.output);
-        c.status = status.to_string();
+        c.status = status;
         if let Some(o) = output {
             c.output = o;
         }
         // A critical check has nothing left to expire.
-        c.expires_at_ms = if c.ttl_ms > 0 && status != "critical" {
+        c.expires_at_ms = if c.ttl_ms > 0 && status != HealthStatus::Critical {
             now_ms.saturating_add(c.ttl_ms)
         } else {
             0
@@ -873,7 +875,7 @@ impl State {
             self.catalog_index = idx;
             self.dirty.checks.insert(id.to_string());
         }
-        if status == "critical" {
+        if status == HealthStatus::Critical {
             self.invalidate_sessions_naming(id, now_ms);
         }
         true
@@ -898,11 +900,20 @@ impl State {
         let due: Vec<String> = self
             .checks
             .values()
-            .filter(|c| c.expires_at_ms > 0 && c.expires_at_ms <= now_ms && c.status != "critical")
+            .filter(|c| {
+                c.expires_at_ms > 0
+                    && c.expires_at_ms <= now_ms
+                    && c.status != HealthStatus::Critical
+            })
             .map(|c| c.id.clone())
             .collect();
         for id in &due {
-            self.check_update(id, "critical", Some("TTL expired".into()), now_ms);
+            self.check_update(
+                id,
+                HealthStatus::Critical,
+                Some("TTL expired".into()),
+                now_ms,
+            );
         }
         due
     }
@@ -1013,7 +1024,7 @@ fn maintenance_check(id: &str, name: &str, notes: &str, service_id: &str, servic
     Check {
         id: id.to_string(),
         name: name.to_string(),
-        status: "critical".into(),
+        status: HealthStatus::Critical,
         notes: notes.to_string(),
         output: String::new(),
         service_id: service_id.to_string(),
@@ -1280,7 +1291,7 @@ mod tests {
         let c = Check {
             id: "svc-ttl".into(),
             name: "ttl".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: "svc".into(),
@@ -1304,7 +1315,7 @@ mod tests {
         )
         .unwrap();
         assert!(s.expire_checks(9_999).is_empty());
-        assert!(s.check_update("svc-ttl", "passing", None, 5_000));
+        assert!(s.check_update("svc-ttl", HealthStatus::Passing, None, 5_000));
         assert!(
             s.expire_checks(14_999).is_empty(),
             "an update resets the TTL"
@@ -1333,7 +1344,7 @@ mod tests {
         let c = Check {
             id: "c".into(),
             name: "c".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: String::new(),
@@ -1358,7 +1369,7 @@ mod tests {
         let c = Check {
             id: "t".into(),
             name: "t".into(),
-            status: "critical".into(),
+            status: HealthStatus::Critical,
             notes: String::new(),
             output: String::new(),
             service_id: String::new(),
@@ -1369,10 +1380,10 @@ mod tests {
         };
         s.check_register(c, 0);
         assert_eq!(s.next_expiry(), None);
-        s.check_update("t", "passing", None, 0);
+        s.check_update("t", HealthStatus::Passing, None, 0);
         assert_eq!(s.next_expiry(), Some(1000));
         let idx = s.catalog_index;
-        s.check_update("t", "passing", None, 500);
+        s.check_update("t", HealthStatus::Passing, None, 500);
         assert_eq!(
             s.catalog_index, idx,
             "a heartbeat with no change takes no index"

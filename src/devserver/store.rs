@@ -9,6 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::state::{Check, Dirty, Entry, Session, State};
 use super::wal::Wal;
+use crate::wire::HealthStatus;
 
 /// A row: (kind, flags, create_index, modify_index, lock_index, session or "", value).
 /// Kind `ENTRY` is a key; `TOMBSTONE` a deleted key (modify_index = the deletion's index); the
@@ -494,7 +495,7 @@ fn load_json(
         }
         _ => {
             let mut c: Check = serde_json::from_str(json).map_err(bad)?;
-            c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+            c.expires_at_ms = if c.ttl_ms > 0 && c.status != HealthStatus::Critical {
                 now_ms.saturating_add(c.ttl_ms)
             } else {
                 0
@@ -573,7 +574,7 @@ mod tests {
         let c = Check {
             id: "service:web".into(),
             name: "ttl".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: "web".into(),
@@ -629,7 +630,7 @@ mod tests {
         )
         .unwrap();
         let (_s, st) = Store::open(&path, 1_000).unwrap();
-        let status = |id: &str| st.checks[id].status.clone();
+        let status = |id: &str| st.checks[id].status;
         assert_eq!(st.checks.len(), 7, "{:?}", st.checks.keys());
         // From the checkpoint only.
         assert_eq!(status("ckpt-passing"), "passing");
@@ -647,6 +648,13 @@ mod tests {
         assert_eq!(st.checks["ckpt-passing"].expires_at_ms, 31_000);
         assert_eq!(st.checks["log-warning"].expires_at_ms, 11_000);
         assert_eq!(st.checks["ckpt-critical"].expires_at_ms, 0);
+        // And a check is written as the old code wrote it: its row in that log, byte for byte.
+        let mut c = st.checks["log-critical"].clone();
+        c.expires_at_ms = 0;
+        let row = serde_json::to_string(&c).unwrap();
+        assert!(row.contains(r#""status":"critical""#), "{row}");
+        let log = include_bytes!("fixtures/pre-wire.redb.wal");
+        assert!(log.windows(row.len()).any(|w| w == row.as_bytes()), "{row}");
     }
 
     #[test]
