@@ -529,7 +529,7 @@ async fn txn(AxState(core): AxState<Core>, body: Bytes) -> Response {
         Ok(Ok(Err(errors))) => {
             let errs: Vec<Value> = errors
                 .into_iter()
-                .map(|(i, w)| json!({"OpIndex": i, "What": w}))
+                .map(|(i, w)| json!({"OpIndex": i, "What": w.to_string()}))
                 .collect();
             (
                 StatusCode::CONFLICT,

@@ -23,7 +23,7 @@ use crate::wire::HealthStatus;
 const MAX_BATCH: usize = 256;
 
 /// The answer to one write, given whether its batch became durable.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Answer = Box<dyn FnOnce(Result<(), DurabilityError>) + Send>;
 /// A write: applied to the state by the writer thread, answered after the batch is durable.
 type Apply = Box<dyn FnOnce(&mut State, u64) -> Answer + Send>;
 
@@ -53,11 +53,20 @@ struct Inner {
     pub addr: String,
 }
 
+/// Why a batch of writes is not durable: the same cause for every write in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DurabilityError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("write-ahead log: {0}")]
+    Sync(Arc<std::io::Error>),
+}
+
 /// Why a write failed outside the state's own rules.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("the write could not be made durable: {0}")]
-    Durability(String),
+    Durability(DurabilityError),
     #[error("the server is stopping")]
     Stopped,
 }
@@ -144,10 +153,10 @@ impl Core {
         &self,
         f: impl FnOnce(&mut State, u64) -> T + Send + 'static,
     ) -> Result<T, CoreError> {
-        let (tx, rx) = oneshot::channel::<Result<T, String>>();
+        let (tx, rx) = oneshot::channel::<Result<T, DurabilityError>>();
         let apply: Apply = Box::new(move |st, now| {
             let out = f(st, now);
-            Box::new(move |durable: Result<(), String>| {
+            Box::new(move |durable: Result<(), DurabilityError>| {
                 let _ = tx.send(durable.map(|_| out));
             })
         });
@@ -295,7 +304,7 @@ struct Applied {
     /// Answers to the batch's writes, given the outcome of the sync.
     answers: Vec<Answer>,
     /// Set when the batch could not be written: it is answered with this error.
-    failed: Option<String>,
+    failed: Option<DurabilityError>,
 }
 
 /// The writer thread: take one write, gather what else is queued, apply all, write the batch
@@ -326,7 +335,9 @@ fn writer(
             let mut st = inner.state.blocking_write();
             let now = now_ms();
             let answers: Vec<_> = batch.into_iter().map(|a| a(&mut st, now)).collect();
-            let written = store.write(&mut st).map_err(|e| e.to_string());
+            let written = store
+                .write(&mut st)
+                .map_err(|e| DurabilityError::Store(Arc::new(e)));
             inner.applied.store(n, Ordering::Release);
             (answers, written)
         };
@@ -356,7 +367,7 @@ fn syncer(rx: mpsc::Receiver<Applied>, file: std::fs::File, inner: std::sync::We
         }
         let synced = file
             .sync_data()
-            .map_err(|e| format!("write-ahead log: {e}"));
+            .map_err(|e| DurabilityError::Sync(Arc::new(e)));
         let Some(inner) = inner.upgrade() else { return };
         let mut last = 0;
         let mut ok = synced.is_ok();

@@ -135,6 +135,32 @@ pub enum StateError {
     NotFound(String),
 }
 
+/// Why one op of a transaction fails, in Consul's words: the `What` of a rolled-back
+/// transaction's `Errors`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnOpError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("key {0:?} doesn't exist")]
+    Missing(String),
+    #[error("failed to set key {0:?}, index is stale")]
+    StaleSet(String),
+    #[error("failed to lock key {0:?}, lock is already held")]
+    Held(String),
+    #[error("failed to lock key {0:?} due to lock delay")]
+    LockDelay(String),
+    #[error("failed to unlock key {0:?}, lock isn't held, or is held by another session")]
+    NotHeld(String),
+    #[error("current modify index {current} != {wanted}")]
+    Index { current: u64, wanted: u64 },
+    #[error("lock is currently held by {0:?}")]
+    HeldBy(String),
+    #[error("key {0:?} exists")]
+    Exists(String),
+    #[error("failed to delete key {0:?}, index is stale")]
+    StaleDelete(String),
+}
+
 /// One KV verb of a transaction: the client's own type, so both sides share one list of verbs.
 pub use crate::wire::TxnKvOp as TxnOp;
 
@@ -219,7 +245,7 @@ pub struct PutOptions {
 }
 
 /// A transaction's verdict: results for committed ops, or errors with their op index.
-pub type TxnVerdict = Result<Vec<Option<(String, Entry)>>, Vec<(usize, String)>>;
+pub type TxnVerdict = Result<Vec<Option<(String, Entry)>>, Vec<(usize, TxnOpError)>>;
 
 impl State {
     fn next_index(&mut self) -> u64 {
@@ -565,7 +591,7 @@ impl State {
         op: &TxnOp,
         idx: u64,
         now_ms: u64,
-    ) -> Result<(Option<(String, Entry)>, bool), String> {
+    ) -> Result<(Option<(String, Entry)>, bool), TxnOpError> {
         let meta = |s: &State, k: &str| {
             s.kv.get(k).map(|e| {
                 (
@@ -577,10 +603,10 @@ impl State {
                 )
             })
         };
-        let missing = |k: &str| format!("key {k:?} doesn't exist");
+        let missing = |k: &str| TxnOpError::Missing(k.to_string());
         match op {
             TxnOp::Set { key, value, flags } => {
-                Self::check_value(value).map_err(|e| e.to_string())?;
+                Self::check_value(value)?;
                 self.write_set(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
             }
@@ -590,14 +616,14 @@ impl State {
                 flags,
                 index,
             } => {
-                Self::check_value(value).map_err(|e| e.to_string())?;
+                Self::check_value(value)?;
                 let ok = match (self.kv.get(key), *index) {
                     (None, 0) => true,
                     (Some(e), i) => e.modify_index == i,
                     (None, _) => false,
                 };
                 if !ok {
-                    return Err(format!("failed to set key {key:?}, index is stale"));
+                    return Err(TxnOpError::StaleSet(key.clone()));
                 }
                 self.write_set(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
@@ -608,13 +634,13 @@ impl State {
                 flags,
                 session,
             } => {
-                self.valid_session(session).map_err(|e| e.to_string())?;
+                self.valid_session(session)?;
                 if !self.can_lock(key, session, now_ms) {
                     let held = self.kv.get(key).is_some_and(|e| e.session.is_some());
                     return Err(if held {
-                        format!("failed to lock key {key:?}, lock is already held")
+                        TxnOpError::Held(key.clone())
                     } else {
-                        format!("failed to lock key {key:?} due to lock delay")
+                        TxnOpError::LockDelay(key.clone())
                     });
                 }
                 self.write_lock(key, value.clone(), *flags, session, idx);
@@ -628,7 +654,7 @@ impl State {
             } => {
                 match self.kv.get(key) {
                     Some(e) if e.session.as_deref() == Some(session.as_str()) => {}
-                    _ => return Err(format!("failed to unlock key {key:?}, lock isn't held, or is held by another session")),
+                    _ => return Err(TxnOpError::NotHeld(key.clone())),
                 }
                 self.write_unlock(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
@@ -640,24 +666,21 @@ impl State {
             TxnOp::GetTree { .. } => Ok((None, false)),
             TxnOp::CheckIndex { key, index } => match self.kv.get(key) {
                 Some(e) if e.modify_index == *index => Ok((meta(self, key), false)),
-                Some(_) => Err(format!(
-                    "current modify index {} != {index}",
-                    self.kv[key].modify_index
-                )),
+                Some(e) => Err(TxnOpError::Index {
+                    current: e.modify_index,
+                    wanted: *index,
+                }),
                 None => Err(missing(key)),
             },
             TxnOp::CheckSession { key, session } => match self.kv.get(key) {
                 Some(e) if e.session.as_deref() == Some(session.as_str()) => {
                     Ok((meta(self, key), false))
                 }
-                Some(e) => Err(format!(
-                    "lock is currently held by {:?}",
-                    e.session.clone().unwrap_or_default()
-                )),
+                Some(e) => Err(TxnOpError::HeldBy(e.session.clone().unwrap_or_default())),
                 None => Err(missing(key)),
             },
             TxnOp::CheckNotExists { key } => match self.kv.get(key) {
-                Some(_) => Err(format!("key {key:?} exists")),
+                Some(_) => Err(TxnOpError::Exists(key.clone())),
                 None => Ok((None, false)),
             },
             TxnOp::Delete { key } => {
@@ -674,7 +697,7 @@ impl State {
             }
             TxnOp::DeleteCas { key, index } => match self.kv.get(key) {
                 Some(e) if e.modify_index == *index => Ok((None, self.write_delete(key, idx))),
-                Some(_) => Err(format!("failed to delete key {key:?}, index is stale")),
+                Some(_) => Err(TxnOpError::StaleDelete(key.clone())),
                 // Consul: deleting a key that is not there succeeds.
                 None => Ok((None, false)),
             },

@@ -45,6 +45,23 @@ pub enum StoreError {
     Write(String),
 }
 
+/// Why a row of the data file, or a log record, cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+enum RowError {
+    #[error("a log record is malformed")]
+    Malformed,
+    #[error("a log record has an unknown tag {0}")]
+    Tag(u8),
+    #[error("row {key:?} has unknown kind {kind}")]
+    Kind { key: String, kind: u8 },
+    #[error("{what} {id}: {error}")]
+    Json {
+        what: &'static str,
+        id: String,
+        error: serde_json::Error,
+    },
+}
+
 /// The data files: redb and its log.
 pub struct Store {
     db: Database,
@@ -389,8 +406,8 @@ impl<'a> Cursor<'a> {
 }
 
 /// Applies one log record to the state and notes its rows in `pending`.
-fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Result<(), String> {
-    let bad = || "a log record is malformed".to_string();
+fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Result<(), RowError> {
+    let bad = || RowError::Malformed;
     let mut c = Cursor(rec);
     st.index = c.u64().ok_or_else(bad)?;
     st.kv_index = c.u64().ok_or_else(bad)?;
@@ -419,7 +436,7 @@ fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Resul
             t if (T_GONE_JSON..T_GONE_JSON + 3).contains(&t) => {
                 load_json(st, t - T_GONE_JSON, name, None, now_ms)?;
             }
-            other => return Err(format!("a log record has an unknown tag {other}")),
+            other => return Err(RowError::Tag(other)),
         }
         match tag {
             T_ENTRY | T_TOMBSTONE | T_GONE => pending.kv.insert(name.to_string()),
@@ -434,7 +451,7 @@ fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Resul
 }
 
 /// Sets (or with `None` removes) one key's row in the state.
-fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), String> {
+fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), RowError> {
     st.kv.remove(key);
     st.tombstones.remove(key);
     let Some((kind, flags, create_index, modify_index, lock_index, session, value)) = row else {
@@ -457,7 +474,12 @@ fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), S
         TOMBSTONE => {
             st.tombstones.insert(key.to_string(), modify_index);
         }
-        other => return Err(format!("row {key:?} has unknown kind {other}")),
+        other => {
+            return Err(RowError::Kind {
+                key: key.to_string(),
+                kind: other,
+            })
+        }
     }
     Ok(())
 }
@@ -470,7 +492,7 @@ fn load_json(
     id: &str,
     json: Option<&str>,
     now_ms: u64,
-) -> Result<(), String> {
+) -> Result<(), RowError> {
     let what = ["session", "service", "check"][table.min(2) as usize];
     let Some(json) = json else {
         match table {
@@ -480,7 +502,11 @@ fn load_json(
         };
         return Ok(());
     };
-    let bad = |e: serde_json::Error| format!("{what} {id}: {e}");
+    let bad = |error| RowError::Json {
+        what,
+        id: id.to_string(),
+        error,
+    };
     match table {
         T_SESSION => {
             let mut s: Session = serde_json::from_str(json).map_err(bad)?;
