@@ -6,6 +6,7 @@
 pub mod claim;
 pub mod result;
 pub mod runner;
+#[allow(clippy::print_stderr)]
 pub mod shim;
 pub mod spec;
 pub mod worker;
