@@ -292,8 +292,9 @@ fn normalise(v: &mut Value, ids: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn conformance_kv_txn_sessions_match_real_consul() {
+/// Runs `scenario` against a real Consul dev agent and against the embedded server, and
+/// compares what each step recorded.
+fn same_on_real_consul_and_dev<T: PartialEq + std::fmt::Debug>(scenario: fn(&Http) -> Vec<T>) {
     let real = ConsulDev::start();
     let dev = Single::start(Backend::Dev, &[]);
     let a = scenario(&real.http());
@@ -302,6 +303,11 @@ fn conformance_kv_txn_sessions_match_real_consul() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
     }
+}
+
+#[test]
+fn conformance_kv_txn_sessions_match_real_consul() {
+    same_on_real_consul_and_dev(scenario);
 }
 
 /// Blocking behaviour on both backends: a list waits, wakes on a write under its prefix, and
@@ -742,14 +748,7 @@ fn scenario_rest(h: &Http) -> Vec<(String, u16, Value)> {
 
 #[test]
 fn conformance_sessions_catalog_status_and_limits_match_real_consul() {
-    let real = ConsulDev::start();
-    let dev = Single::start(Backend::Dev, &[]);
-    let a = scenario_rest(&real.http());
-    let b = scenario_rest(&dev.http());
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
-    }
+    same_on_real_consul_and_dev(scenario_rest);
 }
 
 /// Check states in registrations and updates: the three names are taken, anything else is
@@ -814,14 +813,7 @@ fn scenario_check_states(h: &Http) -> Vec<(String, u16, String)> {
 
 #[test]
 fn check_states_are_read_and_refused_like_real_consul() {
-    let real = ConsulDev::start();
-    let dev = Single::start(Backend::Dev, &[]);
-    let a = scenario_check_states(&real.http());
-    let b = scenario_check_states(&dev.http());
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
-    }
+    same_on_real_consul_and_dev(scenario_check_states);
 }
 
 /// Debian's python3-consul, an independent client, runs a scripted session against both

@@ -672,14 +672,11 @@ mod tests {
     }
 
     #[test]
-    fn scheduling_fields_are_read() {
-        let t = parse_task(
-            "w",
-            br#"{"content": {"command": "x"}, "replication": 3, "labels": {"zone": "a"},
-                 "cpu": 0.5, "memory_mb": 256}"#,
-        )
-        .unwrap();
-        let r = task_req(&t);
+    fn the_scheduler_gets_the_tasks_scheduling_fields() {
+        let body = json!({"content": {"command": "x"}, "replication": 3,
+                          "labels": {"zone": "a"}, "cpu": 0.5, "memory_mb": 256});
+        let r = task_req(&parse_task("w", body.to_string().as_bytes()).unwrap());
+        assert_eq!(r.name, "w");
         assert_eq!((r.replication, r.cpu, r.memory_mb), (3, 0.5, 256));
         assert_eq!(r.labels["zone"], "a");
     }

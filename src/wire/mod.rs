@@ -23,6 +23,8 @@ pub use task::{parse_task, parse_tasks, App, Task, TaskError};
 pub use topology::Topology;
 pub use txn::TxnKvOp;
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -73,3 +75,26 @@ pub fn encode<T: Serialize>(doc: &T) -> Vec<u8> {
 
 /// `(key, value)` pairs of a KV listing, as the readers below take them.
 pub type KvEntry<'a> = (&'a str, &'a [u8]);
+
+/// The documents of a listing, by name: each key that `name` gives a name is read with `read`,
+/// into the readable documents and why the others are not. Other keys are ignored.
+fn read_listing<'a, T, E>(
+    entries: impl IntoIterator<Item = KvEntry<'a>>,
+    name: impl Fn(&'a str) -> Option<&'a str>,
+    read: impl Fn(&str, &[u8]) -> Result<T, E>,
+) -> (BTreeMap<String, T>, BTreeMap<String, E>) {
+    let mut ok = BTreeMap::new();
+    let mut bad = BTreeMap::new();
+    for (key, value) in entries {
+        let Some(name) = name(key) else { continue };
+        match read(name, value) {
+            Ok(doc) => {
+                ok.insert(name.to_string(), doc);
+            }
+            Err(e) => {
+                bad.insert(name.to_string(), e);
+            }
+        }
+    }
+    (ok, bad)
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, DocError, KvEntry, Namespace};
+use super::{decode, encode, read_listing, DocError, KvEntry, Namespace};
 
 /// One node's resources. Every field is required: a report without one is an error, never a
 /// host of 1 CPU and 0 MB.
@@ -92,26 +92,12 @@ pub fn read_reports<'a>(
     entries: impl IntoIterator<Item = KvEntry<'a>>,
 ) -> (BTreeMap<String, ResourceReport>, BTreeMap<String, DocError>) {
     let prefix = ns.status_prefix();
-    let mut ok = BTreeMap::new();
-    let mut bad = BTreeMap::new();
-    for (key, value) in entries {
-        let Some(host) = key
-            .strip_prefix(&prefix)
+    let host = |key: &'a str| {
+        key.strip_prefix(prefix.as_str())
             .and_then(|rest| rest.strip_suffix("/resource"))
             .filter(|h| !h.is_empty() && !h.contains('/'))
-        else {
-            continue;
-        };
-        match ResourceReport::parse(value) {
-            Ok(r) => {
-                ok.insert(host.to_string(), r);
-            }
-            Err(e) => {
-                bad.insert(host.to_string(), e);
-            }
-        }
-    }
-    (ok, bad)
+    };
+    read_listing(entries, host, |_, value| ResourceReport::parse(value))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{KvEntry, Namespace, ServiceSpec};
+use super::{read_listing, KvEntry, Namespace, ServiceSpec};
 
 /// Why a task value cannot be used. Reported by the leader; the other tasks go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,23 +161,8 @@ pub fn parse_tasks<'a>(
     ns: &Namespace,
     entries: impl IntoIterator<Item = KvEntry<'a>>,
 ) -> (BTreeMap<String, Task>, BTreeMap<String, TaskError>) {
-    let mut ok = BTreeMap::new();
-    let mut bad = BTreeMap::new();
     let prefix = ns.tasks();
-    for (key, value) in entries {
-        let Some(name) = ns.name_under(&prefix, key) else {
-            continue;
-        };
-        match parse_task(name, value) {
-            Ok(t) => {
-                ok.insert(name.to_string(), t);
-            }
-            Err(err) => {
-                bad.insert(name.to_string(), err);
-            }
-        }
-    }
-    (ok, bad)
+    read_listing(entries, |key| ns.name_under(&prefix, key), parse_task)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{decode, DocError, KvEntry, Namespace};
+use super::{decode, read_listing, DocError, KvEntry, Namespace};
 
 /// Task names placed on each host. A host missing from the map holds nothing.
 pub type Topology = BTreeMap<String, BTreeSet<String>>;
@@ -36,22 +36,13 @@ pub fn read_topology<'a>(
     entries: impl IntoIterator<Item = KvEntry<'a>>,
 ) -> TopologyKeys {
     let prefix = ns.topology_prefix();
-    let mut out = TopologyKeys::default();
-    for (key, value) in entries {
-        let Some(host) = ns.name_under(&prefix, key) else {
-            continue;
-        };
-        match parse_host(value) {
-            Ok(names) if names.is_empty() => {}
-            Ok(names) => {
-                out.placed.insert(host.to_string(), names);
-            }
-            Err(e) => {
-                out.unreadable.insert(host.to_string(), e);
-            }
-        }
-    }
-    out
+    let (mut placed, unreadable) = read_listing(
+        entries,
+        |key| ns.name_under(&prefix, key),
+        |_, v| parse_host(v),
+    );
+    placed.retain(|_, names| !names.is_empty());
+    TopologyKeys { placed, unreadable }
 }
 
 #[cfg(test)]
