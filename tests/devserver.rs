@@ -292,8 +292,9 @@ fn normalise(v: &mut Value, ids: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn conformance_kv_txn_sessions_match_real_consul() {
+/// Runs `scenario` against a real Consul dev agent and against the embedded server, and
+/// compares what each step recorded.
+fn same_on_real_consul_and_dev<T: PartialEq + std::fmt::Debug>(scenario: fn(&Http) -> Vec<T>) {
     let real = ConsulDev::start();
     let dev = Single::start(Backend::Dev, &[]);
     let a = scenario(&real.http());
@@ -302,6 +303,11 @@ fn conformance_kv_txn_sessions_match_real_consul() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
     }
+}
+
+#[test]
+fn conformance_kv_txn_sessions_match_real_consul() {
+    same_on_real_consul_and_dev(scenario);
 }
 
 /// Blocking behaviour on both backends: a list waits, wakes on a write under its prefix, and
@@ -742,14 +748,72 @@ fn scenario_rest(h: &Http) -> Vec<(String, u16, Value)> {
 
 #[test]
 fn conformance_sessions_catalog_status_and_limits_match_real_consul() {
-    let real = ConsulDev::start();
-    let dev = Single::start(Backend::Dev, &[]);
-    let a = scenario_rest(&real.http());
-    let b = scenario_rest(&dev.http());
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x, y, "\nreal consul: {x:?}\nembedded:    {y:?}");
+    same_on_real_consul_and_dev(scenario_rest);
+}
+
+/// Check states in registrations and updates: the three names are taken, anything else is
+/// refused with Consul's words for each endpoint, and an empty state starts critical.
+fn scenario_check_states(h: &Http) -> Vec<(String, u16, String)> {
+    let mut out = Vec::new();
+    let mut rec = |what: &str, (st, body): (u16, String)| {
+        out.push((what.to_string(), st, body.trim().to_string()));
+    };
+    let bad_service =
+        json!({"ID": "sbad", "Name": "sbad", "Check": {"TTL": "30s", "Status": "bogus"}});
+    rec(
+        "service with a bad check state",
+        h.put("/v1/agent/service/register", bad_service.to_string()),
+    );
+    for (id, status) in [
+        ("cbad", "bogus"),
+        ("ccase", "Passing"),
+        ("cwarn", "warning"),
+        ("cempty", ""),
+    ] {
+        let check = json!({"ID": id, "Name": id, "TTL": "30s", "Status": status});
+        rec(
+            &format!("check registered {status:?}"),
+            h.put("/v1/agent/check/register", check.to_string()),
+        );
     }
+    rec(
+        "update to a bad state",
+        h.put(
+            "/v1/agent/check/update/cwarn",
+            json!({"Status": "bogus"}).to_string(),
+        ),
+    );
+    rec(
+        "update without a state",
+        h.put("/v1/agent/check/update/cwarn", "{}"),
+    );
+    rec(
+        "update to passing",
+        h.put(
+            "/v1/agent/check/update/cempty",
+            json!({"Status": "passing", "Output": "ok"}).to_string(),
+        ),
+    );
+    let states = h
+        .get_json("/v1/agent/checks")
+        .map(|v| {
+            let mut m: Vec<String> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(id, c)| format!("{id}={}", c["Status"].as_str().unwrap_or("?")))
+                .collect();
+            m.sort();
+            m.join(",")
+        })
+        .unwrap_or_default();
+    rec("states", (200, states));
+    out
+}
+
+#[test]
+fn check_states_are_read_and_refused_like_real_consul() {
+    same_on_real_consul_and_dev(scenario_check_states);
 }
 
 /// Debian's python3-consul, an independent client, runs a scripted session against both

@@ -70,7 +70,7 @@ pub struct AgentConfig {
     /// Templates the agent keeps rendered (`[[template]]`, as in `servant template -config`).
     pub template: Vec<crate::templates::runner::TemplateSpec>,
     /// Their quiescence, `min[:max]`.
-    pub template_wait: Option<String>,
+    pub template_wait: Option<crate::templates::runner::Wait>,
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -166,21 +166,34 @@ impl From<crate::util::Invalid> for ConfigError {
 const FENCE_MARGIN: Duration = Duration::from_secs(2);
 
 impl AgentConfig {
-    /// Reads a file: `.json` as JSON, anything else as TOML.
+    /// Reads a file: `.json` as JSON, anything else as TOML. Every value is parsed here, into
+    /// its type: a bad one is an error naming its field.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             error: e,
         })?;
-        let parsed = if path.extension().and_then(|e| e.to_str()) == Some("json") {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str(&text).map_err(|e| e.to_string())
-        };
-        parsed.map_err(|detail| ConfigError::Parse {
+        let bad = |detail: String| ConfigError::Parse {
             path: path.display().to_string(),
             detail,
-        })
+        };
+        // "field: why", the field as a path (`template[0].command_timeout`).
+        let named = |field: &serde_path_to_error::Path, e: &dyn std::fmt::Display| {
+            bad(match field.to_string().as_str() {
+                "" | "." => e.to_string(),
+                f => format!("{f}: {e}"),
+            })
+        };
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let c = serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| named(e.path(), e.inner()))?;
+            de.end().map_err(|e| bad(e.to_string()))?;
+            Ok(c)
+        } else {
+            serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+                .map_err(|e| named(e.path(), e.inner()))
+        }
     }
 
     /// Checks values that parse but cannot work.
@@ -201,12 +214,6 @@ impl AgentConfig {
         }
         self.apps.validate()?;
         self.checks.validate()?;
-        if let Some(w) = &self.template_wait {
-            crate::templates::runner::parse_wait(w).map_err(|e| ConfigError::Invalid {
-                field: "template_wait",
-                detail: e,
-            })?;
-        }
         if self.dns_port > 65_535 {
             return Err(ConfigError::Invalid {
                 field: "dns_port",
@@ -315,6 +322,48 @@ mod tests {
         let t = dir.path().join("a.toml");
         std::fs::write(&t, "dns_port = -1\n").unwrap();
         assert_eq!(AgentConfig::load(&t).unwrap().dns_port(), None);
+    }
+
+    #[test]
+    fn values_are_parsed_once_at_load_and_a_bad_one_names_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(
+            &t,
+            "template_wait = \"1s:3s\"\n[[template]]\nsource = \"in\"\ndestination = \"out\"\nperms = 0o600\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&t).unwrap();
+        let w = c.template_wait.unwrap();
+        assert_eq!(
+            (w.min, w.max),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        assert_eq!(c.template[0].command_timeout, Duration::from_secs(30));
+        assert_eq!(c.template[0].perms, Some(0o600));
+        let tmpl = "[[template]]\nsource = \"in\"\ndestination = \"out\"\n";
+        for (text, field) in [
+            ("template_wait = \"soon\"\n".to_string(), "template_wait"),
+            ("template_wait = \"3s:1s\"\n".to_string(), "template_wait"),
+            (
+                format!("{tmpl}command_timeout = \"30 secs\"\n"),
+                "command_timeout",
+            ),
+            (format!("{tmpl}perms = -1\n"), "perms"),
+            (format!("{tmpl}perms = \"rw\"\n"), "perms"),
+        ] {
+            std::fs::write(&t, &text).unwrap();
+            let e = AgentConfig::load(&t).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let j = dir.path().join("a.json");
+        std::fs::write(
+            &j,
+            r#"{"template": [{"source": "in", "destination": "out", "command_timeout": "x"}]}"#,
+        )
+        .unwrap();
+        let e = AgentConfig::load(&j).unwrap_err().to_string();
+        assert!(e.contains("template[0].command_timeout"), "{e}");
     }
 
     #[test]

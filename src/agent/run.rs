@@ -385,15 +385,11 @@ async fn run_parts(
         ));
     }
     if !cfg.template.is_empty() {
-        let (wait_min, wait_max) = cfg
-            .template_wait
-            .as_deref()
-            .and_then(|w| crate::templates::runner::parse_wait(w).ok())
-            .unwrap_or((Duration::ZERO, Duration::ZERO));
+        let wait = cfg.template_wait.unwrap_or_default();
         let runner = crate::templates::runner::RunnerConfig {
             templates: cfg.template.clone(),
-            wait_min,
-            wait_max,
+            wait_min: wait.min,
+            wait_max: wait.max,
             once: false,
             dry: false,
             watch_wait: cfg.watch_wait,

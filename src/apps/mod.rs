@@ -1,9 +1,9 @@
 //! Replicated long-running apps (App Manager's `appmgr/` keys, done right): task definitions,
 //! the placement scheduler, node reports, leader election and the node supervisor.
 //!
-//! - `task`: pure parsing of `appmgr/task/<name>` values.
+//! - `task`: the task document, `wire::task` (kept here under its old path for the supervisor).
 //! - `scheduler`: pure placement of task replicas on live hosts.
-//! - `report`: the node's `resource` report (sysinfo plus /sys).
+//! - `report`: samples the node's `resource` report (sysinfo plus /sys, off the async workers).
 //! - `supervisor`: runs this node's apps (process groups, backoff, periodic starts, health,
 //!   log rotation, services).
 //! - `node`: the IO around them: the apps session, reports, leader election and the leader's
@@ -14,4 +14,4 @@ pub mod node;
 pub mod report;
 pub mod scheduler;
 pub mod supervisor;
-pub mod task;
+pub use crate::wire::task;

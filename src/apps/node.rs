@@ -16,9 +16,8 @@ use tracing::{info, warn};
 
 use super::config::AppsConfig;
 use super::report::ResourceSampler;
-use super::scheduler::{changes, schedule, HostInfo, Topology};
+use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
-use super::task::{parse_task, Task};
 use crate::consul::{
     spawn_watch, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
     TxnOp,
@@ -26,7 +25,9 @@ use crate::consul::{
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::backoff::Backoff;
 use crate::util::time::now_ms;
-use crate::wire::Namespace;
+use crate::wire::resource::read_reports;
+use crate::wire::topology::{encode_host, parse_host, read_topology};
+use crate::wire::{parse_tasks, DocError, KvEntry, Namespace, ScheduleReport, Task};
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
@@ -36,72 +37,46 @@ const REJOIN_HOLD: Duration = Duration::from_secs(10);
 /// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
 const TXN_BYTES: usize = 384 * 1024;
 
-/// Parses every task under the tasks prefix: the valid ones, and why the others are not.
-pub fn parse_tasks(
+/// `(key, value)` of each listed entry, as `wire`'s readers take them.
+fn kv(entries: &[KvPair]) -> impl Iterator<Item = KvEntry<'_>> {
+    entries.iter().map(|e| (e.key.as_str(), e.value.as_slice()))
+}
+
+/// What the scheduler needs of a task.
+pub fn task_req(t: &Task) -> TaskReq {
+    TaskReq {
+        name: t.name.clone(),
+        replication: t.replication,
+        labels: t.labels.clone(),
+        cpu: t.cpu,
+        memory_mb: t.memory_mb,
+    }
+}
+
+/// Live hosts (those with a readable `resource` report) and what they offer; and the hosts
+/// whose report is unreadable, with why: nothing is placed on those.
+pub fn hosts_from_reports(
     layout: &Namespace,
     entries: &[KvPair],
-) -> (BTreeMap<String, Task>, BTreeMap<String, String>) {
-    let mut ok = BTreeMap::new();
-    let mut bad = BTreeMap::new();
-    let prefix = layout.tasks();
-    for e in entries {
-        let Some(name) = layout.name_under(&prefix, &e.key) else {
-            continue;
-        };
-        match parse_task(name, &e.value) {
-            Ok(t) => {
-                ok.insert(name.to_string(), t);
-            }
-            Err(err) => {
-                bad.insert(name.to_string(), err.to_string());
-            }
-        }
-    }
-    (ok, bad)
+) -> (Vec<HostInfo>, BTreeMap<String, DocError>) {
+    let (reports, unreadable) = read_reports(layout, kv(entries));
+    let hosts = reports
+        .into_iter()
+        .map(|(name, r)| HostInfo {
+            memory_mb: r.memory_mb(),
+            cpu_cores: r.cpu_processors as f64,
+            labels: r.labels,
+            name,
+        })
+        .collect();
+    (hosts, unreadable)
 }
 
-/// Live hosts (those with a `resource` report) and what they offer.
-pub fn hosts_from_reports(layout: &Namespace, entries: &[KvPair]) -> Vec<HostInfo> {
-    let prefix = layout.status_prefix();
-    entries
-        .iter()
-        .filter_map(|e| {
-            let rest = e.key.strip_prefix(&prefix)?;
-            let host = rest.strip_suffix("/resource")?;
-            if host.is_empty() || host.contains('/') {
-                return None;
-            }
-            let v: Value = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
-            let labels = v["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, x)| x.as_str().map(|s| (k.clone(), s.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(HostInfo {
-                name: host.to_string(),
-                labels,
-                cpu_cores: v["cpu_processors"].as_f64().unwrap_or(1.0),
-                memory_mb: v["mem_total_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
-            })
-        })
-        .collect()
-}
-
-/// The current placements, from the topology keys. A value that is not a list of names
-/// counts as empty (the leader rewrites it).
-pub fn topology_from_keys(layout: &Namespace, entries: &[KvPair]) -> Topology {
-    let prefix = layout.topology_prefix();
-    entries
-        .iter()
-        .filter_map(|e| {
-            let host = layout.name_under(&prefix, &e.key)?;
-            let names: BTreeSet<String> = serde_json::from_slice(&e.value).unwrap_or_default();
-            (!names.is_empty()).then(|| (host.to_string(), names))
-        })
-        .collect()
+/// What the last leader pass reported: a pass that changed nothing writes and logs nothing.
+#[derive(Default)]
+struct LastPass {
+    schedule: Option<ScheduleReport>,
+    unreadable: BTreeSet<String>,
 }
 
 /// Everything the apps part needs from the agent.
@@ -252,7 +227,7 @@ async fn report_loop(
     stop: CancellationToken,
 ) {
     let started = now_ms();
-    let mut sampler = ResourceSampler::new();
+    let sampler = ResourceSampler::new();
     // The apps report last written, and the session it was written with.
     let mut written: Option<(String, Value)> = None;
     let mut next_full = tokio::time::Instant::now();
@@ -273,8 +248,13 @@ async fn report_loop(
             let apps = json!(apps);
             let mut writes = Vec::new();
             if full {
-                let resource = sampler.sample(&cfg.labels, started, now_ms());
-                writes.push((cfg.layout.resource(&cfg.node), resource));
+                match sampler.sample(&cfg.labels, started, now_ms()).await {
+                    Ok(r) => writes.push((
+                        cfg.layout.resource(&cfg.node),
+                        serde_json::to_value(r).unwrap_or_default(),
+                    )),
+                    Err(e) => warn!(error = %e, "cannot sample this node's resources"),
+                }
             }
             if full || written.as_ref() != Some(&(sid.clone(), apps.clone())) {
                 writes.push((cfg.layout.applications(&cfg.node), apps.clone()));
@@ -375,9 +355,9 @@ async fn node_loop(
         }
         if let (Some(topo), Some(tasks)) = (topo, tasks) {
             let names: BTreeSet<String> = topo
-                .and_then(|e| serde_json::from_slice(&e.value).ok())
+                .and_then(|e| parse_host(&e.value).ok())
                 .unwrap_or_default();
-            let (parsed, _) = parse_tasks(&cfg.layout, &tasks);
+            let (parsed, _) = parse_tasks(&cfg.layout, kv(&tasks));
             if ok && hold.is_none() {
                 let desired: BTreeMap<String, Task> = parsed
                     .into_iter()
@@ -529,7 +509,7 @@ async fn lead(
             &watching,
         )
     });
-    let mut last_report = Value::Null;
+    let mut last_report = LastPass::default();
     loop {
         match reconcile(client, cfg, sid, &mut last_report).await {
             Ok(true) => {}
@@ -553,32 +533,29 @@ async fn reconcile(
     client: &Client,
     cfg: &AppsNodeConfig,
     sid: &str,
-    last_report: &mut Value,
+    last_report: &mut LastPass,
 ) -> Result<bool, ConsulError> {
     let q = QueryOptions::default();
     let (task_entries, _) = client.kv_list(&cfg.layout.tasks(), &q).await?;
     let (status_entries, _) = client.kv_list(&cfg.layout.status_prefix(), &q).await?;
     let (topo_entries, _) = client.kv_list(&cfg.layout.topology_prefix(), &q).await?;
-    let (tasks, invalid) = parse_tasks(&cfg.layout, &task_entries);
-    let hosts = hosts_from_reports(&cfg.layout, &status_entries);
-    let current = topology_from_keys(&cfg.layout, &topo_entries);
+    let (tasks, invalid) = parse_tasks(&cfg.layout, kv(&task_entries));
+    let (hosts, unreadable) = hosts_from_reports(&cfg.layout, &status_entries);
+    let topo = read_topology(&cfg.layout, kv(&topo_entries));
+    let current = topo.placed;
     // Keys holding something that is not a list of names are rewritten too.
     let mut stored: Topology = current.clone();
-    for e in &topo_entries {
-        if let Some(h) = cfg.layout.name_under(&cfg.layout.topology_prefix(), &e.key) {
-            if serde_json::from_slice::<BTreeSet<String>>(&e.value).is_err() {
-                stored.insert(h.to_string(), ["\u{0}unreadable".to_string()].into());
-            }
-        }
+    for h in topo.unreadable.keys() {
+        stored.insert(h.clone(), ["\u{0}unreadable".to_string()].into());
     }
-    let reqs: Vec<_> = tasks.values().map(Task::req).collect();
+    let reqs: Vec<_> = tasks.values().map(task_req).collect();
     let plan = schedule(&reqs, &hosts, &current);
     let mut ops: Vec<TxnKvOp> = changes(&stored, &plan.topology)
         .into_iter()
         .map(|(host, names)| match names {
             Some(n) => TxnKvOp::Set {
                 key: cfg.layout.topology(&host),
-                value: serde_json::to_vec(&n).unwrap_or_default(),
+                value: encode_host(&n),
                 flags: 0,
             },
             None => TxnKvOp::Delete {
@@ -586,18 +563,19 @@ async fn reconcile(
             },
         })
         .collect();
-    let report = json!({
-        "leader": cfg.node,
-        "unplaced": plan.unplaced.iter().map(|u| json!({
-            "task": u.task, "wanted": u.wanted, "placed": u.placed, "reason": u.reason,
-        })).collect::<Vec<_>>(),
-        "invalid": invalid,
-        "hosts": hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
-    });
-    if report != *last_report {
+    let report = ScheduleReport {
+        leader: cfg.node.clone(),
+        unplaced: plan.unplaced.clone(),
+        invalid: invalid
+            .iter()
+            .map(|(n, e)| (n.clone(), e.to_string()))
+            .collect(),
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+    };
+    if last_report.schedule.as_ref() != Some(&report) {
         ops.push(TxnKvOp::Set {
             key: cfg.layout.schedule(),
-            value: serde_json::to_vec(&report).unwrap_or_default(),
+            value: report.encode(),
             flags: 0,
         });
         for (task, why) in &invalid {
@@ -605,6 +583,12 @@ async fn reconcile(
         }
         for u in &plan.unplaced {
             warn!(task = %u.task, "{}", u.reason);
+        }
+    }
+    let unreadable_hosts: BTreeSet<String> = unreadable.keys().cloned().collect();
+    if unreadable_hosts != last_report.unreadable {
+        for (host, why) in &unreadable {
+            warn!(host = %host, "nothing is placed on a host whose report is unreadable: {why}");
         }
     }
     // Consul takes at most 64 ops and 512 KB per transaction: split by both.
@@ -640,6 +624,70 @@ async fn reconcile(
     if !ops.is_empty() {
         info!(writes = ops.len(), "apps topology updated");
     }
-    *last_report = report;
+    *last_report = LastPass {
+        schedule: Some(report),
+        unreadable: unreadable_hosts,
+    };
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse_task;
+
+    fn entry(key: &str, value: &[u8]) -> KvPair {
+        KvPair {
+            key: key.to_string(),
+            value: value.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_report_without_a_field_the_scheduler_needs_skips_its_host_and_says_why() {
+        let layout = Namespace::new("");
+        let report = |processors_key: &str| {
+            let mut v = json!({
+                "host": "x", "pid": 1, "appmgr_start_time": "", "systime": "",
+                "cpu_cores": 2, "cpu_sockets": 1,
+                "mem_total_bytes": 2u64 << 30, "mem_free_bytes": 0, "mem_used_bytes": 0,
+                "swap_total_bytes": 0, "swap_free_bytes": 0,
+                "load_average": {"1min": 0.0, "5min": 0.0, "15min": 0.0},
+                "fs": [], "net": [], "labels": {"zone": "a"},
+            });
+            v[processors_key] = json!(4);
+            serde_json::to_vec(&v).unwrap()
+        };
+        let (hosts, unreadable) = hosts_from_reports(
+            &layout,
+            &[
+                entry("appmgr/status/good/resource", &report("cpu_processors")),
+                entry("appmgr/status/renamed/resource", &report("cpu_procs")),
+                entry("appmgr/status/good/applications", b"{}"),
+            ],
+        );
+        assert_eq!(
+            hosts,
+            vec![HostInfo {
+                name: "good".into(),
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                cpu_cores: 4.0,
+                memory_mb: 2048,
+            }]
+        );
+        assert_eq!(unreadable.keys().collect::<Vec<_>>(), ["renamed"]);
+        let why = unreadable["renamed"].to_string();
+        assert!(why.contains("cpu_processors"), "{why}");
+    }
+
+    #[test]
+    fn the_scheduler_gets_the_tasks_scheduling_fields() {
+        let body = json!({"content": {"command": "x"}, "replication": 3,
+                          "labels": {"zone": "a"}, "cpu": 0.5, "memory_mb": 256});
+        let r = task_req(&parse_task("w", body.to_string().as_bytes()).unwrap());
+        assert_eq!(r.name, "w");
+        assert_eq!((r.replication, r.cpu, r.memory_mb), (3, 0.5, 256));
+        assert_eq!(r.labels["zone"], "a");
+    }
 }

@@ -1,21 +1,47 @@
-//! The node's `resource` report (`appmgr/status/<host>/resource`), shaped like laoshanxi's
-//! App Manager report plus our own fields (memory, swap, load, labels, host).
+//! Samples the node's `resource` report (`wire::ResourceReport`, App Manager's shape plus our
+//! own fields).
 //!
 //! Everything comes from sysinfo except CPU sockets, which sysinfo does not expose and which
 //! are counted from `/sys` (falling back to `/proc/cpuinfo`). Nothing read from the OS may
-//! panic: a missing or unreadable source yields a fallback value instead.
+//! panic: a missing or unreadable source yields a fallback value instead. Sampling reads /proc
+//! and asks every mount for its free space, which blocks (for as long as a hung network mount
+//! likes), so it runs on tokio's blocking threads, never on the async workers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::Duration;
 
-use serde_json::{json, Map, Value};
 use sysinfo::{
     CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, RefreshKind, System,
 };
 
-/// Samples this machine's resources; keeps a sysinfo System between samples so refreshes are cheap.
+use crate::wire::resource::{FileSystem, LoadAverage, NetInterface, ResourceReport};
+
+/// How long a sample may take before the report is skipped this time.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no report was sampled this time; the next sample tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("the previous sample has not finished (a hung mount?)")]
+    Busy,
+    #[error("sampling took longer than {0:?} (a hung mount?)")]
+    TimedOut(Duration),
+    #[error("sampling failed: {0}")]
+    Failed(tokio::task::JoinError),
+}
+
+/// Samples this machine's resources; keeps sysinfo's state between samples so refreshes are
+/// cheap.
+#[derive(Clone)]
 pub struct ResourceSampler {
+    probe: Arc<Mutex<Probe>>,
+}
+
+/// sysinfo's state, used by one blocking thread at a time.
+struct Probe {
     /// Memory and the CPU list live here; kept so each sample refreshes memory in place.
     system: System,
     /// Mounted file systems; kept so each sample only re-reads mounts and free space.
@@ -45,51 +71,79 @@ impl ResourceSampler {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        Self {
+        let probe = Probe {
             system,
             disks: Disks::new(),
             networks: Networks::new(),
             processors,
             cores: System::physical_core_count().unwrap_or(processors),
             sockets: cpu_sockets(Path::new("/")),
+        };
+        Self {
+            probe: Arc::new(Mutex::new(probe)),
         }
     }
 
-    /// The `resource` report as JSON. `labels`: this node's configured labels (reported under
-    /// "labels", used by the scheduler's constraints). `started_ms`: when the agent started
-    /// (ms since epoch). `now_ms`: the time to report as systime.
-    pub fn sample(
-        &mut self,
+    /// The `resource` report, sampled on a blocking thread. `labels`: this node's configured
+    /// labels (used by the scheduler's constraints). `started_ms`: when the agent started (ms
+    /// since epoch). `now_ms`: the time to report as systime. While an earlier sample is still
+    /// stuck, this one is refused rather than queued behind it.
+    pub async fn sample(
+        &self,
         labels: &BTreeMap<String, String>,
         started_ms: u64,
         now_ms: u64,
-    ) -> Value {
+    ) -> Result<ResourceReport, SampleError> {
+        let probe = self.probe.clone();
+        let labels = labels.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut p = match probe.try_lock() {
+                Ok(p) => p,
+                // A sample that panicked left nothing half-done that the next one relies on.
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return Err(SampleError::Busy),
+            };
+            Ok(p.sample(labels, started_ms, now_ms))
+        });
+        match tokio::time::timeout(SAMPLE_TIMEOUT, job).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => Err(SampleError::Failed(e)),
+            Err(_) => Err(SampleError::TimedOut(SAMPLE_TIMEOUT)),
+        }
+    }
+}
+
+impl Probe {
+    fn sample(
+        &mut self,
+        labels: BTreeMap<String, String>,
+        started_ms: u64,
+        now_ms: u64,
+    ) -> ResourceReport {
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
         self.disks
             .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
         self.networks.refresh(true);
 
-        let mut fs: Vec<Value> = self
+        let mut fs: Vec<FileSystem> = self
             .disks
             .list()
             .iter()
             .filter(|d| d.total_space() > 0)
-            .map(|d| {
-                json!({
-                    "device": d.name().to_string_lossy(),
-                    "mount_point": d.mount_point().to_string_lossy(),
-                    "fs_type": d.file_system().to_string_lossy(),
-                    "size_bytes": d.total_space(),
-                    "available_bytes": d.available_space(),
-                })
+            .map(|d| FileSystem {
+                device: d.name().to_string_lossy().into_owned(),
+                mount_point: d.mount_point().to_string_lossy().into_owned(),
+                fs_type: d.file_system().to_string_lossy().into_owned(),
+                size_bytes: d.total_space(),
+                available_bytes: d.available_space(),
             })
             .collect();
-        fs.sort_by(|a, b| a["mount_point"].as_str().cmp(&b["mount_point"].as_str()));
+        fs.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
 
         let mut names: Vec<&String> = self.networks.list().keys().collect();
         names.sort();
-        let net: Vec<Value> = names
+        let net: Vec<NetInterface> = names
             .into_iter()
             .filter_map(|name| self.networks.list().get(name).map(|n| (name, n)))
             .map(|(name, n)| {
@@ -100,12 +154,12 @@ impl ResourceSampler {
                         .map(|ip| ip.addr.to_string())
                         .collect()
                 };
-                json!({
-                    "name": name,
-                    "mac": n.mac_address().to_string(),
-                    "ipv4": ips(true),
-                    "ipv6": ips(false),
-                })
+                NetInterface {
+                    name: name.clone(),
+                    mac: n.mac_address().to_string(),
+                    ipv4: ips(true),
+                    ipv6: ips(false),
+                }
             })
             .collect();
 
@@ -113,29 +167,29 @@ impl ResourceSampler {
         let host = System::host_name()
             .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
             .unwrap_or_default();
-        let labels: Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
 
-        json!({
-            "host": host,
-            "pid": std::process::id(),
-            "appmgr_start_time": app_time(started_ms),
-            "systime": app_time(now_ms),
-            "cpu_cores": self.cores,
-            "cpu_processors": self.processors,
-            "cpu_sockets": self.sockets,
-            "mem_total_bytes": self.system.total_memory(),
-            "mem_free_bytes": self.system.available_memory(),
-            "mem_used_bytes": self.system.used_memory(),
-            "swap_total_bytes": self.system.total_swap(),
-            "swap_free_bytes": self.system.free_swap(),
-            "load_average": {"1min": load.one, "5min": load.five, "15min": load.fifteen},
-            "fs": fs,
-            "net": net,
-            "labels": labels,
-        })
+        ResourceReport {
+            host,
+            pid: std::process::id(),
+            appmgr_start_time: app_time(started_ms),
+            systime: app_time(now_ms),
+            cpu_cores: self.cores as u64,
+            cpu_processors: self.processors as u64,
+            cpu_sockets: self.sockets,
+            mem_total_bytes: self.system.total_memory(),
+            mem_free_bytes: self.system.available_memory(),
+            mem_used_bytes: self.system.used_memory(),
+            swap_total_bytes: self.system.total_swap(),
+            swap_free_bytes: self.system.free_swap(),
+            load_average: LoadAverage {
+                one: load.one,
+                five: load.five,
+                fifteen: load.fifteen,
+            },
+            fs,
+            net,
+            labels,
+        }
     }
 }
 
@@ -200,6 +254,7 @@ pub fn app_time(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn app_time_known_values() {
@@ -250,11 +305,19 @@ mod tests {
         assert_eq!(cpu_sockets(dir.path()), 2);
     }
 
-    #[test]
-    fn sample_reports_this_machine() {
-        let mut sampler = ResourceSampler::new();
+    // The default test runtime has one thread: sampling there proves it does not need the
+    // caller's worker.
+    #[tokio::test]
+    async fn sample_reports_this_machine() {
+        let sampler = ResourceSampler::new();
         let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
-        let report = sampler.sample(&labels, 1_580_830_641_000, 1_580_832_118_000);
+        let typed = sampler
+            .sample(&labels, 1_580_830_641_000, 1_580_832_118_000)
+            .await
+            .expect("sampled");
+        // What the leader reads back is what was written.
+        assert_eq!(ResourceReport::parse(&typed.encode()).unwrap(), typed);
+        let report = serde_json::to_value(&typed).unwrap();
         for key in [
             "host",
             "pid",
@@ -293,9 +356,25 @@ mod tests {
         let text = serde_json::to_string(&report).expect("serialises");
         assert!(text.contains("\"cpu_processors\""));
 
-        let again = sampler.sample(&BTreeMap::new(), 0, 1000);
+        let again =
+            serde_json::to_value(sampler.sample(&BTreeMap::new(), 0, 1000).await.unwrap()).unwrap();
         assert_eq!(again["systime"], "1970-01-01 00:00:01");
         assert_eq!(again["labels"], json!({}));
         assert_eq!(again["cpu_processors"], report["cpu_processors"]);
+    }
+
+    // Holding the probe's lock across the await is what this test is about.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_sample_stuck_in_the_kernel_is_not_queued_behind() {
+        let sampler = ResourceSampler::new();
+        // A sample that never returns (a hung NFS mount) holds the probe.
+        let stuck = sampler.probe.lock().unwrap();
+        let t0 = std::time::Instant::now();
+        let e = sampler.sample(&BTreeMap::new(), 0, 0).await.unwrap_err();
+        assert!(matches!(e, SampleError::Busy), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        drop(stuck);
+        assert!(sampler.sample(&BTreeMap::new(), 0, 0).await.is_ok());
     }
 }

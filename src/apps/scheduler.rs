@@ -10,8 +10,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Task names placed on each host. A host missing from the map holds nothing.
-pub type Topology = BTreeMap<String, BTreeSet<String>>;
+pub use crate::wire::schedule::Unplaced;
+pub use crate::wire::Topology;
 
 /// One app task as the scheduler needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,20 +39,6 @@ pub struct HostInfo {
     pub cpu_cores: f64,
     /// Capacity that replicas' `memory_mb` requests are counted against.
     pub memory_mb: u64,
-}
-
-/// A task that did not get all its replicas, so operators see why instead of silence.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Unplaced {
-    /// The task's name.
-    pub task: String,
-    /// Its `replication`.
-    pub wanted: u32,
-    /// Replicas it has in the plan (these are kept).
-    pub placed: u32,
-    /// Human-readable cause, e.g.
-    /// "2 of 3 replicas placed: only 2 live hosts match labels {zone=a}".
-    pub reason: String,
 }
 
 /// The result of one scheduling pass.

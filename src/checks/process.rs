@@ -227,15 +227,27 @@ pub fn matching<'a>(
         .collect()
 }
 
-/// A `-u` value as a uid: numeric as is, else looked up; an unknown user is an error message.
-fn resolve_uid(user: &str) -> Result<u32, String> {
+/// Why a `-u` value is no uid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("no such user {0:?}")]
+    Unknown(String),
+    #[error("cannot look up user {user:?}: {error}")]
+    Lookup { user: String, error: nix::Error },
+}
+
+/// A `-u` value as a uid: numeric as is, else looked up.
+fn resolve_uid(user: &str) -> Result<u32, UserError> {
     if let Ok(n) = user.parse() {
         return Ok(n);
     }
     match nix::unistd::User::from_name(user) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!("no such user {user:?}")),
-        Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
+        Ok(None) => Err(UserError::Unknown(user.to_string())),
+        Err(error) => Err(UserError::Lookup {
+            user: user.to_string(),
+            error,
+        }),
     }
 }
 
@@ -252,7 +264,7 @@ pub fn check(
     let fail = |msg: String| Verdict::error(msg).with("selector", desc.clone());
     let uid = match sel.user.as_deref().map(resolve_uid).transpose() {
         Ok(uid) => uid,
-        Err(msg) => return fail(msg),
+        Err(e) => return fail(e.to_string()),
     };
     let procs = match scan(proc_root) {
         Ok(procs) => procs,

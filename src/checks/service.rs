@@ -8,11 +8,31 @@ use std::time::Duration;
 
 use super::role::{
     environment, expects_running, judge, parse_roles, role_of, ClusterRoles, Grouping, Role,
+    RoleError,
 };
 use super::verdict::Verdict;
-use crate::consul::{Client, QueryOptions};
+use crate::consul::{Client, ConsulError, QueryOptions};
 use crate::process::{run_with_timeout, LaunchSpec, Limits, Outcome, Output, ProcessDriver};
 use crate::wire::{HealthStatus, Namespace};
+
+/// Why the check cannot tell what this node should do: each is a critical verdict that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceCheckError {
+    #[error("cannot ask the local Consul agent: {0}")]
+    LocalAgent(ConsulError),
+    #[error("cannot read {key}: {error}")]
+    Roles { key: String, error: ConsulError },
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error("cannot read the health of {node}: {error}")]
+    NodeHealth { node: String, error: ConsulError },
+    #[error("cannot read {service} in {dc}: {error}")]
+    ServiceHealth {
+        service: String,
+        dc: String,
+        error: ConsulError,
+    },
+}
 
 /// How long a status command may take before the check calls it critical.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +138,7 @@ pub async fn active_healthy(
     client: &Client,
     roles: &ClusterRoles,
     consul_service: &str,
-) -> Result<bool, String> {
+) -> Result<bool, ServiceCheckError> {
     let ours = |c: &crate::consul::HealthCheck| {
         c.check_id != "serfHealth"
             && (c.service_name == consul_service
@@ -131,7 +151,10 @@ pub async fn active_healthy(
                 let (checks, _) = client
                     .health_node(node, &QueryOptions::default())
                     .await
-                    .map_err(|e| format!("cannot read the health of {node}: {e}"))?;
+                    .map_err(|error| ServiceCheckError::NodeHealth {
+                        node: node.clone(),
+                        error,
+                    })?;
                 let serf = checks
                     .iter()
                     .any(|c| c.check_id == "serfHealth" && c.status == HealthStatus::Passing);
@@ -152,7 +175,11 @@ pub async fn active_healthy(
                 let (entries, _) = client
                     .health_service(consul_service, false, &q)
                     .await
-                    .map_err(|e| format!("cannot read {consul_service} in {dc}: {e}"))?;
+                    .map_err(|error| ServiceCheckError::ServiceHealth {
+                        service: consul_service.to_string(),
+                        dc: dc.clone(),
+                        error,
+                    })?;
                 if entries.iter().any(|e| {
                     !e.checks.is_empty()
                         && e.checks.iter().all(|c| c.status == HealthStatus::Passing)
@@ -196,11 +223,11 @@ pub async fn local(
     client: &Client,
     env: Option<&str>,
     layout: &Namespace,
-) -> Result<Local, String> {
+) -> Result<Local, ServiceCheckError> {
     let me = client
         .agent_self()
         .await
-        .map_err(|e| format!("cannot ask the local Consul agent: {e}"))?;
+        .map_err(ServiceCheckError::LocalAgent)?;
     let node = me["Config"]["NodeName"].as_str().unwrap_or("").to_string();
     let datacenter = me["Config"]["Datacenter"]
         .as_str()
@@ -223,15 +250,17 @@ pub async fn role_for(
     client: &Client,
     me: &Local,
     consul_service: &str,
-) -> Result<(Role, Option<ClusterRoles>), String> {
+) -> Result<(Role, Option<ClusterRoles>), ServiceCheckError> {
     let key = me.layout.cluster(&me.env, consul_service);
     let body = client
         .kv_get_raw(&key)
         .await
-        .map_err(|e| format!("cannot read {key}: {e}"))?;
-    let roles = parse_roles(&key, body.as_deref()).map_err(|e| e.to_string())?;
-    let role =
-        role_of(roles.as_ref(), &me.node, &me.datacenter, &key).map_err(|e| e.to_string())?;
+        .map_err(|error| ServiceCheckError::Roles {
+            key: key.clone(),
+            error,
+        })?;
+    let roles = parse_roles(&key, body.as_deref())?;
+    let role = role_of(roles.as_ref(), &me.node, &me.datacenter, &key)?;
     Ok((role, roles))
 }
 

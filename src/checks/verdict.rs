@@ -26,8 +26,8 @@ impl Verdict {
     }
 
     /// An internal error (bad role data, unreadable /proc, Consul unreachable): critical.
-    pub fn error(message: impl Into<String>) -> Verdict {
-        Verdict::new(HealthStatus::Critical, message)
+    pub fn error(message: impl std::fmt::Display) -> Verdict {
+        Verdict::new(HealthStatus::Critical, message.to_string())
     }
 
     /// Adds a fact to the JSON line.

@@ -7,10 +7,6 @@ use clap::Args;
 use crate::agent::config::AgentConfig;
 use crate::util::duration::parse_duration;
 
-fn duration(s: &str) -> Result<std::time::Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-
 /// TLS material from the global flags (`--ca-file`, `--client-cert`, `--client-key`).
 #[derive(Debug, Default)]
 pub struct Tls {
@@ -32,31 +28,31 @@ pub struct AgentArgs {
     #[arg(long, env = "SERVANT_MAX_PARALLEL")]
     pub max_parallel: Option<usize>,
     /// Node session TTL (min 10s).
-    #[arg(long, env = "SERVANT_SESSION_TTL", value_parser = duration)]
+    #[arg(long, env = "SERVANT_SESSION_TTL", value_parser = parse_duration)]
     pub session_ttl: Option<std::time::Duration>,
     /// Lock-delay of the node session.
-    #[arg(long, env = "SERVANT_LOCK_DELAY", value_parser = duration)]
+    #[arg(long, env = "SERVANT_LOCK_DELAY", value_parser = parse_duration)]
     pub lock_delay: Option<std::time::Duration>,
     /// Claim delay per rendezvous rank.
-    #[arg(long, env = "SERVANT_CLAIM_STAGGER", value_parser = duration)]
+    #[arg(long, env = "SERVANT_CLAIM_STAGGER", value_parser = parse_duration)]
     pub claim_stagger: Option<std::time::Duration>,
     /// Time running jobs get to finish after SIGINT/SIGTERM.
-    #[arg(long, env = "SERVANT_SHUTDOWN_GRACE", value_parser = duration)]
+    #[arg(long, env = "SERVANT_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<std::time::Duration>,
     /// Time between SIGTERM and SIGKILL of a job.
-    #[arg(long, env = "SERVANT_KILL_GRACE", value_parser = duration)]
+    #[arg(long, env = "SERVANT_KILL_GRACE", value_parser = parse_duration)]
     pub kill_grace: Option<std::time::Duration>,
     /// Bytes of stdout and of stderr kept in a KV result.
     #[arg(long, env = "SERVANT_OUTPUT_CAP")]
     pub output_cap: Option<usize>,
     /// Age after which results are deleted.
-    #[arg(long, env = "SERVANT_RESULT_MAX_AGE", value_parser = duration)]
+    #[arg(long, env = "SERVANT_RESULT_MAX_AGE", value_parser = parse_duration)]
     pub result_max_age: Option<std::time::Duration>,
     /// How often old results are looked for.
-    #[arg(long, env = "SERVANT_RESULT_GC_INTERVAL", value_parser = duration)]
+    #[arg(long, env = "SERVANT_RESULT_GC_INTERVAL", value_parser = parse_duration)]
     pub result_gc_interval: Option<std::time::Duration>,
     /// `wait` of blocking queries.
-    #[arg(long, env = "SERVANT_WATCH_WAIT", value_parser = duration)]
+    #[arg(long, env = "SERVANT_WATCH_WAIT", value_parser = parse_duration)]
     pub watch_wait: Option<std::time::Duration>,
     /// Address of the agent's own HTTP API.
     #[arg(long, env = "SERVANT_API_ADDR")]

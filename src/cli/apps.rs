@@ -7,12 +7,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use super::table::table;
 use super::Ctx;
-use crate::apps::node::{parse_tasks, topology_from_keys};
-use crate::apps::task::parse_task;
-use crate::consul::{KvPutOptions, QueryOptions};
-use crate::jobs::view::table;
-use crate::wire::Namespace;
+use crate::consul::{KvPair, KvPutOptions, QueryOptions};
+use crate::wire::topology::{read_topology, Topology};
+use crate::wire::{parse_task, parse_tasks, KvEntry, Namespace, ScheduleReport};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -70,6 +69,20 @@ fn layout(ctx: &Ctx) -> Namespace {
     ctx.layout.clone()
 }
 
+/// `(key, value)` of each listed entry, as `wire`'s readers take them.
+fn kv(entries: &[KvPair]) -> impl Iterator<Item = KvEntry<'_>> {
+    entries.iter().map(|e| (e.key.as_str(), e.value.as_slice()))
+}
+
+/// The placements; unreadable keys place nothing (the leader rewrites them).
+async fn placements(ctx: &Ctx, l: &Namespace) -> anyhow::Result<Topology> {
+    let (entries, _) = ctx
+        .client
+        .kv_list(&l.topology_prefix(), &QueryOptions::default())
+        .await?;
+    Ok(read_topology(l, kv(&entries)).placed)
+}
+
 pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
     let l = layout(ctx);
     match cmd {
@@ -111,9 +124,8 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
         TaskCommand::Ls(a) => {
             let q = QueryOptions::default();
             let (entries, _) = ctx.client.kv_list(&l.tasks(), &q).await?;
-            let (tasks, invalid) = parse_tasks(&l, &entries);
-            let (topo, _) = ctx.client.kv_list(&l.topology_prefix(), &q).await?;
-            let topo = topology_from_keys(&l, &topo);
+            let (tasks, invalid) = parse_tasks(&l, kv(&entries));
+            let topo = placements(ctx, &l).await?;
             let mut hosts: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (host, names) in &topo {
                 for n in names {
@@ -133,11 +145,9 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
                             }),
                         )
                     })
-                    .chain(
-                        invalid
-                            .iter()
-                            .map(|(n, e)| (n.as_str(), serde_json::json!({ "invalid": e }))),
-                    )
+                    .chain(invalid.iter().map(|(n, e)| {
+                        (n.as_str(), serde_json::json!({ "invalid": e.to_string() }))
+                    }))
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -174,17 +184,12 @@ async fn app_logs(ctx: &Ctx, a: AppLogsArgs) -> anyhow::Result<i32> {
     let l = layout(ctx);
     let nodes: Vec<String> = match a.node {
         Some(n) => vec![n],
-        None => {
-            let (topo, _) = ctx
-                .client
-                .kv_list(&l.topology_prefix(), &QueryOptions::default())
-                .await?;
-            topology_from_keys(&l, &topo)
-                .into_iter()
-                .filter(|(_, names)| names.contains(&a.name))
-                .map(|(host, _)| host)
-                .collect()
-        }
+        None => placements(ctx, &l)
+            .await?
+            .into_iter()
+            .filter(|(_, names)| names.contains(&a.name))
+            .map(|(host, _)| host)
+            .collect(),
     };
     if nodes.is_empty() {
         bail!(
@@ -264,22 +269,31 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
 /// `servant topology`: hosts × apps, the leader, unplaced replicas and invalid tasks.
 pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
     let l = layout(ctx);
-    let q = QueryOptions::default();
-    let (topo, _) = ctx.client.kv_list(&l.topology_prefix(), &q).await?;
-    let topo = topology_from_keys(&l, &topo);
-    let report: Value = ctx
-        .client
-        .kv_get_raw(&l.schedule())
-        .await?
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
+    let topo = placements(ctx, &l).await?;
+    // No report yet (no leader has run): nothing unplaced or invalid to show. An unreadable one
+    // is said, and the placements are still shown.
+    let report = match ctx.client.kv_get_raw(&l.schedule()).await? {
+        Some(b) => match ScheduleReport::parse(&b) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("servant: {}: {e}", l.schedule());
+                None
+            }
+        },
+        None => None,
+    };
     let leader = ctx
         .client
         .kv_get_raw(&l.leader())
         .await?
         .map(|b| String::from_utf8_lossy(&b).to_string());
     if a.json {
-        let v = serde_json::json!({"leader": leader, "topology": topo, "unplaced": report["unplaced"], "invalid": report["invalid"]});
+        let v = serde_json::json!({
+            "leader": leader,
+            "topology": topo,
+            "unplaced": report.as_ref().map(|r| &r.unplaced),
+            "invalid": report.as_ref().map(|r| &r.invalid),
+        });
         outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
@@ -302,15 +316,13 @@ pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         .collect();
     outln!("leader: {}", leader.as_deref().unwrap_or("(none)"));
     out!("{}", table(&header, &rows));
-    for u in report["unplaced"].as_array().into_iter().flatten() {
-        outln!(
-            "UNPLACED {}: {}",
-            u["task"].as_str().unwrap_or("?"),
-            u["reason"].as_str().unwrap_or("")
-        );
-    }
-    for (name, why) in report["invalid"].as_object().into_iter().flatten() {
-        outln!("INVALID {name}: {}", why.as_str().unwrap_or(""));
+    if let Some(r) = &report {
+        for u in &r.unplaced {
+            outln!("UNPLACED {}: {}", u.task, u.reason);
+        }
+        for (name, why) in &r.invalid {
+            outln!("INVALID {name}: {why}");
+        }
     }
     Ok(0)
 }

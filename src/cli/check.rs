@@ -179,9 +179,7 @@ async fn trigger_one(
 ) -> anyhow::Result<Option<i32>> {
     let timeout = parse_duration(&opts.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout {:?}: {e}", opts.timeout))?;
-    let me = local(&ctx.client, opts.env.as_deref(), &ctx.layout)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let me = local(&ctx.client, opts.env.as_deref(), &ctx.layout).await?;
     let service = check["ServiceName"]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -240,9 +238,7 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
     let Some(list) = checks.as_array() else {
         anyhow::bail!("the watch input is not a list of checks");
     };
-    let me = local(&ctx.client, a.opts.env.as_deref(), &ctx.layout)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let me = local(&ctx.client, a.opts.env.as_deref(), &ctx.layout).await?;
     let mut worst = 0;
     for c in list {
         let ours = c["Node"].as_str().is_none_or(|n| n == me.node);

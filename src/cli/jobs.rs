@@ -3,10 +3,10 @@
 use clap::Args;
 
 use super::show::view_of;
+use super::table::{job_row, table};
 use super::Ctx;
 use crate::consul::QueryOptions;
-use crate::jobs::result::JobResult;
-use crate::jobs::view::{table, JobView};
+use crate::wire::{JobResult, JobView};
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, a: JobsArgs) -> anyhow::Result<i32> {
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&views)?);
     } else {
-        let rows: Vec<Vec<String>> = views.iter().map(|v| v.row().to_vec()).collect();
+        let rows: Vec<Vec<String>> = views.iter().map(|v| job_row(v).to_vec()).collect();
         out!(
             "{}",
             table(&["KEY", "STATE", "NODE", "TIME", "DETAIL"], &rows)

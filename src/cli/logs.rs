@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use super::show::{node_keys, node_names};
 use super::Ctx;
 use crate::consul::QueryOptions;
-use crate::jobs::result::JobResult;
 use crate::wire::JobKey;
+use crate::wire::JobResult;
 
 /// One stream of a job's or an app's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

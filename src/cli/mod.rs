@@ -34,6 +34,7 @@ pub mod logs;
 pub mod node;
 pub mod show;
 pub mod start;
+pub mod table;
 pub mod template;
 
 use clap::{CommandFactory, Parser, Subcommand};

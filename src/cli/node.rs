@@ -2,8 +2,8 @@
 
 use clap::{Args, Subcommand};
 
+use super::table::table;
 use super::Ctx;
-use crate::jobs::view::table;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {

@@ -3,11 +3,10 @@
 use anyhow::bail;
 use clap::Args;
 
+use super::table::{job_row, table};
 use super::Ctx;
 use crate::consul::{KvPair, QueryOptions};
-use crate::jobs::result::{JobResult, JobStatus};
-use crate::jobs::view::{table, JobView};
-use crate::wire::JobKey;
+use crate::wire::{JobKey, JobResult, JobStatus, JobView};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -182,7 +181,7 @@ pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
         outln!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(0);
     }
-    let rows: Vec<Vec<String>> = views.iter().map(|(_, v)| v.row().to_vec()).collect();
+    let rows: Vec<Vec<String>> = views.iter().map(|(_, v)| job_row(v).to_vec()).collect();
     out!(
         "{}",
         table(&["KEY", "STATE", "NODE", "TIME", "DETAIL"], &rows)

@@ -10,9 +10,9 @@ use serde_json::{json, Map, Value};
 
 use super::Ctx;
 use crate::consul::{KvPutOptions, QueryOptions, TxnKvOp, TxnOp, TxnOutcome};
-use crate::jobs::result::JobResult;
 use crate::jobs::spec::{self, validate_id};
 use crate::wire::JobKey;
+use crate::wire::JobResult;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {

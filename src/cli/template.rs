@@ -10,7 +10,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::Ctx;
-use crate::templates::runner::{parse_template_flag, parse_wait, run, RunnerConfig, TemplateSpec};
+use crate::templates::runner::{
+    parse_template_flag, parse_wait, run, RunnerConfig, TemplateSpec, Wait,
+};
 
 #[derive(Debug, Args)]
 pub struct TemplateArgs {
@@ -36,7 +38,7 @@ pub struct TemplateArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     #[serde(default)]
-    wait: Option<String>,
+    wait: Option<Wait>,
     #[serde(default)]
     template: Vec<TemplateSpec>,
 }
@@ -56,14 +58,15 @@ pub async fn run_cmd(ctx: &Ctx, a: TemplateArgs) -> anyhow::Result<i32> {
         wait = f.wait;
     }
     for t in &a.template {
-        templates.push(parse_template_flag(t).map_err(anyhow::Error::msg)?);
+        templates.push(parse_template_flag(t)?);
     }
     if templates.is_empty() {
         anyhow::bail!("no templates: give -template in:out[:command] or -config FILE");
     }
-    let (wait_min, wait_max) = match a.wait.or(wait) {
-        Some(w) => parse_wait(&w).map_err(anyhow::Error::msg)?,
-        None => (Duration::ZERO, Duration::ZERO),
+    // The flag over the file.
+    let wait = match a.wait {
+        Some(w) => parse_wait(&w).with_context(|| format!("-wait {w:?}"))?,
+        None => wait.unwrap_or_default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let stopper = stop.clone();
@@ -75,8 +78,8 @@ pub async fn run_cmd(ctx: &Ctx, a: TemplateArgs) -> anyhow::Result<i32> {
         ctx.client.clone(),
         RunnerConfig {
             templates,
-            wait_min,
-            wait_max,
+            wait_min: wait.min,
+            wait_max: wait.max,
             once: a.once,
             dry: a.dry,
             watch_wait: Duration::from_secs(300),

@@ -28,6 +28,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 
 use super::state::State;
+use crate::wire::HealthStatus;
 
 /// Consul's default domain and this server's datacenter.
 pub const DOMAIN: &str = "consul";
@@ -43,7 +44,7 @@ pub struct Snapshot {
     pub node: String,
     pub node_addr: IpAddr,
     /// States of the node's own checks (not serfHealth, which is always passing here).
-    pub node_checks: Vec<String>,
+    pub node_checks: Vec<HealthStatus>,
     pub instances: Vec<Instance>,
 }
 
@@ -56,22 +57,22 @@ pub struct Instance {
     pub address: String,
     pub port: u16,
     /// States of the instance's checks.
-    pub checks: Vec<String>,
+    pub checks: Vec<HealthStatus>,
 }
 
 impl Snapshot {
     /// The snapshot of the server's state.
     pub fn of(st: &State, node: &str, node_addr: IpAddr) -> Snapshot {
-        let mut by_service: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut by_service: HashMap<&str, Vec<HealthStatus>> = HashMap::new();
         let mut node_checks = Vec::new();
         for c in st.checks.values() {
             if c.service_id.is_empty() {
-                node_checks.push(c.status.clone());
+                node_checks.push(c.status);
             } else {
                 by_service
                     .entry(c.service_id.as_str())
                     .or_default()
-                    .push(c.status.clone());
+                    .push(c.status);
             }
         }
         let text = |reg: &Value, k: &str| {
@@ -118,7 +119,7 @@ impl Snapshot {
         self.node_checks
             .iter()
             .chain(&i.checks)
-            .all(|s| s == "passing")
+            .all(|s| *s == HealthStatus::Passing)
     }
 }
 
@@ -641,7 +642,10 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             address: address.into(),
             port,
-            checks: checks.iter().map(|c| c.to_string()).collect(),
+            checks: checks
+                .iter()
+                .map(|c| HealthStatus::parse(c).expect("a state"))
+                .collect(),
         }
     }
 
@@ -822,14 +826,14 @@ mod tests {
     #[test]
     fn a_critical_node_check_such_as_maintenance_hides_every_service_but_not_the_node() {
         let mut s = snap();
-        s.node_checks.push("critical".into());
+        s.node_checks.push(HealthStatus::Critical);
         let m = ask(&s, "db.service.consul.", RecordType::A);
         assert_eq!(m.response_code(), ResponseCode::NXDomain);
         let m = ask(&s, "devnode.node.consul.", RecordType::A);
         assert_eq!(data(&m), vec!["127.0.0.2"]);
         // A warning node check too: passing only.
         let mut s = snap();
-        s.node_checks.push("warning".into());
+        s.node_checks.push(HealthStatus::Warning);
         assert_eq!(
             ask(&s, "db.service.consul.", RecordType::A).response_code(),
             ResponseCode::NXDomain
@@ -960,7 +964,7 @@ mod tests {
         let check = |id: &str, sid: &str, status: &str| super::super::state::Check {
             id: id.into(),
             name: id.into(),
-            status: status.into(),
+            status: HealthStatus::parse(status).expect("a state"),
             notes: String::new(),
             output: String::new(),
             service_id: sid.into(),
@@ -980,7 +984,11 @@ mod tests {
     }
 
     fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
-        let status = prop_oneof!["passing", "warning", "critical"];
+        let status = prop_oneof![
+            Just(HealthStatus::Passing),
+            Just(HealthStatus::Warning),
+            Just(HealthStatus::Critical)
+        ];
         let instance = (
             prop_oneof!["web", "db", "Api"],
             proptest::collection::vec(prop_oneof!["v1", "v2"], 0..2),

@@ -29,8 +29,9 @@ use super::state::{
     is_maintenance, Behavior, Check, Entry, PutOptions, Session, State, StateError, TxnOp,
     UserEvent,
 };
-use crate::util::duration::parse_duration;
+use crate::util::duration::{parse_duration, DurationError};
 use crate::util::json::canonical_keys;
+use crate::wire::HealthStatus;
 
 /// Fields of a service registration, and of a check; request keys match them case-insensitively.
 const SERVICE_FIELDS: &[&str] = &[
@@ -411,15 +412,26 @@ struct TxnKv {
     session: String,
 }
 
-fn txn_op(kv: TxnKv) -> Result<TxnOp, String> {
+/// Why a transaction's operation is refused (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+enum TxnOpError {
+    #[error("Failed to parse body: illegal base64 data: {0}")]
+    Base64(base64::DecodeError),
+    #[error("Failed to parse body: a key may not start with a NUL byte")]
+    NulKey,
+    #[error("Failed to parse body: unknown KV verb {0:?}")]
+    Verb(String),
+}
+
+fn txn_op(kv: TxnKv) -> Result<TxnOp, TxnOpError> {
     let value = match kv.value {
         Some(v) => base64::engine::general_purpose::STANDARD
             .decode(v.as_bytes())
-            .map_err(|e| format!("Failed to parse body: illegal base64 data: {e}"))?,
+            .map_err(TxnOpError::Base64)?,
         None => Vec::new(),
     };
     if kv.key.starts_with('\0') {
-        return Err("Failed to parse body: a key may not start with a NUL byte".into());
+        return Err(TxnOpError::NulKey);
     }
     let (key, flags, index, session) = (kv.key, kv.flags, kv.index, kv.session);
     Ok(match kv.verb.as_str() {
@@ -450,7 +462,7 @@ fn txn_op(kv: TxnKv) -> Result<TxnOp, String> {
         "delete" => TxnOp::Delete { key },
         "delete-tree" => TxnOp::DeleteTree { key },
         "delete-cas" => TxnOp::DeleteCas { key, index },
-        other => return Err(format!("Failed to parse body: unknown KV verb {other:?}")),
+        other => return Err(TxnOpError::Verb(other.to_string())),
     })
 }
 
@@ -485,7 +497,7 @@ async fn txn(AxState(core): AxState<Core>, body: Bytes) -> Response {
         };
         match txn_op(kv) {
             Ok(op) => ops.push(op),
-            Err(m) => return text(StatusCode::BAD_REQUEST, m),
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
     let outcome = core
@@ -517,7 +529,7 @@ async fn txn(AxState(core): AxState<Core>, body: Bytes) -> Response {
         Ok(Ok(Err(errors))) => {
             let errs: Vec<Value> = errors
                 .into_iter()
-                .map(|(i, w)| json!({"OpIndex": i, "What": w}))
+                .map(|(i, w)| json!({"OpIndex": i, "What": w.to_string()}))
                 .collect();
             (
                 StatusCode::CONFLICT,
@@ -667,7 +679,7 @@ async fn session_create(AxState(core): AxState<Core>, body: Bytes) -> Response {
                             "Missing check '{c}' registration"
                         )))
                     }
-                    Some(chk) if chk.status == "critical" => {
+                    Some(chk) if chk.status == HealthStatus::Critical => {
                         return Err(StateError::Refused(format!(
                             "Check '{c}' is in critical state"
                         )))
@@ -926,25 +938,38 @@ async fn agent_services(AxState(core): AxState<Core>) -> Response {
     axum::Json(Value::Object(map)).into_response()
 }
 
+/// Why a check in a registration is refused (HTTP 400, in Consul's words).
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("Invalid check {field}: {error}")]
+    Duration {
+        field: &'static str,
+        error: DurationError,
+    },
+    #[error("Invalid check: one of TTL, HTTP, TCP or Args is required")]
+    Kind,
+    /// Consul words this one per endpoint: see `service_register`.
+    #[error("Bad check status")]
+    Status,
+}
+
 /// A check from a registration body (Consul's field names), for the service `service`.
-fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Result<Check, String> {
+fn check_from(
+    v: &Value,
+    default_id: &str,
+    service: Option<(&str, &str)>,
+) -> Result<Check, CheckError> {
     let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    let ttl_ms = match get("TTL") {
-        Some(t) => parse_duration(&t)
-            .map_err(|e| format!("Invalid check TTL: {e}"))?
-            .as_millis()
-            .min(u128::from(u64::MAX / 2)) as u64,
-        None => 0,
-    };
-    let ms = |k: &str, default: u64| -> Result<u64, String> {
-        match get(k) {
+    let ms = |field: &'static str, default: u64| -> Result<u64, CheckError> {
+        match get(field) {
             Some(t) => Ok(parse_duration(&t)
-                .map_err(|e| format!("Invalid check {k}: {e}"))?
+                .map_err(|error| CheckError::Duration { field, error })?
                 .as_millis()
                 .min(u128::from(u64::MAX / 2)) as u64),
             None => Ok(default),
         }
     };
+    let ttl_ms = ms("TTL", 0)?;
     let probe = match (get("HTTP"), get("TCP")) {
         (Some(url), _) => Some(super::state::Probe {
             target: url,
@@ -961,19 +986,20 @@ fn check_from(v: &Value, default_id: &str, service: Option<(&str, &str)>) -> Res
         _ => None,
     };
     if ttl_ms == 0 && probe.is_none() && v.get("Args").is_none() {
-        return Err("Invalid check: one of TTL, HTTP, TCP or Args is required".into());
+        return Err(CheckError::Kind);
     }
+    // Consul starts checks critical until they first pass, unless told otherwise.
+    let status = match get("Status").filter(|s| !s.is_empty()) {
+        Some(s) => HealthStatus::parse(&s).ok_or(CheckError::Status)?,
+        None => HealthStatus::Critical,
+    };
     let (output, status) = if ttl_ms > 0 || probe.is_some() {
-        // Consul starts checks critical until they first pass.
-        (
-            String::new(),
-            get("Status").unwrap_or_else(|| "critical".into()),
-        )
+        (String::new(), status)
     } else {
         // Script checks are not run here (Consul too runs them only with enable_script_checks).
         (
             "the embedded server does not run script checks".into(),
-            "critical".into(),
+            HealthStatus::Critical,
         )
     };
     Ok(Check {
@@ -1036,7 +1062,13 @@ async fn service_register(AxState(core): AxState<Core>, body: Bytes) -> Response
         };
         match check_from(c, &default_id, Some((&id, &name))) {
             Ok(c) => checks.push(c),
-            Err(m) => return text(StatusCode::BAD_REQUEST, m),
+            Err(CheckError::Status) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Status for checks must 'passing', 'warning', 'critical'",
+                )
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
     let outcome = core
@@ -1167,9 +1199,23 @@ async fn catalog_service(AxState(core): AxState<Core>, Path(name): Path<String>,
     json_at(idx, Value::Array(out))
 }
 
-fn serf_health(core: &Core) -> Value {
-    json!({"Node": core.node(), "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": ""})
+/// serfHealth: always passing, the one node being the server itself.
+fn serf_health() -> Check {
+    Check {
+        id: SERF_HEALTH.into(),
+        name: "Serf Health Status".into(),
+        status: HealthStatus::Passing,
+        notes: String::new(),
+        output: "Agent alive and reachable".into(),
+        service_id: String::new(),
+        service_name: String::new(),
+        ttl_ms: 0,
+        expires_at_ms: 0,
+        probe: None,
+    }
 }
+
+const SERF_HEALTH: &str = "serfHealth";
 
 fn check_json(core: &Core, st: &State, c: &Check) -> Value {
     let tags = st
@@ -1183,6 +1229,7 @@ fn check_json(core: &Core, st: &State, c: &Check) -> Value {
 /// Consul's `Type` of a check.
 fn check_type(c: &Check) -> &'static str {
     match &c.probe {
+        _ if c.id == SERF_HEALTH => "",
         _ if is_maintenance(&c.id) => "maintenance",
         Some(p) if p.http => "http",
         Some(_) => "tcp",
@@ -1192,9 +1239,17 @@ fn check_type(c: &Check) -> &'static str {
 }
 
 /// serfHealth and every registered check, optionally only those matching `keep`.
-fn all_checks(core: &Core, st: &State, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
-    std::iter::once(serf_health(core))
-        .chain(st.checks.values().map(|c| check_json(core, st, c)))
+fn all_checks(core: &Core, st: &State, keep: impl Fn(&Check) -> bool) -> Vec<Value> {
+    checks_of(st, keep)
+        .iter()
+        .map(|c| check_json(core, st, c))
+        .collect()
+}
+
+/// serfHealth and the registered checks that match `keep`.
+fn checks_of(st: &State, keep: impl Fn(&Check) -> bool) -> Vec<std::borrow::Cow<'_, Check>> {
+    std::iter::once(std::borrow::Cow::Owned(serf_health()))
+        .chain(st.checks.values().map(std::borrow::Cow::Borrowed))
         .filter(|c| keep(c))
         .collect()
 }
@@ -1231,7 +1286,7 @@ async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
         .map(str::to_string);
     let mut check = match check_from(&v, &name, None) {
         Ok(c) => c,
-        Err(m) => return text(StatusCode::BAD_REQUEST, m),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let outcome = core
         .write(move |st, now| {
@@ -1244,7 +1299,11 @@ async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
                             .unwrap_or_default()
                             .to_string()
                     }
-                    None => return Err(format!("ServiceID {sid:?} does not exist")),
+                    None => {
+                        return Err(StateError::BadRequest(format!(
+                            "ServiceID {sid:?} does not exist"
+                        )))
+                    }
                 }
             }
             st.check_register(check, now);
@@ -1253,7 +1312,7 @@ async fn check_register(AxState(core): AxState<Core>, body: Bytes) -> Response {
         .await;
     match outcome {
         Ok(Ok(())) => StatusCode::OK.into_response(),
-        Ok(Err(m)) => text(StatusCode::BAD_REQUEST, m),
+        Ok(Err(e)) => state_error(e),
         Err(e) => core_error(e),
     }
 }
@@ -1276,7 +1335,7 @@ async fn check_deregister(AxState(core): AxState<Core>, Path(id): Path<String>) 
 async fn set_check(
     core: Core,
     id: String,
-    status: &'static str,
+    status: HealthStatus,
     output: Option<String>,
 ) -> Response {
     let id2 = id.clone();
@@ -1294,13 +1353,13 @@ async fn set_check(
 }
 
 async fn check_pass(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
-    set_check(core, id, "passing", q.0.get("note").cloned()).await
+    set_check(core, id, HealthStatus::Passing, q.0.get("note").cloned()).await
 }
 async fn check_warn(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
-    set_check(core, id, "warning", q.0.get("note").cloned()).await
+    set_check(core, id, HealthStatus::Warning, q.0.get("note").cloned()).await
 }
 async fn check_fail(AxState(core): AxState<Core>, Path(id): Path<String>, q: Q) -> Response {
-    set_check(core, id, "critical", q.0.get("note").cloned()).await
+    set_check(core, id, HealthStatus::Critical, q.0.get("note").cloned()).await
 }
 
 async fn check_update(
@@ -1309,16 +1368,12 @@ async fn check_update(
     body: Bytes,
 ) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let status = match v.get("Status").and_then(Value::as_str).unwrap_or("") {
-        "passing" => "passing",
-        "warning" => "warning",
-        "critical" => "critical",
-        other => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("Invalid check status: {other:?}"),
-            )
-        }
+    let given = v.get("Status").and_then(Value::as_str).unwrap_or("");
+    let Some(status) = HealthStatus::parse(given) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid check status: '{given}'"),
+        );
     };
     set_check(
         core,
@@ -1377,7 +1432,7 @@ async fn health_checks(AxState(core): AxState<Core>, Path(name): Path<String>, q
         .block(index, wait, |st| {
             (
                 st.catalog_index.max(1),
-                all_checks(&core, st, |c| c["ServiceName"] == name.as_str()),
+                all_checks(&core, st, |c| c.service_name == name),
             )
         })
         .await;
@@ -1385,9 +1440,14 @@ async fn health_checks(AxState(core): AxState<Core>, Path(name): Path<String>, q
 }
 
 async fn health_state(AxState(core): AxState<Core>, Path(state): Path<String>, q: Q) -> Response {
-    if !["any", "passing", "warning", "critical"].contains(&state.as_str()) {
-        return text(StatusCode::BAD_REQUEST, format!("Invalid state: {state}"));
-    }
+    // None: "any".
+    let wanted = match state.as_str() {
+        "any" => None,
+        s => match HealthStatus::parse(s) {
+            Some(h) => Some(h),
+            None => return text(StatusCode::BAD_REQUEST, format!("Invalid state: {state}")),
+        },
+    };
     let (index, wait) = match blocking(&q.0) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
@@ -1396,9 +1456,7 @@ async fn health_state(AxState(core): AxState<Core>, Path(state): Path<String>, q
         .block(index, wait, |st| {
             (
                 st.catalog_index.max(1),
-                all_checks(&core, st, |c| {
-                    state == "any" || c["Status"] == state.as_str()
-                }),
+                all_checks(&core, st, |c| wanted.is_none_or(|w| c.status == w)),
             )
         })
         .await;
@@ -1483,12 +1541,15 @@ async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, 
         .block(index, wait, |st| {
             let out: Vec<Value> = instances(st, &name, tag.as_deref())
                 .iter()
-                .map(|(id, r)| {
+                .filter_map(|(id, r)| {
                     // The node's checks (serfHealth, node maintenance...) and the instance's own.
-                    let checks = all_checks(&core, st, |c| c["ServiceID"] == "" || c["ServiceID"] == id.as_str());
-                    json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": checks})
+                    let checks = checks_of(st, |c| c.service_id.is_empty() || c.service_id == *id);
+                    if passing && checks.iter().any(|c| c.status != HealthStatus::Passing) {
+                        return None;
+                    }
+                    let checks: Vec<Value> = checks.iter().map(|c| check_json(&core, st, c)).collect();
+                    Some(json!({"Node": node_json(&core), "Service": service_view(id, r), "Checks": checks}))
                 })
-                .filter(|e| !passing || e["Checks"].as_array().is_some_and(|cs| cs.iter().all(|c| c["Status"] == "passing")))
                 .collect();
             (st.catalog_index.max(1), out)
         })

@@ -17,12 +17,13 @@ use tokio::sync::{oneshot, watch, RwLock};
 use super::state::{Probe, State};
 use super::store::{Store, StoreError};
 use crate::util::time::now_ms;
+use crate::wire::HealthStatus;
 
 /// Writes gathered into one durable transaction at most.
 const MAX_BATCH: usize = 256;
 
 /// The answer to one write, given whether its batch became durable.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Answer = Box<dyn FnOnce(Result<(), DurabilityError>) + Send>;
 /// A write: applied to the state by the writer thread, answered after the batch is durable.
 type Apply = Box<dyn FnOnce(&mut State, u64) -> Answer + Send>;
 
@@ -52,11 +53,20 @@ struct Inner {
     pub addr: String,
 }
 
+/// Why a batch of writes is not durable: the same cause for every write in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DurabilityError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("write-ahead log: {0}")]
+    Sync(Arc<std::io::Error>),
+}
+
 /// Why a write failed outside the state's own rules.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("the write could not be made durable: {0}")]
-    Durability(String),
+    Durability(DurabilityError),
     #[error("the server is stopping")]
     Stopped,
 }
@@ -143,10 +153,10 @@ impl Core {
         &self,
         f: impl FnOnce(&mut State, u64) -> T + Send + 'static,
     ) -> Result<T, CoreError> {
-        let (tx, rx) = oneshot::channel::<Result<T, String>>();
+        let (tx, rx) = oneshot::channel::<Result<T, DurabilityError>>();
         let apply: Apply = Box::new(move |st, now| {
             let out = f(st, now);
-            Box::new(move |durable: Result<(), String>| {
+            Box::new(move |durable: Result<(), DurabilityError>| {
                 let _ = tx.send(durable.map(|_| out));
             })
         });
@@ -254,7 +264,7 @@ impl Core {
 }
 
 /// One run of a probe: Consul's status and output text.
-async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
+async fn probe(http: &reqwest::Client, p: &Probe) -> (HealthStatus, String) {
     let timeout = Duration::from_millis(p.timeout_ms);
     if p.http {
         match http.get(&p.target).timeout(timeout).send().await {
@@ -267,13 +277,22 @@ async fn probe(http: &reqwest::Client, p: &Probe) -> (&'static str, String) {
                     format!("HTTP GET {}: {} Output: {body}", p.target, code),
                 )
             }
-            Err(e) => ("critical", format!("Get {:?}: {e}", p.target)),
+            Err(e) => (HealthStatus::Critical, format!("Get {:?}: {e}", p.target)),
         }
     } else {
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&p.target)).await {
-            Ok(Ok(_)) => ("passing", format!("TCP connect {}: Success", p.target)),
-            Ok(Err(e)) => ("critical", format!("dial tcp {}: {e}", p.target)),
-            Err(_) => ("critical", format!("dial tcp {}: i/o timeout", p.target)),
+            Ok(Ok(_)) => (
+                HealthStatus::Passing,
+                format!("TCP connect {}: Success", p.target),
+            ),
+            Ok(Err(e)) => (
+                HealthStatus::Critical,
+                format!("dial tcp {}: {e}", p.target),
+            ),
+            Err(_) => (
+                HealthStatus::Critical,
+                format!("dial tcp {}: i/o timeout", p.target),
+            ),
         }
     }
 }
@@ -285,7 +304,7 @@ struct Applied {
     /// Answers to the batch's writes, given the outcome of the sync.
     answers: Vec<Answer>,
     /// Set when the batch could not be written: it is answered with this error.
-    failed: Option<String>,
+    failed: Option<DurabilityError>,
 }
 
 /// The writer thread: take one write, gather what else is queued, apply all, write the batch
@@ -316,7 +335,9 @@ fn writer(
             let mut st = inner.state.blocking_write();
             let now = now_ms();
             let answers: Vec<_> = batch.into_iter().map(|a| a(&mut st, now)).collect();
-            let written = store.write(&mut st).map_err(|e| e.to_string());
+            let written = store
+                .write(&mut st)
+                .map_err(|e| DurabilityError::Store(Arc::new(e)));
             inner.applied.store(n, Ordering::Release);
             (answers, written)
         };
@@ -346,7 +367,7 @@ fn syncer(rx: mpsc::Receiver<Applied>, file: std::fs::File, inner: std::sync::We
         }
         let synced = file
             .sync_data()
-            .map_err(|e| format!("write-ahead log: {e}"));
+            .map_err(|e| DurabilityError::Sync(Arc::new(e)));
         let Some(inner) = inner.upgrade() else { return };
         let mut last = 0;
         let mut ok = synced.is_ok();

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::HealthStatus;
+
 /// Consul's value size limit.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 /// Consul's limit of operations in one transaction.
@@ -66,8 +68,8 @@ pub const MAX_EVENTS: usize = 256;
 pub struct Check {
     pub id: String,
     pub name: String,
-    /// passing, warning or critical.
-    pub status: String,
+    /// Stored by its lowercase name, as when it was a string: older data files read the same.
+    pub status: HealthStatus,
     pub notes: String,
     pub output: String,
     pub service_id: String,
@@ -92,11 +94,11 @@ pub struct Probe {
 
 impl Probe {
     /// Consul's verdict on an HTTP status: 2xx passing, 429 warning, anything else critical.
-    pub fn http_status(code: u16) -> &'static str {
+    pub fn http_status(code: u16) -> HealthStatus {
         match code {
-            200..=299 => "passing",
-            429 => "warning",
-            _ => "critical",
+            200..=299 => HealthStatus::Passing,
+            429 => HealthStatus::Warning,
+            _ => HealthStatus::Critical,
         }
     }
 }
@@ -131,6 +133,32 @@ pub enum StateError {
     /// HTTP 404.
     #[error("{0}")]
     NotFound(String),
+}
+
+/// Why one op of a transaction fails, in Consul's words: the `What` of a rolled-back
+/// transaction's `Errors`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnOpError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("key {0:?} doesn't exist")]
+    Missing(String),
+    #[error("failed to set key {0:?}, index is stale")]
+    StaleSet(String),
+    #[error("failed to lock key {0:?}, lock is already held")]
+    Held(String),
+    #[error("failed to lock key {0:?} due to lock delay")]
+    LockDelay(String),
+    #[error("failed to unlock key {0:?}, lock isn't held, or is held by another session")]
+    NotHeld(String),
+    #[error("current modify index {current} != {wanted}")]
+    Index { current: u64, wanted: u64 },
+    #[error("lock is currently held by {0:?}")]
+    HeldBy(String),
+    #[error("key {0:?} exists")]
+    Exists(String),
+    #[error("failed to delete key {0:?}, index is stale")]
+    StaleDelete(String),
 }
 
 /// One KV verb of a transaction: the client's own type, so both sides share one list of verbs.
@@ -217,7 +245,7 @@ pub struct PutOptions {
 }
 
 /// A transaction's verdict: results for committed ops, or errors with their op index.
-pub type TxnVerdict = Result<Vec<Option<(String, Entry)>>, Vec<(usize, String)>>;
+pub type TxnVerdict = Result<Vec<Option<(String, Entry)>>, Vec<(usize, TxnOpError)>>;
 
 impl State {
     fn next_index(&mut self) -> u64 {
@@ -563,7 +591,7 @@ impl State {
         op: &TxnOp,
         idx: u64,
         now_ms: u64,
-    ) -> Result<(Option<(String, Entry)>, bool), String> {
+    ) -> Result<(Option<(String, Entry)>, bool), TxnOpError> {
         let meta = |s: &State, k: &str| {
             s.kv.get(k).map(|e| {
                 (
@@ -575,10 +603,10 @@ impl State {
                 )
             })
         };
-        let missing = |k: &str| format!("key {k:?} doesn't exist");
+        let missing = |k: &str| TxnOpError::Missing(k.to_string());
         match op {
             TxnOp::Set { key, value, flags } => {
-                Self::check_value(value).map_err(|e| e.to_string())?;
+                Self::check_value(value)?;
                 self.write_set(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
             }
@@ -588,14 +616,14 @@ impl State {
                 flags,
                 index,
             } => {
-                Self::check_value(value).map_err(|e| e.to_string())?;
+                Self::check_value(value)?;
                 let ok = match (self.kv.get(key), *index) {
                     (None, 0) => true,
                     (Some(e), i) => e.modify_index == i,
                     (None, _) => false,
                 };
                 if !ok {
-                    return Err(format!("failed to set key {key:?}, index is stale"));
+                    return Err(TxnOpError::StaleSet(key.clone()));
                 }
                 self.write_set(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
@@ -606,13 +634,13 @@ impl State {
                 flags,
                 session,
             } => {
-                self.valid_session(session).map_err(|e| e.to_string())?;
+                self.valid_session(session)?;
                 if !self.can_lock(key, session, now_ms) {
                     let held = self.kv.get(key).is_some_and(|e| e.session.is_some());
                     return Err(if held {
-                        format!("failed to lock key {key:?}, lock is already held")
+                        TxnOpError::Held(key.clone())
                     } else {
-                        format!("failed to lock key {key:?} due to lock delay")
+                        TxnOpError::LockDelay(key.clone())
                     });
                 }
                 self.write_lock(key, value.clone(), *flags, session, idx);
@@ -626,7 +654,7 @@ impl State {
             } => {
                 match self.kv.get(key) {
                     Some(e) if e.session.as_deref() == Some(session.as_str()) => {}
-                    _ => return Err(format!("failed to unlock key {key:?}, lock isn't held, or is held by another session")),
+                    _ => return Err(TxnOpError::NotHeld(key.clone())),
                 }
                 self.write_unlock(key, value.clone(), *flags, idx);
                 Ok((meta(self, key), true))
@@ -638,24 +666,21 @@ impl State {
             TxnOp::GetTree { .. } => Ok((None, false)),
             TxnOp::CheckIndex { key, index } => match self.kv.get(key) {
                 Some(e) if e.modify_index == *index => Ok((meta(self, key), false)),
-                Some(_) => Err(format!(
-                    "current modify index {} != {index}",
-                    self.kv[key].modify_index
-                )),
+                Some(e) => Err(TxnOpError::Index {
+                    current: e.modify_index,
+                    wanted: *index,
+                }),
                 None => Err(missing(key)),
             },
             TxnOp::CheckSession { key, session } => match self.kv.get(key) {
                 Some(e) if e.session.as_deref() == Some(session.as_str()) => {
                     Ok((meta(self, key), false))
                 }
-                Some(e) => Err(format!(
-                    "lock is currently held by {:?}",
-                    e.session.clone().unwrap_or_default()
-                )),
+                Some(e) => Err(TxnOpError::HeldBy(e.session.clone().unwrap_or_default())),
                 None => Err(missing(key)),
             },
             TxnOp::CheckNotExists { key } => match self.kv.get(key) {
-                Some(_) => Err(format!("key {key:?} exists")),
+                Some(_) => Err(TxnOpError::Exists(key.clone())),
                 None => Ok((None, false)),
             },
             TxnOp::Delete { key } => {
@@ -672,7 +697,7 @@ impl State {
             }
             TxnOp::DeleteCas { key, index } => match self.kv.get(key) {
                 Some(e) if e.modify_index == *index => Ok((None, self.write_delete(key, idx))),
-                Some(_) => Err(format!("failed to delete key {key:?}, index is stale")),
+                Some(_) => Err(TxnOpError::StaleDelete(key.clone())),
                 // Consul: deleting a key that is not there succeeds.
                 None => Ok((None, false)),
             },
@@ -821,7 +846,7 @@ impl State {
 
     /// Registers (or replaces) a check.
     pub fn check_register(&mut self, mut c: Check, now_ms: u64) {
-        c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+        c.expires_at_ms = if c.ttl_ms > 0 && c.status != HealthStatus::Critical {
             now_ms.saturating_add(c.ttl_ms)
         } else {
             0
@@ -850,7 +875,7 @@ impl State {
     pub fn check_update(
         &mut self,
         id: &str,
-        status: &str,
+        status: HealthStatus,
         output: Option<String>,
         now_ms: u64,
     ) -> bool {
@@ -858,12 +883,12 @@ impl State {
             return false;
         };
         let changed = c.status != status || output.as_ref().is_some_and(|o| *o != c.output);
-        c.status = status.to_string();
+        c.status = status;
         if let Some(o) = output {
             c.output = o;
         }
         // A critical check has nothing left to expire.
-        c.expires_at_ms = if c.ttl_ms > 0 && status != "critical" {
+        c.expires_at_ms = if c.ttl_ms > 0 && status != HealthStatus::Critical {
             now_ms.saturating_add(c.ttl_ms)
         } else {
             0
@@ -873,7 +898,7 @@ impl State {
             self.catalog_index = idx;
             self.dirty.checks.insert(id.to_string());
         }
-        if status == "critical" {
+        if status == HealthStatus::Critical {
             self.invalidate_sessions_naming(id, now_ms);
         }
         true
@@ -898,11 +923,20 @@ impl State {
         let due: Vec<String> = self
             .checks
             .values()
-            .filter(|c| c.expires_at_ms > 0 && c.expires_at_ms <= now_ms && c.status != "critical")
+            .filter(|c| {
+                c.expires_at_ms > 0
+                    && c.expires_at_ms <= now_ms
+                    && c.status != HealthStatus::Critical
+            })
             .map(|c| c.id.clone())
             .collect();
         for id in &due {
-            self.check_update(id, "critical", Some("TTL expired".into()), now_ms);
+            self.check_update(
+                id,
+                HealthStatus::Critical,
+                Some("TTL expired".into()),
+                now_ms,
+            );
         }
         due
     }
@@ -1013,7 +1047,7 @@ fn maintenance_check(id: &str, name: &str, notes: &str, service_id: &str, servic
     Check {
         id: id.to_string(),
         name: name.to_string(),
-        status: "critical".into(),
+        status: HealthStatus::Critical,
         notes: notes.to_string(),
         output: String::new(),
         service_id: service_id.to_string(),
@@ -1280,7 +1314,7 @@ mod tests {
         let c = Check {
             id: "svc-ttl".into(),
             name: "ttl".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: "svc".into(),
@@ -1304,7 +1338,7 @@ mod tests {
         )
         .unwrap();
         assert!(s.expire_checks(9_999).is_empty());
-        assert!(s.check_update("svc-ttl", "passing", None, 5_000));
+        assert!(s.check_update("svc-ttl", HealthStatus::Passing, None, 5_000));
         assert!(
             s.expire_checks(14_999).is_empty(),
             "an update resets the TTL"
@@ -1333,7 +1367,7 @@ mod tests {
         let c = Check {
             id: "c".into(),
             name: "c".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: String::new(),
@@ -1358,7 +1392,7 @@ mod tests {
         let c = Check {
             id: "t".into(),
             name: "t".into(),
-            status: "critical".into(),
+            status: HealthStatus::Critical,
             notes: String::new(),
             output: String::new(),
             service_id: String::new(),
@@ -1369,10 +1403,10 @@ mod tests {
         };
         s.check_register(c, 0);
         assert_eq!(s.next_expiry(), None);
-        s.check_update("t", "passing", None, 0);
+        s.check_update("t", HealthStatus::Passing, None, 0);
         assert_eq!(s.next_expiry(), Some(1000));
         let idx = s.catalog_index;
-        s.check_update("t", "passing", None, 500);
+        s.check_update("t", HealthStatus::Passing, None, 500);
         assert_eq!(
             s.catalog_index, idx,
             "a heartbeat with no change takes no index"

@@ -9,6 +9,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::state::{Check, Dirty, Entry, Session, State};
 use super::wal::Wal;
+use crate::wire::HealthStatus;
 
 /// A row: (kind, flags, create_index, modify_index, lock_index, session or "", value).
 /// Kind `ENTRY` is a key; `TOMBSTONE` a deleted key (modify_index = the deletion's index); the
@@ -42,6 +43,23 @@ pub enum StoreError {
     Corrupt { path: String, detail: String },
     #[error("cannot write the data file: {0}")]
     Write(String),
+}
+
+/// Why a row of the data file, or a log record, cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+enum RowError {
+    #[error("a log record is malformed")]
+    Malformed,
+    #[error("a log record has an unknown tag {0}")]
+    Tag(u8),
+    #[error("row {key:?} has unknown kind {kind}")]
+    Kind { key: String, kind: u8 },
+    #[error("{what} {id}: {error}")]
+    Json {
+        what: &'static str,
+        id: String,
+        error: serde_json::Error,
+    },
 }
 
 /// The data files: redb and its log.
@@ -388,8 +406,8 @@ impl<'a> Cursor<'a> {
 }
 
 /// Applies one log record to the state and notes its rows in `pending`.
-fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Result<(), String> {
-    let bad = || "a log record is malformed".to_string();
+fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Result<(), RowError> {
+    let bad = || RowError::Malformed;
     let mut c = Cursor(rec);
     st.index = c.u64().ok_or_else(bad)?;
     st.kv_index = c.u64().ok_or_else(bad)?;
@@ -418,7 +436,7 @@ fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Resul
             t if (T_GONE_JSON..T_GONE_JSON + 3).contains(&t) => {
                 load_json(st, t - T_GONE_JSON, name, None, now_ms)?;
             }
-            other => return Err(format!("a log record has an unknown tag {other}")),
+            other => return Err(RowError::Tag(other)),
         }
         match tag {
             T_ENTRY | T_TOMBSTONE | T_GONE => pending.kv.insert(name.to_string()),
@@ -433,7 +451,7 @@ fn replay(st: &mut State, rec: &[u8], now_ms: u64, pending: &mut Dirty) -> Resul
 }
 
 /// Sets (or with `None` removes) one key's row in the state.
-fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), String> {
+fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), RowError> {
     st.kv.remove(key);
     st.tombstones.remove(key);
     let Some((kind, flags, create_index, modify_index, lock_index, session, value)) = row else {
@@ -456,7 +474,12 @@ fn load_kv(st: &mut State, key: &str, row: Option<KvRowRef<'_>>) -> Result<(), S
         TOMBSTONE => {
             st.tombstones.insert(key.to_string(), modify_index);
         }
-        other => return Err(format!("row {key:?} has unknown kind {other}")),
+        other => {
+            return Err(RowError::Kind {
+                key: key.to_string(),
+                kind: other,
+            })
+        }
     }
     Ok(())
 }
@@ -469,7 +492,7 @@ fn load_json(
     id: &str,
     json: Option<&str>,
     now_ms: u64,
-) -> Result<(), String> {
+) -> Result<(), RowError> {
     let what = ["session", "service", "check"][table.min(2) as usize];
     let Some(json) = json else {
         match table {
@@ -479,7 +502,11 @@ fn load_json(
         };
         return Ok(());
     };
-    let bad = |e: serde_json::Error| format!("{what} {id}: {e}");
+    let bad = |error| RowError::Json {
+        what,
+        id: id.to_string(),
+        error,
+    };
     match table {
         T_SESSION => {
             let mut s: Session = serde_json::from_str(json).map_err(bad)?;
@@ -494,7 +521,7 @@ fn load_json(
         }
         _ => {
             let mut c: Check = serde_json::from_str(json).map_err(bad)?;
-            c.expires_at_ms = if c.ttl_ms > 0 && c.status != "critical" {
+            c.expires_at_ms = if c.ttl_ms > 0 && c.status != HealthStatus::Critical {
                 now_ms.saturating_add(c.ttl_ms)
             } else {
                 0
@@ -573,7 +600,7 @@ mod tests {
         let c = Check {
             id: "service:web".into(),
             name: "ttl".into(),
-            status: "passing".into(),
+            status: HealthStatus::Passing,
             notes: String::new(),
             output: String::new(),
             service_id: "web".into(),
@@ -606,6 +633,54 @@ mod tests {
             "TTL timers start again"
         );
         assert!(!back.services.contains_key("gone"));
+    }
+
+    /// Files written by the code before check states were typed (commit afeede1): a redb file
+    /// whose checkpoint holds four checks, and a log whose one record adds three and turns
+    /// `ckpt-warning` passing. The redb file is stored as run-length pairs (count u32 LE, byte),
+    /// the log as it was, cut after its record.
+    #[test]
+    fn checks_written_before_typed_states_still_load() {
+        let rle = include_bytes!("fixtures/pre-wire.redb.rle");
+        let mut redb = Vec::new();
+        for pair in rle.chunks_exact(5) {
+            let n = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
+            redb.extend(std::iter::repeat_n(pair[4], n));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.redb");
+        std::fs::write(&path, &redb).unwrap();
+        std::fs::write(
+            wal_path(&path),
+            include_bytes!("fixtures/pre-wire.redb.wal"),
+        )
+        .unwrap();
+        let (_s, st) = Store::open(&path, 1_000).unwrap();
+        let status = |id: &str| st.checks[id].status;
+        assert_eq!(st.checks.len(), 7, "{:?}", st.checks.keys());
+        // From the checkpoint only.
+        assert_eq!(status("ckpt-passing"), "passing");
+        assert_eq!(status("ckpt-critical"), "critical");
+        assert_eq!(status("ckpt-warning-kept"), "warning");
+        // From the log, over the checkpoint.
+        assert_eq!(status("ckpt-warning"), "passing");
+        assert_eq!(st.checks["ckpt-warning"].output, "now passing");
+        // From the log only.
+        assert_eq!(status("log-passing"), "passing");
+        assert_eq!(status("log-warning"), "warning");
+        assert_eq!(status("log-critical"), "critical");
+        assert!(st.checks["log-critical"].probe.is_some());
+        // TTL timers start again, except for a critical check.
+        assert_eq!(st.checks["ckpt-passing"].expires_at_ms, 31_000);
+        assert_eq!(st.checks["log-warning"].expires_at_ms, 11_000);
+        assert_eq!(st.checks["ckpt-critical"].expires_at_ms, 0);
+        // And a check is written as the old code wrote it: its row in that log, byte for byte.
+        let mut c = st.checks["log-critical"].clone();
+        c.expires_at_ms = 0;
+        let row = serde_json::to_string(&c).unwrap();
+        assert!(row.contains(r#""status":"critical""#), "{row}");
+        let log = include_bytes!("fixtures/pre-wire.redb.wal");
+        assert!(log.windows(row.len()).any(|w| w == row.as_bytes()), "{row}");
     }
 
     #[test]

@@ -6,5 +6,4 @@
 pub mod claim;
 pub mod result;
 pub mod spec;
-pub mod view;
 pub mod worker;

@@ -23,6 +23,8 @@ pub mod local;
 pub mod logs;
 pub mod restart;
 pub mod run;
+// The shim's stderr is the job's own: it reports there, not through tracing.
+#[allow(clippy::print_stderr)]
 pub mod shim;
 pub mod spec;
 

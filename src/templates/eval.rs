@@ -337,7 +337,7 @@ impl Exec<'_> {
         }
         vals.extend(prev);
         if is_builtin(name) {
-            return call_builtin(name, vals).map_err(|e| self.err(line, e));
+            return call_builtin(name, vals).map_err(|e| self.err(line, e.to_string()));
         }
         match self.data.call(name, &vals) {
             Ok(Some(v)) => Ok(v),

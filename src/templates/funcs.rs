@@ -8,6 +8,8 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Number, Value};
 
+use super::FuncError;
+
 /// Every function the engine answers itself; any other name goes to the [`super::DataSource`].
 pub const BUILTINS: &[&str] = &[
     "and",
@@ -52,7 +54,7 @@ pub(crate) fn is_builtin(name: &str) -> bool {
 }
 
 /// An integer as JSON: i64 when it fits, else u64, else an overflow error.
-pub(crate) fn int_value(n: i128) -> Result<Value, String> {
+pub(crate) fn int_value(n: i128) -> Result<Value, FuncError> {
     if let Ok(i) = i64::try_from(n) {
         Ok(Value::from(i))
     } else if let Ok(u) = u64::try_from(n) {
@@ -166,7 +168,7 @@ enum Num {
     Float(f64),
 }
 
-fn num(v: &Value, func: &str) -> Result<Num, String> {
+fn num(v: &Value, func: &str) -> Result<Num, FuncError> {
     match v {
         Value::Number(n) => Ok(if let Some(i) = n.as_i64() {
             Num::Int(i as i128)
@@ -175,17 +177,14 @@ fn num(v: &Value, func: &str) -> Result<Num, String> {
         } else {
             Num::Float(n.as_f64().unwrap_or(0.0))
         }),
-        other => Err(format!(
-            "{func}: expected a number, got {}",
-            type_name(other)
-        )),
+        other => Err(format!("{func}: expected a number, got {}", type_name(other)).into()),
     }
 }
 
-fn float_value(f: f64) -> Result<Value, String> {
+fn float_value(f: f64) -> Result<Value, FuncError> {
     Number::from_f64(f)
         .map(Value::Number)
-        .ok_or_else(|| "arithmetic result is not a finite number".to_string())
+        .ok_or_else(|| "arithmetic result is not a finite number".into())
 }
 
 fn as_f64(n: Num) -> f64 {
@@ -195,31 +194,32 @@ fn as_f64(n: Num) -> f64 {
     }
 }
 
-fn want(name: &str, args: &[Value], n: usize) -> Result<(), String> {
+fn want(name: &str, args: &[Value], n: usize) -> Result<(), FuncError> {
     if args.len() != n {
         return Err(format!(
             "wrong number of args for {name}: want {n} got {}",
             args.len()
-        ));
+        )
+        .into());
     }
     Ok(())
 }
 
-fn string<'a>(name: &str, v: &'a Value) -> Result<&'a str, String> {
+fn string<'a>(name: &str, v: &'a Value) -> Result<&'a str, FuncError> {
     match v {
         Value::String(s) => Ok(s),
-        other => Err(format!("{name}: expected string; got {}", type_name(other))),
+        other => Err(format!("{name}: expected string; got {}", type_name(other)).into()),
     }
 }
 
 /// Calls a built-in other than `and` and `or` (the evaluator short-circuits those itself).
-pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String> {
+pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, FuncError> {
     match name {
         "and" | "or" => {
             if args.is_empty() {
-                return Err(format!(
-                    "wrong number of args for {name}: want at least 1 got 0"
-                ));
+                return Err(
+                    format!("wrong number of args for {name}: want at least 1 got 0").into(),
+                );
             }
             let stop_on = name == "or";
             let last = args.len() - 1;
@@ -252,7 +252,7 @@ pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String
             }
             let ord = match ord {
                 Some(o) if !matches!(args[0], Value::Bool(_) | Value::Null) => o,
-                _ => return Err(format!("invalid type for comparison in {name}")),
+                _ => return Err(format!("invalid type for comparison in {name}").into()),
             };
             Ok(Value::Bool(match name {
                 "lt" => ord == Ordering::Less,
@@ -267,7 +267,7 @@ pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String
                 Value::String(s) => s.len(),
                 Value::Array(a) => a.len(),
                 Value::Object(o) => o.len(),
-                other => return Err(format!("len of type {}", type_name(other))),
+                other => return Err(format!("len of type {}", type_name(other)).into()),
             };
             int_value(n as i128)
         }
@@ -295,10 +295,7 @@ pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String
             want(name, &args, 2)?;
             let sep = string(name, &args[0])?;
             let Value::Array(items) = &args[1] else {
-                return Err(format!(
-                    "join: expected a list; got {}",
-                    type_name(&args[1])
-                ));
+                return Err(format!("join: expected a list; got {}", type_name(&args[1])).into());
             };
             let parts: Vec<String> = items.iter().map(fmt_v).collect();
             Ok(Value::String(parts.join(sep)))
@@ -334,7 +331,7 @@ pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String
             if s.trim().is_empty() {
                 return Ok(Value::Object(Map::new()));
             }
-            serde_json::from_str(s).map_err(|e| format!("parseJSON: {e}"))
+            serde_json::from_str(s).map_err(|e| format!("parseJSON: {e}").into())
         }
         "toLower" | "toUpper" | "toTitle" | "trimSpace" => {
             want(name, &args, 1)?;
@@ -376,12 +373,12 @@ pub(crate) fn call_builtin(name: &str, args: Vec<Value>) -> Result<Value, String
             want(name, &args, 1)?;
             by_tag(&args[0])
         }
-        other => Err(format!("function \"{other}\" not defined")),
+        other => Err(format!("function \"{other}\" not defined").into()),
     }
 }
 
 /// Equality and order of two values; `None` when they are comparable only for equality.
-fn compare(a: &Value, b: &Value) -> Result<Option<Ordering>, String> {
+fn compare(a: &Value, b: &Value) -> Result<Option<Ordering>, FuncError> {
     match (a, b) {
         (Value::Number(_), Value::Number(_)) => {
             let (x, y) = (num(a, "compare")?, num(b, "compare")?);
@@ -407,11 +404,12 @@ fn compare(a: &Value, b: &Value) -> Result<Option<Ordering>, String> {
             "incompatible types for comparison: {} and {}",
             type_name(a),
             type_name(b)
-        )),
+        )
+        .into()),
     }
 }
 
-fn index(args: Vec<Value>) -> Result<Value, String> {
+fn index(args: Vec<Value>) -> Result<Value, FuncError> {
     let mut it = args.into_iter();
     let Some(mut cur) = it.next() else {
         return Err("wrong number of args for index: want at least 1 got 0".into());
@@ -449,7 +447,8 @@ fn index(args: Vec<Value>) -> Result<Value, String> {
                     "can't index item of type {} with {}",
                     type_name(c),
                     type_name(k)
-                ))
+                )
+                .into())
             }
         };
     }
@@ -457,7 +456,7 @@ fn index(args: Vec<Value>) -> Result<Value, String> {
 }
 
 /// consul-template's `in`: whether `v` is an element of the list, or a substring of the string.
-fn in_list(list: &Value, v: &Value) -> Result<bool, String> {
+fn in_list(list: &Value, v: &Value) -> Result<bool, FuncError> {
     match list {
         Value::Array(items) => Ok(items.iter().any(|i| i == v || same_number(i, v))),
         Value::String(s) => match v {
@@ -465,7 +464,7 @@ fn in_list(list: &Value, v: &Value) -> Result<bool, String> {
             other => Ok(s.contains(&fmt_v(other))),
         },
         Value::Null => Ok(false),
-        other => Err(format!("in: cannot search in type {}", type_name(other))),
+        other => Err(format!("in: cannot search in type {}", type_name(other)).into()),
     }
 }
 
@@ -628,11 +627,11 @@ fn title(s: &str) -> String {
     out
 }
 
-fn regex(re: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(re).map_err(|e| format!("invalid regular expression: {e}"))
+fn regex(re: &str) -> Result<regex::Regex, FuncError> {
+    regex::Regex::new(re).map_err(|e| format!("invalid regular expression: {e}").into())
 }
 
-fn timestamp(args: &[Value]) -> Result<Value, String> {
+fn timestamp(args: &[Value]) -> Result<Value, FuncError> {
     let now = crate::util::time::now_ns();
     match args {
         [] => {
@@ -647,18 +646,19 @@ fn timestamp(args: &[Value]) -> Result<Value, String> {
         _ => Err(format!(
             "wrong number of args for timestamp: want 0 or 1 got {}",
             args.len()
-        )),
+        )
+        .into()),
     }
 }
 
 /// `a op b` with integers kept integers (checked), floats otherwise.
-fn arith(name: &str, a: Num, b: Num) -> Result<Value, String> {
+fn arith(name: &str, a: Num, b: Num) -> Result<Value, FuncError> {
     if let (Num::Int(x), Num::Int(y)) = (a, b) {
         let r = match name {
             "add" => x.checked_add(y),
             "subtract" => x.checked_sub(y),
             "multiply" => x.checked_mul(y),
-            "divide" | "modulo" if y == 0 => return Err(format!("{name}: division by zero")),
+            "divide" | "modulo" if y == 0 => return Err(format!("{name}: division by zero").into()),
             "divide" => x.checked_div(y),
             _ => x.checked_rem(y),
         };
@@ -676,12 +676,13 @@ fn arith(name: &str, a: Num, b: Num) -> Result<Value, String> {
 }
 
 /// consul-template's byTag: tag -> the services carrying it, tags sorted, services in order.
-fn by_tag(list: &Value) -> Result<Value, String> {
+fn by_tag(list: &Value) -> Result<Value, FuncError> {
     let Value::Array(services) = list else {
         return Err(format!(
             "byTag: expected a list of services; got {}",
             type_name(list)
-        ));
+        )
+        .into());
     };
     let mut out: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     for s in services {
@@ -689,7 +690,7 @@ fn by_tag(list: &Value) -> Result<Value, String> {
             Some(Value::Array(t)) => t,
             Some(Value::Null) | None => continue,
             Some(other) => {
-                return Err(format!("byTag: Tags is a {}, not a list", type_name(other)))
+                return Err(format!("byTag: Tags is a {}, not a list", type_name(other)).into())
             }
         };
         let mut seen = std::collections::HashSet::new();

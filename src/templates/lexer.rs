@@ -30,8 +30,37 @@ pub(crate) enum Kind {
     Declare,
     Assign,
     Comma,
-    Error(String),
+    Error(LexError),
     Eof,
+}
+
+/// Why the text is no template, in Go's words (the parser adds the name and line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LexError {
+    #[error("unclosed comment")]
+    UnclosedComment,
+    #[error("comment ends before closing delimiter")]
+    CommentNotClosed,
+    #[error("unclosed action")]
+    UnclosedAction,
+    #[error("expected :=")]
+    ExpectedDeclare,
+    #[error("unexpected {0:?} in command")]
+    Unexpected(char),
+    #[error("unterminated raw quoted string")]
+    UnterminatedRaw,
+    #[error("unterminated quoted string")]
+    Unterminated,
+    #[error("unknown escape sequence \\{0}")]
+    UnknownEscape(char),
+    #[error("invalid escape sequence in string: {0:?}")]
+    EscapeDigit(char),
+    #[error("non-ASCII byte escape in string")]
+    NonAsciiByte,
+    #[error("invalid Unicode escape in string")]
+    BadUnicode,
+    #[error("bad number syntax: {0:?}")]
+    BadNumber(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,8 +135,8 @@ impl Lexer<'_> {
         self.out.push(Token { kind, line, spaced });
     }
 
-    fn fail(&mut self, line: usize, msg: impl Into<String>) -> Result<bool, ()> {
-        self.push(Kind::Error(msg.into()), line, true);
+    fn fail(&mut self, line: usize, e: LexError) -> Result<bool, ()> {
+        self.push(Kind::Error(e), line, true);
         Err(())
     }
 
@@ -135,7 +164,7 @@ impl Lexer<'_> {
         self.skip_spaces_if_comment();
         if self.bytes().starts_with(b"/*") {
             let Some(end) = self.src[self.pos + 2..].find("*/") else {
-                return self.fail(open_line, "unclosed comment");
+                return self.fail(open_line, LexError::UnclosedComment);
             };
             let body = &self.src[self.pos..self.pos + 2 + end + 2];
             self.line += body.matches('\n').count();
@@ -145,7 +174,7 @@ impl Lexer<'_> {
                     self.pos += n;
                     Ok(trim)
                 }
-                None => self.fail(self.line, "comment ends before closing delimiter"),
+                None => self.fail(self.line, LexError::CommentNotClosed),
             };
         }
         self.push(Kind::Open, open_line, true);
@@ -157,7 +186,7 @@ impl Lexer<'_> {
                 return Ok(trim);
             }
             let Some(c) = self.src[self.pos..].chars().next() else {
-                return self.fail(open_line, "unclosed action");
+                return self.fail(open_line, LexError::UnclosedAction);
             };
             let line = self.line;
             if c.is_ascii() && is_space(c as u8) {
@@ -179,7 +208,7 @@ impl Lexer<'_> {
                         self.pos += 2;
                         Kind::Declare
                     } else {
-                        return self.fail(line, "expected :=");
+                        return self.fail(line, LexError::ExpectedDeclare);
                     }
                 }
                 '"' => match self.quoted() {
@@ -217,7 +246,7 @@ impl Lexer<'_> {
                     Err(e) => return self.fail(line, e),
                 },
                 c if is_word(c) => Kind::Ident(self.word().to_string()),
-                c => return self.fail(line, format!("unexpected {c:?} in command")),
+                c => return self.fail(line, LexError::Unexpected(c)),
             };
             self.push(kind, line, spaced);
             spaced = false;
@@ -250,10 +279,10 @@ impl Lexer<'_> {
         &self.src[start..start + len]
     }
 
-    fn raw(&mut self) -> Result<String, String> {
+    fn raw(&mut self) -> Result<String, LexError> {
         let body = &self.src[self.pos + 1..];
         let Some(end) = body.find('`') else {
-            return Err("unterminated raw quoted string".into());
+            return Err(LexError::UnterminatedRaw);
         };
         let s = body[..end].to_string();
         self.line += s.matches('\n').count();
@@ -262,10 +291,10 @@ impl Lexer<'_> {
     }
 
     /// A double-quoted string with Go's escapes.
-    fn quoted(&mut self) -> Result<String, String> {
+    fn quoted(&mut self) -> Result<String, LexError> {
         let mut out = String::new();
         let mut chars = self.src[self.pos + 1..].char_indices();
-        let unterminated = || "unterminated quoted string".to_string();
+        let unterminated = || LexError::Unterminated;
         loop {
             let (i, c) = chars.next().ok_or_else(unterminated)?;
             match c {
@@ -298,7 +327,7 @@ impl Lexer<'_> {
                         'U' => (8, 16),
                         '0'..='7' => (2, 8),
                         '\n' => return Err(unterminated()),
-                        _ => return Err(format!("unknown escape sequence \\{e}")),
+                        _ => return Err(LexError::UnknownEscape(e)),
                     };
                     let mut code = if radix == 8 {
                         e.to_digit(8).unwrap_or(0)
@@ -307,18 +336,16 @@ impl Lexer<'_> {
                     };
                     for _ in 0..digits {
                         let (_, d) = chars.next().ok_or_else(unterminated)?;
-                        let v = d
-                            .to_digit(radix)
-                            .ok_or_else(|| format!("invalid escape sequence in string: {d:?}"))?;
+                        let v = d.to_digit(radix).ok_or(LexError::EscapeDigit(d))?;
                         code = code.saturating_mul(radix).saturating_add(v);
                     }
                     if e == 'x' || radix == 8 {
                         // Go's \x and octal escapes are bytes; only ASCII ones make valid text.
                         if code > 0x7f {
-                            return Err("non-ASCII byte escape in string".into());
+                            return Err(LexError::NonAsciiByte);
                         }
                     }
-                    out.push(char::from_u32(code).ok_or("invalid Unicode escape in string")?);
+                    out.push(char::from_u32(code).ok_or(LexError::BadUnicode)?);
                 }
                 c => out.push(c),
             }
@@ -326,7 +353,7 @@ impl Lexer<'_> {
     }
 
     /// A Go number: optional sign, decimal, hex, octal or binary integer, or a float.
-    fn number(&mut self) -> Result<Value, String> {
+    fn number(&mut self) -> Result<Value, LexError> {
         let start = self.pos;
         let b = self.src.as_bytes();
         let mut i = start;
@@ -347,7 +374,7 @@ impl Lexer<'_> {
         }
         let text = &self.src[start..i];
         self.pos = i;
-        parse_number(text).ok_or_else(|| format!("bad number syntax: {text:?}"))
+        parse_number(text).ok_or_else(|| LexError::BadNumber(text.to_string()))
     }
 }
 

@@ -13,6 +13,8 @@ mod eval;
 mod funcs;
 mod lexer;
 mod parser;
+// Its loop still prints render and command errors for `servant template`, also in the agent.
+#[allow(clippy::print_stderr)]
 pub mod runner;
 pub mod source;
 
@@ -57,13 +59,31 @@ impl TemplateError {
     }
 }
 
+/// Why a function failed while a template ran, in Go's or consul-template's words; the
+/// evaluator adds the template's name and line. Tests pin these texts, so they stay text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FuncError(String);
+
+impl From<String> for FuncError {
+    fn from(s: String) -> Self {
+        FuncError(s)
+    }
+}
+
+impl From<&str> for FuncError {
+    fn from(s: &str) -> Self {
+        FuncError(s.to_string())
+    }
+}
+
 /// Data functions provided by the caller (Consul lookups): `service`, `services`, `key`,
 /// `keyOrDefault`, `keyExists`, `ls`, `safeLs`, `tree`, `safeTree`, `nodes`, `node`, `env`.
 pub trait DataSource {
     /// Called for any function name not built in. `Ok(None)` means "no such function" (the
     /// evaluator then reports `function "x" not defined` with the line). `Err` is an execution
     /// error; the evaluator adds the template name and line.
-    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, String>;
+    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, FuncError>;
     /// Names the data source knows, so that an unknown function is a parse-time error as in Go.
     fn names(&self) -> Vec<&'static str>;
 }

@@ -145,7 +145,7 @@ impl Parser<'_> {
     /// Turns a lexing error token into the parse error it stands for.
     fn lex_err(&self, t: &Token) -> Option<TemplateError> {
         match &t.kind {
-            Kind::Error(e) => Some(self.err(t.line, e.clone())),
+            Kind::Error(e) => Some(self.err(t.line, e.to_string())),
             _ => None,
         }
     }
@@ -515,7 +515,7 @@ fn describe(k: &Kind) -> String {
         Kind::Declare => "\":=\"".into(),
         Kind::Assign => "\"=\"".into(),
         Kind::Comma => "\",\"".into(),
-        Kind::Error(e) => e.clone(),
+        Kind::Error(e) => e.to_string(),
         Kind::Eof => "end of template".into(),
     }
 }

@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +22,11 @@ use super::{parse, Template};
 use crate::consul::{spawn_watch, Client};
 use crate::process::run::TIMEOUT_GRACE;
 use crate::process::{run_with_timeout, LaunchSpec, Limits, Outcome, Output, ProcessDriver};
-use crate::util::duration::parse_duration;
+use crate::util::duration::{de_duration, go_format, parse_duration, ser_duration, DurationError};
 
-/// One template: where it comes from, where it goes, what runs after a change.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// One template: where it comes from, where it goes, what runs after a change. Every field is
+/// parsed here, when the file is read: a bad value is an error naming it, never a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub source: PathBuf,
@@ -37,31 +40,48 @@ pub struct TemplateSpec {
     /// Keep the previous output as `<destination>.bak`.
     #[serde(default)]
     pub backup: bool,
-    /// The command is killed after this long (Go duration; default 30s).
-    #[serde(default)]
-    pub command_timeout: Option<String>,
+    /// The command is killed after this long (Go duration or seconds).
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub command_timeout: Duration,
 }
 
-fn de_perms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let v = Option::<Value>::deserialize(d)?;
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_u64().map(|n| n as u32)),
-        Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-        Some(other) => Err(serde::de::Error::custom(format!("perms: {other}"))),
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A file mode: a number (TOML's `0o644`) or an octal string ("644", "0o644"), at most 0o7777.
+fn de_perms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    let mode = match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => u64::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        Some(_) => None,
+    };
+    match mode.and_then(|m| u32::try_from(m).ok()) {
+        Some(m) if m <= 0o7777 => Ok(Some(m)),
+        _ => Err(D::Error::custom(
+            "expected a file mode such as 0o644 or \"644\" (octal, at most 7777)",
+        )),
     }
 }
-use serde::Deserialize;
+
+/// Why a `-template` flag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("-template {0:?}: expected \"in:out[:command]\"")]
+pub struct TemplateFlagError(String);
 
 /// consul-template's `-template "in:out[:command]"`.
-pub fn parse_template_flag(s: &str) -> Result<TemplateSpec, String> {
+pub fn parse_template_flag(s: &str) -> Result<TemplateSpec, TemplateFlagError> {
     let mut parts = s.splitn(3, ':');
     let source = parts.next().unwrap_or("");
     let dest = parts.next().unwrap_or("");
     if source.is_empty() || dest.is_empty() {
-        return Err(format!("-template {s:?}: expected \"in:out[:command]\""));
+        return Err(TemplateFlagError(s.to_string()));
     }
     Ok(TemplateSpec {
         source: source.into(),
@@ -69,25 +89,62 @@ pub fn parse_template_flag(s: &str) -> Result<TemplateSpec, String> {
         command: parts.next().filter(|c| !c.is_empty()).map(str::to_string),
         perms: None,
         backup: false,
-        command_timeout: None,
+        command_timeout: default_command_timeout(),
     })
 }
 
-/// `-wait min[:max]`; max defaults to 4 × min, as consul-template does.
-pub fn parse_wait(s: &str) -> Result<(Duration, Duration), String> {
+/// Quiescence, consul-template's `wait`: render once the data was quiet for `min`, or at the
+/// latest `max` after the first change. Written `min[:max]`; max defaults to 4 × min.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wait {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Why a `wait` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error("max is below min")]
+    MaxBelowMin,
+}
+
+/// `min[:max]`; max defaults to 4 × min, as consul-template does.
+pub fn parse_wait(s: &str) -> Result<Wait, WaitError> {
     let (a, b) = match s.split_once(':') {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),
     };
-    let min = parse_duration(a).map_err(|e| format!("-wait {s:?}: {e}"))?;
+    let min = parse_duration(a)?;
     let max = match b {
-        Some(b) => parse_duration(b).map_err(|e| format!("-wait {s:?}: {e}"))?,
+        Some(b) => parse_duration(b)?,
         None => min * 4,
     };
     if max < min {
-        return Err(format!("-wait {s:?}: max is below min"));
+        return Err(WaitError::MaxBelowMin);
     }
-    Ok((min, max))
+    Ok(Wait { min, max })
+}
+
+impl FromStr for Wait {
+    type Err = WaitError;
+    fn from_str(s: &str) -> Result<Wait, WaitError> {
+        parse_wait(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Wait {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Wait, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_wait(&s).map_err(|e| serde::de::Error::custom(format!("wait {s:?}: {e}")))
+    }
+}
+
+impl Serialize for Wait {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:{}", go_format(self.min), go_format(self.max)))
+    }
 }
 
 /// How the runner behaves.
@@ -394,13 +451,7 @@ async fn render_loop(
             info!(file = %l.spec.destination.display(), "rendered");
             last.insert(l.spec.destination.clone(), text);
             if let Some(cmd) = &l.spec.command {
-                let timeout = l
-                    .spec
-                    .command_timeout
-                    .as_deref()
-                    .and_then(|t| parse_duration(t).ok())
-                    .unwrap_or(Duration::from_secs(30));
-                match run_command(cmd, timeout, TIMEOUT_GRACE).await {
+                match run_command(cmd, l.spec.command_timeout, TIMEOUT_GRACE).await {
                     Ok(out) => info!(command = %cmd, output = %out.trim_end(), "command ran"),
                     Err(e) => {
                         error!(error = %e, "command failed");
@@ -435,12 +486,13 @@ mod tests {
         assert_eq!(t.command.as_deref(), Some("nginx -s reload"));
         assert_eq!(parse_template_flag("a:b").unwrap().command, None);
         assert!(parse_template_flag("only").is_err());
+        let wait = |s: &str| parse_wait(s).map(|w| (w.min, w.max));
         assert_eq!(
-            parse_wait("2s").unwrap(),
+            wait("2s").unwrap(),
             (Duration::from_secs(2), Duration::from_secs(8))
         );
         assert_eq!(
-            parse_wait("1s:3s").unwrap(),
+            wait("1s:3s").unwrap(),
             (Duration::from_secs(1), Duration::from_secs(3))
         );
         assert!(parse_wait("3s:1s").is_err());
@@ -500,7 +552,7 @@ mod tests {
             command: None,
             perms: Some(0o600),
             backup: true,
-            command_timeout: None,
+            command_timeout: default_command_timeout(),
         };
         write_atomic(&spec, "one").await.unwrap();
         write_atomic(&spec, "two").await.unwrap();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use super::DataSource;
+use super::{DataSource, FuncError};
 use crate::consul::{Client, ConsulError, QueryMeta, QueryOptions};
 
 /// The data functions templates may call.
@@ -76,8 +76,23 @@ pub struct ServiceQuery {
     pub dc: Option<String>,
 }
 
+/// Why `service`'s argument is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceArgError {
+    #[error("service {0:?}: no service name")]
+    NoName(String),
+    #[error("service {arg:?}: unknown health filter {filter:?}")]
+    Filter { arg: String, filter: String },
+}
+
+impl From<ServiceArgError> for FuncError {
+    fn from(e: ServiceArgError) -> Self {
+        e.to_string().into()
+    }
+}
+
 /// Parses `service`'s argument.
-pub fn parse_service(s: &str) -> Result<ServiceQuery, String> {
+pub fn parse_service(s: &str) -> Result<ServiceQuery, ServiceArgError> {
     let (rest, filter) = match s.split_once('|') {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),
@@ -91,7 +106,7 @@ pub fn parse_service(s: &str) -> Result<ServiceQuery, String> {
         None => (None, rest.to_string()),
     };
     if name.is_empty() {
-        return Err(format!("service {s:?}: no service name"));
+        return Err(ServiceArgError::NoName(s.to_string()));
     }
     let mut states = BTreeSet::new();
     let mut any = false;
@@ -103,7 +118,12 @@ pub fn parse_service(s: &str) -> Result<ServiceQuery, String> {
             (_, Some(st)) => {
                 states.insert(st);
             }
-            (other, None) => return Err(format!("service {s:?}: unknown health filter {other:?}")),
+            (other, None) => {
+                return Err(ServiceArgError::Filter {
+                    arg: s.to_string(),
+                    filter: other.to_string(),
+                })
+            }
         }
     }
     Ok(ServiceQuery {
@@ -143,7 +163,7 @@ pub async fn fetch(
         Dep::Service(arg) => {
             let sq = parse_service(arg).map_err(|e| ConsulError::Decode {
                 path: "service".into(),
-                detail: e,
+                detail: e.to_string(),
             })?;
             let q = QueryOptions {
                 dc: sq.dc.clone(),
@@ -258,7 +278,7 @@ pub struct CachedSource {
 }
 
 impl DataSource for CachedSource {
-    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, String> {
+    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, FuncError> {
         if name == "env" {
             let k = args.first().and_then(Value::as_str).unwrap_or("");
             return Ok(Some(Value::String(std::env::var(k).unwrap_or_default())));
@@ -294,7 +314,8 @@ impl DataSource for CachedSource {
                     return Err(format!(
                         "{name}: nothing under {:?}; not rendering from an empty prefix",
                         args.first().and_then(Value::as_str).unwrap_or("")
-                    ));
+                    )
+                    .into());
                 }
                 v
             }
@@ -349,6 +370,7 @@ mod tests {
         assert!(s
             .call("safeLs", &[json!("cfg")])
             .unwrap_err()
+            .to_string()
             .contains("empty prefix"));
         assert_eq!(s.call("ls", &[json!("cfg")]).unwrap(), Some(json!([])));
         assert_eq!(s.call("nosuch", &[]).unwrap(), None);

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::{parse, DataSource, TemplateError};
+use super::{parse, DataSource, FuncError, TemplateError};
 
 /// A stand-in for the Consul-backed data source.
 #[derive(Default)]
@@ -39,7 +39,7 @@ const NAMES: &[&str] = &[
 ];
 
 impl DataSource for Fake {
-    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, String> {
+    fn call(&mut self, name: &str, args: &[Value]) -> Result<Option<Value>, FuncError> {
         self.calls.push((name.to_string(), args.to_vec()));
         let arg = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or("");
         Ok(Some(match name {
@@ -48,7 +48,7 @@ impl DataSource for Fake {
             "services" => json!([{"Name": "web", "Tags": ["v1"]}, {"Name": "db", "Tags": []}]),
             "key" => match arg(0) {
                 "a" => json!("x"),
-                _ => return Err(format!("key {:?} not found", arg(0))),
+                _ => return Err(format!("key {:?} not found", arg(0)).into()),
             },
             "keyOrDefault" => json!(if arg(0) == "a" { "x" } else { arg(1) }),
             "keyExists" => json!(arg(0) == "a"),

@@ -63,6 +63,13 @@ impl PartialEq<&str> for HealthStatus {
     }
 }
 
+/// The same through references (`checks.iter().all(|c| c == "passing")`).
+impl PartialEq<str> for HealthStatus {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
 impl std::fmt::Display for HealthStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

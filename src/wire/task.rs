@@ -1,4 +1,4 @@
-//! Tasks: `appmgr/task/<name>` values, App Manager's shape plus scheduling fields.
+//! The task document: `appmgr/task/<name>` values, App Manager's shape plus scheduling fields.
 //!
 //! ```json
 //! {"content": {"name": "myapp", "command": "sleep 30"}, "replication": 2,
@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::scheduler::TaskReq;
-use crate::wire::ServiceSpec;
+use super::{read_listing, KvEntry, Namespace, ServiceSpec};
 
 /// Why a task value cannot be used. Reported by the leader; the other tasks go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,17 +155,14 @@ pub fn parse_task(name: &str, body: &[u8]) -> Result<Task, TaskError> {
     })
 }
 
-impl Task {
-    /// What the scheduler needs of the task.
-    pub fn req(&self) -> TaskReq {
-        TaskReq {
-            name: self.name.clone(),
-            replication: self.replication,
-            labels: self.labels.clone(),
-            cpu: self.cpu,
-            memory_mb: self.memory_mb,
-        }
-    }
+/// Parses every task directly under the tasks prefix: the valid ones, and why the others are
+/// not. Other keys are ignored.
+pub fn parse_tasks<'a>(
+    ns: &Namespace,
+    entries: impl IntoIterator<Item = KvEntry<'a>>,
+) -> (BTreeMap<String, Task>, BTreeMap<String, TaskError>) {
+    let prefix = ns.tasks();
+    read_listing(entries, |key| ns.name_under(&prefix, key), parse_task)
 }
 
 #[cfg(test)]
@@ -213,9 +209,28 @@ mod tests {
             t.app.name, "w",
             "the key names the app when content does not"
         );
-        let r = t.req();
-        assert_eq!((r.replication, r.cpu, r.memory_mb), (3, 0.5, 256));
-        assert_eq!(r.labels["zone"], "a");
+        assert_eq!((t.replication, t.cpu, t.memory_mb), (3, 0.5, 256));
+        assert_eq!(t.labels["zone"], "a");
+    }
+
+    #[test]
+    fn tasks_are_read_from_their_keys_only() {
+        let ns = Namespace::new("team");
+        let (ok, bad) = parse_tasks(
+            &ns,
+            [
+                (
+                    "team/appmgr/task/a",
+                    &br#"{"content": {"command": "x"}}"#[..],
+                ),
+                ("team/appmgr/task/b", b"{"),
+                ("team/appmgr/task/c/nested", b"{}"),
+                ("appmgr/task/other-namespace", b"{}"),
+            ],
+        );
+        assert_eq!(ok.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(matches!(bad["b"], TaskError::Json(_)), "{bad:?}");
+        assert_eq!(bad.len(), 1);
     }
 
     #[test]
