@@ -191,11 +191,13 @@ impl SessionKeeper {
             };
             let hold = self.deadline.borrow().unwrap_or(0);
             let sent = boot_ms();
-            // Answers must come well before the deadline: a blocking read returns at the latest
-            // after `wait`, and confirms the session as of when it was sent.
+            // Answers must come well before the deadline. A blocking read returns after `wait`
+            // (and Consul's jitter, wait/16) and confirms the session as of when it was sent;
+            // the next one is sent with about `fence_after - wait` left, which must cover its
+            // own `wait` and a slow answer: a third of the hold each.
             let wait = next_renew
                 .saturating_duration_since(Instant::now())
-                .min(fence_after * 3 / 4)
+                .min(fence_after / 3)
                 .max(Duration::from_millis(10));
             // A request that hangs must not hold the fencing back: it is given up at the
             // deadline.

@@ -102,8 +102,10 @@ impl Cluster {
         args.extend([
             "--consul-bin".into(),
             consul_bin().display().to_string(),
+            // Long enough that a loaded machine's scheduling delays stay inside the hold (3 s);
+            // short enough for quick retries.
             "--lock-delay".into(),
-            "1s".into(),
+            "5s".into(),
             "--kill-grace".into(),
             "1s".into(),
         ]);
