@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,7 +26,9 @@ use crate::util::backoff::Backoff;
 use crate::util::time::now_ms;
 use crate::wire::resource::read_reports;
 use crate::wire::topology::{encode_host, parse_host, read_topology};
-use crate::wire::{parse_tasks, DocError, KvEntry, Namespace, ScheduleReport, Task};
+use crate::wire::{
+    self, parse_tasks, Applications, DocError, KvEntry, Namespace, ScheduleReport, Task,
+};
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
@@ -229,7 +230,7 @@ async fn report_loop(
     let started = now_ms();
     let sampler = ResourceSampler::new();
     // The apps report last written, and the session it was written with.
-    let mut written: Option<(String, Value)> = None;
+    let mut written: Option<(String, Applications)> = None;
     let mut next_full = tokio::time::Instant::now();
     loop {
         let sid = session.borrow().id.clone();
@@ -238,34 +239,23 @@ async fn report_loop(
             next_full = tokio::time::Instant::now() + cfg.report_interval;
         }
         if let Some(sid) = sid {
-            let apps: BTreeMap<String, Value> = sup
-                .lock()
-                .await
-                .statuses()
-                .into_iter()
-                .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or(Value::Null)))
-                .collect();
-            let apps = json!(apps);
+            let apps: Applications = sup.lock().await.statuses();
             let mut writes = Vec::new();
             if full {
                 match sampler.sample(&cfg.labels, started, now_ms()).await {
-                    Ok(r) => writes.push((
-                        cfg.layout.resource(&cfg.node),
-                        serde_json::to_value(r).unwrap_or_default(),
-                    )),
+                    Ok(r) => writes.push((cfg.layout.resource(&cfg.node), wire::encode(&r))),
                     Err(e) => warn!(error = %e, "cannot sample this node's resources"),
                 }
             }
             if full || written.as_ref() != Some(&(sid.clone(), apps.clone())) {
-                writes.push((cfg.layout.applications(&cfg.node), apps.clone()));
+                writes.push((cfg.layout.applications(&cfg.node), wire::encode(&apps)));
             }
             let opts = KvPutOptions {
                 acquire: Some(sid.clone()),
                 ..Default::default()
             };
             let mut all_ok = true;
-            for (key, v) in writes {
-                let body = serde_json::to_vec(&v).unwrap_or_default();
+            for (key, body) in writes {
                 match client.kv_put(&key, &body, &opts).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -634,6 +624,7 @@ async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use crate::wire::parse_task;
 
     fn entry(key: &str, value: &[u8]) -> KvPair {

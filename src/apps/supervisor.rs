@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -33,31 +32,7 @@ const STABLE_RUN: Duration = Duration::from_secs(30);
 /// Log file size that triggers a rotation (copy to `.1`, truncate; three copies are kept).
 pub const LOG_MAX_BYTES: u64 = 10 << 20;
 
-/// One app's state as App Manager's `applications` report shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct AppStatus {
-    pub name: String,
-    pub command: String,
-    /// 0 disabled, 1 enabled (running or waiting for its next start), 2 unavailable (cannot
-    /// be started: missing directory or user, or crash-looping).
-    pub status: u8,
-    /// 0 healthy, 1 unhealthy (not running, or the health command failed).
-    pub health: u8,
-    /// Process group leader's pid while running, else 0.
-    pub pid: u32,
-    /// First start by this agent.
-    pub start_time: String,
-    pub last_start_time: String,
-    /// When a periodic app (or a restart after backoff) starts next; "" when running.
-    pub next_start_time: String,
-    pub start_interval_seconds: u64,
-    pub user: String,
-    pub working_dir: String,
-    /// Ours: starts after the first.
-    pub restarts: u64,
-    /// Ours: how the last run ended ("exit status 1", "spawn failed: ...").
-    pub last_exit: String,
-}
+pub use crate::wire::{AppHealth, AppState, AppStatus};
 
 /// What every app task needs from the agent.
 #[derive(Clone)]
@@ -167,8 +142,8 @@ impl Supervisor {
         let status = Arc::new(Mutex::new(AppStatus {
             name: task.name.clone(),
             command: task.app.command.clone(),
-            status: 1,
-            health: 1,
+            status: AppState::Enabled,
+            health: AppHealth::Unhealthy,
             start_interval_seconds: task.app.start_interval_seconds,
             user: task.app.user.clone().unwrap_or_default(),
             working_dir: task.app.working_dir.clone().unwrap_or_default(),
@@ -253,8 +228,8 @@ async fn run_app(
                 warn!(app = %task.name, error = %e, "cannot start the app");
                 let next = policy.after_failed_start();
                 set(&ctx, &status, |s| {
-                    s.status = 2;
-                    s.health = 1;
+                    s.status = AppState::Unavailable;
+                    s.health = AppHealth::Unhealthy;
                     s.pid = 0;
                     s.last_exit = format!("spawn failed: {e}");
                     s.next_start_time = app_time(now_ms().saturating_add(next.as_millis() as u64));
@@ -272,11 +247,15 @@ async fn run_app(
             } else {
                 s.restarts += 1;
             }
-            s.status = 1;
+            s.status = AppState::Enabled;
             s.pid = pgid;
             s.last_start_time = app_time(started_ms);
             s.next_start_time.clear();
-            s.health = if app.health_check_cmd.is_some() { 1 } else { 0 };
+            s.health = if app.health_check_cmd.is_some() {
+                AppHealth::Unhealthy
+            } else {
+                AppHealth::Healthy
+            };
         });
         info!(app = %task.name, pid = pgid, "app started");
         if !services_up {
@@ -332,9 +311,9 @@ async fn run_app(
         let looping = periodic.is_none() && policy.looping();
         set(&ctx, &status, |s| {
             s.pid = 0;
-            s.health = 1;
+            s.health = AppHealth::Unhealthy;
             if looping {
-                s.status = 2;
+                s.status = AppState::Unavailable;
             }
             s.last_exit = ended;
             s.next_start_time = app_time(now_ms().saturating_add(wait.as_millis() as u64));
@@ -348,8 +327,8 @@ async fn run_app(
     }
     set(&ctx, &status, |s| {
         s.pid = 0;
-        s.health = 1;
-        s.status = 0;
+        s.health = AppHealth::Unhealthy;
+        s.status = AppState::Disabled;
     });
 }
 
@@ -386,7 +365,11 @@ async fn health_loop(
                 false
             }
         };
-        let h = if healthy { 0 } else { 1 };
+        let h = if healthy {
+            AppHealth::Healthy
+        } else {
+            AppHealth::Unhealthy
+        };
         let changed = status.lock().map(|s| s.health != h).unwrap_or(false);
         if changed {
             set(ctx, status, |s| s.health = h);

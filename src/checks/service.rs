@@ -65,20 +65,67 @@ pub fn detect(service: &str, status_cmd: Option<&str>, root: &Path) -> Manager {
     Manager::ServiceWrapper
 }
 
-/// Reads an LSB status exit code: running, stopped, or an error to report as critical.
-pub fn lsb_status(code: Option<i32>, what: &str) -> Result<bool, String> {
-    match code {
-        Some(0) => Ok(true),
-        // 1: dead, pid file left; 2: dead, lock file left; 3: not running.
-        Some(1..=3) => Ok(false),
-        Some(4) => Err(format!("{what}: status unknown (exit 4: no such service?)")),
-        Some(c) => Err(format!("{what}: exited {c}")),
-        None => Err(format!("{what}: killed by a signal")),
+/// Why the service manager gave no answer the check can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusFailure {
+    /// LSB's 4: "status unknown", usually no such service.
+    Unknown,
+    /// An exit code LSB gives no meaning to.
+    Exited(i32),
+    Signal,
+    /// It could not be started.
+    CannotRun(String),
+    NoAnswer(Duration),
+}
+
+/// A service manager's failure to answer, with what was asked and what it said on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct StatusError {
+    /// What was asked (`systemctl is-active web`, `status command "..."`).
+    pub what: String,
+    pub failure: StatusFailure,
+    /// Its stderr, capped; empty when it said nothing.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = &self.what;
+        match &self.failure {
+            StatusFailure::Unknown => {
+                write!(f, "{what}: status unknown (exit 4: no such service?)")?
+            }
+            StatusFailure::Exited(c) => write!(f, "{what}: exited {c}")?,
+            StatusFailure::Signal => write!(f, "{what}: killed by a signal")?,
+            StatusFailure::CannotRun(why) => write!(f, "{what}: cannot run: {why}")?,
+            StatusFailure::NoAnswer(t) => write!(f, "{what}: no answer within {t:?}")?,
+        }
+        match self.stderr.trim() {
+            "" => Ok(()),
+            err => write!(f, " ({err})"),
+        }
     }
 }
 
+/// Reads an LSB status exit code: running, stopped, or an error to report as critical.
+pub fn lsb_status(code: Option<i32>, what: &str) -> Result<bool, StatusError> {
+    let failure = match code {
+        Some(0) => return Ok(true),
+        // 1: dead, pid file left; 2: dead, lock file left; 3: not running.
+        Some(1..=3) => return Ok(false),
+        Some(4) => StatusFailure::Unknown,
+        Some(c) => StatusFailure::Exited(c),
+        None => StatusFailure::Signal,
+    };
+    Err(StatusError {
+        what: what.to_string(),
+        failure,
+        stderr: String::new(),
+    })
+}
+
 /// Asks the manager whether `service` runs.
-pub async fn is_running(m: &Manager, service: &str) -> Result<bool, String> {
+pub async fn is_running(m: &Manager, service: &str) -> Result<bool, StatusError> {
     status_within(m, service, STATUS_TIMEOUT).await
 }
 
@@ -87,7 +134,7 @@ const STDERR_CAP: usize = 512;
 
 /// `is_running` with its timeout. The command runs in a process group of its own, so a
 /// command past its timeout is killed with everything it started.
-async fn status_within(m: &Manager, service: &str, timeout: Duration) -> Result<bool, String> {
+async fn status_within(m: &Manager, service: &str, timeout: Duration) -> Result<bool, StatusError> {
     let argv = |a: &[&str]| LaunchSpec::new(a.iter().map(|s| s.to_string()).collect());
     let (spec, what) = match m {
         Manager::Systemd => (
@@ -117,18 +164,22 @@ async fn status_within(m: &Manager, service: &str, timeout: Duration) -> Result<
         Limits::new(timeout, STDERR_CAP),
     )
     .await
-    .map_err(|e| format!("{what}: cannot run: {}", e.detail()))?;
+    .map_err(|e| StatusError {
+        what: what.clone(),
+        failure: StatusFailure::CannotRun(e.detail()),
+        stderr: String::new(),
+    })?;
     match done.outcome {
         // systemctl: 0 active, 3 inactive/failed, 4 no such unit.
-        Outcome::Exited { code, .. } => {
-            lsb_status(Some(code), &what).map_err(|e| match done.output.stderr.trim() {
-                "" => e,
-                err => format!("{e} ({err})"),
-            })
-        }
-        Outcome::TimedOut | Outcome::Killed(_) => {
-            Err(format!("{what}: no answer within {timeout:?}"))
-        }
+        Outcome::Exited { code, .. } => lsb_status(Some(code), &what).map_err(|e| StatusError {
+            stderr: done.output.stderr.trim().to_string(),
+            ..e
+        }),
+        Outcome::TimedOut | Outcome::Killed(_) => Err(StatusError {
+            what,
+            failure: StatusFailure::NoAnswer(timeout),
+            stderr: String::new(),
+        }),
     }
 }
 
@@ -330,7 +381,10 @@ mod tests {
         assert_eq!(lsb_status(Some(0), "x"), Ok(true));
         assert_eq!(lsb_status(Some(3), "x"), Ok(false));
         assert_eq!(lsb_status(Some(1), "x"), Ok(false));
-        assert!(lsb_status(Some(4), "x").unwrap_err().contains("unknown"));
+        assert!(lsb_status(Some(4), "x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
         assert!(lsb_status(Some(127), "x").is_err());
         assert!(lsb_status(None, "x").is_err());
     }
@@ -365,7 +419,8 @@ mod tests {
             .is_err());
         let e = is_running(&Manager::Command("echo broken >&2; exit 9".into()), "x")
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.ends_with("exited 9 (broken)"), "{e}");
     }
 
@@ -379,7 +434,8 @@ mod tests {
         let t = std::time::Instant::now();
         let e = status_within(&Manager::Command(cmd), "x", Duration::from_millis(300))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no answer within"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         let pid = crate::process::testing::read_pid(&pid_file);

@@ -11,7 +11,9 @@ use super::table::table;
 use super::Ctx;
 use crate::consul::{KvPair, KvPutOptions, QueryOptions};
 use crate::wire::topology::{read_topology, Topology};
-use crate::wire::{parse_task, parse_tasks, KvEntry, Namespace, ScheduleReport};
+use crate::wire::{
+    self, parse_task, parse_tasks, AppHealth, Applications, KvEntry, Namespace, ScheduleReport,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -224,33 +226,29 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         else {
             continue;
         };
-        let v: Value = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
-        if let Some(m) = v.as_object() {
-            for (name, s) in m {
-                let status = match s["status"].as_u64() {
-                    Some(0) => "disabled",
-                    Some(1) if s["pid"].as_u64().unwrap_or(0) > 0 => "running",
-                    Some(1) => "waiting",
-                    Some(2) => "unavailable",
-                    _ => "?",
-                };
-                let health = if s["health"].as_u64() == Some(0) {
-                    "healthy"
-                } else {
-                    "unhealthy"
-                };
-                rows.push(vec![
-                    host.to_string(),
-                    name.clone(),
-                    status.to_string(),
-                    health.to_string(),
-                    s["pid"].to_string(),
-                    s["last_start_time"].as_str().unwrap_or("").to_string(),
-                    s["restarts"].to_string(),
-                ]);
+        let apps: Applications = match wire::decode("applications report", &e.value) {
+            Ok(a) => a,
+            Err(err) => {
+                eprintln!("servant: node {host}: {err}");
+                continue;
             }
+        };
+        for (name, s) in &apps {
+            rows.push(vec![
+                host.to_string(),
+                name.clone(),
+                s.state_word().to_string(),
+                match s.health {
+                    AppHealth::Healthy => "healthy",
+                    AppHealth::Unhealthy => "unhealthy",
+                }
+                .to_string(),
+                s.pid.to_string(),
+                s.last_start_time.clone(),
+                s.restarts.to_string(),
+            ]);
         }
-        all.insert(host.to_string(), v);
+        all.insert(host.to_string(), apps);
     }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&all)?);

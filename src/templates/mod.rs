@@ -13,8 +13,6 @@ mod eval;
 mod funcs;
 mod lexer;
 mod parser;
-// Its loop still prints render and command errors for `servant template`, also in the agent.
-#[allow(clippy::print_stderr)]
 pub mod runner;
 pub mod source;
 

@@ -430,7 +430,6 @@ async fn render_loop(
                 Ok(t) => t,
                 Err(e) => {
                     error!(template = %l.spec.source.display(), error = %e, "render failed; the last good file stays");
-                    eprintln!("servant: {e}");
                     failures.push(e.to_string());
                     continue;
                 }
@@ -453,10 +452,7 @@ async fn render_loop(
             if let Some(cmd) = &l.spec.command {
                 match run_command(cmd, l.spec.command_timeout, TIMEOUT_GRACE).await {
                     Ok(out) => info!(command = %cmd, output = %out.trim_end(), "command ran"),
-                    Err(e) => {
-                        error!(error = %e, "command failed");
-                        eprintln!("servant: {e}");
-                    }
+                    Err(e) => error!(error = %e, "command failed"),
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! in. Pure: no IO. A field renamed here is renamed for everyone; nothing parses these documents
 //! field by field with defaults: a document that lacks a field its type needs is a `DocError`.
 
+pub mod applications;
 pub mod health;
 pub mod job;
 pub mod namespace;
@@ -13,6 +14,7 @@ pub mod task;
 pub mod topology;
 pub mod txn;
 
+pub use applications::{AppHealth, AppState, AppStatus, Applications};
 pub use health::HealthStatus;
 pub use job::{JobResult, JobStatus, JobView};
 pub use namespace::{JobKey, Namespace};
