@@ -18,8 +18,8 @@ use super::report::ResourceSampler;
 use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use crate::consul::{
-    spawn_watch, Client, ConsulError, KvPair, KvPutOptions, QueryOptions, SessionBehavior, TxnKvOp,
-    TxnOp,
+    spawn_watch, watch_key, watch_prefix, Client, ConsulError, KvPair, KvPutOptions, QueryOptions,
+    SessionBehavior, TxnKvOp, TxnOp,
 };
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::backoff::Backoff;
@@ -291,30 +291,20 @@ async fn node_loop(
     stop: CancellationToken,
 ) {
     let watches = TaskTracker::new();
-    let key = cfg.layout.topology(&cfg.node);
-    let c = client.clone();
-    let mut topo_rx = spawn_watch(
+    let mut topo_rx = watch_key(
         &watches,
+        &client,
         "own topology",
+        cfg.layout.topology(&cfg.node),
         cfg.watch_wait,
-        move |q| {
-            let c = c.clone();
-            let key = key.clone();
-            async move { c.kv_get(&key, &q).await }
-        },
         &stop,
     );
-    let c = client.clone();
-    let prefix = cfg.layout.tasks();
-    let mut tasks_rx = spawn_watch(
+    let mut tasks_rx = watch_prefix(
         &watches,
+        &client,
         "tasks",
+        cfg.layout.tasks(),
         cfg.watch_wait,
-        move |q| {
-            let c = c.clone();
-            let prefix = prefix.clone();
-            async move { c.kv_list(&prefix, &q).await }
-        },
         &stop,
     );
     // After this node's apps session was lost and made again, its topology key may still name
@@ -624,8 +614,8 @@ async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::wire::parse_task;
+    use serde_json::json;
 
     fn entry(key: &str, value: &[u8]) -> KvPair {
         KvPair {

@@ -113,6 +113,52 @@ where
     rx
 }
 
+/// Follows a KV prefix, values included: `spawn_watch` of `kv_list`.
+pub fn watch_prefix(
+    tracker: &TaskTracker,
+    client: &super::Client,
+    what: impl Into<String>,
+    prefix: String,
+    wait: Duration,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<Vec<super::KvPair>>> {
+    let c = client.clone();
+    spawn_watch(
+        tracker,
+        what,
+        wait,
+        move |q| {
+            let c = c.clone();
+            let p = prefix.clone();
+            async move { c.kv_list(&p, &q).await }
+        },
+        stop,
+    )
+}
+
+/// Follows one KV key (None while it does not exist): `spawn_watch` of `kv_get`.
+pub fn watch_key(
+    tracker: &TaskTracker,
+    client: &super::Client,
+    what: impl Into<String>,
+    key: String,
+    wait: Duration,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<Option<super::KvPair>>> {
+    let c = client.clone();
+    spawn_watch(
+        tracker,
+        what,
+        wait,
+        move |q| {
+            let c = c.clone();
+            let k = key.clone();
+            async move { c.kv_get(&k, &q).await }
+        },
+        stop,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

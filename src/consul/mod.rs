@@ -12,7 +12,7 @@ mod session;
 mod txn;
 
 pub use agent::{AgentCheckRegistration, AgentMember, AgentServiceRegistration, CheckUpdate};
-pub use blocking::{spawn_watch, watch_loop, BlockingIndex};
+pub use blocking::{spawn_watch, watch_key, watch_loop, watch_prefix, BlockingIndex};
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
 pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
 pub use event::UserEvent;

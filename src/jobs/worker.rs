@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::consul::SessionState;
 use crate::consul::{
-    spawn_watch, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
+    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
 use crate::process::{
     read_capped, supervise, Driver, KillReason, LaunchSpec, LogPaths, Outcome, Output,
@@ -213,30 +213,20 @@ impl Worker {
         // The watches and housekeeping end with `stop`; job tasks, key releases and result
         // writes are tracked too, and awaited after the drain.
         let tasks = TaskTracker::new();
-        let c = ctx.client.clone();
-        let p = cfg.layout.jobs_prefix();
-        let mut jobs_rx = spawn_watch(
+        let mut jobs_rx = watch_prefix(
             &tasks,
+            &ctx.client,
             "jobs",
+            cfg.layout.jobs_prefix(),
             cfg.watch_wait,
-            move |q| {
-                let c = c.clone();
-                let p = p.clone();
-                async move { c.kv_list(&p, &q).await }
-            },
             &stop,
         );
-        let c = ctx.client.clone();
-        let p = cfg.layout.queue_prefix(&cfg.node);
-        let mut queue_rx = spawn_watch(
+        let mut queue_rx = watch_prefix(
             &tasks,
+            &ctx.client,
             "queue",
+            cfg.layout.queue_prefix(&cfg.node),
             cfg.watch_wait,
-            move |q| {
-                let c = c.clone();
-                let p = p.clone();
-                async move { c.kv_list(&p, &q).await }
-            },
             &stop,
         );
         let c = ctx.client.clone();
