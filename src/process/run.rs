@@ -86,6 +86,16 @@ pub async fn supervise<H: TaskHandle>(
             until = moved => task.fence(until).await,
         }
     };
+    // Past the holder's deadline the task's end is not the holder's to report: its shim killed
+    // it (or it ended when it was no longer surely ours). It counts as fenced.
+    let fenced_out = fence
+        .as_ref()
+        .and_then(|f| *f.borrow())
+        .is_some_and(|until| crate::util::time::boot_ms() >= until);
+    let ended = match ended {
+        Ended::Exited(_) if fenced_out => Ended::Killed(KillReason::Fenced),
+        other => other,
+    };
     let outcome = match ended {
         Ended::Exited(code) => {
             let leftovers = task.stop_leftovers(grace).await;
