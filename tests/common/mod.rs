@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod lab;
 pub mod netns;
 
 /// The consul binary: CONSUL_BIN, else what scripts/install-consul prints (it is idempotent).

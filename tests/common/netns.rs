@@ -64,6 +64,15 @@ impl Net {
             forward_rule: false,
         };
         must(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        // The root namespace (the test itself) reaches every host through the bridge.
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &bridge,
+        ]);
         must(&["ip", "link", "set", &bridge, "up"]);
         must(&[
             "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
@@ -142,18 +151,12 @@ impl Net {
         }
     }
 
-    /// Undoes every `cut_between` of host `i`.
-    pub fn heal_between(&self, i: usize) {
-        for chain in ["INPUT", "OUTPUT"] {
-            let _ = run(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.hosts[i].ns,
-                "iptables",
-                "-F",
-                chain,
-            ]);
+    /// Undoes every `cut_between` (the rules sit in both hosts' namespaces).
+    pub fn heal_all(&self) {
+        for h in &self.hosts {
+            for chain in ["INPUT", "OUTPUT"] {
+                let _ = run(&["ip", "netns", "exec", &h.ns, "iptables", "-F", chain]);
+            }
         }
     }
 

@@ -1,0 +1,246 @@
+//! A fault lab: Consul servers and clients, each on a host with its own network stack (see
+//! `netns`), each with a servant agent beside it; processes the test can kill, pause, cut off
+//! and restart one by one. The servants run with the product's defaults unless told otherwise,
+//! since the fault tests check the documented bounds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::netns::Net;
+use super::{consul_bin, servant_bin, spawn_logged, wait_for, Http, Proc};
+
+/// One host of the lab.
+pub struct LabHost {
+    pub ip: String,
+    /// Consul's node name.
+    pub node: String,
+    pub server: bool,
+    pub consul: Option<Proc>,
+    pub servant: Option<Proc>,
+    pub consul_dir: tempfile::TempDir,
+    pub servant_dir: tempfile::TempDir,
+}
+
+pub struct Lab {
+    pub net: Net,
+    pub hosts: Vec<LabHost>,
+    /// `raft_multiplier = 1`; false keeps Consul's default Raft timing (elections of 13–18 s).
+    pub fast_raft: bool,
+    /// Extra `servant agent` arguments for every servant.
+    pub servant_args: Vec<String>,
+}
+
+impl Lab {
+    /// `servers` Consul servers then `clients` client agents, all joined; no servant yet.
+    pub fn start(servers: usize, clients: usize, fast_raft: bool) -> Lab {
+        let net = Net::new(servers + clients);
+        let hosts = (0..servers + clients)
+            .map(|i| LabHost {
+                ip: net.hosts[i].ip.clone(),
+                node: format!("{}{}", if i < servers { "s" } else { "c" }, i + 1),
+                server: i < servers,
+                consul: None,
+                servant: None,
+                consul_dir: tempfile::tempdir().expect("tempdir"),
+                servant_dir: tempfile::tempdir().expect("tempdir"),
+            })
+            .collect();
+        let mut lab = Lab {
+            net,
+            hosts,
+            fast_raft,
+            servant_args: Vec::new(),
+        };
+        for i in 0..lab.hosts.len() {
+            lab.start_consul(i);
+        }
+        let n = lab.hosts.len();
+        wait_for("every member alive", Duration::from_secs(90), || {
+            let (st, body) = lab.http(0).try_get("/v1/agent/members")?;
+            let v: Value = serde_json::from_str(&body).ok().filter(|_| st == 200)?;
+            let alive = v.as_array()?.iter().filter(|m| m["Status"] == 1).count();
+            (alive == n && lab.leader().is_some()).then_some(())
+        });
+        lab
+    }
+
+    /// (Re)starts host `i`'s Consul agent in its data dir.
+    pub fn start_consul(&mut self, i: usize) {
+        let h = &self.hosts[i];
+        let servers: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|x| x.server)
+            .map(|x| x.ip.clone())
+            .collect();
+        let mut c = self.net.command(i, consul_bin());
+        c.args(["agent", "-bind", &h.ip, "-client", &h.ip, "-node", &h.node])
+            .arg(format!("-data-dir={}", h.consul_dir.path().display()))
+            .args(["-log-level", "info"]);
+        if h.server {
+            c.args(["-server", &format!("-bootstrap-expect={}", servers.len())]);
+        }
+        for s in &servers {
+            if s != &h.ip {
+                c.arg(format!("-retry-join={s}"));
+            }
+        }
+        if self.fast_raft {
+            c.args(["-hcl", "performance { raft_multiplier = 1 }"]);
+        }
+        let log = h
+            .consul_dir
+            .path()
+            .join(format!("consul-{}.log", now_tag()));
+        let p = spawn_logged(&format!("consul {}", h.node), &mut c, &log);
+        self.hosts[i].consul = Some(p);
+    }
+
+    /// (Re)starts host `i`'s servant agent in its data dir, talking to the host's Consul.
+    pub fn start_servant(&mut self, i: usize, extra: &[&str]) {
+        let h = &self.hosts[i];
+        let mut c = self.net.command(i, servant_bin());
+        c.args([
+            "agent",
+            "--http-addr",
+            &format!("{}:8500", h.ip),
+            "--data-dir",
+        ])
+        .arg(h.servant_dir.path())
+        .args(["--api-addr", &format!("{}:0", h.ip)])
+        .args(&self.servant_args)
+        .args(extra)
+        .env("SERVANT_LOG", "info,servant=debug")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_ADDR");
+        let log = h
+            .servant_dir
+            .path()
+            .join(format!("agent-{}.log", now_tag()));
+        let p = spawn_logged(&format!("servant {}", h.node), &mut c, &log);
+        self.hosts[i].servant = Some(p);
+        let log2 = log.clone();
+        wait_for(
+            &format!("servant on {} ready", self.hosts[i].node),
+            Duration::from_secs(60),
+            move || {
+                std::fs::read_to_string(&log2)
+                    .ok()?
+                    .contains("servant agent ready")
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The HTTP API of host `i`'s Consul.
+    pub fn http(&self, i: usize) -> Http {
+        Http::new(&format!("{}:8500", self.hosts[i].ip))
+    }
+
+    /// A host whose Consul answers, other than those in `not`.
+    pub fn http_except(&self, not: &[usize]) -> Http {
+        let i = (0..self.hosts.len())
+            .find(|i| !not.contains(i) && self.hosts[*i].consul.is_some())
+            .expect("a host left");
+        self.http(i)
+    }
+
+    /// The index of the Raft leader's host, as host 0's Consul (or any other) knows it.
+    pub fn leader(&self) -> Option<usize> {
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].consul.is_none() {
+                continue;
+            }
+            if let Some((200, body)) = self.http(i).try_get("/v1/status/leader") {
+                let addr: String = serde_json::from_str(&body).unwrap_or_default();
+                let ip = addr.split(':').next().unwrap_or("");
+                if let Some(j) = self.hosts.iter().position(|h| h.ip == ip) {
+                    return Some(j);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn kill_consul(&mut self, i: usize) {
+        if let Some(mut p) = self.hosts[i].consul.take() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    pub fn kill_servant(&mut self, i: usize) {
+        if let Some(mut p) = self.hosts[i].servant.take() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    pub fn signal_servant(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(p) = &self.hosts[i].servant {
+            p.signal(sig);
+        }
+    }
+
+    /// Every log of host `i`'s servants so far, for a failure message.
+    pub fn servant_logs(&self, i: usize) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.hosts[i].servant_dir.path()) {
+            let mut paths: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// The node (of this lab) whose session holds `key`, if any.
+    pub fn holder_node(&self, h: &Http, key: &str) -> Option<String> {
+        let sid = h.get_json(&format!("/v1/kv/{key}"))?[0]["Session"]
+            .as_str()?
+            .to_string();
+        let info: Value = h.get_json(&format!("/v1/session/info/{sid}"))?;
+        info[0]["Node"].as_str().map(str::to_string)
+    }
+}
+
+/// A name part that orders logs by start.
+fn now_tag() -> String {
+    format!(
+        "{:020}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// A job that proves it never ran twice at once: it holds a per-job `flock` while it runs and
+/// writes `start`/`end` lines (with the session and attempt it ran under) to `<dir>/<id>.log`;
+/// when the lock is already held, it writes `OVERLAP` instead.
+pub fn guarded_job(dir: &std::path::Path, id: &str, secs: u64, retries: u32) -> Value {
+    let lock = dir.join(format!("{id}.lock"));
+    let log = dir.join(format!("{id}.log"));
+    let body = format!(
+        "echo \"start $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT\" >> {log}; sleep {secs}; echo \"end $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT\" >> {log}",
+        log = log.display()
+    );
+    let cmd = format!(
+        "flock -n {lock} -c '{body}' || echo \"OVERLAP $(date +%s%N)\" >> {log}",
+        lock = lock.display(),
+        log = log.display()
+    );
+    serde_json::json!({"Command": cmd, "Timeout": secs + 120, "Retries": retries})
+}
+
+/// The lines a guarded job wrote.
+pub fn job_log(dir: &std::path::Path, id: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default()
+}
