@@ -184,6 +184,37 @@ impl Lab {
         }
     }
 
+    /// A Consul leader election: SIGKILLs host `leader`'s Consul, starts it again after
+    /// `restart_after`, and returns once there is a leader that takes writes (through `probe`),
+    /// with roughly how long writes had none.
+    pub fn election(&mut self, leader: usize, probe: &Http, restart_after: Duration) -> Duration {
+        let t0 = std::time::Instant::now();
+        self.kill_consul(leader);
+        let mut leaderless = Duration::ZERO;
+        let mut restarted = false;
+        loop {
+            let t = std::time::Instant::now();
+            // A write goes through only with a leader.
+            let writes = matches!(probe.try_put("/v1/kv/probe", "x"), Some((200, _)));
+            let l = if writes { self.leader() } else { None };
+            if l.is_none() {
+                leaderless += t.elapsed().max(Duration::from_millis(100));
+            }
+            if !restarted && t0.elapsed() >= restart_after {
+                self.start_consul(leader);
+                restarted = true;
+            }
+            if restarted && l.is_some() {
+                return leaderless;
+            }
+            assert!(
+                t0.elapsed() < restart_after + Duration::from_secs(90),
+                "no leader 90 s after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every log of host `i`'s servants so far, for a failure message.
     pub fn servant_logs(&self, i: usize) -> String {
         let mut out = String::new();
