@@ -395,6 +395,10 @@ async fn leader_loop(
     );
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     'outer: loop {
+        // The session ends during shutdown too: never stand again then.
+        if stop.is_cancelled() {
+            break;
+        }
         let state = session.borrow_and_update().clone();
         let Some(sid) = state.id.clone() else {
             tokio::select! {
