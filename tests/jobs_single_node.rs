@@ -593,8 +593,11 @@ fn services_left_by_a_killed_agent_are_deregistered_at_start() {
         200
     );
     let _s = c.servant(&[]).ready();
-    let services = h.get_json("/v1/agent/services").unwrap();
-    assert!(services.get("left1").is_none(), "{services}");
+    // The worker clears them as it starts, which may finish just after "ready" is logged.
+    let services = wait_for("the leftover service gone", Duration::from_secs(15), || {
+        h.get_json("/v1/agent/services")
+            .filter(|s| s.get("left1").is_none())
+    });
     assert!(
         services.get("mine").is_some(),
         "services the agent did not make stay"
