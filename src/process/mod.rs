@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub use nix::sys::signal::Signal;
 
+pub mod container;
 pub mod local;
 pub mod logs;
 pub mod restart;
