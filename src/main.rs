@@ -10,6 +10,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__job-shim") {
         std::process::exit(servant::process::shim::run(&args[2..]));
     }
+    // A container's lease holder: its own small runtime, no logging setup.
+    if args.get(1).map(String::as_str) == Some("__container-watchdog") {
+        std::process::exit(servant::process::watchdog::run(&args[2..]));
+    }
     let error_code = cli::error_exit_code(&args);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
