@@ -79,6 +79,19 @@ pub struct JobResult {
     /// background), stopped then: a job's processes end with it.
     #[serde(skip_serializing_if = "is_zero")]
     pub leftover_processes: usize,
+    /// A docker job's container (absent for processes).
+    #[serde(rename = "ContainerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// A docker job's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The container was ended by the kernel's OOM killer (over its memory limit).
+    #[serde(rename = "OOMKilled", skip_serializing_if = "is_false")]
+    pub oom_killed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &usize) -> bool {
