@@ -125,6 +125,9 @@ pub enum JobView {
         since: String,
         #[serde(rename = "Attempt")]
         attempt: u64,
+        /// A docker job's image, from the job document.
+        #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// A result exists (it may be `started` for a NoWait job still running).
     Done {
@@ -149,6 +152,7 @@ impl JobView {
                     "unknown".into()
                 },
                 attempt: lock_index,
+                image: None,
             },
             None => JobView::Queued {
                 key: key.to_string(),
