@@ -86,7 +86,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent(_) | Command::JobShim { .. } | Command::Version => {
             unreachable!("handled above")
         }
-        Command::Start(a) => cli::start::run(&ctx, a).await,
+        Command::Start(a) => cli::start::run(&ctx, *a).await,
         Command::Show(a) => cli::show::run(&ctx, a).await,
         Command::Jobs(a) => cli::jobs::run(&ctx, a).await,
         Command::Logs(a) => cli::logs::run(&ctx, a).await,

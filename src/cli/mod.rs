@@ -110,7 +110,7 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Start a job in the cluster.
     #[command(visible_alias = "s")]
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Show a job: queued, running (where, since when) or done.
     #[command(visible_alias = "w")]
     Show(show::ShowArgs),

@@ -493,7 +493,7 @@ mod tests {
         let mut full = vec!["servant", "start"];
         full.extend_from_slice(v);
         match crate::cli::Cli::parse_from(full).command {
-            crate::cli::Command::Start(a) => a,
+            crate::cli::Command::Start(a) => *a,
             _ => unreachable!(),
         }
     }
