@@ -282,10 +282,12 @@ fn missing_images_and_bad_input_get_results_that_say_why() {
         r["ExitErrors"],
         format!("rejected: image {missing} is not on this node and its Pull policy is never")
     );
-    // No registry is reachable from here: the pull fails (or times out), and says which image.
+    // A registry on a closed loopback port (the test contacts no other host): the pull fails,
+    // within the pull timeout, and says which image.
+    let unpullable = format!("127.0.0.1:1/{}", lab.image);
     h.put(
         "/v1/kv/jobs/pull",
-        json!({"Type": "docker", "Image": missing, "Command": "true"}).to_string(),
+        json!({"Type": "docker", "Image": unpullable, "Command": "true"}).to_string(),
     );
     let r = result(&h, "pull");
     assert_eq!(r["Status"], "failed", "{r}");
@@ -293,7 +295,7 @@ fn missing_images_and_bad_input_get_results_that_say_why() {
         r["ExitErrors"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("cannot pull image {missing}: ")),
+            .starts_with(&format!("cannot pull image {unpullable}: ")),
         "{r}"
     );
 
