@@ -10,6 +10,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__job-shim") {
         std::process::exit(servant::process::shim::run(&args[2..]));
     }
+    // A container's lease holder: its own small runtime, no logging setup.
+    if args.get(1).map(String::as_str) == Some("__container-watchdog") {
+        std::process::exit(servant::process::watchdog::run(&args[2..]));
+    }
     let error_code = cli::error_exit_code(&args);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -82,7 +86,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent(_) | Command::JobShim { .. } | Command::Version => {
             unreachable!("handled above")
         }
-        Command::Start(a) => cli::start::run(&ctx, a).await,
+        Command::Start(a) => cli::start::run(&ctx, *a).await,
         Command::Show(a) => cli::show::run(&ctx, a).await,
         Command::Jobs(a) => cli::jobs::run(&ctx, a).await,
         Command::Logs(a) => cli::logs::run(&ctx, a).await,

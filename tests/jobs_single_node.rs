@@ -151,7 +151,7 @@ fn bad_input_gets_a_result_and_the_agent_keeps_working(b: Backend) {
     );
     h.put(
         "/v1/kv/jobs/docker",
-        r#"{"Command": "true", "Type": "docker", "Image": "x"}"#,
+        r#"{"Command": "true", "Type": "docker", "Image": "x", "Docker": {"Bogus": 1}}"#,
     );
     h.put(
         "/v1/kv/jobs/big",
@@ -166,7 +166,7 @@ fn bad_input_gets_a_result_and_the_agent_keeps_working(b: Backend) {
         ("malformed", "malformed job JSON"),
         ("wrongtype", "NoWait"),
         ("unknowntype", "unknown Type"),
-        ("docker", "docker"),
+        ("docker", "Docker: unknown key \"Bogus\""),
         ("with space", "invalid job ID"),
         ("a..b", "invalid job ID"),
     ];

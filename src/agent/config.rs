@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub template: Vec<crate::templates::runner::TemplateSpec>,
     /// Their quiescence, `min[:max]`.
     pub template_wait: Option<crate::templates::runner::Wait>,
+    /// Docker jobs: `keep_containers`, `pull_timeout`.
+    pub docker: crate::process::docker::DockerConfig,
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -137,6 +139,7 @@ impl Default for AgentConfig {
             checks: Default::default(),
             template: Vec::new(),
             template_wait: None,
+            docker: Default::default(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::api::{router, ApiState};
 use super::config::AgentConfig;
@@ -183,6 +183,34 @@ async fn run_until(mut cfg: AgentConfig, stop: &CancellationToken) -> Result<(),
     outcome
 }
 
+/// Stops and removes this node's job containers left by an earlier run of the agent. No job of
+/// this run has started yet, so every one is an earlier run's. A node without Docker has none.
+async fn remove_stale_containers(cfg: &AgentConfig, node: &str) {
+    let docker = match crate::process::docker::connect().await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(error = %e, "no Docker Engine: no containers to look for");
+            return;
+        }
+    };
+    match crate::process::docker::remove_stale(
+        &docker,
+        node,
+        Namespace::new(&cfg.kv_prefix).prefix(),
+        None,
+        cfg.docker.keep_containers,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed containers an earlier run of this agent left"
+        ),
+        Err(e) => warn!(error = %e, "cannot look for containers an earlier run left"),
+    }
+}
+
 async fn node_name(client: &Client) -> Result<String, ConsulError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -225,7 +253,11 @@ async fn serve(
     if let Some((addr, pid)) = live_peer(&client, &node, &cfg.kv_prefix).await {
         return Err(AgentError::NodeServed { node, addr, pid });
     }
-    // An earlier run's jobs are released first (no lock-delay: its work died with it), then its
+    // An earlier run's containers are stopped and removed first (a watchdog that died with
+    // its agent, or an Engine that was down, may have left one running), so that no retry of
+    // their jobs ever runs beside them.
+    remove_stale_containers(cfg, &node).await;
+    // An earlier run's jobs are released then (no lock-delay: its work died with it), then its
     // session is ended.
     let dead = keeper.predecessors(&node).await;
     crate::jobs::worker::release_predecessors(&client, &layout, &node, &dead).await;
@@ -352,6 +384,7 @@ async fn run_parts(
             watch_wait: cfg.watch_wait,
             result_max_age: cfg.result_max_age,
             gc_interval: cfg.result_gc_interval,
+            docker: cfg.docker.clone(),
         },
         session_rx,
         deadline_rx,

@@ -107,6 +107,13 @@ pub struct AgentArgs {
     /// Do not report, lead or run apps on this node.
     #[arg(long)]
     pub no_apps: bool,
+    /// Keep docker jobs' exited containers once their results are written (`[docker]
+    /// keep_containers`).
+    #[arg(long)]
+    pub keep_containers: bool,
+    /// How long a pull of a docker job's missing image may take.
+    #[arg(long, env = "SERVANT_PULL_TIMEOUT", value_parser = parse_duration)]
+    pub pull_timeout: Option<std::time::Duration>,
 }
 
 impl AgentArgs {
@@ -192,6 +199,10 @@ impl AgentArgs {
         }
         if self.no_apps {
             c.apps.enabled = false;
+        }
+        c.docker.keep_containers |= self.keep_containers;
+        if let Some(t) = self.pull_timeout {
+            c.docker.pull_timeout = t;
         }
         c.validate()?;
         Ok(c)

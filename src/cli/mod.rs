@@ -55,16 +55,19 @@ pub const GLOBAL_HEADING: &str = "Global options";
     disable_version_flag = true
 )]
 pub struct Cli {
-    /// Print the version (also `-version` and `servant version`, as in Consul).
+    /// Print the version (also `-v` before a command, `-version` and `servant version`, as in
+    /// Consul).
     #[arg(
-        short = 'v',
-        short_alias = 'V',
         long,
         global = true,
         action = clap::ArgAction::Version,
         help_heading = GLOBAL_HEADING
     )]
     pub version: Option<bool>,
+    /// `-v` and `-V` print the version before a command only: after `start`, `-v` is a
+    /// container's volume, as in `docker run`.
+    #[arg(short = 'v', short_alias = 'V', action = clap::ArgAction::Version, hide = true)]
+    pub version_short: Option<bool>,
     /// Consul's HTTP address.
     #[arg(long, global = true, env = "CONSUL_HTTP_ADDR", value_name = "ADDR", help_heading = GLOBAL_HEADING)]
     pub http_addr: Option<String>,
@@ -107,7 +110,7 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Start a job in the cluster.
     #[command(visible_alias = "s")]
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Show a job: queued, running (where, since when) or done.
     #[command(visible_alias = "w")]
     Show(show::ShowArgs),

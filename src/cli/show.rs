@@ -23,6 +23,15 @@ pub struct ShowArgs {
     pub id: String,
 }
 
+/// The `Image` of a job document (field names match case-insensitively), if it has one.
+fn image_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Image"))
+        .and_then(|(_, v)| v.as_str().map(str::to_string))
+}
+
 /// The view of one job key from its entry (if queued or running) and its result (if any).
 pub async fn view_of(
     ctx: &Ctx,
@@ -46,12 +55,11 @@ pub async fn view_of(
             let node = s
                 .map(|s| s.node)
                 .unwrap_or_else(|| format!("session {sid}"));
-            return Ok(Some(JobView::from_entry(
-                key,
-                e.lock_index,
-                e.flags,
-                Some(&node),
-            )));
+            let mut view = JobView::from_entry(key, e.lock_index, e.flags, Some(&node));
+            if let JobView::Running { image, .. } = &mut view {
+                *image = image_of(&e.value);
+            }
+            return Ok(Some(view));
         }
         return Ok(Some(JobView::from_entry(key, e.lock_index, e.flags, None)));
     }
@@ -201,6 +209,15 @@ pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
             }
             if truncated {
                 outln!("({name} is truncated in KV; `{logs}` prints all of it)");
+            }
+        }
+        if let Some(image) = &result.image {
+            outln!("\nImage: {image}");
+            if let Some(id) = &result.container_id {
+                outln!("Container: {id}");
+            }
+            if result.oom_killed {
+                outln!("OOMKilled: true (over its memory limit)");
             }
         }
         if result.leftover_processes > 0 {

@@ -66,19 +66,42 @@ pub struct StartArgs {
     /// Job name (defaults to the ID).
     #[arg(long)]
     pub name: Option<String>,
+    /// The image of a docker job (implies --type docker).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// A docker job's published port, [ip:][host:]container[/proto] (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
+    /// A docker job's volume, source:target[:ro|rw] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
+    pub volume: Vec<String>,
+    /// A docker job's memory limit: bytes, or a size such as 256MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// A docker job's network (bridge, host, none or a network's name).
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// When a docker job's image is pulled: missing (default), always or never.
+    #[arg(long, value_name = "POLICY")]
+    pub pull: Option<String>,
     /// `ID` with -c, or `FILE [ID]` for a job file.
     #[arg(value_name = "ID|FILE")]
     pub positional: Vec<String>,
+    /// After `--`: the command as arguments (`Args`), for a docker or an exec job (implies
+    /// --type exec without --image).
+    #[arg(last = true, value_name = "CMD")]
+    pub args: Vec<String>,
 }
 
 /// Builds the job document and its ID from the flags and an optional job file.
 pub fn build_job(a: &StartArgs) -> anyhow::Result<(String, Value)> {
-    let (mut doc, file_id, explicit_id) = match (&a.command, a.positional.as_slice()) {
-        (Some(_), []) => (Map::new(), None, None),
-        (Some(_), [id]) => (Map::new(), None, Some(id.clone())),
-        (Some(_), _) => bail!("too many arguments: with -c give at most one job ID"),
-        (None, []) => bail!("nothing to run: give -c CMD or a job file"),
-        (None, [file, rest @ ..]) => {
+    let inline = a.command.is_some() || a.image.is_some() || !a.args.is_empty();
+    let (mut doc, file_id, explicit_id) = match (inline, a.positional.as_slice()) {
+        (true, []) => (Map::new(), None, None),
+        (true, [id]) => (Map::new(), None, Some(id.clone())),
+        (true, _) => bail!("too many arguments: with -c give at most one job ID"),
+        (false, []) => bail!("nothing to run: give -c CMD, --image IMAGE, -- CMD... or a job file"),
+        (false, [file, rest @ ..]) => {
             if rest.len() > 1 {
                 bail!("too many arguments: give a job file and at most one job ID");
             }
@@ -127,6 +150,37 @@ pub fn build_job(a: &StartArgs) -> anyhow::Result<(String, Value)> {
     }
     if let Some(r) = a.retries {
         set("Retries", json!(r));
+    }
+    if let Some(i) = &a.image {
+        set("Image", json!(i));
+        if a.job_type.is_none() {
+            set("Type", json!("docker"));
+        }
+    }
+    if !a.args.is_empty() {
+        set("Args", json!(a.args));
+        if a.job_type.is_none() && a.image.is_none() {
+            set("Type", json!("exec"));
+        }
+    }
+    let mut docker = Map::new();
+    if !a.publish.is_empty() {
+        docker.insert("Ports".into(), json!(a.publish));
+    }
+    if !a.volume.is_empty() {
+        docker.insert("Volumes".into(), json!(a.volume));
+    }
+    for (k, v) in [
+        ("Memory", &a.memory),
+        ("Network", &a.network),
+        ("Pull", &a.pull),
+    ] {
+        if let Some(v) = v {
+            docker.insert(k.into(), json!(v));
+        }
+    }
+    if !docker.is_empty() {
+        set("Docker", Value::Object(docker));
     }
     if !a.env.is_empty() {
         let mut env = BTreeMap::new();
@@ -439,7 +493,7 @@ mod tests {
         let mut full = vec!["servant", "start"];
         full.extend_from_slice(v);
         match crate::cli::Cli::parse_from(full).command {
-            crate::cli::Command::Start(a) => a,
+            crate::cli::Command::Start(a) => *a,
             _ => unreachable!(),
         }
     }
@@ -450,6 +504,32 @@ mod tests {
         let (id, doc) = build_job(&args(&["-c", cmd, "job1"])).unwrap();
         assert_eq!(id, "job1");
         assert_eq!(doc["Command"], cmd);
+    }
+
+    /// Issue 13: `servant start --type docker --image IMG [-p 8080:80] [-v a:b] -- CMD...`.
+    #[test]
+    fn docker_jobs_from_flags() {
+        let (id, doc) = build_job(&args(&[
+            "--type", "docker", "--image", "img:1", "-p", "8080:80", "-v", "/a:/b", "--memory",
+            "64MiB", "d1", "--", "echo", "-n", "hi",
+        ]))
+        .unwrap();
+        assert_eq!(id, "d1");
+        assert_eq!(doc["Type"], "docker");
+        assert_eq!(doc["Image"], "img:1");
+        assert_eq!(doc["Args"], serde_json::json!(["echo", "-n", "hi"]));
+        assert_eq!(
+            doc["Docker"],
+            serde_json::json!({"Ports": ["8080:80"], "Volumes": ["/a:/b"], "Memory": "64MiB"})
+        );
+        // --image alone implies the type; a bad port is refused here already.
+        let (_, doc) = build_job(&args(&["--image", "img", "-c", "echo hi"])).unwrap();
+        assert_eq!(doc["Type"], "docker");
+        let e = build_job(&args(&["--image", "img", "-p", "80:http"])).unwrap_err();
+        assert!(e.to_string().contains("bad port spec"), "{e}");
+        // `-- CMD...` without an image is an exec job.
+        let (_, doc) = build_job(&args(&["--", "printf", "%s", "a b"])).unwrap();
+        assert_eq!(doc["Type"], "exec");
     }
 
     #[test]

@@ -4,6 +4,20 @@ use crate::util::time::rfc3339_ns;
 use crate::wire::JobView;
 
 /// A job's table row: key, state, node, time, detail.
+/// A docker job's image and container (its id's first 12 characters, as `docker ps` shows
+/// it), for a table; None for a process job.
+pub fn container_words(r: &crate::wire::JobResult) -> Option<String> {
+    let image = r.image.as_deref()?;
+    let mut w = format!("image {image}");
+    if let Some(id) = &r.container_id {
+        w.push_str(&format!(", container {}", &id[..id.len().min(12)]));
+    }
+    if r.oom_killed {
+        w.push_str(", OOM-killed");
+    }
+    Some(w)
+}
+
 pub fn job_row(view: &JobView) -> [String; 5] {
     match view {
         JobView::Queued { key, attempts } => [
@@ -18,19 +32,26 @@ pub fn job_row(view: &JobView) -> [String; 5] {
             node,
             since,
             attempt,
+            image,
         } => [
             key.clone(),
             "running".into(),
             node.clone(),
             since.clone(),
-            format!("attempt {attempt}"),
+            match image {
+                Some(i) => format!("attempt {attempt}; image {i}"),
+                None => format!("attempt {attempt}"),
+            },
         ],
         JobView::Done { key, result } => {
-            let detail = if result.exit_errors.is_empty() {
+            let mut detail = if result.exit_errors.is_empty() {
                 format!("exit {}", result.exit_code)
             } else {
                 result.exit_errors.clone()
             };
+            if let Some(c) = container_words(result) {
+                detail = format!("{detail}; {c}");
+            }
             let when = if result.end_time > 0 {
                 rfc3339_ns(result.end_time)
             } else {

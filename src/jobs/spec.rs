@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::process::container::{ContainerSpec, ContainerSpecError};
 use crate::util::duration::parse_duration;
 use crate::util::json::canonical_keys;
 pub use crate::wire::{CheckSpec, ServiceSpec};
@@ -25,7 +26,7 @@ pub enum JobType {
     Shell,
     /// `Args` (or `Command` split on whitespace) as argv, no shell.
     Exec,
-    /// A container; not available yet, so rejected with a clear reason.
+    /// A container of `Image`: `Args`, or `Command` with the image's `/bin/sh -c`.
     Docker,
 }
 
@@ -57,6 +58,8 @@ struct RawJob {
     args: Option<Vec<String>>,
     #[serde(default)]
     image: Option<String>,
+    #[serde(default)]
+    docker: Option<Value>,
 }
 
 /// A validated job, ready to run.
@@ -79,7 +82,8 @@ pub struct JobSpec {
     pub user: Option<String>,
     /// Extra attempts after the first, when a node dies mid-run.
     pub retries: u32,
-    pub image: Option<String>,
+    /// `Image` and the `Docker` object of a `docker` job.
+    pub container: Option<ContainerSpec>,
 }
 
 /// Why a job is refused. The text goes into the result's `ExitErrors`.
@@ -93,8 +97,8 @@ pub enum Rejection {
     WrongType(String),
     #[error("unknown Type {0:?}: expected shell, exec or docker")]
     UnknownType(String),
-    #[error("Type docker is not supported by this agent yet")]
-    DockerUnsupported,
+    #[error("{0}")]
+    Container(#[from] ContainerSpecError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -102,7 +106,7 @@ pub enum Rejection {
 /// The canonical top-level field names; input keys match them case-insensitively.
 const FIELDS: &[&str] = &[
     "ID", "Name", "Command", "NoWait", "Timeout", "Type", "Services", "Env", "Dir", "User",
-    "Retries", "Args", "Image",
+    "Retries", "Args", "Image", "Docker",
 ];
 const SERVICE_FIELDS: &[&str] = &["ID", "Name", "Tags", "Port", "Address", "Check"];
 const CHECK_FIELDS: &[&str] = &["TTL", "HTTP", "TCP", "Args", "Interval", "Timeout"];
@@ -201,9 +205,34 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
                 "an exec job needs Args or a Command".into(),
             ))
         }
-        JobType::Docker => return Err(Rejection::DockerUnsupported),
         _ => {}
     }
+    let container = match job_type {
+        JobType::Docker => {
+            let Some(image) = raw.image.as_deref().filter(|i| !i.is_empty()) else {
+                return Err(Rejection::Invalid("a docker job needs an Image".into()));
+            };
+            if let Some(d) = raw.dir.as_deref().filter(|d| !d.is_empty()) {
+                if !d.starts_with('/') {
+                    return Err(Rejection::Invalid(format!(
+                        "Dir {d:?}: a container's working directory is an absolute path"
+                    )));
+                }
+            }
+            Some(ContainerSpec::parse(image, raw.docker.as_ref())?)
+        }
+        _ if raw.docker.as_ref().is_some_and(|d| !d.is_null()) => {
+            return Err(Rejection::Invalid(
+                "Docker is for Type docker; this job's Type is not docker".into(),
+            ))
+        }
+        _ if raw.image.as_deref().is_some_and(|i| !i.is_empty()) => {
+            return Err(Rejection::Invalid(
+                "Image is for Type docker; this job's Type is not docker".into(),
+            ))
+        }
+        _ => None,
+    };
     let services = raw.services.unwrap_or_default();
     for (i, s) in services.iter().enumerate() {
         if s.name().is_empty() {
@@ -246,7 +275,7 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
         dir: raw.dir.filter(|d| !d.is_empty()),
         user: raw.user,
         retries: raw.retries.unwrap_or(0),
-        image: raw.image,
+        container,
     })
 }
 
@@ -338,7 +367,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_job("a", br#"{"Command": "true", "Type": "docker"}"#),
-            Err(Rejection::DockerUnsupported)
+            Err(Rejection::Invalid(m)) if m.contains("Image")
         ));
         assert!(matches!(
             parse_job("a b", br#"{"Command": "true"}"#),
@@ -373,7 +402,73 @@ mod tests {
         assert_eq!(j.argv, vec!["echo", "hi"]);
     }
 
+    #[test]
+    fn docker_jobs_take_an_image_and_the_docker_object() {
+        let j = parse_job(
+            "d1",
+            br#"{"Type":"docker","Image":"servant-test/busybox","Command":"echo hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(j.job_type, JobType::Docker);
+        let c = j.container.unwrap();
+        assert_eq!(c.image, "servant-test/busybox");
+        assert!(c.ports.is_empty());
+        let j = parse_job(
+            "d2",
+            br#"{"type":"docker","image":"img:1","args":["echo","a b"],"docker":{"ports":["8080:80"],"memory":"32m","pull":"never"}}"#,
+        )
+        .unwrap();
+        assert_eq!(j.argv, vec!["echo", "a b"]);
+        let c = j.container.unwrap();
+        assert_eq!(c.ports[0].host_port, Some(8080));
+        assert_eq!(c.memory, Some(32 << 20));
+        // No command at all: the image's own.
+        assert!(parse_job("d3", br#"{"Type":"docker","Image":"img"}"#).is_ok());
+    }
+
+    /// Issue 13's bad input: each is a rejection that says why.
+    #[test]
+    fn bad_docker_input_is_rejected_saying_why() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"Type":"docker","Image":"img","Docker":{"Privileged":true}}"#,
+                "unknown key \"Privileged\"",
+            ),
+            (
+                r#"{"Type":"docker","Image":"img","Docker":{"Ports":["80:http"]}}"#,
+                "bad port spec \"80:http\"",
+            ),
+            (
+                r#"{"Type":"docker","Image":"busy box","Command":"true"}"#,
+                "Image \"busy box\" is not an image name: it contains spaces",
+            ),
+            (
+                r#"{"Type":"docker","Image":"img","Docker":{"Volumes":["./rel:/x"]}}"#,
+                "absolute host path or a volume name",
+            ),
+            (r#"{"Type":"docker","Image":"img","Dir":"rel"}"#, "absolute"),
+            (
+                r#"{"Command":"true","Image":"img"}"#,
+                "Image is for Type docker",
+            ),
+            (
+                r#"{"Command":"true","Docker":{"Ports":["80"]}}"#,
+                "Docker is for Type docker",
+            ),
+        ];
+        for (body, says) in cases {
+            let e = parse_job("x", body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn docker_objects_never_panic_the_parser(ports in proptest::collection::vec("\\PC{0,12}", 0..3), mem in "\\PC{0,8}", key in "[A-Za-z]{1,10}", image in "\\PC{0,20}") {
+            let body = serde_json::json!({"Type": "docker", "Image": image, "Docker": {"Ports": ports, "Memory": mem, key: 1}});
+            let _ = parse_job("id", body.to_string().as_bytes());
+        }
+
         #[test]
         fn parser_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..300), id in "\\PC{0,12}") {
             let _ = parse_job(&id, &body);

@@ -17,9 +17,13 @@ use crate::consul::SessionState;
 use crate::consul::{
     spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
+use crate::process::docker::{
+    self as docker, DockerConfig, DockerDriver, LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE, LABEL_PREFIX,
+    LABEL_SESSION,
+};
 use crate::process::{
     read_capped, supervise, Driver, KillReason, LaunchSpec, LogPaths, Outcome, Output,
-    ProcessDriver, TaskHandle,
+    ProcessDriver, SpawnError, TaskHandle,
 };
 use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
@@ -70,7 +74,12 @@ pub struct WorkerConfig {
     pub result_max_age: Duration,
     /// How often housekeeping runs.
     pub gc_interval: Duration,
+    /// Docker jobs: keep their containers, pull timeout.
+    pub docker: DockerConfig,
 }
+
+/// What is left to do once a job's result is written: its container is removed.
+type Release = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// One job this node is claiming or running.
 struct Handle {
@@ -180,6 +189,28 @@ struct Ctx {
     cfg: WorkerConfig,
     /// The session's hold deadline (CLOCK_BOOTTIME ms), handed to each job's watchdog.
     deadline: watch::Receiver<Option<u64>>,
+    /// The Engine client, made at the first docker job (a node without Docker runs the rest).
+    docker: tokio::sync::Mutex<Option<bollard::Docker>>,
+}
+
+impl Ctx {
+    /// The container driver; connects to the Engine the first time.
+    async fn docker_driver(&self) -> Result<DockerDriver, docker::DockerError> {
+        let mut client = self.docker.lock().await;
+        let d = match client.as_ref() {
+            Some(d) => d.clone(),
+            None => {
+                let d = docker::connect().await?;
+                *client = Some(d.clone());
+                d
+            }
+        };
+        Ok(DockerDriver::new(
+            d,
+            Some(self.cfg.shim_exe.clone()),
+            self.cfg.docker.clone(),
+        ))
+    }
 }
 
 impl Worker {
@@ -196,6 +227,7 @@ impl Worker {
                 client,
                 cfg,
                 deadline,
+                docker: tokio::sync::Mutex::new(None),
             }),
             session,
         }
@@ -545,6 +577,7 @@ async fn claim_and_run(
             }
         }
     };
+    let mut release = None;
     let result = match spec::parse_job(jk.id(), &entry.value) {
         Err(rej) => Some(rejected(&jk, &entry.value, &rej, &cfg.node, lock_index)),
         Ok(job) => {
@@ -559,7 +592,10 @@ async fn claim_and_run(
                     Some(r)
                 }
                 Verdict::Run { attempt } => {
-                    run_job(ctx, &jk, &entry.key, &job, attempt, session, kill).await
+                    let (r, rel) =
+                        run_job(ctx, &jk, &entry.key, &job, attempt, session, kill).await;
+                    release = rel;
+                    r
                 }
             }
         }
@@ -575,6 +611,10 @@ async fn claim_and_run(
             true,
         )
         .await;
+    }
+    // Only now, with its result written (or no longer ours to write), its container goes.
+    if let Some(rel) = release {
+        rel.await;
     }
     true
 }
@@ -646,7 +686,8 @@ fn stamp_end(r: &mut JobResult) {
     r.end_time_str = rfc3339_ns(now);
 }
 
-/// Runs a claimed job. Returns None when the job was fenced (its lock is no longer ours).
+/// Runs a claimed job. Returns None when the job was fenced (its lock is no longer ours), and
+/// what is left to do once the result is written.
 async fn run_job(
     ctx: &Ctx,
     jk: &JobKey,
@@ -655,7 +696,7 @@ async fn run_job(
     attempt: u64,
     session: &str,
     kill: watch::Receiver<Option<KillReason>>,
-) -> Option<JobResult> {
+) -> (Option<JobResult>, Option<Release>) {
     let cfg = &ctx.cfg;
     let mut r = JobResult::for_job(job, &cfg.node, attempt);
     let start = now_ns();
@@ -674,25 +715,97 @@ async fn run_job(
                 r.status = Some(JobStatus::Failed);
                 r.exit_errors = format!("cannot register service {:?}: {e}", s.id());
                 stamp_end(&mut r);
-                return Some(r);
+                return (Some(r), None);
             }
         }
     }
-    let logs = LogPaths::for_key(&cfg.log_dir, key);
-    let driver = ProcessDriver::with_shim(cfg.shim_exe.clone());
-    let mut spec = launch_spec(job, &logs).fence(*ctx.deadline.borrow());
+    let run = Run {
+        jk,
+        key,
+        job,
+        session,
+        registered,
+        logs: LogPaths::for_key(&cfg.log_dir, key),
+    };
+    let mut spec = launch_spec(job, &run.logs).fence(*ctx.deadline.borrow());
     spec.env.extend(fencing_token(key, attempt, session));
-    let mut running = match driver.launch(&spec).await {
+    match &job.container {
+        Some(c) => {
+            let mut c = c.clone();
+            c.labels.extend([
+                (LABEL_NODE.to_string(), cfg.node.clone()),
+                (LABEL_JOB.to_string(), key.to_string()),
+                (LABEL_SESSION.to_string(), session.to_string()),
+                (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+                (LABEL_PREFIX.to_string(), cfg.layout.prefix().to_string()),
+            ]);
+            r.image = Some(c.image.clone());
+            let spec = spec.container(c);
+            match ctx.docker_driver().await {
+                Ok(d) => run_on(ctx, &d, &spec, r, run, kill).await,
+                Err(e) => {
+                    deregister(ctx, &run.registered).await;
+                    r.status = Some(JobStatus::Failed);
+                    r.exit_errors = e.to_string();
+                    stamp_end(&mut r);
+                    (Some(r), None)
+                }
+            }
+        }
+        None => {
+            let d = ProcessDriver::with_shim(cfg.shim_exe.clone());
+            run_on(ctx, &d, &spec, r, run, kill).await
+        }
+    }
+}
+
+/// A claimed job on its way through a driver.
+struct Run<'a> {
+    jk: &'a JobKey,
+    key: &'a str,
+    job: &'a JobSpec,
+    session: &'a str,
+    /// Its services, registered.
+    registered: Vec<String>,
+    logs: LogPaths,
+}
+
+/// Launches `spec` with `driver`, supervises it and fills in the result: the same for a process
+/// and a container.
+async fn run_on<D: Driver>(
+    ctx: &Ctx,
+    driver: &D,
+    spec: &LaunchSpec,
+    mut r: JobResult,
+    run: Run<'_>,
+    kill: watch::Receiver<Option<KillReason>>,
+) -> (Option<JobResult>, Option<Release>)
+where
+    D::Handle: 'static,
+{
+    let cfg = &ctx.cfg;
+    let (job, key) = (run.job, run.key);
+    let mut running = match driver.launch(spec).await {
         Ok(p) => p,
         Err(e) => {
-            deregister(ctx, &registered).await;
-            r.status = Some(JobStatus::Failed);
-            r.exit_errors = e.to_string();
+            deregister(ctx, &run.registered).await;
+            if let SpawnError::ImageMissing(_) = e {
+                r.status = Some(JobStatus::Rejected);
+                r.exit_errors = format!("rejected: {e}");
+            } else {
+                r.status = Some(JobStatus::Failed);
+                r.exit_errors = e.to_string();
+            }
             stamp_end(&mut r);
-            return Some(r);
+            return (Some(r), None);
         }
     };
-    info!(key = %key, attempt, pgid = running.pid(), "job started");
+    if let Some(c) = running.container().await {
+        r.container_id = Some(c.id);
+        info!(key = %key, attempt = r.attempt, container = %running.id(), "job started");
+    } else {
+        info!(key = %key, attempt = r.attempt, pgid = running.pid(), "job started");
+    }
     let timeout = if job.no_wait { None } else { Some(job.timeout) };
     if job.no_wait {
         let mut started = r.clone();
@@ -701,8 +814,8 @@ async fn run_job(
         write_result(
             ctx,
             key,
-            &cfg.layout.result_key(jk),
-            session,
+            &cfg.layout.result_key(run.jk),
+            run.session,
             started,
             false,
         )
@@ -717,14 +830,22 @@ async fn run_job(
         Some(ctx.deadline.clone()),
     )
     .await;
-    deregister(ctx, &registered).await;
+    deregister(ctx, &run.registered).await;
     stamp_end(&mut r);
-    let (out, out_cut) = read_capped(&logs.stdout, cfg.output_cap).await;
-    let (err, err_cut) = read_capped(&logs.stderr, cfg.output_cap).await;
+    let (out, out_cut) = read_capped(&run.logs.stdout, cfg.output_cap).await;
+    let (err, err_cut) = read_capped(&run.logs.stderr, cfg.output_cap).await;
     r.output = out;
     r.output_errors = err;
     r.output_truncated = out_cut;
     r.output_errors_truncated = err_cut;
+    let container = running.container().await;
+    r.oom_killed = container.as_ref().is_some_and(|c| c.oom_killed);
+    let what = if container.is_some() {
+        "the container was stopped"
+    } else {
+        "the process group was killed"
+    };
+    let release: Release = Box::pin(async move { running.release().await });
     match outcome {
         Outcome::Exited { code: 0, leftovers } => {
             r.status = Some(JobStatus::Succeeded);
@@ -740,13 +861,15 @@ async fn run_job(
             } else {
                 format!("exit status {code}")
             };
+            if r.oom_killed {
+                r.exit_errors.push_str(
+                    "; killed by the OOM killer: the container went over its memory limit",
+                );
+            }
         }
         Outcome::TimedOut => {
             r.status = Some(JobStatus::TimedOut);
-            r.exit_errors = format!(
-                "timed out after {}; the process group was killed",
-                go_format(job.timeout)
-            );
+            r.exit_errors = format!("timed out after {}; {what}", go_format(job.timeout));
         }
         Outcome::Killed(KillReason::Shutdown) => {
             r.status = Some(JobStatus::Failed);
@@ -756,16 +879,28 @@ async fn run_job(
                 go_format(cfg.shutdown_grace)
             );
         }
-        Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return None,
+        Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return (None, Some(release)),
     }
-    Some(r)
+    (Some(r), Some(release))
 }
 
-/// How a job is started: `Exec` as argv, the rest with the shell; output into fresh log files.
+/// How a job is started: `Exec` as argv, the rest with the shell; a container with `Args`,
+/// else `Command` with the image's shell, else the image's own command. Output into fresh log
+/// files.
 fn launch_spec(job: &JobSpec, logs: &LogPaths) -> LaunchSpec {
     let spec = match job.job_type {
         JobType::Exec => LaunchSpec::new(job.argv.clone()).env(job.env.clone()),
-        _ => LaunchSpec::shell(&job.command, &job.env),
+        JobType::Docker if !job.argv.is_empty() => {
+            LaunchSpec::new(job.argv.clone()).env(job.env.clone())
+        }
+        JobType::Docker if job.command.trim().is_empty() => {
+            LaunchSpec::new(Vec::new()).env(job.env.clone())
+        }
+        JobType::Docker => {
+            LaunchSpec::new(vec!["/bin/sh".into(), "-c".into(), job.command.clone()])
+                .env(job.env.clone())
+        }
+        JobType::Shell => LaunchSpec::shell(&job.command, &job.env),
     };
     spec.dir(job.dir.clone())
         .user(job.user.clone())

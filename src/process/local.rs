@@ -56,11 +56,11 @@ pub struct ProcessHandle {
 }
 
 /// The files and user a launch needs, prepared on a blocking thread.
-struct Prepared {
-    stdout: Option<File>,
-    stderr: Option<File>,
-    capture: Option<(File, Option<File>)>,
-    user: Option<nix::unistd::User>,
+pub(super) struct Prepared {
+    pub(super) stdout: Option<File>,
+    pub(super) stderr: Option<File>,
+    pub(super) capture: Option<(File, Option<File>)>,
+    pub(super) user: Option<nix::unistd::User>,
 }
 
 fn open_log(path: &Path, append: bool) -> Result<File, SpawnError> {
@@ -85,7 +85,7 @@ fn clone_file(f: &File, path: &Path) -> Result<File, SpawnError> {
 
 /// Checks the directory, opens the output files, looks the user up (when no shim will) and
 /// removes a stale pid file.
-fn prepare(
+pub(super) fn prepare(
     output: &Output,
     dir: Option<&str>,
     user: Option<&str>,

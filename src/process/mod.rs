@@ -4,8 +4,9 @@
 //!
 //! Nomad's split is the model: a `Driver` launches a `LaunchSpec` and hands back a
 //! `TaskHandle` to wait for and to stop. `ProcessDriver` (`local`) is the first driver: a
-//! process group, through the shim (`shim`) so that it dies with the agent. A container driver
-//! is meant to be a second implementation of the same two traits.
+//! process group, through the shim (`shim`) so that it dies with the agent. `DockerDriver`
+//! (`docker`) is the second: a Docker container, through the Engine API, with a watchdog
+//! (`watchdog`) in the shim's place.
 //!
 //! - `spec`: what to start (argv, environment, directory, user, output, pid file, lifetime).
 //! - `local`: the process driver and its handle; process groups and their signals.
@@ -13,12 +14,17 @@
 //! - `logs`: log file names, capped reads, copy-truncate rotation (off the async workers).
 //! - `run`: `supervise` (wait, timeout, kill requests) and `run_with_timeout`.
 //! - `restart`: the restart policy of apps and the launched Consul.
+//! - `container`: what a container runs beyond the command (image, ports, volumes...), parsed.
+//! - `docker`: the container driver and its handle; the stale-container sweep at start.
+//! - `watchdog`: `servant __container-watchdog`, a container's lease holder.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use nix::sys::signal::Signal;
 
+pub mod container;
+pub mod docker;
 pub mod local;
 pub mod logs;
 pub mod restart;
@@ -27,7 +33,11 @@ pub mod run;
 #[allow(clippy::print_stderr)]
 pub mod shim;
 pub mod spec;
+// Like the shim, it reports on its own stderr.
+#[allow(clippy::print_stderr)]
+pub mod watchdog;
 
+pub use docker::{ContainerReport, DockerDriver};
 pub use local::ProcessDriver;
 pub use logs::{read_capped, LogPaths};
 pub use restart::RestartPolicy;
@@ -47,6 +57,14 @@ pub enum SpawnError {
     Empty,
     #[error(transparent)]
     User(#[from] shim::UserError),
+    #[error("the container driver needs an image")]
+    NoImage,
+    #[error("image {0} is not on this node and its Pull policy is never")]
+    ImageMissing(String),
+    #[error("cannot pull image {image}: {detail}")]
+    Pull { image: String, detail: String },
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
 }
 
 impl SpawnError {
@@ -100,6 +118,16 @@ pub trait TaskHandle: Send {
     /// Moves the fence deadline (CLOCK_BOOTTIME ms; None: no deadline): the task is killed
     /// when it passes, by a watchdog that does not need the agent (it may be paused).
     fn fence(&mut self, until: Option<u64>) -> impl Future<Output = ()> + Send;
+    /// A container's id, image and whether the kernel's OOM killer ended it, once it ended;
+    /// None for a process.
+    fn container(&mut self) -> impl Future<Output = Option<ContainerReport>> + Send {
+        async { None }
+    }
+    /// Once the task's result is written: frees what is left of it (a container is removed,
+    /// unless the agent keeps them). Nothing for a process.
+    fn release(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// An exit status as one code: the code, or 128 + the signal, as a shell reports it.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::container::ContainerSpec;
 use super::logs::LogPaths;
 
 /// Where a task's stdout and stderr go. Its stdin is always empty.
@@ -58,6 +59,11 @@ pub struct LaunchSpec {
     /// with `TaskHandle::fence`, the shim kills the task even if the agent cannot (paused).
     /// None: no deadline (it still dies with the agent).
     pub fence: Option<u64>,
+    /// For the container driver: the image and the `Docker` object. `argv` is then the
+    /// container's command (empty: the image's own), `dir` and `user` are inside it, and
+    /// `pid_file` and `lifetime` do not apply (a container dies with its agent through its
+    /// watchdog).
+    pub container: Option<ContainerSpec>,
 }
 
 /// Linux refuses any one argument or environment string over 128 KiB (MAX_ARG_STRLEN) with
@@ -141,6 +147,11 @@ impl LaunchSpec {
 
     pub fn fence(mut self, until: Option<u64>) -> Self {
         self.fence = until;
+        self
+    }
+
+    pub fn container(mut self, c: ContainerSpec) -> Self {
+        self.container = Some(c);
         self
     }
 }

@@ -79,6 +79,19 @@ pub struct JobResult {
     /// background), stopped then: a job's processes end with it.
     #[serde(skip_serializing_if = "is_zero")]
     pub leftover_processes: usize,
+    /// A docker job's container (absent for processes).
+    #[serde(rename = "ContainerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// A docker job's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The container was ended by the kernel's OOM killer (over its memory limit).
+    #[serde(rename = "OOMKilled", skip_serializing_if = "is_false")]
+    pub oom_killed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -112,6 +125,9 @@ pub enum JobView {
         since: String,
         #[serde(rename = "Attempt")]
         attempt: u64,
+        /// A docker job's image, from the job document.
+        #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// A result exists (it may be `started` for a NoWait job still running).
     Done {
@@ -136,6 +152,7 @@ impl JobView {
                     "unknown".into()
                 },
                 attempt: lock_index,
+                image: None,
             },
             None => JobView::Queued {
                 key: key.to_string(),

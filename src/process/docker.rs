@@ -1,0 +1,674 @@
+//! The container driver: the second implementation of `Driver` / `TaskHandle`. A task is a
+//! Docker container, started through the Engine API (bollard; the local socket or
+//! `DOCKER_HOST`), never the `docker` CLI.
+//!
+//! - `launch`: the image is looked for and pulled as its `Pull` policy says (under
+//!   `pull_timeout`); the container is created with the launch's command, environment,
+//!   directory, user, the `Docker` object and the agent's `servant.*` labels; its watchdog
+//!   starts (below); then the container starts. Its stdout and stderr are followed into the
+//!   launch's `Output`, apart, as a process's are.
+//! - `wait`: the container's exit code (128+n after signal n, as the Engine reports it).
+//! - `stop`: the signal to the container's main process, then SIGKILL after the grace.
+//! - `fence`: the deadline goes to the watchdog, as a shim's goes to the shim.
+//! - `release` (after the result is written): the container is removed, unless kept.
+//!
+//! The watchdog (`servant __container-watchdog`, `watchdog.rs`) is what the shim is for a
+//! process: a small process holding the agent's lease pipe. When the pipe closes (the agent
+//! died, however) it removes the container; when the fence deadline passes (the agent is
+//! paused) it kills it. So a container dies with its agent and never outlives the agent's hold.
+//! Without a shim executable (unit tests) there is no watchdog: the agent's own fencing (a kill
+//! request through `supervise`) still stops the container, but a paused agent cannot.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::container::{pull_ref, ContainerSpec, PullPolicy};
+use super::local::prepare;
+use super::logs::read_capped_file;
+use super::shim::LeaseLine;
+use super::spec::LaunchSpec;
+use super::{Captured, Driver, SpawnError, TaskHandle};
+use crate::util::duration::{de_duration, ser_duration};
+
+/// The agent's labels on every container it starts.
+pub const LABEL_NODE: &str = "servant.node";
+/// The job key (a job's container).
+pub const LABEL_JOB: &str = "servant.job";
+pub const LABEL_SESSION: &str = "servant.session";
+pub const LABEL_ATTEMPT: &str = "servant.attempt";
+/// The agent's `kv_prefix`: agents of different namespaces on one node keep apart.
+pub const LABEL_PREFIX: &str = "servant.prefix";
+
+/// How long a request to the Engine may take (a pull has `pull_timeout`; a wait none).
+const ENGINE_TIMEOUT: u64 = 60;
+
+/// The `[docker]` section of the agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Keep exited containers once their result is written (`--keep-containers`).
+    pub keep_containers: bool,
+    /// How long a pull of a missing image may take before the job fails.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub pull_timeout: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            keep_containers: false,
+            pull_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the Engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker Engine: {0}")]
+    Connect(EngineError),
+    #[error("docker {action}: {error}")]
+    Api {
+        action: &'static str,
+        error: EngineError,
+    },
+}
+
+/// A client of the local Engine (`DOCKER_HOST` or the local socket), its API version agreed.
+pub async fn connect() -> Result<Docker, DockerError> {
+    let d = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
+    let d = d.with_timeout(Duration::from_secs(ENGINE_TIMEOUT));
+    match tokio::time::timeout(Duration::from_secs(10), d.negotiate_version()).await {
+        Ok(r) => r.map_err(DockerError::Connect),
+        Err(_) => Err(DockerError::Connect(EngineError::RequestTimeoutError)),
+    }
+}
+
+/// Whether the Engine answered "no such ..." (404).
+fn not_found(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Starts containers.
+#[derive(Debug, Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    /// The servant executable, run as `__container-watchdog` beside each container.
+    shim: Option<PathBuf>,
+    cfg: DockerConfig,
+}
+
+impl DockerDriver {
+    pub fn new(docker: Docker, shim: Option<PathBuf>, cfg: DockerConfig) -> Self {
+        DockerDriver { docker, shim, cfg }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Makes sure `image` is here, pulling it as `policy` allows.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), SpawnError> {
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if not_found(&e) => false,
+            Err(error) => {
+                return Err(SpawnError::Docker(DockerError::Api {
+                    action: "image inspect",
+                    error,
+                }))
+            }
+        };
+        match (present, policy) {
+            (true, PullPolicy::Missing | PullPolicy::Never) => return Ok(()),
+            (false, PullPolicy::Never) => {
+                return Err(SpawnError::ImageMissing(image.to_string()));
+            }
+            _ => {}
+        }
+        info!(image, "pulling the image");
+        let (from, tag) = pull_ref(image);
+        let opts = CreateImageOptions {
+            from_image: Some(from),
+            tag: (!tag.is_empty()).then_some(tag),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut s = self.docker.create_image(Some(opts), None, None);
+            while let Some(item) = s.next().await {
+                if let Err(e) = item {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.cfg.pull_timeout, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(detail)) => Err(SpawnError::Pull {
+                image: image.to_string(),
+                detail,
+            }),
+            Err(_) => Err(SpawnError::Pull {
+                image: image.to_string(),
+                detail: format!(
+                    "no answer within the pull timeout ({}s)",
+                    self.cfg.pull_timeout.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// Starts the watchdog of container `id`: a process of its own whose stdin is the lease
+    /// pipe.
+    fn watchdog(
+        &self,
+        id: &str,
+        fence: Option<u64>,
+    ) -> Result<Option<tokio::process::Child>, SpawnError> {
+        let Some(exe) = &self.shim else {
+            return Ok(None);
+        };
+        let mut c = std::process::Command::new(exe);
+        c.arg("__container-watchdog").arg("--container").arg(id);
+        if let Some(ms) = fence {
+            c.arg("--fence-until").arg(ms.to_string());
+        }
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // Signals to the agent's group are not the watchdog's.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        let mut c = tokio::process::Command::from(c);
+        c.kill_on_drop(false);
+        c.spawn().map(Some).map_err(SpawnError::Spawn)
+    }
+}
+
+/// The body of a container's create request.
+fn create_body(spec: &LaunchSpec, c: &ContainerSpec) -> ContainerCreateBody {
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &c.ports {
+        bindings
+            .entry(p.key())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            });
+    }
+    let exposed: Vec<String> = bindings.keys().cloned().collect();
+    let host = HostConfig {
+        binds: (!c.volumes.is_empty()).then(|| c.volumes.iter().map(|v| v.bind()).collect()),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        network_mode: c.network.clone(),
+        memory: c.memory.map(|m| m as i64),
+        // No swap beyond the memory limit: over it, the OOM killer.
+        memory_swap: c.memory.map(|m| m as i64),
+        nano_cpus: c.nano_cpus,
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(c.image.clone()),
+        cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
+        entrypoint: c.entrypoint.clone(),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: spec.dir.clone(),
+        user: spec.user.clone(),
+        labels: Some(c.labels.clone().into_iter().collect()),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        tty: Some(false),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Exit {
+    code: i32,
+    oom_killed: bool,
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct DockerHandle {
+    docker: Docker,
+    id: String,
+    image: String,
+    pid: u32,
+    exit: watch::Receiver<Option<Exit>>,
+    /// `Output::Capture`'s files: stdout (or both), and stderr when apart.
+    capture: Option<(File, Option<File>)>,
+    watchdog: Option<tokio::process::Child>,
+    lease: Option<tokio::process::ChildStdin>,
+    keep: bool,
+}
+
+/// What a container's task adds to its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerReport {
+    pub id: String,
+    pub image: String,
+    pub oom_killed: bool,
+}
+
+impl Driver for DockerDriver {
+    type Handle = DockerHandle;
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<DockerHandle, SpawnError> {
+        let Some(c) = spec.container.as_ref() else {
+            return Err(SpawnError::NoImage);
+        };
+        self.ensure_image(&c.image, c.pull).await?;
+        let output = spec.output.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&output, None, None, None))
+            .await
+            .map_err(|e| SpawnError::Spawn(std::io::Error::other(e)))??;
+        let api = |action| move |error| SpawnError::Docker(DockerError::Api { action, error });
+        let created = self
+            .docker
+            .create_container(None, create_body(spec, c))
+            .await
+            .map_err(api("create"))?;
+        let id = created.id;
+        let (docker, id_ref) = (&self.docker, id.as_str());
+        let remove = move || async move {
+            let opts = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            let _ = docker.remove_container(id_ref, Some(opts)).await;
+        };
+        // The watchdog holds the lease before the container runs: from its start on, the
+        // container dies with the agent.
+        let mut watchdog = match self.watchdog(&id, spec.fence) {
+            Ok(w) => w,
+            Err(e) => {
+                remove().await;
+                return Err(e);
+            }
+        };
+        let lease = watchdog.as_mut().and_then(|w| w.stdin.take());
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            remove().await;
+            if let Some(w) = watchdog.as_mut() {
+                let _ = w.kill().await;
+            }
+            return Err(api("start")(e));
+        }
+        let pid = match self.docker.inspect_container(&id, None).await {
+            Ok(i) => i.state.and_then(|s| s.pid).unwrap_or(0).max(0) as u32,
+            Err(_) => 0,
+        };
+        debug!(container = %id, image = %c.image, "container started");
+        let logs = tokio::spawn(follow_logs(
+            self.docker.clone(),
+            id.clone(),
+            prepared.stdout,
+            prepared.stderr,
+        ));
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(wait_exit(self.docker.clone(), id.clone(), logs, tx));
+        Ok(DockerHandle {
+            docker: self.docker.clone(),
+            id,
+            image: c.image.clone(),
+            pid,
+            exit: rx,
+            capture: prepared.capture,
+            watchdog,
+            lease,
+            keep: self.cfg.keep_containers,
+        })
+    }
+}
+
+/// Copies the container's stdout and stderr, apart, into `out` and `err` until it ends.
+async fn follow_logs(docker: Docker, id: String, out: Option<File>, err: Option<File>) {
+    let mut out = out.map(tokio::fs::File::from_std);
+    let mut err = err.map(tokio::fs::File::from_std);
+    let opts = LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let mut s = docker.logs(&id, Some(opts));
+    while let Some(item) = s.next().await {
+        let (sink, bytes) = match &item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => (&mut err, message),
+            Ok(
+                bollard::container::LogOutput::StdOut { message }
+                | bollard::container::LogOutput::Console { message },
+            ) => (&mut out, message),
+            Ok(bollard::container::LogOutput::StdIn { .. }) => continue,
+            Err(e) => {
+                debug!(container = %id, error = %e, "log stream ended");
+                break;
+            }
+        };
+        if let Some(f) = sink.as_mut() {
+            if let Err(e) = f.write_all(bytes).await {
+                warn!(container = %id, error = %e, "cannot write the container's log");
+            }
+        }
+    }
+    for f in [out.as_mut(), err.as_mut()].into_iter().flatten() {
+        let _ = f.flush().await;
+    }
+}
+
+/// Waits for the container to end, then for its logs to be copied, then publishes its exit.
+async fn wait_exit(
+    docker: Docker,
+    id: String,
+    logs: tokio::task::JoinHandle<()>,
+    tx: watch::Sender<Option<Exit>>,
+) {
+    let mut pause = Duration::from_millis(200);
+    let code = loop {
+        let opts = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut s = docker.wait_container(&id, Some(opts));
+        match s.next().await {
+            Some(Ok(r)) => break r.status_code as i32,
+            Some(Err(EngineError::DockerContainerWaitError { code, .. })) => break code as i32,
+            Some(Err(e)) if not_found(&e) => break -1,
+            Some(Err(e)) => {
+                warn!(container = %id, error = %e, "cannot wait for the container; retrying")
+            }
+            None => {}
+        }
+        // The connection broke: the container may still run.
+        match docker.inspect_container(&id, None).await {
+            Err(e) if not_found(&e) => break -1,
+            Ok(i) => {
+                if let Some(st) = i.state.filter(|s| s.running != Some(true)) {
+                    break st.exit_code.unwrap_or(-1) as i32;
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    };
+    // The log stream ends with the container; it is given a moment, not forever.
+    let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+    let oom_killed = match docker.inspect_container(&id, None).await {
+        Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
+        Err(_) => false,
+    };
+    let _ = tx.send(Some(Exit { code, oom_killed }));
+}
+
+impl DockerHandle {
+    async fn exited(&mut self) -> Exit {
+        match self.exit.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.unwrap_or(Exit {
+                code: -1,
+                oom_killed: false,
+            }),
+            Err(_) => Exit {
+                code: -1,
+                oom_killed: false,
+            },
+        }
+    }
+
+    async fn kill(&self, signal: Signal) {
+        let opts = KillContainerOptions {
+            signal: signal.as_str().to_string(),
+        };
+        if let Err(e) = self.docker.kill_container(&self.id, Some(opts)).await {
+            debug!(container = %self.id, error = %e, "kill");
+        }
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl TaskHandle for DockerHandle {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> i32 {
+        self.exited().await.code
+    }
+
+    async fn stop(&mut self, signal: Signal, grace: Duration) {
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        self.kill(signal).await;
+        if tokio::time::timeout(grace, self.exited()).await.is_err() {
+            self.kill(Signal::SIGKILL).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.exited()).await;
+        }
+    }
+
+    async fn stop_leftovers(&mut self, _grace: Duration) -> usize {
+        // A container's processes end with its main process (its PID namespace goes).
+        0
+    }
+
+    async fn captured(&mut self, cap: usize) -> Captured {
+        let Some((out, err)) = &self.capture else {
+            return Captured::default();
+        };
+        let read = |f: &File| {
+            let f = f.try_clone().ok().map(tokio::fs::File::from_std);
+            async move {
+                match f {
+                    Some(f) => read_capped_file(f, cap).await,
+                    None => (String::new(), false),
+                }
+            }
+        };
+        let (stdout, out_cut) = read(out).await;
+        let (stderr, err_cut) = match err {
+            Some(e) => read(e).await,
+            None => (String::new(), false),
+        };
+        Captured {
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
+        }
+    }
+
+    async fn fence(&mut self, until: Option<u64>) {
+        let line = match until {
+            Some(ms) => LeaseLine::Fence(ms),
+            None => LeaseLine::NoFence,
+        };
+        if let Some(pipe) = self.lease.as_mut() {
+            let _ = pipe.write_all(line.to_line().as_bytes()).await;
+        }
+    }
+
+    async fn container(&mut self) -> Option<ContainerReport> {
+        let oom_killed = self.exit.borrow().is_some_and(|e| e.oom_killed);
+        Some(ContainerReport {
+            id: self.id.clone(),
+            image: self.image.clone(),
+            oom_killed,
+        })
+    }
+
+    async fn release(&mut self) {
+        // The watchdog goes first: its end of the lease must not read as the agent's death.
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill().await;
+        }
+        self.lease = None;
+        if self.keep {
+            return;
+        }
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(&self.id, Some(opts)).await {
+            Ok(()) => debug!(container = %self.id, "container removed"),
+            Err(e) if not_found(&e) => {}
+            Err(e) => warn!(container = %self.id, error = %e, "cannot remove the container"),
+        }
+    }
+}
+
+/// Stops and removes the job containers of this node (and namespace) that no longer belong to
+/// a run of this agent: any not started by `session` (None: every one, at start, before this
+/// run has a session; the earlier run is gone, the data dir's lock says so). With `keep`,
+/// exited ones stay for inspection and only running ones go. Returns how many were removed.
+pub async fn remove_stale(
+    docker: &Docker,
+    node: &str,
+    prefix: &str,
+    session: Option<&str>,
+    keep: bool,
+) -> Result<usize, DockerError> {
+    let filters: HashMap<String, Vec<String>> = [(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_NODE}={node}"),
+            format!("{LABEL_PREFIX}={prefix}"),
+            LABEL_JOB.to_string(),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let list = docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(|error| DockerError::Api {
+            action: "ps",
+            error,
+        })?;
+    let mut n = 0;
+    for c in list {
+        let labels = c.labels.unwrap_or_default();
+        let mine =
+            session.is_some_and(|s| labels.get(LABEL_SESSION).map(String::as_str) == Some(s));
+        let running = c.state.as_ref().is_some_and(|s| {
+            matches!(
+                s,
+                bollard::models::ContainerSummaryStateEnum::RUNNING
+                    | bollard::models::ContainerSummaryStateEnum::PAUSED
+                    | bollard::models::ContainerSummaryStateEnum::RESTARTING
+                    | bollard::models::ContainerSummaryStateEnum::CREATED
+            )
+        });
+        if mine || (keep && !running) {
+            continue;
+        }
+        let Some(id) = c.id else { continue };
+        warn!(
+            container = %id,
+            job = labels.get(LABEL_JOB).map(String::as_str).unwrap_or(""),
+            session = labels.get(LABEL_SESSION).map(String::as_str).unwrap_or(""),
+            "removing a container of a job this run of the agent does not hold"
+        );
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match docker.remove_container(&id, Some(opts)).await {
+            Ok(()) => n += 1,
+            Err(e) if not_found(&e) => {}
+            Err(error) => {
+                return Err(DockerError::Api {
+                    action: "rm",
+                    error,
+                })
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::container::ContainerSpec;
+    use serde_json::json;
+
+    #[test]
+    fn the_create_body_carries_the_docker_object() {
+        let c = ContainerSpec::parse(
+            "img:1",
+            Some(
+                &json!({"Ports": ["127.0.0.1:8080:80", "53/udp"], "Volumes": ["/a:/b:ro"],
+                "Memory": "64m", "Cpus": 1.5, "Labels": {"team": "x"}, "Network": "none"}),
+            ),
+        )
+        .unwrap();
+        let mut spec = LaunchSpec::new(vec!["echo".into(), "hi".into()])
+            .dir(Some("/w".into()))
+            .user(Some("nobody".into()));
+        spec.env.insert("A".into(), "1".into());
+        let b = create_body(&spec, &c);
+        assert_eq!(b.image.as_deref(), Some("img:1"));
+        assert_eq!(b.cmd, Some(vec!["echo".to_string(), "hi".to_string()]));
+        assert_eq!(b.env, Some(vec!["A=1".to_string()]));
+        assert_eq!(b.working_dir.as_deref(), Some("/w"));
+        let mut exposed = b.exposed_ports.unwrap();
+        exposed.sort();
+        assert_eq!(exposed, vec!["53/udp", "80/tcp"]);
+        let h = b.host_config.unwrap();
+        assert_eq!(h.binds, Some(vec!["/a:/b:ro".to_string()]));
+        assert_eq!(h.memory, Some(64 << 20));
+        assert_eq!(h.memory_swap, Some(64 << 20));
+        assert_eq!(h.nano_cpus, Some(1_500_000_000));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        let pb = h.port_bindings.unwrap();
+        let b80 = pb["80/tcp"].as_ref().unwrap();
+        assert_eq!(b80[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(b80[0].host_port.as_deref(), Some("8080"));
+        assert_eq!(
+            pb["53/udp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some("")
+        );
+        // No command: the image's own.
+        let b = create_body(&LaunchSpec::new(vec![]), &c);
+        assert_eq!(b.cmd, None);
+    }
+}
