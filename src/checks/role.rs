@@ -299,5 +299,42 @@ mod tests {
                 let _ = role_of(r.as_ref(), "n", "d", K);
             }
         }
+
+        /// Names written in any accepted spelling (plural or singular key, list or single
+        /// string) come back in order, and each gets its list's role.
+        #[test]
+        fn written_roles_read_back(
+            by_dcs in any::<bool>(),
+            active in proptest::collection::vec("\\PC{0,8}", 0..4),
+            standby in proptest::collection::vec("\\PC{0,8}", 0..4),
+            singular in any::<bool>(),
+        ) {
+            prop_assume!(!active.is_empty() || !standby.is_empty());
+            let what = if by_dcs { "datacenter" } else { "node" };
+            let mut doc = serde_json::Map::new();
+            for (side, names) in [("active", &active), ("standby", &standby)] {
+                let value = match names.as_slice() {
+                    [one] if singular => Value::String(one.clone()),
+                    _ => serde_json::json!(names),
+                };
+                let key = if singular { format!("{side}_{what}") } else { format!("{side}_{what}s") };
+                doc.insert(key, value);
+            }
+            let body = Value::Object(doc).to_string();
+            let r = parse_roles(K, Some(body.as_bytes())).unwrap().unwrap();
+            prop_assert_eq!(r.grouping, if by_dcs { Grouping::Datacenters } else { Grouping::Nodes });
+            prop_assert_eq!(&r.active, &active);
+            prop_assert_eq!(&r.standby, &standby);
+            for (names, role) in [(&active, Role::Primary), (&standby, Role::Secondary)] {
+                for n in names {
+                    let got = role_of(Some(&r), n, n, K);
+                    if active.contains(n) && standby.contains(n) {
+                        prop_assert!(matches!(got, Err(RoleError::Both { .. })), "{:?}", got);
+                    } else {
+                        prop_assert_eq!(got, Ok(role));
+                    }
+                }
+            }
+        }
     }
 }

@@ -1560,6 +1560,276 @@ async fn health_service(AxState(core): AxState<Core>, Path(name): Path<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    /// A fresh server (its own data file) and a runtime whose clock is paused, so a blocking
+    /// read's wait passes at once instead of holding the test.
+    struct Fresh {
+        app: Router,
+        rt: tokio::runtime::Runtime,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fresh {
+        fn new() -> Fresh {
+            // On tmpfs when there is one: each case makes a data file, and syncs cost nothing.
+            let shm = std::path::Path::new("/dev/shm");
+            let dir = if shm.is_dir() {
+                tempfile::tempdir_in(shm).unwrap()
+            } else {
+                tempfile::tempdir().unwrap()
+            };
+            let core = Core::open(&dir.path().join("dev.redb"), "n1", "127.0.0.1").unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            Fresh {
+                app: router(core),
+                rt,
+                _dir: dir,
+            }
+        }
+
+        /// Status and body of one request; None when the request line is one that hyper would
+        /// refuse before any handler.
+        fn call(&self, method: &str, uri: &str, body: Vec<u8>) -> Option<(StatusCode, Bytes)> {
+            let req = axum::http::Request::builder()
+                .method(axum::http::Method::from_bytes(method.as_bytes()).ok()?)
+                .uri(uri)
+                .body(axum::body::Body::from(body))
+                .ok()?;
+            self.rt.block_on(async {
+                let resp = self.app.clone().oneshot(req).await.unwrap();
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                Some((status, bytes))
+            })
+        }
+    }
+
+    /// What a path segment or query value escapes: everything but letters and digits.
+    const ESCAPE: &AsciiSet = NON_ALPHANUMERIC;
+
+    fn method() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(&["GET", "PUT", "DELETE", "POST", "HEAD"][..])
+    }
+
+    /// Paths under every route's fixed part, with a fuzzed rest.
+    fn path() -> impl Strategy<Value = String> {
+        const ROUTES: &[&str] = &[
+            "/v1/kv/",
+            "/v1/txn",
+            "/v1/session/create",
+            "/v1/session/destroy/",
+            "/v1/session/renew/",
+            "/v1/session/info/",
+            "/v1/session/list",
+            "/v1/session/node/",
+            "/v1/status/leader",
+            "/v1/agent/self",
+            "/v1/agent/services",
+            "/v1/agent/service/register",
+            "/v1/agent/service/deregister/",
+            "/v1/agent/service/maintenance/",
+            "/v1/agent/checks",
+            "/v1/agent/check/register",
+            "/v1/agent/check/deregister/",
+            "/v1/agent/check/pass/",
+            "/v1/agent/check/update/",
+            "/v1/agent/maintenance",
+            "/v1/catalog/node/",
+            "/v1/catalog/services",
+            "/v1/catalog/service/",
+            "/v1/health/checks/",
+            "/v1/health/state/",
+            "/v1/health/node/",
+            "/v1/health/service/",
+            "/v1/event/fire/",
+            "/v1/event/list",
+            "/v1/",
+            "/",
+        ];
+        (prop::sample::select(ROUTES), "[ -~]{0,12}").prop_map(|(r, tail)| format!("{r}{tail}"))
+    }
+
+    /// A query string of known and other parameters with any values.
+    fn query() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            prop::sample::select(
+                &[
+                    "index",
+                    "wait",
+                    "recurse",
+                    "keys",
+                    "separator",
+                    "raw",
+                    "cas",
+                    "flags",
+                    "acquire",
+                    "release",
+                    "enable",
+                    "reason",
+                    "passing",
+                    "tag",
+                    "note",
+                    "name",
+                ][..]
+            )
+            .prop_map(str::to_string),
+            "[a-z]{1,6}",
+        ];
+        let value = prop_oneof![
+            "\\PC{0,8}",
+            Just("0".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("5s".to_string()),
+            Just("true".to_string()),
+        ];
+        proptest::collection::vec((name, proptest::option::of(value)), 0..4).prop_map(|ps| {
+            let ps: Vec<String> = ps
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={}", utf8_percent_encode(&v, ESCAPE)),
+                    None => k,
+                })
+                .collect();
+            if ps.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", ps.join("&"))
+            }
+        })
+    }
+
+    /// JSON bodies with the field names of Consul's requests, and any bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,8}".prop_map(Value::from),
+            prop::sample::select(
+                &["10s", "0s", "1h", "passing", "critical", "set", "lock", "delete", "aGk="][..]
+            )
+            .prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 16, 4, |inner| {
+            let field = prop::sample::select(
+                &[
+                    "KV",
+                    "Verb",
+                    "Key",
+                    "Value",
+                    "Flags",
+                    "Index",
+                    "Session",
+                    "Name",
+                    "ID",
+                    "TTL",
+                    "Behavior",
+                    "LockDelay",
+                    "Checks",
+                    "Check",
+                    "Node",
+                    "Port",
+                    "Tags",
+                    "HTTP",
+                    "TCP",
+                    "Args",
+                    "Interval",
+                    "Timeout",
+                    "Status",
+                    "CheckID",
+                    "ServiceID",
+                    "Output",
+                ][..],
+            );
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(field, inner, 0..4).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        });
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            value.prop_map(|v| v.to_string().into_bytes()),
+        ]
+    }
+
+    proptest! {
+        // Each case opens a data file (a few hundred ms unoptimised), so fewer cases, each a
+        // sequence of requests on one server.
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Whatever the method, path, query and body, every request is answered, in order,
+        /// against one server: no handler panics and the state machine takes every write.
+        #[test]
+        fn any_requests_are_answered(
+            reqs in proptest::collection::vec((method(), path(), query(), body()), 1..16)
+        ) {
+            let server = Fresh::new();
+            for (m, p, q, b) in reqs {
+                if let Some((status, _)) = server.call(m, &format!("{p}{q}"), b) {
+                    prop_assert!(status.as_u16() >= 200, "{m} {p}{q}: {status}");
+                }
+            }
+        }
+
+        /// Values PUT under any keys read back byte for byte, the last PUT of a key winning:
+        /// raw, and as base64 in the JSON answer, under the key as written (its segments
+        /// percent-encoded in the path, as clients send them).
+        #[test]
+        fn kv_puts_read_back_as_written(
+            puts in proptest::collection::vec(
+                (
+                    proptest::collection::vec("\\PC{1,6}", 1..4),
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                ),
+                1..12,
+            ),
+        ) {
+            let server = Fresh::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (segments, value) in puts {
+                let key = segments.join("/");
+                if key.starts_with('\0') {
+                    continue;
+                }
+                let path: Vec<String> = segments
+                    .iter()
+                    .map(|s| utf8_percent_encode(s, ESCAPE).to_string())
+                    .collect();
+                let url = format!("/v1/kv/{}", path.join("/"));
+                let (status, put) = server.call("PUT", &url, value.clone()).unwrap();
+                prop_assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&put));
+                prop_assert_eq!(&put[..], b"true");
+                model.insert(key, (url, value));
+            }
+            for (key, (url, value)) in model {
+                let (status, raw) = server.call("GET", &format!("{url}?raw"), vec![]).unwrap();
+                prop_assert_eq!(status, StatusCode::OK);
+                prop_assert_eq!(&raw[..], &value[..], "{:?}", key);
+                let (status, listed) = server.call("GET", &url, vec![]).unwrap();
+                prop_assert_eq!(status, StatusCode::OK);
+                let v: Value = serde_json::from_slice(&listed).unwrap();
+                prop_assert_eq!(&v[0]["Key"], &json!(key));
+                let want = if value.is_empty() {
+                    Value::Null
+                } else {
+                    json!(base64::engine::general_purpose::STANDARD.encode(&value))
+                };
+                prop_assert_eq!(&v[0]["Value"], &want);
+            }
+        }
+    }
 
     #[test]
     fn wait_longer_than_ten_minutes_is_clamped() {
