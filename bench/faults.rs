@@ -132,34 +132,16 @@ fn kill_to_retry(trials: usize, node_death: bool) -> Vec<f64> {
 
 /// (leaderless seconds, jobs killed, jobs run more than once) for one election.
 fn election() -> (f64, usize, usize) {
-    let mut lab = Lab::start(3, 0, false);
-    lab.servant_args = vec!["--max-parallel".into(), "110".into()];
-    for i in 0..3 {
-        lab.start_servant(i, &[]);
-    }
-    let leader = lab.leader().expect("a leader");
-    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let h = lab.http(others[0]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut ids = Vec::new();
-    for (n, i) in others.iter().enumerate() {
-        for j in 0..100 {
-            let id = format!("e{n}x{j}");
-            let key = format!("queues/{}/{id}", lab.hosts[*i].node);
-            h.put(
-                &format!("/v1/kv/{key}"),
-                guarded_job(dir.path(), &id, 40, 0).to_string(),
-            );
-            ids.push((key, id));
-        }
-    }
-    wait_for("all 200 running", Duration::from_secs(120), || {
-        ids.iter()
-            .all(|(_, id)| !starts(dir.path(), id).is_empty())
-            .then_some(())
-    });
+    let ElectionLoad {
+        mut lab,
+        leader,
+        others,
+        keys,
+    } = election_load(dir.path());
+    let h = lab.http(others[0]);
     let leaderless = lab.election(leader, &h, Duration::from_secs(12));
-    for (key, _) in &ids {
+    for key in &keys {
         wait_for("every result", Duration::from_secs(240), || {
             h.kv_raw(&format!("jdone_jid/{key}"))
         });
@@ -168,9 +150,9 @@ fn election() -> (f64, usize, usize) {
         .iter()
         .map(|i| lab.servant_logs(*i).matches("killing the job").count())
         .sum();
-    let rerun = ids
+    let rerun = keys
         .iter()
-        .filter(|(_, id)| starts(dir.path(), id).len() > 1)
+        .filter(|k| starts(dir.path(), k.rsplit('/').next().unwrap_or_default()).len() > 1)
         .count();
     (leaderless.as_secs_f64(), killed, rerun)
 }

@@ -49,32 +49,13 @@ fn assert_once_each(h: &Http, dir: &Path, keys: &[String]) -> Vec<Value> {
 #[test]
 fn a_consul_leader_election_kills_nothing_and_reruns_nothing() {
     let _one = serial();
-    let mut lab = Lab::start(3, 0, false);
-    lab.servant_args = vec!["--max-parallel".into(), "110".into()];
-    for i in 0..3 {
-        lab.start_servant(i, &[]);
-    }
-    let leader = lab.leader().expect("a leader");
-    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let h = lab.http(others[0]);
     let dir = tempfile::tempdir().unwrap();
-    let mut keys = Vec::new();
-    for (n, i) in others.iter().enumerate() {
-        for j in 0..100 {
-            let key = format!("queues/{}/e{n}x{j}", lab.hosts[*i].node);
-            let (st, _) = h.put(
-                &format!("/v1/kv/{key}"),
-                guarded_job(dir.path(), &format!("e{n}x{j}"), 40, 0).to_string(),
-            );
-            assert_eq!(st, 200);
-            keys.push(key);
-        }
-    }
-    wait_for("all 200 running", Duration::from_secs(120), || {
-        keys.iter()
-            .all(|k| job_log(dir.path(), k.rsplit('/').next().unwrap()).contains("start"))
-            .then_some(())
-    });
+    let ElectionLoad {
+        mut lab,
+        leader,
+        others,
+        keys,
+    } = election_load(dir.path());
     let t0 = Instant::now();
     let probe = lab.http(others[0]);
     let leaderless = lab.election(leader, &probe, Duration::from_secs(12));

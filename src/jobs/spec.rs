@@ -134,7 +134,7 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
     if !v.is_object() {
         return Err(Rejection::Malformed(format!(
             "a job is a JSON object, not {}",
-            kind(&v)
+            crate::util::json::kind(&v)
         )));
     }
     canonical_keys(&mut v, FIELDS);
@@ -184,7 +184,7 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
         Some(other) => {
             return Err(Rejection::WrongType(format!(
                 "Timeout: expected seconds or a duration string, found {}",
-                kind(&other)
+                crate::util::json::kind(&other)
             )))
         }
     };
@@ -297,17 +297,6 @@ pub fn salvage(body: &[u8]) -> (String, String, bool) {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned());
     let no_wait = get("NoWait").and_then(|v| v.as_bool()).unwrap_or(false);
     (name, command, no_wait)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

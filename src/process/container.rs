@@ -128,17 +128,7 @@ pub enum ContainerSpecError {
     Pull(String),
 }
 
-/// The name of a JSON value's kind, for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::util::json::kind;
 
 impl ContainerSpec {
     /// `image` with the `Docker` object `docker` (None or null: all defaults).

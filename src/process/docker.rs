@@ -40,9 +40,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::container::{pull_ref, ContainerSpec, PullPolicy};
-use super::local::prepare;
-use super::logs::read_capped_file;
-use super::shim::LeaseLine;
+use super::local::{prepare, read_captured, send_fence};
 use super::spec::LaunchSpec;
 use super::{Captured, Driver, SpawnError, TaskHandle};
 use crate::util::duration::{de_duration, ser_duration};
@@ -421,10 +419,19 @@ async fn wait_exit(
     };
     // The log stream ends with the container; it is given a moment, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
-    let oom_killed = match docker.inspect_container(&id, None).await {
-        Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
-        Err(_) => false,
-    };
+    // The Engine learns of an OOM kill from the kernel's event, which can come just after the
+    // exit it caused: a SIGKILLed container (137) is asked again for a moment.
+    let mut oom_killed = false;
+    for _ in 0..if code == 137 { 20 } else { 1 } {
+        oom_killed = match docker.inspect_container(&id, None).await {
+            Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(_) => false,
+        };
+        if oom_killed || code != 137 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = tx.send(Some(Exit { code, oom_killed }));
 }
 
@@ -486,38 +493,11 @@ impl TaskHandle for DockerHandle {
     }
 
     async fn captured(&mut self, cap: usize) -> Captured {
-        let Some((out, err)) = &self.capture else {
-            return Captured::default();
-        };
-        let read = |f: &File| {
-            let f = f.try_clone().ok().map(tokio::fs::File::from_std);
-            async move {
-                match f {
-                    Some(f) => read_capped_file(f, cap).await,
-                    None => (String::new(), false),
-                }
-            }
-        };
-        let (stdout, out_cut) = read(out).await;
-        let (stderr, err_cut) = match err {
-            Some(e) => read(e).await,
-            None => (String::new(), false),
-        };
-        Captured {
-            stdout,
-            stderr,
-            truncated: out_cut || err_cut,
-        }
+        read_captured(&self.capture, cap).await
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        let line = match until {
-            Some(ms) => LeaseLine::Fence(ms),
-            None => LeaseLine::NoFence,
-        };
-        if let Some(pipe) = self.lease.as_mut() {
-            let _ = pipe.write_all(line.to_line().as_bytes()).await;
-        }
+        send_fence(&mut self.lease, until).await;
     }
 
     async fn container(&mut self) -> Option<ContainerReport> {

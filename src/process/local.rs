@@ -282,40 +282,11 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        use tokio::io::AsyncWriteExt;
-        let line = match until {
-            Some(ms) => LeaseLine::Fence(ms),
-            None => LeaseLine::NoFence,
-        };
-        if let Some(pipe) = self.lease.as_mut() {
-            // A shim that is gone cannot read it; its group is gone with it.
-            let _ = pipe.write_all(line.to_line().as_bytes()).await;
-        }
+        send_fence(&mut self.lease, until).await;
     }
 
     async fn captured(&mut self, cap: usize) -> Captured {
-        let Some((out, err)) = &self.capture else {
-            return Captured::default();
-        };
-        let read = |f: &File| {
-            let f = f.try_clone().ok().map(tokio::fs::File::from_std);
-            async move {
-                match f {
-                    Some(f) => read_capped_file(f, cap).await,
-                    None => (String::new(), false),
-                }
-            }
-        };
-        let (stdout, out_cut) = read(out).await;
-        let (stderr, err_cut) = match err {
-            Some(e) => read(e).await,
-            None => (String::new(), false),
-        };
-        Captured {
-            stdout,
-            stderr,
-            truncated: out_cut || err_cut,
-        }
+        read_captured(&self.capture, cap).await
     }
 }
 
@@ -386,6 +357,45 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Sends a fence deadline (or its end) down a task's lease pipe. A watcher that is gone cannot
+/// read it; what it watched is gone with it.
+pub(super) async fn send_fence(lease: &mut Option<tokio::process::ChildStdin>, until: Option<u64>) {
+    use tokio::io::AsyncWriteExt;
+    let line = match until {
+        Some(ms) => LeaseLine::Fence(ms),
+        None => LeaseLine::NoFence,
+    };
+    if let Some(pipe) = lease.as_mut() {
+        let _ = pipe.write_all(line.to_line().as_bytes()).await;
+    }
+}
+
+/// The captured stdout and stderr (when kept apart) of a task, each up to `cap` bytes.
+pub(super) async fn read_captured(capture: &Option<(File, Option<File>)>, cap: usize) -> Captured {
+    let Some((out, err)) = capture else {
+        return Captured::default();
+    };
+    let read = |f: &File| {
+        let f = f.try_clone().ok().map(tokio::fs::File::from_std);
+        async move {
+            match f {
+                Some(f) => read_capped_file(f, cap).await,
+                None => (String::new(), false),
+            }
+        }
+    };
+    let (stdout, out_cut) = read(out).await;
+    let (stderr, err_cut) = match err {
+        Some(e) => read(e).await,
+        None => (String::new(), false),
+    };
+    Captured {
+        stdout,
+        stderr,
+        truncated: out_cut || err_cut,
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::util::time::boot_ms;
 const FENCE_CHECK: Duration = Duration::from_millis(20);
 
 /// "No deadline" in the shared cell.
-const NO_FENCE: u64 = u64::MAX;
+pub(super) const NO_FENCE: u64 = u64::MAX;
 
 /// Shim arguments: `[--fence-until MS] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -201,15 +201,7 @@ pub fn run(args: &[String]) -> i32 {
     // thread of its own; another enforces the deadline; this one waits for the command.
     let cell = fence.clone();
     std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            match line.as_deref().ok().and_then(LeaseLine::parse) {
-                Some(LeaseLine::Fence(ms)) => cell.store(ms, Ordering::SeqCst),
-                Some(LeaseLine::NoFence) => cell.store(NO_FENCE, Ordering::SeqCst),
-                None if line.is_err() => break,
-                None => {}
-            }
-        }
+        read_lease(&cell);
         // End of file (or a read error): the agent is gone. Nothing may outlive it.
         let _ = killpg(getpgrp(), Signal::SIGKILL);
     });
@@ -232,6 +224,20 @@ pub fn run(args: &[String]) -> i32 {
 fn fence_passed(cell: &AtomicU64) -> bool {
     let until = cell.load(Ordering::SeqCst);
     until != NO_FENCE && boot_ms() >= until
+}
+
+/// Reads the lease pipe (stdin) until it ends (the agent is gone) or fails: each `fence` line
+/// sets the deadline in `cell`, `nofence` clears it. Blocking: run it on a thread of its own.
+pub(super) fn read_lease(cell: &AtomicU64) {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        match line.as_deref().ok().and_then(LeaseLine::parse) {
+            Some(LeaseLine::Fence(ms)) => cell.store(ms, Ordering::SeqCst),
+            Some(LeaseLine::NoFence) => cell.store(NO_FENCE, Ordering::SeqCst),
+            None if line.is_err() => break,
+            None => {}
+        }
+    }
 }
 
 #[cfg(test)]

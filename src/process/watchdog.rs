@@ -12,18 +12,16 @@
 //! then removes the container, unless it keeps containers). The Engine is reached through
 //! bollard on a current-thread runtime of its own.
 
-use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::{KillContainerOptions, RemoveContainerOptions};
 
-use super::shim::LeaseLine;
+use super::shim::{read_lease, NO_FENCE};
 use crate::util::time::boot_ms;
 
 const CHECK: Duration = Duration::from_millis(20);
-const NO_FENCE: u64 = u64::MAX;
 
 /// Watchdog arguments.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,15 +92,7 @@ pub fn run(args: &[String]) -> i32 {
     let closed = Arc::new(AtomicBool::new(false));
     let (cell, eof) = (fence.clone(), closed.clone());
     std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            match line.as_deref().ok().and_then(LeaseLine::parse) {
-                Some(LeaseLine::Fence(ms)) => cell.store(ms, Ordering::SeqCst),
-                Some(LeaseLine::NoFence) => cell.store(NO_FENCE, Ordering::SeqCst),
-                None if line.is_err() => break,
-                None => {}
-            }
-        }
+        read_lease(&cell);
         eof.store(true, Ordering::SeqCst);
     });
     let mut killed = false;

@@ -19,6 +19,18 @@ pub fn canonical_keys(v: &mut Value, names: &[&str]) {
     }
 }
 
+/// The name of a JSON value's kind, for messages ("a number").
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,3 +276,49 @@ pub fn guarded_job(dir: &std::path::Path, id: &str, secs: u64, retries: u32) -> 
 pub fn job_log(dir: &std::path::Path, id: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default()
 }
+
+/// The load of an election test: three Consul servers with Consul's default Raft timing, a
+/// servant on each (room for 110 jobs), and 100 guarded 40 s jobs (logs in `dir`) running on
+/// each non-leader.
+pub struct ElectionLoad {
+    pub lab: Lab,
+    pub leader: usize,
+    pub others: Vec<usize>,
+    /// The jobs' keys; a key's last part is its guarded job's id.
+    pub keys: Vec<String>,
+}
+
+pub fn election_load(dir: &std::path::Path) -> ElectionLoad {
+    let mut lab = Lab::start(3, 0, false);
+    lab.servant_args = vec!["--max-parallel".into(), "110".into()];
+    for i in 0..3 {
+        lab.start_servant(i, &[]);
+    }
+    let leader = lab.leader().expect("a leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let h = lab.http(others[0]);
+    let mut keys = Vec::new();
+    for (n, i) in others.iter().enumerate() {
+        for j in 0..100 {
+            let id = format!("e{n}x{j}");
+            let key = format!("queues/{}/{id}", lab.hosts[*i].node);
+            let (st, _) = h.put(
+                &format!("/v1/kv/{key}"),
+                guarded_job(dir, &id, 40, 0).to_string(),
+            );
+            assert_eq!(st, 200, "queue {key}");
+            keys.push(key);
+        }
+    }
+    wait_for("all 200 running", Duration::from_secs(120), || {
+        keys.iter()
+            .all(|k| job_log(dir, k.rsplit('/').next().unwrap_or_default()).contains("start"))
+            .then_some(())
+    });
+    ElectionLoad {
+        lab,
+        leader,
+        others,
+        keys,
+    }
+}
