@@ -17,8 +17,15 @@ fuzz_target!(|data: &[u8]| {
         if d.as_secs() < 1_000_000_000 {
             let again = parse_duration(&go_format(d)).expect("go_format's text parses");
             let want = Duration::from_millis(d.as_millis() as u64);
-            let diff = if again > want { again - want } else { want - again };
-            assert!(diff < Duration::from_millis(1), "{text:?}: {d:?} -> {again:?}");
+            let diff = if again > want {
+                again - want
+            } else {
+                want - again
+            };
+            assert!(
+                diff < Duration::from_millis(1),
+                "{text:?}: {d:?} -> {again:?}"
+            );
         }
     }
 });

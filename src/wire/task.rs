@@ -279,5 +279,39 @@ mod tests {
             if let Some(i) = interval { v["content"]["start_interval_seconds"] = i.into(); }
             let _ = parse_task("t", v.to_string().as_bytes());
         }
+
+        /// The fields a task is written with are the ones read back.
+        #[test]
+        fn written_tasks_read_back(
+            name in "[a-z0-9_-]{1,12}",
+            cmd in "[!-~][ -~]{0,20}",
+            replication in 0u32..10,
+            labels in proptest::collection::btree_map("\\PC{1,6}", "\\PC{0,6}", 0..3),
+            env in proptest::collection::btree_map("[A-Z_]{1,6}", "\\PC{0,6}", 0..3),
+            cpu in 0.0f64..64.0,
+            memory_mb in 0u64..1_000_000,
+            start_interval in 0u64..86_400,
+            health_interval in 1u64..86_400,
+        ) {
+            let v = serde_json::json!({
+                "content": {"name": name, "command": cmd, "env": env,
+                            "start_interval_seconds": start_interval,
+                            "health_check_interval_seconds": health_interval},
+                "replication": replication, "labels": labels, "cpu": cpu, "memory_mb": memory_mb,
+            });
+            let t = parse_task(&name, v.to_string().as_bytes()).unwrap();
+            prop_assert_eq!(&t.name, &name);
+            prop_assert_eq!(&t.app.command, &cmd);
+            prop_assert_eq!(&t.app.env, &env);
+            prop_assert_eq!(t.app.start_interval_seconds, start_interval);
+            prop_assert_eq!(t.app.health_check_interval_seconds, health_interval);
+            prop_assert_eq!(
+                (t.replication, &t.labels, t.memory_mb),
+                (replication, &labels, memory_mb)
+            );
+            // serde_json's default float parser may land one unit in the last place away.
+            prop_assert!((t.cpu - cpu).abs() <= cpu * 1e-15, "{} != {}", t.cpu, cpu);
+            prop_assert_eq!(&t.content["command"], &v["content"]["command"]);
+        }
     }
 }
