@@ -1770,7 +1770,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(16))]
 
         /// Whatever the method, path, query and body, every request is answered, in order,
-        /// against one server: no handler panics and the state machine takes every write.
+        /// against one server: no handler and no write on the writer thread panics.
         #[test]
         fn any_requests_are_answered(
             reqs in proptest::collection::vec((method(), path(), query(), body()), 1..16)
