@@ -7,119 +7,19 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::docker::*;
 use common::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
-/// Runs the docker CLI (the tests may; the product talks to the Engine API): (ok, stdout,
-/// stderr).
-fn docker(args: &[&str]) -> (bool, String, String) {
-    match Command::new("docker").args(args).output() {
-        Ok(o) => (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
-        Err(e) => (false, String::new(), e.to_string()),
-    }
-}
-
-/// A test image and the node whose containers it cleans up: built on creation, removed with
-/// every container labelled with the node when dropped.
-struct Lab {
-    image: String,
-    node: String,
-}
-
-impl Lab {
-    fn new(node: &str) -> Lab {
-        let (ok, _, err) = docker(&["version", "--format", "{{.Server.Version}}"]);
-        assert!(
-            ok,
-            "tests/docker_jobs.rs needs a running Docker Engine and the docker CLI (to build its \
-             test image); `docker version` failed: {err}. Install docker.io and start dockerd \
-             (scripts/test does)."
-        );
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.is_file(),
-            "tests/docker_jobs.rs needs Debian's busybox-static at /bin/busybox \
-             (apt-get install busybox-static; scripts/test does)"
-        );
-        static N: AtomicU32 = AtomicU32::new(0);
-        let image = format!(
-            "servant-test/busybox:{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(busybox, dir.path().join("busybox")).expect("copy busybox");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
-        )
-        .expect("Dockerfile");
-        let (ok, _, err) = docker(&["build", "-q", "-t", &image, &dir.path().to_string_lossy()]);
-        assert!(ok, "cannot build the test image {image}: {err}");
-        Lab {
-            image,
-            node: node.to_string(),
-        }
-    }
-
-    /// This node's containers (running or not), by the agent's label.
-    fn containers(&self) -> Vec<String> {
-        let (_, out, _) = docker(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=servant.node={}", self.node),
-        ]);
-        out.lines().map(str::to_string).collect()
-    }
-
-    /// The running container of job key `key` on this node.
-    fn running(&self, key: &str) -> Option<String> {
-        let (_, out, _) = docker(&[
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=servant.node={}", self.node),
-            "--filter",
-            &format!("label=servant.job={key}"),
-        ]);
-        out.lines().next().map(str::to_string)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in self.containers() {
-            docker(&["rm", "-f", &c]);
-        }
-        docker(&["rmi", "-f", &self.image]);
-    }
-}
-
-fn exists(container: &str) -> bool {
-    docker(&["inspect", container]).0
-}
 
 /// A Consul dev agent, a servant beside it, and the lab (dropped last, after the agent).
-fn start(extra: &[&str]) -> (Lab, ConsulDev, Servant) {
+fn start(extra: &[&str]) -> (ImageLab, ConsulDev, Servant) {
     let c = ConsulDev::start();
-    let lab = Lab::new(&c.node);
+    let lab = ImageLab::new(&c.node);
     let s = c.servant(extra).ready();
     (lab, c, s)
 }
@@ -351,7 +251,7 @@ fn lines(p: &Path) -> Vec<String> {
 #[test]
 fn an_agent_killed_mid_run_leaves_no_container_beside_the_retry() {
     let c = ConsulDev::start();
-    let lab = Lab::new(&c.node);
+    let lab = ImageLab::new(&c.node);
     let mut s = c.servant(&[]).ready();
     let h = c.http();
     let dir = tempfile::tempdir().unwrap();

@@ -233,6 +233,53 @@ impl Lab {
         out
     }
 
+    /// What a failure message needs about `node`: its servants' warnings and errors, and what
+    /// every Consul agent logged about it (membership, serf health, sessions).
+    pub fn diagnosis(&self, node: &str) -> String {
+        let mut out = format!("--- servant warnings and errors on {node}:\n");
+        if let Some(i) = self.hosts.iter().position(|h| h.node == node) {
+            for l in self
+                .servant_logs(i)
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(80)
+            {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        for h in &self.hosts {
+            out.push_str(&format!("--- consul {} on {node}:\n", h.node));
+            let Ok(rd) = std::fs::read_dir(h.consul_dir.path()) else {
+                continue;
+            };
+            let mut paths: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                for l in text
+                    .lines()
+                    .filter(|l| {
+                        let low = l.to_lowercase();
+                        (l.contains(node) || low.contains("session"))
+                            && ["fail", "suspect", "invalid", "critical", "session", "reap", "leav"]
+                                .iter()
+                                .any(|w| low.contains(w))
+                    })
+                    .take(40)
+                {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
     /// The node (of this lab) whose session holds `key`, if any.
     pub fn holder_node(&self, h: &Http, key: &str) -> Option<String> {
         let sid = h.get_json(&format!("/v1/kv/{key}"))?[0]["Session"]
