@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{BlockingIndex, Client, ConsulError, QueryOptions, SessionBehavior, SessionRequest};
 use crate::util::backoff::Backoff;
@@ -176,8 +176,11 @@ impl SessionKeeper {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let renew_every = self.settings.ttl / 2;
         let fence_after = self.settings.fence_after;
+        let (wait_max, retry_limit, retry_pause) = confirm_timing(fence_after);
         let mut next_renew = Instant::now() + renew_every;
         let mut index = BlockingIndex::default();
+        // The last round confirmed nothing: the next request is a plain read, retried quickly.
+        let mut unconfirmed = false;
         loop {
             let current = self.tx.borrow().id.clone();
             let Some(id) = current else {
@@ -187,27 +190,38 @@ impl SessionKeeper {
                 }
                 index = BlockingIndex::default();
                 next_renew = Instant::now() + renew_every;
+                unconfirmed = false;
                 continue;
             };
             let hold = self.deadline.borrow().unwrap_or(0);
             let sent = boot_ms();
-            // Answers must come well before the deadline. A blocking read returns after `wait`
-            // (and Consul's jitter, wait/16) and confirms the session as of when it was sent;
-            // the next one is sent with about `fence_after - wait` left, which must cover its
-            // own `wait` and a slow answer: a third of the hold each.
+            // An answer confirms the session as of its send time, so the time since the last
+            // confirmation is at most one `wait` when Consul goes away. What is left of the
+            // hold is what an election may take: `confirm_timing` says how much that is.
             let wait = next_renew
                 .saturating_duration_since(Instant::now())
-                .min(fence_after / 3)
+                .min(wait_max)
                 .max(Duration::from_millis(10));
             // A request that hangs must not hold the fencing back: it is given up at the
-            // deadline.
+            // deadline. While unconfirmed, a request Consul holds (no leader yet) is given up
+            // after `retry_limit` and sent again, so the one answered when a leader is back
+            // was sent at most that long before.
             let to_deadline = Duration::from_millis(hold.saturating_sub(sent).max(10));
-            let limit = if self.tx.borrow().fenced {
-                wait + Duration::from_millis(500)
+            let limit = if unconfirmed {
+                retry_limit
             } else {
-                (wait + Duration::from_millis(500)).min(to_deadline)
+                wait + Duration::from_millis(500)
             };
-            let q = QueryOptions::blocking(index.get(), wait);
+            let limit = if self.tx.borrow().fenced {
+                limit
+            } else {
+                limit.min(to_deadline)
+            };
+            let q = if unconfirmed {
+                QueryOptions::default()
+            } else {
+                QueryOptions::blocking(index.get(), wait)
+            };
             let watched = tokio::select! {
                 r = tokio::time::timeout(limit, self.client.session_info(&id, &q)) => r,
                 _ = stop.cancelled() => break,
@@ -220,9 +234,16 @@ impl SessionKeeper {
                     confirmed_at = Some(sent);
                     index.update(meta.index);
                 }
+                // Said once per outage; the quick retries that follow are debug.
+                Ok(Err(e)) if unconfirmed => {
+                    debug!(error = %e, session = %id, "consul still cannot confirm the session");
+                }
                 Ok(Err(e)) => {
                     index = BlockingIndex::default();
                     warn!(error = %e, session = %id, "consul cannot confirm the session");
+                }
+                Err(_) if unconfirmed => {
+                    debug!(session = %id, "consul still did not answer the session read in time");
                 }
                 Err(_) => {
                     index = BlockingIndex::default();
@@ -231,14 +252,21 @@ impl SessionKeeper {
             }
             if !gone && Instant::now() >= next_renew {
                 let sent = boot_ms();
-                match self.client.session_renew(&id).await {
-                    Ok(Some(_)) => {
+                // Bounded like the read: Consul holds a write for up to 7 s waiting for a
+                // leader, and the retries above must go on meanwhile.
+                let renewed = tokio::time::timeout(limit, self.client.session_renew(&id)).await;
+                match renewed {
+                    Err(_) => {
+                        warn!(session = %id, "consul did not answer the renewal in time");
+                        next_renew = Instant::now() + backoff.fail();
+                    }
+                    Ok(Ok(Some(_))) => {
                         backoff.reset();
                         next_renew = Instant::now() + renew_every;
                         confirmed_at = Some(confirmed_at.map_or(sent, |c: u64| c.max(sent)));
                     }
-                    Ok(None) => gone = true,
-                    Err(e) => {
+                    Ok(Ok(None)) => gone = true,
+                    Ok(Err(e)) => {
                         warn!(error = %e, session = %id, "cannot renew the session");
                         next_renew = Instant::now() + backoff.fail();
                     }
@@ -253,6 +281,7 @@ impl SessionKeeper {
                 });
                 continue;
             }
+            unconfirmed = confirmed_at.is_none();
             if let Some(sent) = confirmed_at {
                 backoff.reset();
                 let until = self.hold_from(sent);
@@ -273,7 +302,7 @@ impl SessionKeeper {
                 error!(session = %id, name = %self.settings.name, unconfirmed_for = ?fence_after, "consul has not confirmed the session: stopping its work until it does");
                 self.tx.send_modify(|s| s.fenced = true);
             }
-            let pause = backoff.fail().min(fence_after / 4);
+            let pause = backoff.fail().min(retry_pause);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => break,
@@ -303,5 +332,42 @@ impl SessionKeeper {
                 tokio::time::sleep(backoff.fail()).await;
             }
         }
+    }
+}
+
+/// How the keeper confirms a session held for `fence_after` (F): the longest blocking wait W,
+/// and, once an answer failed, how long a retry may be held (R) and the longest pause between
+/// retries (P). With Consul gone at time t the last confirmation was sent after t − W − 0.5 s;
+/// once a leader answers again, one sent at most R + P before is answered. So an outage
+/// (an election) of up to F − W − R − P − 0.5 s passes without fencing: 23 − 1.9 − 0.5 − 0.25 −
+/// 0.5 ≈ 19.8 s with the defaults. The price is one read every W per session while healthy,
+/// and about three a second while Consul cannot answer.
+pub fn confirm_timing(fence_after: Duration) -> (Duration, Duration, Duration) {
+    let wait = (fence_after / 12).max(Duration::from_millis(100));
+    let retry = (fence_after / 40).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let pause = (fence_after / 90).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    (wait, retry, pause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12's election test failed under load: blocking reads of F/3 (7.7 s) and error
+    /// pauses of up to F/4 left only about 10 s of a 23 s hold for an election. The budget left
+    /// for an outage must cover Consul's default elections (13–18 s) with room.
+    #[test]
+    fn an_election_of_nineteen_seconds_fits_in_the_default_hold() {
+        let f = Duration::from_secs(23);
+        let (w, r, p) = confirm_timing(f);
+        let outage = f - w - r - p - Duration::from_millis(500);
+        assert!(outage >= Duration::from_secs(19), "{outage:?}");
+        assert!(
+            w >= Duration::from_secs(1),
+            "healthy reads stay cheap: {w:?}"
+        );
+        // A short hold (a test's lock-delay) still gets sane timings.
+        let (w, r, p) = confirm_timing(Duration::from_millis(500));
+        assert!(w + r + p < Duration::from_millis(500), "{w:?} {r:?} {p:?}");
     }
 }

@@ -236,12 +236,26 @@ impl Lab {
     /// What a failure message needs about `node`: its servants' warnings and errors, and what
     /// every Consul agent logged about it (membership, serf health, sessions).
     pub fn diagnosis(&self, node: &str) -> String {
-        let mut out = format!("--- servant warnings and errors on {node}:\n");
+        // SERVANT_KEEP_LOGS=DIR keeps every log of the lab there, for a closer look.
+        if let Some(keep) = std::env::var_os("SERVANT_KEEP_LOGS") {
+            for h in &self.hosts {
+                let to = PathBuf::from(&keep).join(&h.node);
+                let _ = std::fs::create_dir_all(&to);
+                for d in [h.consul_dir.path(), h.servant_dir.path()] {
+                    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                        if e.path().extension().is_some_and(|x| x == "log") {
+                            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = format!("--- servant errors on {node}:\n");
         if let Some(i) = self.hosts.iter().position(|h| h.node == node) {
             for l in self
                 .servant_logs(i)
                 .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .filter(|l| l.contains("ERROR") || l.contains("killing"))
                 .take(80)
             {
                 out.push_str(l);
@@ -265,10 +279,13 @@ impl Lab {
                     .lines()
                     .filter(|l| {
                         let low = l.to_lowercase();
-                        (l.contains(node) || low.contains("session"))
-                            && ["fail", "suspect", "invalid", "critical", "session", "reap", "leav"]
-                                .iter()
-                                .any(|w| low.contains(w))
+                        l.contains(node)
+                            && !low.contains("agent.http")
+                            && [
+                                "fail", "suspect", "invalid", "critical", "session", "reap", "leav",
+                            ]
+                            .iter()
+                            .any(|w| low.contains(w))
                     })
                     .take(40)
                 {
