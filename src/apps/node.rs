@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::config::AppsConfig;
+use super::launch::{read_tasks, Owner};
 use super::report::ResourceSampler;
 use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
@@ -26,9 +27,7 @@ use crate::util::backoff::Backoff;
 use crate::util::time::now_ms;
 use crate::wire::resource::read_reports;
 use crate::wire::topology::{encode_host, parse_host, read_topology};
-use crate::wire::{
-    self, parse_tasks, Applications, DocError, KvEntry, Namespace, ScheduleReport, Task,
-};
+use crate::wire::{self, Applications, DocError, KvEntry, Namespace, ScheduleReport, Task};
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
 const TXN_OPS: usize = 60;
@@ -162,14 +161,22 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     let deadline = keeper.deadline();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
     let changed = Arc::new(Notify::new());
-    let sup = Supervisor::new(SupervisorCtx {
+    let mut sup = Supervisor::new(SupervisorCtx {
         client: client.clone(),
         shim: cfg.shim.clone(),
         log_dir: cfg.log_dir.clone(),
         kill_grace: cfg.kill_grace,
         changed: changed.clone(),
         deadline,
+        session: session_rx.clone(),
+        owner: Owner {
+            node: cfg.node.clone(),
+            prefix: cfg.layout.prefix().to_string(),
+        },
+        docker: Default::default(),
     });
+    // Before any app starts: the containers an earlier run left, to adopt or remove.
+    sup.find_leftovers().await;
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
     let tasks = TaskTracker::new();
     tasks.spawn(report_loop(
@@ -195,9 +202,10 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     ));
     tasks.close();
     tasks.wait().await;
+    // Containers stay for the next run to adopt (until the fence deadline); processes stop.
     sup.lock()
         .await
-        .stop_all(crate::process::KillReason::Removed)
+        .stop_all(crate::process::KillReason::Detach)
         .await;
     keeper_stop.cancel();
     let _ = keeper_task.await;
@@ -337,7 +345,7 @@ async fn node_loop(
             let names: BTreeSet<String> = topo
                 .and_then(|e| parse_host(&e.value).ok())
                 .unwrap_or_default();
-            let (parsed, _) = parse_tasks(&cfg.layout, kv(&tasks));
+            let (parsed, _) = read_tasks(&cfg.layout, kv(&tasks));
             if ok && hold.is_none() {
                 let desired: BTreeMap<String, Task> = parsed
                     .into_iter()
@@ -523,7 +531,7 @@ async fn reconcile(
     let (task_entries, _) = client.kv_list(&cfg.layout.tasks(), &q).await?;
     let (status_entries, _) = client.kv_list(&cfg.layout.status_prefix(), &q).await?;
     let (topo_entries, _) = client.kv_list(&cfg.layout.topology_prefix(), &q).await?;
-    let (tasks, invalid) = parse_tasks(&cfg.layout, kv(&task_entries));
+    let (tasks, invalid) = read_tasks(&cfg.layout, kv(&task_entries));
     let (hosts, unreadable) = hosts_from_reports(&cfg.layout, &status_entries);
     let topo = read_topology(&cfg.layout, kv(&topo_entries));
     let current = topo.placed;

@@ -19,6 +19,9 @@ pub enum KillReason {
     /// An app's task was removed from this node or changed: SIGTERM, then SIGKILL after the
     /// grace period.
     Removed,
+    /// The agent is stopping: a task that can outlive it (an app's container) is left running
+    /// for the next run to adopt (`TaskHandle::detach`); any other is stopped as `Removed`.
+    Detach,
 }
 
 /// How a run ended.
@@ -96,6 +99,11 @@ pub async fn supervise<H: TaskHandle>(
         Ended::Exited(_) if fenced_out => Ended::Killed(KillReason::Fenced),
         other => other,
     };
+    if let Ended::Killed(KillReason::Detach) = ended {
+        if task.detach().await {
+            return Outcome::Killed(KillReason::Detach);
+        }
+    }
     let outcome = match ended {
         Ended::Exited(code) => {
             let leftovers = task.stop_leftovers(grace).await;
