@@ -179,18 +179,24 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     sup.find_leftovers().await;
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
     let tasks = TaskTracker::new();
+    // The leader stands only once this node's own report is written: a leader that saw no
+    // report of its own would take its node for dead and move (or stop) the apps it runs,
+    // the containers it is about to adopt among them.
+    let (reported_tx, reported) = watch::channel(false);
     tasks.spawn(report_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
         sup.clone(),
         changed,
+        reported_tx,
         stop.clone(),
     ));
     tasks.spawn(leader_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
+        reported,
         stop.clone(),
     ));
     tasks.spawn(node_loop(
@@ -233,6 +239,7 @@ async fn report_loop(
     session: watch::Receiver<SessionState>,
     sup: Arc<tokio::sync::Mutex<Supervisor>>,
     changed: Arc<Notify>,
+    reported: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let started = now_ms();
@@ -275,6 +282,9 @@ async fn report_loop(
                         warn!(key = %key, error = %e, "cannot write the report")
                     }
                 }
+            }
+            if all_ok && full {
+                reported.send_if_modified(|r| !std::mem::replace(r, true));
             }
             written = all_ok.then_some((sid, apps));
         }
@@ -380,8 +390,13 @@ async fn leader_loop(
     client: Client,
     cfg: AppsNodeConfig,
     mut session: watch::Receiver<SessionState>,
+    mut reported: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
+    tokio::select! {
+        r = reported.wait_for(|r| *r) => if r.is_err() { return },
+        _ = stop.cancelled() => return,
+    }
     let key = cfg.layout.leader();
     let watches = TaskTracker::new();
     let c = client.clone();
