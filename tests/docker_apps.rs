@@ -168,7 +168,7 @@ fn a_docker_app_runs_is_health_checked_restarted_updated_and_removed() {
     let svc = format!("dapp-{}", std::process::id());
     let mut task = json!({"replication": 1, "content": {
         "image": img.image(),
-        "command": format!("touch /tmp/ok; {HTTPD}"),
+        "command": format!("mkdir -p /tmp && touch /tmp/ok; {HTTPD}"),
         "docker": {"ports": ["80"]},
         "env": {"V": "1"},
         "services": [{"Name": svc, "Port": 80}],

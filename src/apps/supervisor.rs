@@ -605,7 +605,10 @@ async fn health_loop<D: Driver>(
     let mut failures = 0u32;
     loop {
         let healthy = match driver.exec(id, spec, limits).await {
-            Ok(f) => matches!(f.outcome, Outcome::Exited { code: 0, .. }),
+            Ok(f) => {
+                debug!(app = %task.name, outcome = ?f.outcome, "health command");
+                matches!(f.outcome, Outcome::Exited { code: 0, .. })
+            }
             Err(e) => {
                 warn!(app = %task.name, error = %e, "cannot run the health command");
                 false

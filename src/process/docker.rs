@@ -482,7 +482,17 @@ pub async fn exec_in(
     for f in [out.as_mut(), err.as_mut()].into_iter().flatten() {
         let _ = f.flush().await;
     }
-    let inspected = docker.inspect_exec(&exec).await.ok();
+    // The output ends a moment before the Engine records the exit: ask again for a while.
+    let mut inspected = docker.inspect_exec(&exec).await.ok();
+    if !timed_out {
+        for _ in 0..50 {
+            if inspected.as_ref().is_none_or(|i| i.running != Some(true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            inspected = docker.inspect_exec(&exec).await.ok();
+        }
+    }
     let outcome = match inspected {
         Some(i) if timed_out || i.running == Some(true) => {
             if let Some(pid) = i.pid.filter(|p| *p > 0) {
