@@ -19,21 +19,39 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
 
-/// The test image, and every container made from it removed when dropped (also those of
-/// nodes named like other tests' nodes, which the lab's node label would not tell apart).
+/// The test image, and this test's containers, told apart from other tests' by a label of
+/// their own (`Docker.Labels`: the images of all tests are one image ID, and cluster nodes have
+/// the same names in every test), all removed when dropped.
 struct Images {
     lab: ImageLab,
+    tag: String,
 }
 
 impl Images {
     fn new() -> Images {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         Images {
-            lab: ImageLab::new(&format!("docker-apps-{}", std::process::id())),
+            lab: ImageLab::new(&format!("docker-apps-{tag}")),
+            tag,
         }
     }
 
     fn image(&self) -> &str {
         &self.lab.image
+    }
+
+    /// The `Docker` object's labels that mark this test's containers.
+    fn labels(&self) -> Value {
+        json!({ "servant-test": self.tag })
+    }
+
+    fn filter(&self) -> String {
+        format!("label=servant-test={}", self.tag)
     }
 
     /// Running containers of this image with app `app`: id → labels.
@@ -43,7 +61,7 @@ impl Images {
             "-q",
             "--no-trunc",
             "--filter",
-            &format!("ancestor={}", self.image()),
+            &self.filter(),
             "--filter",
             &format!("label=servant.app={app}"),
         ]);
@@ -54,13 +72,7 @@ impl Images {
 
     /// Every container of this image, running or not.
     fn all(&self) -> Vec<String> {
-        let (_, out, _) = docker(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("ancestor={}", self.image()),
-        ]);
+        let (_, out, _) = docker(&["ps", "-aq", "--no-trunc", "--filter", &self.filter()]);
         out.lines().map(str::to_string).collect()
     }
 }
@@ -169,7 +181,7 @@ fn a_docker_app_runs_is_health_checked_restarted_updated_and_removed() {
     let mut task = json!({"replication": 1, "content": {
         "image": img.image(),
         "command": format!("mkdir -p /tmp && touch /tmp/ok; {HTTPD}"),
-        "docker": {"ports": ["80"]},
+        "docker": {"ports": ["80"], "labels": img.labels()},
         "env": {"V": "1"},
         "services": [{"Name": svc, "Port": 80}],
         "health_check_cmd": "test -f /tmp/ok",
@@ -260,6 +272,40 @@ fn a_docker_app_runs_is_health_checked_restarted_updated_and_removed() {
     });
 }
 
+/// A periodic docker app (`start_interval_seconds`) is started again every interval, each time
+/// a new container, the ended one removed; it logs into the app's log like a process app.
+#[test]
+fn a_periodic_docker_app_starts_every_interval() {
+    let img = Images::new();
+    let c = ConsulDev::start();
+    let h = c.http();
+    let s = c.servant(&[]).ready();
+    put_task(
+        &h,
+        "tick",
+        &json!({"content": {"image": img.image(), "command": "echo tick-$HOSTNAME",
+                            "start_interval_seconds": 2, "docker": {"labels": img.labels()}}}),
+    );
+    let mut seen = BTreeSet::new();
+    wait_for("three starts", T, || {
+        let all = img.all();
+        assert!(all.len() <= 1, "ended containers are removed: {all:?}");
+        seen.extend(all);
+        let st = app_state(&h, &c.node, "tick")?;
+        (st["restarts"].as_u64()? >= 2).then_some(())
+    });
+    assert!(seen.len() >= 2, "a new container each start: {seen:?}");
+    // Every start's output, appended to the app's log.
+    let log = std::fs::read_to_string(s.data.path().join("apps/tick.out")).unwrap_or_default();
+    let lines: BTreeSet<&str> = log.lines().filter(|l| l.starts_with("tick-")).collect();
+    assert!(lines.len() >= 2, "{log:?}");
+    let (code, out, err) = cli(&c.addr(), &["task", "rm", "tick"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("no container left", T, || {
+        img.all().is_empty().then_some(())
+    });
+}
+
 /// An agent restarted while a docker app runs, after SIGTERM and after SIGKILL: the new run
 /// adopts the same container (same ID, same start time), never a second one.
 #[test]
@@ -271,7 +317,8 @@ fn a_restarted_agent_adopts_its_app_containers() {
     put_task(
         &h,
         "keeper",
-        &json!({"content": {"image": img.image(), "command": "exec sleep 100000"}}),
+        &json!({"content": {"image": img.image(), "command": "exec sleep 100000",
+                            "docker": {"labels": img.labels()}}}),
     );
     let (id, _) = one_running(&img, "keeper");
     let started = inspect(&id, "{{.State.StartedAt}}");
@@ -340,18 +387,12 @@ fn a_docker_jobs_services_have_the_published_host_ports() {
     h.put(
         "/v1/kv/jobs/served",
         json!({"Type": "docker", "Image": img.image(), "Command": "sleep 8",
-               "Docker": {"Ports": ["80", "9000"]},
+               "Docker": {"Ports": ["80", "9000"], "Labels": img.labels()},
                "Services": [{"Name": a, "Port": 9000}, {"Name": b}]})
         .to_string(),
     );
     let id = wait_for("the job's container", T, || {
-        let (_, out, _) = docker(&[
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("ancestor={}", img.image()),
-        ]);
+        let (_, out, _) = docker(&["ps", "-q", "--no-trunc", "--filter", &img.filter()]);
         out.lines().next().map(str::to_string)
     });
     let p9000 = host_port(&id, "9000/tcp").expect("9000 published");
@@ -396,7 +437,8 @@ fn bad_docker_apps_are_reported_and_the_agent_goes_on() {
     put_task(
         &h,
         "good",
-        &json!({"content": {"image": img.image(), "command": "exec sleep 100000"}}),
+        &json!({"content": {"image": img.image(), "command": "exec sleep 100000",
+                            "docker": {"labels": img.labels()}}}),
     );
     let invalid = wait_for("the invalid tasks reported", T, || {
         let v: Value = serde_json::from_str(&h.kv_raw("appmgr/schedule")?).ok()?;
@@ -537,7 +579,7 @@ fn a_replicated_docker_app_moves_with_its_node_and_is_routed_by_nginx() {
         &json!({"replication": 2, "content": {
             "image": img.image(),
             "command": HTTPD,
-            "docker": {"ports": ["80"]},
+            "docker": {"ports": ["80"], "labels": img.labels()},
             "services": [{"Name": svc, "Port": 80}],
         }}),
     );
