@@ -371,6 +371,49 @@ fn a_restarted_agent_adopts_its_app_containers() {
     });
 }
 
+/// Self-fencing covers app containers: an agent paused (SIGSTOP) past its apps session's fence
+/// deadline (`session_ttl` 10 s: 5 s) cannot stop its container, so the container's watchdog
+/// kills it; woken, the agent removes it and, with its session confirmed again, starts a new one.
+#[test]
+fn a_paused_agents_app_container_is_killed_at_the_fence_deadline() {
+    let img = Images::new();
+    let c = ConsulDev::start();
+    let h = c.http();
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[apps]\nsession_ttl = \"10s\"\n").unwrap();
+    let s = c
+        .servant(&["--config", cfg.path().to_str().unwrap()])
+        .ready();
+    put_task(
+        &h,
+        "fenced",
+        &json!({"content": {"image": img.image(), "command": "exec sleep 100000",
+                            "docker": {"labels": img.labels()}}}),
+    );
+    let (id, _) = one_running(&img, "fenced");
+    wait_for("reported running", T, || {
+        (app_state(&h, &c.node, "fenced")?["pid"].as_i64()? > 0).then_some(())
+    });
+    assert_eq!(inspect(&id, "{{.State.Running}}"), "true");
+    s.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_for("the watchdog kills the container", T, || {
+        (inspect(&id, "{{.State.Running}}") == "false").then_some(())
+    });
+    s.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    let id2 = wait_for("a new container once the agent is back", T, || {
+        img.running("fenced").into_keys().find(|i| *i != id)
+    });
+    wait_for("the killed container removed", T, || {
+        (!exists(&id)).then_some(())
+    });
+    assert_ne!(id2, id);
+    let (code, out, err) = cli(&c.addr(), &["task", "rm", "fenced"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("no container left", T, || {
+        img.all().is_empty().then_some(())
+    });
+}
+
 /// A docker job's services get the container's published host ports: a `Port` naming a
 /// container port gets its host port; a service without one gets the first published port of
 /// `Docker.Ports`. Both are deregistered when the job ends.
