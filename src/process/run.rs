@@ -99,11 +99,14 @@ pub async fn supervise<H: TaskHandle>(
         Ended::Exited(_) if fenced_out => Ended::Killed(KillReason::Fenced),
         other => other,
     };
-    if let Ended::Killed(KillReason::Detach) = ended {
-        if task.detach().await {
+    // `Killed(Detach)` means it was left running; a task that cannot be is stopped as removed.
+    let ended = match ended {
+        Ended::Killed(KillReason::Detach) if task.detach().await => {
             return Outcome::Killed(KillReason::Detach);
         }
-    }
+        Ended::Killed(KillReason::Detach) => Ended::Killed(KillReason::Removed),
+        other => other,
+    };
     let outcome = match ended {
         Ended::Exited(code) => {
             let leftovers = task.stop_leftovers(grace).await;
@@ -174,6 +177,22 @@ mod tests {
     use super::*;
     use crate::process::{Output, ProcessDriver};
     use std::time::Instant;
+
+    /// A process cannot outlive the agent: asked to detach, it is stopped as removed.
+    #[tokio::test]
+    async fn a_process_asked_to_detach_is_stopped() {
+        let spec = LaunchSpec::shell("sleep 30", &Default::default());
+        let mut task = ProcessDriver::current().launch(&spec).await.unwrap();
+        let pid = task.pid() as i32;
+        let (tx, rx) = watch::channel(Some(KillReason::Detach));
+        let outcome = supervise(&mut task, None, rx, Duration::from_secs(1), None).await;
+        drop(tx);
+        assert_eq!(outcome, Outcome::Killed(KillReason::Removed));
+        assert!(
+            crate::process::testing::gone(pid).await,
+            "the group is stopped"
+        );
+    }
 
     #[tokio::test]
     async fn a_command_past_its_timeout_gets_sigterm_then_sigkill() {

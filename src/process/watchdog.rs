@@ -201,6 +201,11 @@ mod tests {
                 outlive_agent: false,
             })
         );
+        let v: Vec<String> = ["--container", "abc", "--outlive-agent"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(parse_args(&v).unwrap().outlive_agent);
         assert_eq!(parse_args(&[]), Err(WatchdogArgError::Container));
         assert_eq!(
             parse_args(&["--x".to_string()]),
