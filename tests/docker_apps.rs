@@ -306,6 +306,33 @@ fn a_periodic_docker_app_starts_every_interval() {
     });
 }
 
+/// A docker app whose node's topology key disappears is stopped and its container removed;
+/// the leader then places it again: a new container.
+#[test]
+fn a_docker_app_stops_when_its_nodes_topology_key_disappears() {
+    let img = Images::new();
+    let c = ConsulDev::start();
+    let h = c.http();
+    let _s = c.servant(&[]).ready();
+    put_task(
+        &h,
+        "keyed",
+        &json!({"content": {"image": img.image(), "command": "exec sleep 100000",
+                            "docker": {"labels": img.labels()}}}),
+    );
+    let (first, _) = one_running(&img, "keyed");
+    h.delete(&format!("/v1/kv/appmgr/topology/{}", c.node));
+    wait_for("the first container removed", T, || {
+        (!exists(&first)).then_some(())
+    });
+    let (second, _) = one_running(&img, "keyed");
+    assert_ne!(first, second);
+    h.delete("/v1/kv/appmgr/task/keyed");
+    wait_for("no container left", T, || {
+        img.all().is_empty().then_some(())
+    });
+}
+
 /// An agent restarted while a docker app runs, after SIGTERM and after SIGKILL: the new run
 /// adopts the same container (same ID, same start time), never a second one.
 #[test]
