@@ -441,6 +441,68 @@ fn a_paused_agents_app_container_is_killed_at_the_fence_deadline() {
     });
 }
 
+/// In a cluster, an agent restarted (SIGKILL, then SIGTERM) while its Consul agent lives keeps
+/// its replica: the leader holds the placements of a host whose reports vanished while its
+/// `serfHealth` passes, and the new run adopts the same container; nothing moves.
+#[test]
+fn a_restarted_agent_in_a_cluster_keeps_and_adopts_its_replica() {
+    let img = Images::new();
+    let mut lab = common::lab::Lab::start(3, 0, true);
+    for i in 0..3 {
+        lab.start_servant(i, &[]);
+    }
+    let h = lab.http(0);
+    put_task(
+        &h,
+        "kept",
+        &json!({"replication": 2, "content": {"image": img.image(), "command": "exec sleep 100000",
+                                              "docker": {"labels": img.labels()}}}),
+    );
+    let placed = wait_for("two containers on distinct nodes", T, || {
+        let r = img.running("kept");
+        let nodes: BTreeSet<String> = r.values().map(|l| l["servant.node"].clone()).collect();
+        (r.len() == 2 && nodes.len() == 2).then_some(r)
+    });
+    let before: BTreeSet<String> = placed.keys().cloned().collect();
+    // A replica's host that is not the leader: the leader's own restart is another story (a
+    // new leader does not know the old one's hosts).
+    let leader = h.kv_raw("appmgr/leader").expect("a leader");
+    let (id, labels) = placed
+        .iter()
+        .find(|(_, l)| l["servant.node"] != leader)
+        .expect("a replica off the leader");
+    let i = lab
+        .hosts
+        .iter()
+        .position(|x| x.node == labels["servant.node"])
+        .unwrap();
+    for sig in [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let adopted_before = lab.servant_logs(i).matches("app adopted").count();
+        let mut p = lab.hosts[i].servant.take().expect("a servant");
+        p.signal(sig);
+        assert!(p.wait_exit(Duration::from_secs(30)).is_some());
+        drop(p);
+        lab.start_servant(i, &[]);
+        wait_for(&format!("adopted after {sig}"), T, || {
+            (lab.servant_logs(i).matches("app adopted").count() > adopted_before).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let now: BTreeSet<String> = img.running("kept").into_keys().collect();
+        assert_eq!(
+            now,
+            before,
+            "after {sig}: the same two containers, nothing moved:\n{}",
+            lab.servant_logs(i)
+        );
+        assert_eq!(inspect(id, "{{.State.Running}}"), "true");
+    }
+    h.delete("/v1/kv/appmgr/task/kept");
+    wait_for("no container left", T, || img.all().is_empty().then_some(()));
+}
+
 /// A docker job's services get the container's published host ports: a `Port` naming a
 /// container port gets its host port; a service without one gets the first published port of
 /// `Docker.Ports`. Both are deregistered when the job ends.
