@@ -500,7 +500,9 @@ fn a_restarted_agent_in_a_cluster_keeps_and_adopts_its_replica() {
         assert_eq!(inspect(id, "{{.State.Running}}"), "true");
     }
     h.delete("/v1/kv/appmgr/task/kept");
-    wait_for("no container left", T, || img.all().is_empty().then_some(()));
+    wait_for("no container left", T, || {
+        img.all().is_empty().then_some(())
+    });
 }
 
 /// A docker job's services get the container's published host ports: a `Port` naming a
