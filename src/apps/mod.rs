@@ -2,6 +2,8 @@
 //! the placement scheduler, node reports, leader election and the node supervisor.
 //!
 //! - `task`: the task document, `wire::task` (kept here under its old path for the supervisor).
+//! - `launch`: pure: how an app starts (a process group, or a container with `image`), bad
+//!   container descriptions as invalid tasks.
 //! - `scheduler`: pure placement of task replicas on live hosts.
 //! - `report`: samples the node's `resource` report (sysinfo plus /sys, off the async workers).
 //! - `supervisor`: runs this node's apps (process groups, backoff, periodic starts, health,
@@ -10,6 +12,7 @@
 //!   reconciliation, this node's topology watch.
 
 pub mod config;
+pub mod launch;
 pub mod node;
 pub mod report;
 pub mod scheduler;

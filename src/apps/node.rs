@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::config::AppsConfig;
+use super::launch::{read_tasks, Owner};
 use super::report::ResourceSampler;
 use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
@@ -27,7 +28,7 @@ use crate::util::time::now_ms;
 use crate::wire::resource::read_reports;
 use crate::wire::topology::{encode_host, parse_host, read_topology};
 use crate::wire::{
-    self, parse_tasks, Applications, DocError, KvEntry, Namespace, ScheduleReport, Task,
+    self, Applications, DocError, HealthStatus, KvEntry, Namespace, ScheduleReport, Task,
 };
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
@@ -35,6 +36,12 @@ const TXN_OPS: usize = 60;
 /// How long a node whose apps session was replaced waits for the leader to rewrite its
 /// topology key before trusting the key as it is.
 const REJOIN_HOLD: Duration = Duration::from_secs(10);
+/// How long the leader keeps the placements of a host whose reports vanished while its Consul
+/// node is alive (`serfHealth` passing): its agent is restarting (a new run ends its
+/// predecessor's apps session, which deletes the reports, before it writes its own), and the
+/// app containers it left wait to be adopted. A dead node's `serfHealth` fails before its
+/// session goes, so its replicas move at once.
+const REJOIN_GRACE: Duration = Duration::from_secs(10);
 /// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
 const TXN_BYTES: usize = 384 * 1024;
 
@@ -78,6 +85,10 @@ pub fn hosts_from_reports(
 struct LastPass {
     schedule: Option<ScheduleReport>,
     unreadable: BTreeSet<String>,
+    /// What each host offered when last seen live (or held), for holding it.
+    known: BTreeMap<String, HostInfo>,
+    /// Hosts held while their reports are missing, and since when.
+    missing_since: BTreeMap<String, tokio::time::Instant>,
 }
 
 /// Everything the apps part needs from the agent.
@@ -162,28 +173,42 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     let deadline = keeper.deadline();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
     let changed = Arc::new(Notify::new());
-    let sup = Supervisor::new(SupervisorCtx {
+    let mut sup = Supervisor::new(SupervisorCtx {
         client: client.clone(),
         shim: cfg.shim.clone(),
         log_dir: cfg.log_dir.clone(),
         kill_grace: cfg.kill_grace,
         changed: changed.clone(),
         deadline,
+        session: session_rx.clone(),
+        owner: Owner {
+            node: cfg.node.clone(),
+            prefix: cfg.layout.prefix().to_string(),
+        },
+        docker: Default::default(),
     });
+    // Before any app starts: the containers an earlier run left, to adopt or remove.
+    sup.find_leftovers().await;
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
     let tasks = TaskTracker::new();
+    // The leader stands only once this node's own report is written: a leader that saw no
+    // report of its own would take its node for dead and move (or stop) the apps it runs,
+    // the containers it is about to adopt among them.
+    let (reported_tx, reported) = watch::channel(false);
     tasks.spawn(report_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
         sup.clone(),
         changed,
+        reported_tx,
         stop.clone(),
     ));
     tasks.spawn(leader_loop(
         client.clone(),
         cfg.clone(),
         session_rx.clone(),
+        reported,
         stop.clone(),
     ));
     tasks.spawn(node_loop(
@@ -195,9 +220,10 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     ));
     tasks.close();
     tasks.wait().await;
+    // Containers stay for the next run to adopt (until the fence deadline); processes stop.
     sup.lock()
         .await
-        .stop_all(crate::process::KillReason::Removed)
+        .stop_all(crate::process::KillReason::Detach)
         .await;
     keeper_stop.cancel();
     let _ = keeper_task.await;
@@ -225,6 +251,7 @@ async fn report_loop(
     session: watch::Receiver<SessionState>,
     sup: Arc<tokio::sync::Mutex<Supervisor>>,
     changed: Arc<Notify>,
+    reported: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let started = now_ms();
@@ -267,6 +294,9 @@ async fn report_loop(
                         warn!(key = %key, error = %e, "cannot write the report")
                     }
                 }
+            }
+            if all_ok && full {
+                reported.send_if_modified(|r| !std::mem::replace(r, true));
             }
             written = all_ok.then_some((sid, apps));
         }
@@ -337,7 +367,7 @@ async fn node_loop(
             let names: BTreeSet<String> = topo
                 .and_then(|e| parse_host(&e.value).ok())
                 .unwrap_or_default();
-            let (parsed, _) = parse_tasks(&cfg.layout, kv(&tasks));
+            let (parsed, _) = read_tasks(&cfg.layout, kv(&tasks));
             if ok && hold.is_none() {
                 let desired: BTreeMap<String, Task> = parsed
                     .into_iter()
@@ -372,8 +402,13 @@ async fn leader_loop(
     client: Client,
     cfg: AppsNodeConfig,
     mut session: watch::Receiver<SessionState>,
+    mut reported: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
+    tokio::select! {
+        r = reported.wait_for(|r| *r) => if r.is_err() { return },
+        _ = stop.cancelled() => return,
+    }
     let key = cfg.layout.leader();
     let watches = TaskTracker::new();
     let c = client.clone();
@@ -495,9 +530,10 @@ async fn lead(
     });
     let mut last_report = LastPass::default();
     loop {
+        let mut wake = tokio::time::Instant::now() + cfg.topology_interval;
         match reconcile(client, cfg, sid, &mut last_report).await {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(Some(hold_ends)) => wake = wake.min(hold_ends.unwrap_or(wake)),
+            Ok(None) => break,
             Err(e) => warn!(error = %e, "apps reconciliation failed; retrying"),
         }
         let [a, b, c] = &mut inputs;
@@ -505,28 +541,64 @@ async fn lead(
             r = a.changed() => if r.is_err() { break },
             r = b.changed() => if r.is_err() { break },
             r = c.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep(cfg.topology_interval) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
         // Let a burst (a node's two reports, several task writes) settle.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// One leader pass. Ok(false): the leader lock is no longer this session's.
+/// Whether `node`'s Consul agent is alive: its `serfHealth` passes.
+async fn serf_passing(client: &Client, node: &str) -> bool {
+    match client.health_node(node, &QueryOptions::default()).await {
+        Ok((checks, _)) => checks
+            .iter()
+            .any(|c| c.check_id == "serfHealth" && c.status == HealthStatus::Passing),
+        Err(_) => false,
+    }
+}
+
+/// One leader pass. Ok(None): the leader lock is no longer this session's; Ok(Some(t)): done,
+/// and a held host's grace ends at `t`.
 async fn reconcile(
     client: &Client,
     cfg: &AppsNodeConfig,
     sid: &str,
     last_report: &mut LastPass,
-) -> Result<bool, ConsulError> {
+) -> Result<Option<Option<tokio::time::Instant>>, ConsulError> {
     let q = QueryOptions::default();
     let (task_entries, _) = client.kv_list(&cfg.layout.tasks(), &q).await?;
     let (status_entries, _) = client.kv_list(&cfg.layout.status_prefix(), &q).await?;
     let (topo_entries, _) = client.kv_list(&cfg.layout.topology_prefix(), &q).await?;
-    let (tasks, invalid) = parse_tasks(&cfg.layout, kv(&task_entries));
-    let (hosts, unreadable) = hosts_from_reports(&cfg.layout, &status_entries);
+    let (tasks, invalid) = read_tasks(&cfg.layout, kv(&task_entries));
+    let (mut hosts, unreadable) = hosts_from_reports(&cfg.layout, &status_entries);
     let topo = read_topology(&cfg.layout, kv(&topo_entries));
     let current = topo.placed;
+    // Hosts with placements whose reports vanished while their Consul node lives: held for
+    // `REJOIN_GRACE`, so a restarting agent finds its apps (and adopts its containers).
+    let now = tokio::time::Instant::now();
+    let live: BTreeSet<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let mut held = BTreeMap::new();
+    let mut hold_ends: Option<tokio::time::Instant> = None;
+    for (host, names) in &current {
+        if names.is_empty() || live.contains(host) || unreadable.contains_key(host) {
+            continue;
+        }
+        let Some(info) = last_report.known.get(host) else {
+            continue;
+        };
+        let since = last_report.missing_since.get(host).copied().unwrap_or(now);
+        let until = since + REJOIN_GRACE;
+        if now >= until || !serf_passing(client, host).await {
+            continue;
+        }
+        if !last_report.missing_since.contains_key(host) {
+            info!(host = %host, "its reports are gone but its Consul node lives: keeping its apps placed for {REJOIN_GRACE:?}");
+        }
+        held.insert(host.clone(), since);
+        hosts.push(info.clone());
+        hold_ends = Some(hold_ends.map_or(until, |t| t.min(until)));
+    }
     // Keys holding something that is not a list of names are rewritten too.
     let mut stored: Topology = current.clone();
     for h in topo.unreadable.keys() {
@@ -602,7 +674,7 @@ async fn reconcile(
         })];
         txn.extend(chunk.iter().cloned().map(TxnOp::Kv));
         if !client.txn(&txn).await?.committed() {
-            return Ok(false);
+            return Ok(None);
         }
     }
     if !ops.is_empty() {
@@ -611,8 +683,10 @@ async fn reconcile(
     *last_report = LastPass {
         schedule: Some(report),
         unreadable: unreadable_hosts,
+        known: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        missing_since: held,
     };
-    Ok(true)
+    Ok(Some(hold_ends))
 }
 
 #[cfg(test)]

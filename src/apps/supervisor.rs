@@ -1,8 +1,15 @@
 //! The node side of apps: run the apps placed on this node, each in its own process group
-//! through the shim; restart with exponential backoff; start periodic apps every
-//! `start_interval_seconds`; run the health command; rotate the logs; register the app's
-//! services; stop (SIGTERM, then SIGKILL after the grace period) when the task leaves this node
-//! or changes (then start it again with the new definition).
+//! through the shim, or in a container when its task names an `image`; one life cycle for
+//! both, generic over the process layer's `Driver`: restart with exponential backoff; start
+//! periodic apps every `start_interval_seconds`; run the health command beside the app
+//! (`Driver::exec`: a process, or `docker exec` in the container), restarting it after
+//! `health_restart_after` failures; rotate the logs; register the app's services (with a
+//! container's published ports); stop (SIGTERM, then SIGKILL after the grace period) when the
+//! task leaves this node or changes (then start it again with the new definition).
+//!
+//! Containers outlive the agent's shutdown and death until the apps session's fence deadline
+//! (their watchdog keeps them that long): a run that starts before then adopts the containers of
+//! unchanged apps still placed here, without a restart, and removes the others.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,17 +19,21 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::launch::{app_launch, content_hash, for_start, AppLaunch, Owner};
 use super::report::app_time;
 use super::task::Task;
-use crate::consul::{AgentServiceRegistration, Client};
+use crate::consul::{AgentServiceRegistration, Client, SessionState};
+use crate::process::container::{published_service, PortSpec, Published};
+use crate::process::docker::{self, AppContainer, DockerConfig, DockerDriver, DockerError};
 use crate::process::logs::rotate_if_big;
 use crate::process::{
-    run_with_timeout, supervise, Driver, KillReason, LaunchSpec, Limits, LogPaths, Outcome, Output,
-    ProcessDriver, RestartPolicy, TaskHandle,
+    supervise, Driver, KillReason, Limits, LogPaths, Outcome, ProcessDriver, RestartPolicy,
+    TaskHandle,
 };
 use crate::util::time::now_ms;
+use crate::wire::ServiceSpec;
 
 /// First restart delay of an app that exits; doubled per quick exit up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -50,6 +61,30 @@ pub struct SupervisorCtx {
     /// The apps session's hold deadline (CLOCK_BOOTTIME ms): each app's shim kills it when it
     /// passes, even if the agent is paused and cannot.
     pub deadline: watch::Receiver<Option<u64>>,
+    /// The apps session, whose id labels the containers.
+    pub session: watch::Receiver<SessionState>,
+    /// This node and namespace, on every container's labels.
+    pub owner: Owner,
+    /// The Engine client, made at the first container app (a node without Docker runs the
+    /// rest).
+    pub docker: Arc<tokio::sync::Mutex<Option<bollard::Docker>>>,
+}
+
+impl SupervisorCtx {
+    /// The container driver of apps (containers an agent's next run may adopt); connects to
+    /// the Engine the first time.
+    async fn docker_driver(&self) -> Result<DockerDriver, DockerError> {
+        let mut client = self.docker.lock().await;
+        let d = match client.as_ref() {
+            Some(d) => d.clone(),
+            None => {
+                let d = docker::connect().await?;
+                *client = Some(d.clone());
+                d
+            }
+        };
+        Ok(DockerDriver::new(d, Some(self.shim.clone()), DockerConfig::default()).adoptable())
+    }
 }
 
 struct Handle {
@@ -64,6 +99,9 @@ struct Handle {
 pub struct Supervisor {
     ctx: SupervisorCtx,
     apps: BTreeMap<String, Handle>,
+    /// App containers an earlier run of the agent left (found at start), until the first
+    /// reconcile adopts or removes them.
+    found: Option<Vec<AppContainer>>,
 }
 
 impl Supervisor {
@@ -71,6 +109,77 @@ impl Supervisor {
         Supervisor {
             ctx,
             apps: BTreeMap::new(),
+            found: None,
+        }
+    }
+
+    /// Finds the app containers of this node (and namespace) an earlier run left, to adopt or
+    /// remove at the first reconcile. A node without Docker has none.
+    pub async fn find_leftovers(&mut self) {
+        let client = match docker::connect().await {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(error = %e, "no Docker Engine: no app containers to adopt");
+                return;
+            }
+        };
+        match docker::app_containers(&client, &self.ctx.owner.node, &self.ctx.owner.prefix).await {
+            Ok(found) => {
+                if !found.is_empty() {
+                    info!(
+                        containers = found.len(),
+                        "app containers of an earlier run found"
+                    );
+                }
+                self.found = Some(found);
+            }
+            Err(e) => warn!(error = %e, "cannot list this node's app containers"),
+        }
+        *self.ctx.docker.lock().await = Some(client);
+    }
+
+    /// The earlier run's containers: the running one of `task` with its unchanged definition
+    /// is taken (for adoption); the app's others are removed.
+    async fn take_found(&mut self, task: &Task) -> Option<String> {
+        let found = self.found.as_mut()?;
+        let hash = content_hash(task);
+        let mut adopt = None;
+        let mut gone = Vec::new();
+        found.retain(|c| {
+            if c.app != task.name {
+                return true;
+            }
+            if adopt.is_none() && c.running && c.hash == hash {
+                adopt = Some(c.id.clone());
+            } else {
+                gone.push(c.id.clone());
+            }
+            false
+        });
+        self.remove_containers(gone).await;
+        adopt
+    }
+
+    /// Removes what is left of the earlier run's containers: their apps are not placed here.
+    async fn drop_found(&mut self) {
+        if let Some(found) = self.found.take() {
+            self.remove_containers(found.into_iter().map(|c| c.id).collect())
+                .await;
+        }
+    }
+
+    async fn remove_containers(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let Some(client) = self.ctx.docker.lock().await.clone() else {
+            return;
+        };
+        for id in ids {
+            info!(container = %id, "removing an app container of an earlier run");
+            if let Err(e) = docker::remove_container(&client, &id).await {
+                warn!(container = %id, error = %e, "cannot remove the container");
+            }
         }
     }
 
@@ -99,20 +208,29 @@ impl Supervisor {
         self.stop_many(stopping, KillReason::Removed).await;
         for (name, task) in desired {
             if !self.apps.contains_key(name) {
-                info!(app = %name, command = %task.app.command, "starting");
-                let h = self.start(task.clone());
+                let adopt = self.take_found(task).await;
+                match &adopt {
+                    Some(id) => info!(app = %name, container = %id, "adopting its container"),
+                    None => info!(app = %name, command = %task.app.command, "starting"),
+                }
+                let h = self.start(task.clone(), adopt);
                 self.apps.insert(name.clone(), h);
                 changed = true;
             }
         }
+        self.drop_found().await;
         if changed {
             self.ctx.changed.notify_one();
         }
     }
 
-    /// Stops every app: `Removed` on shutdown (SIGTERM, grace, SIGKILL); `Fenced` when the
-    /// apps session is lost (SIGKILL at once: the leader is already moving them).
+    /// Stops every app: `Detach` on shutdown (processes get SIGTERM, grace, SIGKILL; containers
+    /// are left for the next run to adopt, until the fence deadline); `Fenced` when the apps
+    /// session is lost (SIGKILL at once: the leader is already moving them).
     pub async fn stop_all(&mut self, why: KillReason) {
+        if why == KillReason::Fenced {
+            self.drop_found().await;
+        }
         let all: Vec<Handle> = std::mem::take(&mut self.apps).into_values().collect();
         if all.is_empty() {
             return;
@@ -137,7 +255,7 @@ impl Supervisor {
         self.apps.keys().cloned().collect()
     }
 
-    fn start(&self, task: Task) -> Handle {
+    fn start(&self, task: Task, adopt: Option<String>) -> Handle {
         let (kill, kill_rx) = watch::channel(None);
         let status = Arc::new(Mutex::new(AppStatus {
             name: task.name.clone(),
@@ -150,7 +268,13 @@ impl Supervisor {
             ..Default::default()
         }));
         let content = task.content.clone();
-        let join = tokio::spawn(run_app(self.ctx.clone(), task, status.clone(), kill_rx));
+        let join = tokio::spawn(run_task(
+            self.ctx.clone(),
+            task,
+            adopt,
+            status.clone(),
+            kill_rx,
+        ));
         Handle {
             content,
             kill,
@@ -193,45 +317,137 @@ async fn sleep_or_killed(d: Duration, kill: &mut watch::Receiver<Option<KillReas
     }
 }
 
-/// One app's life on this node, until it is stopped.
-async fn run_app(
+/// One app's life on this node, until it is stopped: its launch described, its driver chosen
+/// (a process group, or a container), then `run_app`, the same for both.
+async fn run_task(
     ctx: SupervisorCtx,
     task: Task,
+    adopt: Option<String>,
     status: Arc<Mutex<AppStatus>>,
     mut kill: watch::Receiver<Option<KillReason>>,
 ) {
-    let app = &task.app;
     let logs = LogPaths::for_key(&ctx.log_dir, &task.name);
-    let driver = ProcessDriver::with_shim(ctx.shim.clone());
-    let spec = LaunchSpec::shell(&app.command, &app.env)
-        .dir(app.working_dir.clone())
-        .user(app.user.clone())
-        .output(Output::Files {
-            logs: logs.clone(),
-            append: true,
-        });
+    let health_logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
+    let launch = match app_launch(&task, &ctx.owner, &logs, &health_logs) {
+        Ok(l) => l,
+        Err(e) => {
+            // The node's reader drops invalid tasks; this is only a second line of defence.
+            warn!(app = %task.name, error = %e, "cannot start the app");
+            set(&ctx, &status, |s| {
+                s.status = AppState::Unavailable;
+                s.last_exit = e.to_string();
+            });
+            let _ = kill.wait_for(|k| k.is_some()).await;
+            return finish(&ctx, &status);
+        }
+    };
+    if launch.spec.container.is_none() {
+        let driver = ProcessDriver::with_shim(ctx.shim.clone());
+        return run_app(&ctx, &driver, None, launch, &logs, &task, &status, kill).await;
+    }
+    // The Engine may be away: the app is unavailable and tried again with the backoff.
+    let mut policy = RestartPolicy::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_RUN);
+    let driver = loop {
+        match ctx.docker_driver().await {
+            Ok(d) => break d,
+            Err(e) => {
+                warn!(app = %task.name, error = %e, "cannot start the app's container");
+                let next = policy.after_failed_start();
+                set(&ctx, &status, |s| {
+                    s.status = AppState::Unavailable;
+                    s.last_exit = e.to_string();
+                    s.next_start_time = app_time(now_ms().saturating_add(next.as_millis() as u64));
+                });
+                if sleep_or_killed(next, &mut kill).await {
+                    return finish(&ctx, &status);
+                }
+            }
+        }
+    };
+    let adopted = match adopt {
+        Some(id) => {
+            let spec = launch.spec.clone().fence(*ctx.deadline.borrow());
+            match driver.adopt(&id, &spec).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!(app = %task.name, container = %id, error = %e, "cannot adopt the container; starting a new one");
+                    if let Some(client) = ctx.docker.lock().await.clone() {
+                        let _ = docker::remove_container(&client, &id).await;
+                    }
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    run_app(&ctx, &driver, adopted, launch, &logs, &task, &status, kill).await
+}
+
+/// The app is no longer run here.
+fn finish(ctx: &SupervisorCtx, status: &Mutex<AppStatus>) {
+    set(ctx, status, |s| {
+        s.pid = 0;
+        s.health = AppHealth::Unhealthy;
+        s.status = AppState::Disabled;
+    });
+}
+
+/// The life cycle of one app with `driver`, until it is stopped. `adopted`: a task an earlier
+/// run of the agent started, supervised first instead of a launch.
+#[allow(clippy::too_many_arguments)]
+async fn run_app<D>(
+    ctx: &SupervisorCtx,
+    driver: &D,
+    mut adopted: Option<D::Handle>,
+    launch: AppLaunch,
+    logs: &LogPaths,
+    task: &Task,
+    status: &Arc<Mutex<AppStatus>>,
+    mut kill: watch::Receiver<Option<KillReason>>,
+) where
+    D: Driver + Clone + 'static,
+    D::Handle: 'static,
+{
+    let app = &task.app;
+    let declared: Vec<PortSpec> = launch
+        .spec
+        .container
+        .as_ref()
+        .map(|c| c.ports.clone())
+        .unwrap_or_default();
     let periodic =
         (app.start_interval_seconds > 0).then(|| Duration::from_secs(app.start_interval_seconds));
     let mut policy = RestartPolicy::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_RUN);
-    let mut services_up = false;
+    // The services as last registered.
+    let mut registered: Option<Vec<ServiceSpec>> = None;
+    let mut attempt = 0u64;
     loop {
         if kill.borrow().is_some() {
             break;
         }
-        rotate_if_big(&logs, LOG_MAX_BYTES).await;
+        rotate_if_big(logs, LOG_MAX_BYTES).await;
         let started = tokio::time::Instant::now();
         let started_ms = now_ms();
-        let spec = spec.clone().fence(*ctx.deadline.borrow());
-        let mut running = match driver.launch(&spec).await {
+        attempt += 1;
+        let adopting = adopted.is_some();
+        let launched = match adopted.take() {
+            Some(h) => Ok(h),
+            None => {
+                let session = ctx.session.borrow().id.clone().unwrap_or_default();
+                let spec = for_start(&launch.spec, &session, attempt).fence(*ctx.deadline.borrow());
+                driver.launch(&spec).await
+            }
+        };
+        let mut running = match launched {
             Ok(r) => r,
             Err(e) => {
                 warn!(app = %task.name, error = %e, "cannot start the app");
                 let next = policy.after_failed_start();
-                set(&ctx, &status, |s| {
+                set(ctx, status, |s| {
                     s.status = AppState::Unavailable;
                     s.health = AppHealth::Unhealthy;
                     s.pid = 0;
-                    s.last_exit = format!("spawn failed: {e}");
+                    s.last_exit = format!("spawn failed: {}", e.detail());
                     s.next_start_time = app_time(now_ms().saturating_add(next.as_millis() as u64));
                 });
                 if sleep_or_killed(next, &mut kill).await {
@@ -241,7 +457,8 @@ async fn run_app(
             }
         };
         let pgid = running.pid();
-        set(&ctx, &status, |s| {
+        let report = running.container().await;
+        set(ctx, status, |s| {
             if s.start_time.is_empty() {
                 s.start_time = app_time(started_ms);
             } else {
@@ -257,17 +474,40 @@ async fn run_app(
                 AppHealth::Healthy
             };
         });
-        info!(app = %task.name, pid = pgid, "app started");
-        if !services_up {
-            register_services(&ctx, &task).await;
-            services_up = true;
+        match &report {
+            Some(c) if adopting => info!(app = %task.name, container = %c.id, "app adopted"),
+            Some(c) => info!(app = %task.name, container = %c.id, "app started"),
+            None => info!(app = %task.name, pid = pgid, "app started"),
         }
-        let health = app.health_check_cmd.clone().map(|cmd| {
-            let ctx = ctx.clone();
-            let status = status.clone();
-            let every = Duration::from_secs(app.health_check_interval_seconds);
-            let task = task.clone();
-            tokio::spawn(async move { health_loop(&ctx, &task, &cmd, every, &status).await })
+        let published: Published = report.map(|c| c.ports).unwrap_or_default();
+        let services: Vec<ServiceSpec> = app
+            .services
+            .iter()
+            .map(|s| published_service(s, &declared, &published))
+            .collect();
+        if registered.as_ref() != Some(&services) {
+            register_services(ctx, task, &services).await;
+            registered = Some(services);
+        }
+        // This run's stop requests: the supervisor's, and the health loop's restarts.
+        let (run_kill, run_rx) = watch::channel(kill.borrow().as_ref().copied());
+        let forward = {
+            let mut outer = kill.clone();
+            let tx = run_kill.clone();
+            tokio::spawn(async move {
+                if let Ok(r) = outer.wait_for(|k| k.is_some()).await {
+                    let _ = tx.send(*r);
+                }
+            })
+        };
+        let health = launch.health.clone().map(|spec| {
+            let (ctx, status, task, driver) =
+                (ctx.clone(), status.clone(), task.clone(), driver.clone());
+            let id = running.id();
+            let restart = run_kill.clone();
+            tokio::spawn(async move {
+                health_loop(&ctx, &task, &driver, &id, &spec, &status, restart).await
+            })
         });
         let rotation = {
             let logs = logs.clone();
@@ -281,16 +521,23 @@ async fn run_app(
         let outcome = supervise(
             &mut running,
             None,
-            kill.clone(),
+            run_rx,
             ctx.kill_grace,
             Some(ctx.deadline.clone()),
         )
         .await;
+        forward.abort();
         rotation.abort();
         if let Some(h) = health {
             h.abort();
         }
+        // Stopped by the health loop, not by the supervisor: a failed run, restarted.
+        let unhealthy = kill.borrow().is_none() && matches!(outcome, Outcome::Killed(_));
         let ended = match outcome {
+            _ if unhealthy => format!(
+                "restarted: {} health checks failed in a row",
+                app.health_restart_after
+            ),
             Outcome::Exited { code: c, .. } if c > 128 => {
                 format!("exit status {c} (signal {})", c - 128)
             }
@@ -299,17 +546,23 @@ async fn run_app(
             Outcome::Killed(r) => format!("stopped ({r:?})"),
         };
         info!(app = %task.name, pid = pgid, "app ended: {ended}");
-        if matches!(outcome, Outcome::Killed(_)) {
+        if outcome == Outcome::Killed(KillReason::Detach) {
+            // Left running for the next run of the agent; its services go with this run.
+            break;
+        }
+        // A container is removed once it ended (each start makes a new one).
+        running.release().await;
+        if matches!(outcome, Outcome::Killed(_)) && !unhealthy {
             break;
         }
         let ran = started.elapsed();
         let wait = match periodic {
-            Some(every) => every.saturating_sub(ran),
-            None => policy.after_run(ran),
+            Some(every) if !unhealthy => every.saturating_sub(ran),
+            _ => policy.after_run(ran),
         };
         // Quick exits that pushed the backoff up: crash-looping, so unavailable.
         let looping = periodic.is_none() && policy.looping();
-        set(&ctx, &status, |s| {
+        set(ctx, status, |s| {
             s.pid = 0;
             s.health = AppHealth::Unhealthy;
             if looping {
@@ -322,48 +575,49 @@ async fn run_app(
             break;
         }
     }
-    if services_up {
-        deregister_services(&ctx, &task).await;
+    if let Some(services) = registered {
+        deregister_services(ctx, task, &services).await;
     }
-    set(&ctx, &status, |s| {
-        s.pid = 0;
-        s.health = AppHealth::Unhealthy;
-        s.status = AppState::Disabled;
-    });
+    finish(ctx, status);
 }
 
-/// Runs the health command every `every` while the app runs, as the app runs (its user,
-/// directory and environment, its own process group through the shim): exit 0 within `every`
-/// is healthy; a command past `every` is killed with its group. Its last output is kept in
-/// `<name>.health.out/.err`.
-async fn health_loop(
+/// Runs the health command every `health_check_interval_seconds` while the app runs, beside it
+/// (`Driver::exec`: for a process app a process of its own group, as the app runs: its user,
+/// directory and environment; for a container app `docker exec` in the container): exit 0
+/// within the interval is healthy; a command past it is killed. Its last output is kept in
+/// `<name>.health.out/.err`. After `health_restart_after` failures in a row (when not 0) it
+/// asks for the app's restart through `restart`.
+async fn health_loop<D: Driver>(
     ctx: &SupervisorCtx,
     task: &Task,
-    cmd: &str,
-    every: Duration,
+    driver: &D,
+    id: &str,
+    spec: &crate::process::LaunchSpec,
     status: &Mutex<AppStatus>,
+    restart: watch::Sender<Option<KillReason>>,
 ) {
-    let logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
-    let driver = ProcessDriver::with_shim(ctx.shim.clone());
-    let spec = LaunchSpec::shell(cmd, &task.app.env)
-        .dir(task.app.working_dir.clone())
-        .user(task.app.user.clone())
-        .output(Output::Files {
-            logs,
-            append: false,
-        });
+    let every = Duration::from_secs(task.app.health_check_interval_seconds);
     let limits = Limits {
         timeout: every,
         grace: Duration::ZERO,
         cap: 0,
     };
+    let mut failures = 0u32;
     loop {
-        let healthy = match run_with_timeout(&driver, &spec, limits).await {
-            Ok(f) => matches!(f.outcome, Outcome::Exited { code: 0, .. }),
+        let healthy = match driver.exec(id, spec, limits).await {
+            Ok(f) => {
+                debug!(app = %task.name, outcome = ?f.outcome, "health command");
+                matches!(f.outcome, Outcome::Exited { code: 0, .. })
+            }
             Err(e) => {
                 warn!(app = %task.name, error = %e, "cannot run the health command");
                 false
             }
+        };
+        failures = if healthy {
+            0
+        } else {
+            failures.saturating_add(1)
         };
         let h = if healthy {
             AppHealth::Healthy
@@ -374,12 +628,18 @@ async fn health_loop(
         if changed {
             set(ctx, status, |s| s.health = h);
         }
+        let limit = task.app.health_restart_after;
+        if limit > 0 && failures >= limit {
+            warn!(app = %task.name, failures, "the health command keeps failing: restarting the app");
+            let _ = restart.send(Some(KillReason::Removed));
+            return;
+        }
         tokio::time::sleep(every).await;
     }
 }
 
-async fn register_services(ctx: &SupervisorCtx, task: &Task) {
-    for s in &task.app.services {
+async fn register_services(ctx: &SupervisorCtx, task: &Task, services: &[ServiceSpec]) {
+    for s in services {
         let mut meta = BTreeMap::new();
         meta.insert("servant_app".to_string(), task.name.clone());
         if let Err(e) = ctx
@@ -392,8 +652,8 @@ async fn register_services(ctx: &SupervisorCtx, task: &Task) {
     }
 }
 
-async fn deregister_services(ctx: &SupervisorCtx, task: &Task) {
-    for s in &task.app.services {
+async fn deregister_services(ctx: &SupervisorCtx, task: &Task, services: &[ServiceSpec]) {
+    for s in services {
         if let Err(e) = ctx.client.agent_service_deregister(s.id()).await {
             warn!(app = %task.name, service = %s.id(), error = %e, "cannot deregister the app's service");
         }

@@ -9,11 +9,10 @@ use serde_json::Value;
 
 use super::table::table;
 use super::Ctx;
+use crate::apps::launch::{container_of, read_tasks};
 use crate::consul::{KvPair, KvPutOptions, QueryOptions};
 use crate::wire::topology::{read_topology, Topology};
-use crate::wire::{
-    self, parse_task, parse_tasks, AppHealth, Applications, KvEntry, Namespace, ScheduleReport,
-};
+use crate::wire::{self, parse_task, AppHealth, Applications, KvEntry, Namespace, ScheduleReport};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -105,6 +104,7 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
             };
             // Refused here with the reason, rather than stored and reported by the leader.
             let t = parse_task(&name, &body).map_err(|e| anyhow::anyhow!("task {name}: {e}"))?;
+            container_of(&t.app).map_err(|e| anyhow::anyhow!("task {name}: {e}"))?;
             ctx.client
                 .kv_put(&l.task(&name), &body, &KvPutOptions::default())
                 .await?;
@@ -126,7 +126,7 @@ pub async fn task(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<i32> {
         TaskCommand::Ls(a) => {
             let q = QueryOptions::default();
             let (entries, _) = ctx.client.kv_list(&l.tasks(), &q).await?;
-            let (tasks, invalid) = parse_tasks(&l, kv(&entries));
+            let (tasks, invalid) = read_tasks(&l, kv(&entries));
             let topo = placements(ctx, &l).await?;
             let mut hosts: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (host, names) in &topo {

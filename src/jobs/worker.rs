@@ -17,13 +17,14 @@ use crate::consul::SessionState;
 use crate::consul::{
     spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
+use crate::process::container::published_service;
 use crate::process::docker::{
     self as docker, DockerConfig, DockerDriver, LABEL_ATTEMPT, LABEL_JOB, LABEL_NODE, LABEL_PREFIX,
     LABEL_SESSION,
 };
 use crate::process::{
     read_capped, supervise, Driver, KillReason, LaunchSpec, LogPaths, Outcome, Output,
-    ProcessDriver, SpawnError, TaskHandle,
+    ProcessDriver, Signal, SpawnError, TaskHandle,
 };
 use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
@@ -702,29 +703,12 @@ async fn run_job(
     let start = now_ns();
     r.start_time = start;
     r.start_time_str = rfc3339_ns(start);
-    let mut registered = Vec::new();
-    for s in &job.services {
-        match ctx
-            .client
-            .agent_service_register(&registration(s, jk, cfg.layout.prefix()))
-            .await
-        {
-            Ok(()) => registered.push(s.id().to_string()),
-            Err(e) => {
-                deregister(ctx, &registered).await;
-                r.status = Some(JobStatus::Failed);
-                r.exit_errors = format!("cannot register service {:?}: {e}", s.id());
-                stamp_end(&mut r);
-                return (Some(r), None);
-            }
-        }
-    }
     let run = Run {
         jk,
         key,
         job,
         session,
-        registered,
+        registered: Vec::new(),
         logs: LogPaths::for_key(&cfg.log_dir, key),
     };
     let mut spec = launch_spec(job, &run.logs).fence(*ctx.deadline.borrow());
@@ -744,7 +728,6 @@ async fn run_job(
             match ctx.docker_driver().await {
                 Ok(d) => run_on(ctx, &d, &spec, r, run, kill).await,
                 Err(e) => {
-                    deregister(ctx, &run.registered).await;
                     r.status = Some(JobStatus::Failed);
                     r.exit_errors = e.to_string();
                     stamp_end(&mut r);
@@ -765,7 +748,7 @@ struct Run<'a> {
     key: &'a str,
     job: &'a JobSpec,
     session: &'a str,
-    /// Its services, registered.
+    /// Its services, registered once it started (a container's with its published ports).
     registered: Vec<String>,
     logs: LogPaths,
 }
@@ -785,10 +768,10 @@ where
 {
     let cfg = &ctx.cfg;
     let (job, key) = (run.job, run.key);
+    let mut run = run;
     let mut running = match driver.launch(spec).await {
         Ok(p) => p,
         Err(e) => {
-            deregister(ctx, &run.registered).await;
             if let SpawnError::ImageMissing(_) = e {
                 r.status = Some(JobStatus::Rejected);
                 r.exit_errors = format!("rejected: {e}");
@@ -800,11 +783,33 @@ where
             return (Some(r), None);
         }
     };
-    if let Some(c) = running.container().await {
-        r.container_id = Some(c.id);
+    let report = running.container().await;
+    if let Some(c) = &report {
+        r.container_id = Some(c.id.clone());
         info!(key = %key, attempt = r.attempt, container = %running.id(), "job started");
     } else {
         info!(key = %key, attempt = r.attempt, pgid = running.pid(), "job started");
+    }
+    // Services go up once it runs: a container's with the host side of its published ports.
+    let declared = spec
+        .container
+        .as_ref()
+        .map(|c| c.ports.clone())
+        .unwrap_or_default();
+    let published = report.map(|c| c.ports).unwrap_or_default();
+    for s in &job.services {
+        let s = published_service(s, &declared, &published);
+        let reg = registration(&s, run.jk, cfg.layout.prefix());
+        if let Err(e) = ctx.client.agent_service_register(&reg).await {
+            deregister(ctx, &run.registered).await;
+            running.stop(Signal::SIGKILL, Duration::ZERO).await;
+            running.release().await;
+            r.status = Some(JobStatus::Failed);
+            r.exit_errors = format!("cannot register service {:?}: {e}", s.id());
+            stamp_end(&mut r);
+            return (Some(r), None);
+        }
+        run.registered.push(s.id().to_string());
     }
     let timeout = if job.no_wait { None } else { Some(job.timeout) };
     if job.no_wait {
@@ -879,7 +884,9 @@ where
                 go_format(cfg.shutdown_grace)
             );
         }
-        Outcome::Killed(KillReason::Fenced | KillReason::Removed) => return (None, Some(release)),
+        Outcome::Killed(KillReason::Fenced | KillReason::Removed | KillReason::Detach) => {
+            return (None, Some(release))
+        }
     }
     (Some(r), Some(release))
 }

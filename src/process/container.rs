@@ -511,9 +511,110 @@ pub fn pull_ref(image: &str) -> (String, String) {
     }
 }
 
+/// A running container's published ports, as the Engine reports them: the container side
+/// (`80/tcp`) to the host side (address, port). The first binding of each port.
+pub type Published = BTreeMap<String, HostPort>;
+
+/// Where a container port is published on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host address it is bound to; `0.0.0.0`, `::` or empty mean every address.
+    pub ip: String,
+    pub port: u16,
+}
+
+/// The service a container's job or app declared, as it is registered: with the host side of
+/// the container's published port, so that it is reachable from other nodes.
+///
+/// The rule (README, "Services of containers"):
+/// - `Port` names a container port the container publishes (tcp first, then udp, sctp): the
+///   service gets that port's host port;
+/// - `Port` names anything else: kept (a host port already, as with `Network: host`);
+/// - no `Port`: the first port of `Docker.Ports` (in its order) that is published;
+/// - `Address` stays as written; without one, a port bound to one host address (not
+///   `0.0.0.0`) gives that address, else it is left empty and Consul uses the node's address.
+pub fn published_service(
+    s: &crate::wire::ServiceSpec,
+    declared: &[PortSpec],
+    published: &Published,
+) -> crate::wire::ServiceSpec {
+    let find = |ctr: u16| {
+        ["tcp", "udp", "sctp"]
+            .iter()
+            .find_map(|proto| published.get(&format!("{ctr}/{proto}")))
+    };
+    let host = match s.port {
+        Some(p) => find(p),
+        None => declared.iter().find_map(|d| published.get(&d.key())),
+    };
+    let mut out = s.clone();
+    if let Some(h) = host {
+        out.port = Some(h.port);
+        let any = matches!(h.ip.as_str(), "" | "0.0.0.0" | "::");
+        if out.address.is_none() && !any {
+            out.address = Some(h.ip.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_get_the_published_host_ports() {
+        use crate::wire::ServiceSpec;
+        let declared: Vec<PortSpec> = ["8080:80", "127.0.0.3::53/udp", "9000"]
+            .iter()
+            .map(|p| parse_port(p).unwrap())
+            .collect();
+        let published: Published = [
+            ("80/tcp", "0.0.0.0", 8080),
+            ("53/udp", "127.0.0.3", 40001),
+            ("9000/tcp", "", 40002),
+        ]
+        .iter()
+        .map(|(k, ip, port)| {
+            (
+                k.to_string(),
+                HostPort {
+                    ip: ip.to_string(),
+                    port: *port,
+                },
+            )
+        })
+        .collect();
+        let svc = |port: Option<u16>, address: Option<&str>| ServiceSpec {
+            name: Some("web".into()),
+            port,
+            address: address.map(str::to_string),
+            ..Default::default()
+        };
+        let reg = |s: ServiceSpec| {
+            let r = published_service(&s, &declared, &published);
+            (r.port, r.address)
+        };
+        // A container port: its host port; bound to every address: the node's (None).
+        assert_eq!(reg(svc(Some(80), None)), (Some(8080), None));
+        assert_eq!(reg(svc(Some(9000), None)), (Some(40002), None));
+        // Bound to one address: that address, unless the service names its own.
+        assert_eq!(
+            reg(svc(Some(53), None)),
+            (Some(40001), Some("127.0.0.3".into()))
+        );
+        assert_eq!(
+            reg(svc(Some(53), Some("10.0.0.1"))),
+            (Some(40001), Some("10.0.0.1".into()))
+        );
+        // Not a published container port: kept as written.
+        assert_eq!(reg(svc(Some(7000), None)), (Some(7000), None));
+        // No port: the first of Docker.Ports that is published.
+        assert_eq!(reg(svc(None, None)), (Some(8080), None));
+        // Nothing published: unchanged.
+        let r = published_service(&svc(None, None), &declared, &Published::new());
+        assert_eq!((r.port, r.address), (None, None));
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

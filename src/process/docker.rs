@@ -39,8 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::container::{pull_ref, ContainerSpec, PullPolicy};
+use super::container::{pull_ref, ContainerSpec, HostPort, Published, PullPolicy};
 use super::local::{prepare, read_captured, send_fence};
+use super::run::{Finished, Limits, Outcome};
 use super::spec::LaunchSpec;
 use super::{Captured, Driver, SpawnError, TaskHandle};
 use crate::util::duration::{de_duration, ser_duration};
@@ -53,6 +54,11 @@ pub const LABEL_SESSION: &str = "servant.session";
 pub const LABEL_ATTEMPT: &str = "servant.attempt";
 /// The agent's `kv_prefix`: agents of different namespaces on one node keep apart.
 pub const LABEL_PREFIX: &str = "servant.prefix";
+/// The app name (an app's container).
+pub const LABEL_APP: &str = "servant.app";
+/// A hash of the app's definition: a restarted agent adopts a container only if its task is
+/// unchanged.
+pub const LABEL_APP_HASH: &str = "servant.app-hash";
 
 /// How long a request to the Engine may take (a pull has `pull_timeout`; a wait none).
 const ENGINE_TIMEOUT: u64 = 60;
@@ -82,6 +88,8 @@ impl Default for DockerConfig {
 pub enum DockerError {
     #[error("cannot reach the Docker Engine: {0}")]
     Connect(EngineError),
+    #[error("container {0} is not running")]
+    NotRunning(String),
     #[error("docker {action}: {error}")]
     Api {
         action: &'static str,
@@ -117,11 +125,26 @@ pub struct DockerDriver {
     /// The servant executable, run as `__container-watchdog` beside each container.
     shim: Option<PathBuf>,
     cfg: DockerConfig,
+    /// Containers an agent's next run may adopt (apps): when the agent dies or detaches them,
+    /// they live on until the fence deadline, not a moment longer.
+    adoptable: bool,
 }
 
 impl DockerDriver {
     pub fn new(docker: Docker, shim: Option<PathBuf>, cfg: DockerConfig) -> Self {
-        DockerDriver { docker, shim, cfg }
+        DockerDriver {
+            docker,
+            shim,
+            cfg,
+            adoptable: false,
+        }
+    }
+
+    /// A driver whose containers survive their agent until its fence deadline passes, for its
+    /// next run to adopt (`adopt`): apps, never jobs.
+    pub fn adoptable(mut self) -> Self {
+        self.adoptable = true;
+        self
     }
 
     pub fn docker(&self) -> &Docker {
@@ -193,6 +216,9 @@ impl DockerDriver {
         c.arg("__container-watchdog").arg("--container").arg(id);
         if let Some(ms) = fence {
             c.arg("--fence-until").arg(ms.to_string());
+        }
+        if self.adoptable {
+            c.arg("--outlive-agent");
         }
         c.stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -266,6 +292,10 @@ pub struct DockerHandle {
     watchdog: Option<tokio::process::Child>,
     lease: Option<tokio::process::ChildStdin>,
     keep: bool,
+    /// Its published ports, read when it started.
+    published: Published,
+    /// May be left running for the agent's next run (`detach`).
+    adoptable: bool,
 }
 
 /// What a container's task adds to its result.
@@ -274,6 +304,39 @@ pub struct ContainerReport {
     pub id: String,
     pub image: String,
     pub oom_killed: bool,
+    /// Container port (`80/tcp`) to where it is published on the host.
+    pub ports: Published,
+}
+
+/// A container the agent started for an app, found by its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppContainer {
+    pub id: String,
+    pub app: String,
+    /// `servant.app-hash`: the definition it was started with.
+    pub hash: String,
+    pub running: bool,
+}
+
+/// The published ports of an inspected container: the first binding of each.
+fn published_ports(i: &bollard::models::ContainerInspectResponse) -> Published {
+    let mut out = Published::new();
+    let ports = i.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    for (key, bindings) in ports.into_iter().flatten() {
+        let first = bindings.as_ref().and_then(|b| b.first());
+        if let Some(b) = first {
+            if let Some(port) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) {
+                out.insert(
+                    key.clone(),
+                    HostPort {
+                        ip: b.host_ip.clone().unwrap_or_default(),
+                        port,
+                    },
+                );
+            }
+        }
+    }
+    out
 }
 
 impl Driver for DockerDriver {
@@ -320,9 +383,12 @@ impl Driver for DockerDriver {
             }
             return Err(api("start")(e));
         }
-        let pid = match self.docker.inspect_container(&id, None).await {
-            Ok(i) => i.state.and_then(|s| s.pid).unwrap_or(0).max(0) as u32,
-            Err(_) => 0,
+        let (pid, published) = match self.docker.inspect_container(&id, None).await {
+            Ok(i) => (
+                i.state.as_ref().and_then(|s| s.pid).unwrap_or(0).max(0) as u32,
+                published_ports(&i),
+            ),
+            Err(_) => (0, Published::new()),
         };
         debug!(container = %id, image = %c.image, "container started");
         let logs = tokio::spawn(follow_logs(
@@ -343,18 +409,288 @@ impl Driver for DockerDriver {
             watchdog,
             lease,
             keep: self.cfg.keep_containers,
+            published,
+            adoptable: self.adoptable,
         })
+    }
+
+    async fn exec(
+        &self,
+        task: &str,
+        spec: &LaunchSpec,
+        limits: Limits,
+    ) -> Result<Finished, SpawnError> {
+        exec_in(&self.docker, task, spec, limits).await
+    }
+}
+
+/// Runs `spec`'s command inside the running container `id` (`docker exec`), its output into
+/// `spec`'s `Output` (files truncated or appended; `Capture` keeps `limits.cap` bytes). Past
+/// `limits.timeout` the exec's process is killed (the Engine has no call for it: by its host
+/// pid, which needs the agent to be allowed to signal it) and the outcome is `TimedOut`.
+pub async fn exec_in(
+    docker: &Docker,
+    id: &str,
+    spec: &LaunchSpec,
+    limits: Limits,
+) -> Result<Finished, SpawnError> {
+    use bollard::exec::StartExecResults;
+    let api = |action| move |error| SpawnError::Docker(DockerError::Api { action, error });
+    if spec.argv.is_empty() {
+        return Err(SpawnError::Empty);
+    }
+    let config = bollard::models::ExecConfig {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        cmd: Some(spec.argv.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        user: spec.user.clone(),
+        working_dir: spec.dir.clone(),
+        ..Default::default()
+    };
+    let exec = docker
+        .create_exec(id, config)
+        .await
+        .map_err(api("exec create"))?
+        .id;
+    let output = spec.output.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&output, None, None, None))
+        .await
+        .map_err(|e| SpawnError::Spawn(std::io::Error::other(e)))??;
+    let mut out = prepared.stdout.map(tokio::fs::File::from_std);
+    let mut err = prepared.stderr.map(tokio::fs::File::from_std);
+    let started = docker
+        .start_exec(&exec, None)
+        .await
+        .map_err(api("exec start"))?;
+    let copy = async {
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(Ok(item)) = output.next().await {
+                let (sink, bytes) = match &item {
+                    bollard::container::LogOutput::StdErr { message } => (&mut err, message),
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message } => (&mut out, message),
+                    bollard::container::LogOutput::StdIn { .. } => continue,
+                };
+                if let Some(f) = sink.as_mut() {
+                    let _ = f.write_all(bytes).await;
+                }
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(limits.timeout, copy).await.is_err();
+    for f in [out.as_mut(), err.as_mut()].into_iter().flatten() {
+        let _ = f.flush().await;
+    }
+    // The output ends a moment before the Engine records the exit: ask again for a while.
+    let mut inspected = docker.inspect_exec(&exec).await.ok();
+    if !timed_out {
+        for _ in 0..50 {
+            if inspected.as_ref().is_none_or(|i| i.running != Some(true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            inspected = docker.inspect_exec(&exec).await.ok();
+        }
+    }
+    let outcome = match inspected {
+        Some(i) if timed_out || i.running == Some(true) => {
+            if let Some(pid) = i.pid.filter(|p| *p > 0) {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                if let Err(e) = nix::sys::signal::kill(pid, Signal::SIGKILL) {
+                    debug!(exec = %exec, error = %e, "cannot kill the exec's process");
+                }
+            }
+            Outcome::TimedOut
+        }
+        Some(i) => Outcome::Exited {
+            code: i.exit_code.unwrap_or(-1) as i32,
+            leftovers: 0,
+        },
+        None if timed_out => Outcome::TimedOut,
+        None => Outcome::Exited {
+            code: -1,
+            leftovers: 0,
+        },
+    };
+    let output = read_captured(&prepared.capture, limits.cap).await;
+    Ok(Finished { outcome, output })
+}
+
+impl DockerDriver {
+    /// Takes over container `id`, which an earlier run of this agent started (an app's): that
+    /// run's watchdog is ended and one holding this run's lease (and `spec`'s fence deadline)
+    /// takes its place; its output from now on goes to `spec`'s `Output`, and its end is
+    /// waited for as a launched one's. Err when it no longer runs.
+    pub async fn adopt(&self, id: &str, spec: &LaunchSpec) -> Result<DockerHandle, SpawnError> {
+        let api = |action| move |error| SpawnError::Docker(DockerError::Api { action, error });
+        let i = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(api("inspect"))?;
+        let running = i.state.as_ref().and_then(|s| s.running) == Some(true);
+        if !running {
+            return Err(SpawnError::Docker(DockerError::NotRunning(id.to_string())));
+        }
+        let id = i.id.clone().unwrap_or_else(|| id.to_string());
+        let ended = end_watchdogs_of(id.clone()).await;
+        debug!(container = %id, watchdogs = ended, "the earlier run's watchdog ended");
+        let mut watchdog = self.watchdog(&id, spec.fence)?;
+        let lease = watchdog.as_mut().and_then(|w| w.stdin.take());
+        let output = spec.output.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&output, None, None, None))
+            .await
+            .map_err(|e| SpawnError::Spawn(std::io::Error::other(e)))??;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i32)
+            .unwrap_or(0);
+        let logs = tokio::spawn(follow_logs_since(
+            self.docker.clone(),
+            id.clone(),
+            prepared.stdout,
+            prepared.stderr,
+            since,
+        ));
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(wait_exit(self.docker.clone(), id.clone(), logs, tx));
+        Ok(DockerHandle {
+            docker: self.docker.clone(),
+            image: i
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            pid: i.state.as_ref().and_then(|s| s.pid).unwrap_or(0).max(0) as u32,
+            published: published_ports(&i),
+            id,
+            exit: rx,
+            capture: prepared.capture,
+            watchdog,
+            lease,
+            keep: self.cfg.keep_containers,
+            adoptable: self.adoptable,
+        })
+    }
+}
+
+/// Ends (SIGKILL) the watchdogs of container `id` still running from an earlier run of the
+/// agent, found by their command line in /proc; returns how many. Off the async workers.
+async fn end_watchdogs_of(id: String) -> usize {
+    let found = tokio::task::spawn_blocking(move || {
+        let mut pids = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_ours = args.get(1) == Some(&&b"__container-watchdog"[..])
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--container" && w[1] == id.as_bytes());
+            if is_ours {
+                pids.push(pid);
+            }
+        }
+        pids
+    })
+    .await
+    .unwrap_or_default();
+    let mut n = 0;
+    for pid in found {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The app containers of this node (and namespace), running or not.
+pub async fn app_containers(
+    docker: &Docker,
+    node: &str,
+    prefix: &str,
+) -> Result<Vec<AppContainer>, DockerError> {
+    let filters: HashMap<String, Vec<String>> = [(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_NODE}={node}"),
+            format!("{LABEL_PREFIX}={prefix}"),
+            LABEL_APP.to_string(),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let list = docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(|error| DockerError::Api {
+            action: "ps",
+            error,
+        })?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(AppContainer {
+                id: c.id?,
+                app: labels.get(LABEL_APP)?.clone(),
+                hash: labels.get(LABEL_APP_HASH).cloned().unwrap_or_default(),
+                running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            })
+        })
+        .collect())
+}
+
+/// Stops and removes container `id` (and ends an earlier run's watchdog of it).
+pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    end_watchdogs_of(id.to_string()).await;
+    let opts = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(()),
+        Err(e) if not_found(&e) => Ok(()),
+        Err(error) => Err(DockerError::Api {
+            action: "rm",
+            error,
+        }),
     }
 }
 
 /// Copies the container's stdout and stderr, apart, into `out` and `err` until it ends.
 async fn follow_logs(docker: Docker, id: String, out: Option<File>, err: Option<File>) {
+    follow_logs_since(docker, id, out, err, 0).await
+}
+
+/// `follow_logs` from `since` (unix seconds; 0: from its start).
+async fn follow_logs_since(
+    docker: Docker,
+    id: String,
+    out: Option<File>,
+    err: Option<File>,
+    since: i32,
+) {
     let mut out = out.map(tokio::fs::File::from_std);
     let mut err = err.map(tokio::fs::File::from_std);
     let opts = LogsOptions {
         follow: true,
         stdout: true,
         stderr: true,
+        since,
         ..Default::default()
     };
     let mut s = docker.logs(&id, Some(opts));
@@ -506,7 +842,24 @@ impl TaskHandle for DockerHandle {
             id: self.id.clone(),
             image: self.image.clone(),
             oom_killed,
+            ports: self.published.clone(),
         })
+    }
+
+    async fn detach(&mut self) -> bool {
+        if !self.adoptable || self.exit.borrow().is_some() {
+            return false;
+        }
+        // The lease closes with the watchdog still running: it keeps the container until the
+        // fence deadline, for the agent's next run to adopt.
+        self.lease = None;
+        if let Some(mut w) = self.watchdog.take() {
+            // Reaped in the background; it is not killed.
+            tokio::spawn(async move {
+                let _ = w.wait().await;
+            });
+        }
+        true
     }
 
     async fn release(&mut self) {

@@ -95,6 +95,22 @@ pub trait Driver: Send + Sync {
         &self,
         spec: &LaunchSpec,
     ) -> impl Future<Output = Result<Self::Handle, SpawnError>> + Send;
+    /// Runs `spec` beside the running task `task` (its `TaskHandle::id`) to its end or
+    /// `limits`: an app's health command. A process driver starts a process of its own (the
+    /// default, `run_with_timeout`); the container driver runs it inside the container
+    /// (`docker exec`).
+    fn exec(
+        &self,
+        task: &str,
+        spec: &LaunchSpec,
+        limits: Limits,
+    ) -> impl Future<Output = Result<Finished, SpawnError>> + Send
+    where
+        Self: Sized,
+    {
+        let _ = task;
+        run_with_timeout(self, spec, limits)
+    }
 }
 
 /// A started task: wait for it, stop it.
@@ -127,6 +143,12 @@ pub trait TaskHandle: Send {
     /// unless the agent keeps them). Nothing for a process.
     fn release(&mut self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+    /// At the agent's shutdown: leaves the task running for the agent's next run to adopt,
+    /// if it can outlive the agent (an app's container, until its fence deadline); false
+    /// when it cannot (a process dies with its shim's lease), and then it is stopped.
+    fn detach(&mut self) -> impl Future<Output = bool> + Send {
+        async { false }
     }
 }
 

@@ -19,6 +19,9 @@ pub enum KillReason {
     /// An app's task was removed from this node or changed: SIGTERM, then SIGKILL after the
     /// grace period.
     Removed,
+    /// The agent is stopping: a task that can outlive it (an app's container) is left running
+    /// for the next run to adopt (`TaskHandle::detach`); any other is stopped as `Removed`.
+    Detach,
 }
 
 /// How a run ended.
@@ -96,6 +99,14 @@ pub async fn supervise<H: TaskHandle>(
         Ended::Exited(_) if fenced_out => Ended::Killed(KillReason::Fenced),
         other => other,
     };
+    // `Killed(Detach)` means it was left running; a task that cannot be is stopped as removed.
+    let ended = match ended {
+        Ended::Killed(KillReason::Detach) if task.detach().await => {
+            return Outcome::Killed(KillReason::Detach);
+        }
+        Ended::Killed(KillReason::Detach) => Ended::Killed(KillReason::Removed),
+        other => other,
+    };
     let outcome = match ended {
         Ended::Exited(code) => {
             let leftovers = task.stop_leftovers(grace).await;
@@ -166,6 +177,22 @@ mod tests {
     use super::*;
     use crate::process::{Output, ProcessDriver};
     use std::time::Instant;
+
+    /// A process cannot outlive the agent: asked to detach, it is stopped as removed.
+    #[tokio::test]
+    async fn a_process_asked_to_detach_is_stopped() {
+        let spec = LaunchSpec::shell("sleep 30", &Default::default());
+        let mut task = ProcessDriver::current().launch(&spec).await.unwrap();
+        let pid = task.pid() as i32;
+        let (tx, rx) = watch::channel(Some(KillReason::Detach));
+        let outcome = supervise(&mut task, None, rx, Duration::from_secs(1), None).await;
+        drop(tx);
+        assert_eq!(outcome, Outcome::Killed(KillReason::Removed));
+        assert!(
+            crate::process::testing::gone(pid).await,
+            "the group is stopped"
+        );
+    }
 
     #[tokio::test]
     async fn a_command_past_its_timeout_gets_sigterm_then_sigkill() {

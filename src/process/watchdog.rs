@@ -8,6 +8,11 @@
 //!   while the agent is paused: the container is killed (SIGKILL). The agent removes it when
 //!   it wakes, or this process does when the pipe closes.
 //!
+//! With `--outlive-agent` (an app's container, which the agent's next run adopts) a closed pipe
+//! removes the container only once the last fence deadline it was given passes (at once if it
+//! never had one): an agent restarted before then ends this watchdog and starts its own. So the
+//! container never outlives the agent's hold either.
+//!
 //! The agent ends the watchdog with SIGKILL once the container's result is written (and only
 //! then removes the container, unless it keeps containers). The Engine is reached through
 //! bollard on a current-thread runtime of its own.
@@ -28,6 +33,8 @@ const CHECK: Duration = Duration::from_millis(20);
 pub struct WatchdogArgs {
     pub container: String,
     pub fence_until: Option<u64>,
+    /// Keep the container after the pipe closes, until the fence deadline.
+    pub outlive_agent: bool,
 }
 
 /// A bad watchdog argument list (only the agent writes one).
@@ -44,9 +51,11 @@ pub enum WatchdogArgError {
 pub fn parse_args(args: &[String]) -> Result<WatchdogArgs, WatchdogArgError> {
     let mut container = None;
     let mut fence_until = None;
+    let mut outlive_agent = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--outlive-agent" => outlive_agent = true,
             "--container" => container = Some(it.next().ok_or(WatchdogArgError::Container)?),
             "--fence-until" => {
                 fence_until = Some(
@@ -64,6 +73,7 @@ pub fn parse_args(args: &[String]) -> Result<WatchdogArgs, WatchdogArgError> {
             .ok_or(WatchdogArgError::Container)?
             .clone(),
         fence_until,
+        outlive_agent,
     })
 }
 
@@ -97,12 +107,14 @@ pub fn run(args: &[String]) -> i32 {
     });
     let mut killed = false;
     loop {
-        if closed.load(Ordering::SeqCst) {
-            // The agent is gone: nothing of its may run on.
+        let until = fence.load(Ordering::SeqCst);
+        let held = a.outlive_agent && until != NO_FENCE && boot_ms() < until;
+        if closed.load(Ordering::SeqCst) && !held {
+            // The agent is gone (and, for an adoptable container, its hold ran out): nothing
+            // of its may run on.
             remove(&rt, &mut docker, &a.container);
             return 0;
         }
-        let until = fence.load(Ordering::SeqCst);
         if !killed && until != NO_FENCE && boot_ms() >= until {
             eprintln!(
                 "servant container-watchdog: fence deadline passed: killing container {}",
@@ -185,9 +197,15 @@ mod tests {
             parse_args(&v),
             Ok(WatchdogArgs {
                 container: "abc".into(),
-                fence_until: Some(12)
+                fence_until: Some(12),
+                outlive_agent: false,
             })
         );
+        let v: Vec<String> = ["--container", "abc", "--outlive-agent"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(parse_args(&v).unwrap().outlive_agent);
         assert_eq!(parse_args(&[]), Err(WatchdogArgError::Container));
         assert_eq!(
             parse_args(&["--x".to_string()]),

@@ -30,8 +30,18 @@ pub struct App {
     /// The task's name (the key's last segment); `content.name` must agree when given.
     #[serde(default)]
     pub name: String,
-    /// Run by `/bin/sh -c` in its own process group.
+    /// Run by `/bin/sh -c` in its own process group; for a container app (with `image`), by
+    /// the image's `/bin/sh -c`, and when empty the image's own command runs.
+    #[serde(default)]
     pub command: String,
+    /// A container app: the image to run (the jobs' `Image`).
+    #[serde(default, alias = "Image")]
+    pub image: Option<String>,
+    /// A container app's `Docker` object (the jobs' fields: ports, volumes, network, memory,
+    /// cpus, labels, entrypoint, pull). Checked by the process layer's parser, not here: this
+    /// module is pure and below it.
+    #[serde(default, alias = "Docker")]
+    pub docker: Option<Value>,
     /// Working directory; the agent's when absent.
     #[serde(default)]
     pub working_dir: Option<String>,
@@ -51,6 +61,10 @@ pub struct App {
     /// Seconds between health commands (default 10).
     #[serde(default = "default_health_interval")]
     pub health_check_interval_seconds: u64,
+    /// After this many failed health commands in a row the app is restarted (with the
+    /// restart backoff); 0, the default, never restarts it for its health.
+    #[serde(default)]
+    pub health_restart_after: u32,
     /// Services registered on the local Consul agent while the app runs (the jobs' shape).
     #[serde(default, alias = "Services")]
     pub services: Vec<ServiceSpec>,
@@ -120,7 +134,12 @@ pub fn parse_task(name: &str, body: &[u8]) -> Result<Task, TaskError> {
             app.name
         )));
     }
-    if app.command.trim().is_empty() {
+    if app.docker.as_ref().is_some_and(|d| !d.is_null()) && app.image.is_none() {
+        return Err(TaskError::Invalid(
+            "content.docker needs content.image".into(),
+        ));
+    }
+    if app.command.trim().is_empty() && app.image.is_none() {
         return Err(TaskError::Invalid("content.command is empty".into()));
     }
     if !(raw.cpu.is_finite() && raw.cpu >= 0.0) {
