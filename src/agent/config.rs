@@ -71,8 +71,76 @@ pub struct AgentConfig {
     pub template: Vec<crate::templates::runner::TemplateSpec>,
     /// Their quiescence, `min[:max]`.
     pub template_wait: Option<crate::templates::runner::Wait>,
-    /// Docker jobs: `keep_containers`, `pull_timeout`.
-    pub docker: crate::process::docker::DockerConfig,
+    /// Docker: jobs' `keep_containers`, `pull_timeout`; the registrator's keys.
+    pub docker: DockerSection,
+}
+
+/// The `[docker]` section: the container driver's settings and the registrator's, side by side
+/// in one table (each part keeps its own type; `driver()` and `registrator()` hand them out).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerSection {
+    /// Keep exited containers once their result is written (`--keep-containers`).
+    pub keep_containers: bool,
+    /// How long a pull of a missing image may take before the job fails.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub pull_timeout: Duration,
+    /// Registrator mode: register the running containers' published ports (`--registrator`).
+    pub registrator: bool,
+    /// The container's IP and exposed port (`--internal`).
+    pub internal: bool,
+    /// The address to register instead of the node's advertise address (`--ip`).
+    pub ip: Option<String>,
+    /// Tags added to every container service (`--tags`).
+    pub tags: Vec<String>,
+    /// Only containers with `SERVICE_NAME` (`--explicit`).
+    pub explicit: bool,
+    /// `always` or `on-success` (`--deregister`).
+    pub deregister: crate::registrator::Deregister,
+    /// Between full comparisons of containers and services (`--resync`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub resync: Duration,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        let d = crate::process::docker::DockerConfig::default();
+        let r = crate::registrator::RegistratorConfig::default();
+        DockerSection {
+            keep_containers: d.keep_containers,
+            pull_timeout: d.pull_timeout,
+            registrator: r.enabled,
+            internal: r.internal,
+            ip: r.ip,
+            tags: r.tags,
+            explicit: r.explicit,
+            deregister: r.deregister,
+            resync: r.resync,
+        }
+    }
+}
+
+impl DockerSection {
+    /// The container driver's settings.
+    pub fn driver(&self) -> crate::process::docker::DockerConfig {
+        crate::process::docker::DockerConfig {
+            keep_containers: self.keep_containers,
+            pull_timeout: self.pull_timeout,
+        }
+    }
+
+    /// The registrator's settings.
+    pub fn registrator(&self) -> crate::registrator::RegistratorConfig {
+        crate::registrator::RegistratorConfig {
+            enabled: self.registrator,
+            internal: self.internal,
+            ip: self.ip.clone(),
+            tags: self.tags.clone(),
+            explicit: self.explicit,
+            deregister: self.deregister,
+            resync: self.resync,
+        }
+    }
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -217,6 +285,21 @@ impl AgentConfig {
         }
         self.apps.validate()?;
         self.checks.validate()?;
+        if self.docker.resync < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                field: "docker.resync",
+                detail: "must be at least 100ms".into(),
+            });
+        }
+        if self.docker.ip.as_deref().is_some_and(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map_or(true, |a| a.is_unspecified())
+        }) {
+            return Err(ConfigError::Invalid {
+                field: "docker.ip",
+                detail: "must be an IP address other services can reach (not 0.0.0.0 or ::)".into(),
+            });
+        }
         if self.dns_port > 65_535 {
             return Err(ConfigError::Invalid {
                 field: "dns_port",
