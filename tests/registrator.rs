@@ -89,6 +89,15 @@ fn consul_and_lab() -> (ImageLab, ConsulDev) {
     (lab, c)
 }
 
+/// A registrator agent beside `c`, for this test's containers only (tests and other test
+/// binaries run containers on the same Engine at once): `args` and `--only-label`.
+fn registrator(c: &ConsulDev, args: &[&str], env: &[(&str, &str)]) -> Servant {
+    let label = format!("servant.node={}", c.node);
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-only-label", &label]);
+    Servant::start(&c.addr(), &c.ip, &all, env).ready()
+}
+
 /// How many times the agent's log says `needle`.
 fn count_in_log(s: &Servant, needle: &str) -> usize {
     s.proc.log_text().matches(needle).count()
@@ -102,9 +111,7 @@ fn count_in_log(s: &Servant, needle: &str) -> usize {
 fn a_published_port_is_a_service_with_a_passing_check_in_dns_until_the_container_dies() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let s = c
-        .servant(&["--registrator", "--resync", "1h", "--no-apps"])
-        .ready();
+    let s = registrator(&c, &["--registrator", "--resync", "1h", "--no-apps"], &[]);
     let name = unique("web");
     let port = free_port();
     let publish = format!("{port}:80");
@@ -196,9 +203,7 @@ fn a_published_port_is_a_service_with_a_passing_check_in_dns_until_the_container
 fn no_stale_service_after_the_agent_is_killed_and_a_container_removed_meanwhile() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let mut s = c
-        .servant(&["--registrator", "--resync", "1h", "--no-apps"])
-        .ready();
+    let mut s = registrator(&c, &["--registrator", "--resync", "1h", "--no-apps"], &[]);
     let (a, b, n) = (unique("keep"), unique("gone"), unique("new"));
     let (sa, sb, sn) = (unique("sa"), unique("sb"), unique("sn"));
     let _ca = run_httpd(
@@ -243,9 +248,7 @@ fn no_stale_service_after_the_agent_is_killed_and_a_container_removed_meanwhile(
         "nobody removed it yet"
     );
 
-    let s2 = c
-        .servant(&["--registrator", "--resync", "1h", "--no-apps"])
-        .ready();
+    let s2 = registrator(&c, &["--registrator", "--resync", "1h", "--no-apps"], &[]);
     wait_gone(&h, &idb, T);
     wait_service(&h, &idn);
     let now = agent_services(&h);
@@ -354,13 +357,11 @@ fn the_event_stream_reconnects_through_a_restarted_proxy_and_resyncs() {
     let sock = dir.path().join("docker.sock");
     let mut proxy = SockProxy::start(&sock);
     let host = format!("unix://{}", sock.display());
-    let s = Servant::start(
-        &c.addr(),
-        &c.ip,
+    let s = registrator(
+        &c,
         &["--registrator", "--resync", "1h", "--no-apps"],
         &[("DOCKER_HOST", host.as_str())],
-    )
-    .ready();
+    );
     let first = unique("before");
     let _c1 = run_httpd(
         &lab,
@@ -405,9 +406,11 @@ fn the_event_stream_reconnects_through_a_restarted_proxy_and_resyncs() {
 fn a_resync_with_nothing_changed_writes_nothing() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let s = c
-        .servant(&["--registrator", "--resync", "300ms", "--no-apps"])
-        .ready();
+    let s = registrator(
+        &c,
+        &["--registrator", "--resync", "300ms", "--no-apps"],
+        &[],
+    );
     let svc = unique("quiet");
     let mut ctrs = Vec::new();
     for i in 0..3 {
@@ -461,8 +464,9 @@ fn a_resync_with_nothing_changed_writes_nothing() {
 fn ignore_false_explicit_and_tags() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let s = c
-        .servant(&[
+    let s = registrator(
+        &c,
+        &[
             "-registrator",
             "-explicit",
             "-tags",
@@ -470,8 +474,9 @@ fn ignore_false_explicit_and_tags() {
             "-resync",
             "300ms",
             "-no-apps",
-        ])
-        .ready();
+        ],
+        &[],
+    );
     let (unnamed, ignored, kept) = (unique("unnamed"), unique("ignored"), unique("kept"));
     let _c1 = run_httpd(&lab, &unnamed, &["-p", "80"], "u");
     let _c2 = run_httpd(
@@ -526,9 +531,7 @@ fn ignore_false_explicit_and_tags() {
 fn internal_registers_the_container_ip_and_exposed_port() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let _s = c
-        .servant(&["-registrator", "-internal", "-no-apps"])
-        .ready();
+    let _s = registrator(&c, &["-registrator", "-internal", "-no-apps"], &[]);
     let name = unique("internal");
     let _c = run_httpd(
         &lab,
@@ -581,7 +584,7 @@ impl Drop for GroupGuard {
 fn the_haproxy_consul_template_routes_each_container_by_host_name() {
     let (lab, c) = consul_and_lab();
     let h = c.http();
-    let _s = c.servant(&["--registrator", "--no-apps"]).ready();
+    let _s = registrator(&c, &["--registrator", "--no-apps"], &[]);
     let (alpha, beta) = (unique("alpha"), unique("beta"));
     let (sa, sb) = (unique("sa"), unique("sb"));
     let _ca = run_httpd(

@@ -100,6 +100,8 @@ pub struct DockerSection {
     /// Between full comparisons of containers and services (`--resync`).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub resync: Duration,
+    /// Only containers with this label, `KEY` or `KEY=VALUE` (`--only-label`).
+    pub only_label: Option<String>,
 }
 
 impl Default for DockerSection {
@@ -116,6 +118,7 @@ impl Default for DockerSection {
             explicit: r.explicit,
             deregister: r.deregister,
             resync: r.resync,
+            only_label: r.only_label,
         }
     }
 }
@@ -139,6 +142,7 @@ impl DockerSection {
             explicit: self.explicit,
             deregister: self.deregister,
             resync: self.resync,
+            only_label: self.only_label.clone(),
         }
     }
 }

@@ -137,6 +137,9 @@ pub struct AgentArgs {
     /// Registrator: between full comparisons of containers and services.
     #[arg(long, env = "SERVANT_RESYNC", value_parser = parse_duration)]
     pub resync: Option<std::time::Duration>,
+    /// Registrator: only containers with this label, KEY or KEY=VALUE.
+    #[arg(long, value_name = "LABEL")]
+    pub only_label: Option<String>,
 }
 
 impl AgentArgs {
@@ -246,6 +249,9 @@ impl AgentArgs {
         if let Some(r) = self.resync {
             d.resync = r;
         }
+        if self.only_label.is_some() {
+            d.only_label = self.only_label.clone();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -353,6 +359,8 @@ mod tests {
             "on-success",
             "-resync",
             "2s",
+            "-only-label",
+            "team=a",
         ]);
         use std::time::Duration as D;
         assert_eq!(c.data_dir, std::path::PathBuf::from("/d"));
@@ -391,6 +399,7 @@ mod tests {
         assert_eq!(r.tags, vec!["a", "b"]);
         assert_eq!(r.deregister, crate::registrator::Deregister::OnSuccess);
         assert_eq!(r.resync, D::from_secs(2));
+        assert_eq!(r.only_label.as_deref(), Some("team=a"));
         assert_eq!(
             (
                 c.kv_prefix.as_str(),

@@ -48,6 +48,9 @@ pub struct RegistratorConfig {
     pub deregister: Deregister,
     /// Between full comparisons of containers and services (`-resync`).
     pub resync: Duration,
+    /// Only containers with this label, `KEY` or `KEY=VALUE` (`--only-label`): several
+    /// registrators on one Engine, each for its own containers.
+    pub only_label: Option<String>,
 }
 
 impl Default for RegistratorConfig {
@@ -60,6 +63,7 @@ impl Default for RegistratorConfig {
             explicit: false,
             deregister: Deregister::Always,
             resync: Duration::from_secs(30),
+            only_label: None,
         }
     }
 }

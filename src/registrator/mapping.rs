@@ -82,7 +82,16 @@ pub struct Settings {
 /// Whether a container's services belong in Consul: while it runs, and with
 /// `-deregister on-success` also after a failed exit, until it is removed.
 pub fn wanted(c: &Container, s: &Settings) -> bool {
-    c.running || (s.cfg.deregister == Deregister::OnSuccess && c.exit_code.is_some_and(|e| e != 0))
+    let labelled = match s.cfg.only_label.as_deref().map(|l| l.split_once('=')) {
+        None => true,
+        Some(Some((k, v))) => c.labels.get(k).is_some_and(|x| x == v),
+        Some(None) => c
+            .labels
+            .contains_key(s.cfg.only_label.as_deref().unwrap_or_default()),
+    };
+    labelled
+        && (c.running
+            || (s.cfg.deregister == Deregister::OnSuccess && c.exit_code.is_some_and(|e| e != 0)))
 }
 
 /// The ID prefix of every service of the container named `name` on `node`.
@@ -607,6 +616,22 @@ mod tests {
         s.cfg.deregister = Deregister::OnSuccess;
         assert_eq!(services(&c, &s).len(), 1);
         c.exit_code = Some(0);
+        assert!(services(&c, &s).is_empty());
+    }
+
+    #[test]
+    fn only_label_keeps_to_labelled_containers() {
+        let mut s = settings();
+        s.cfg.only_label = Some("team=a".into());
+        let mut c = web();
+        assert!(services(&c, &s).is_empty());
+        label(&mut c, "team", "b");
+        assert!(services(&c, &s).is_empty());
+        label(&mut c, "team", "a");
+        assert_eq!(services(&c, &s).len(), 1);
+        s.cfg.only_label = Some("team".into());
+        assert_eq!(services(&c, &s).len(), 1);
+        s.cfg.only_label = Some("other".into());
         assert!(services(&c, &s).is_empty());
     }
 

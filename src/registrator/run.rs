@@ -160,9 +160,13 @@ impl Registrator {
         if self.cfg.deregister == Deregister::OnSuccess {
             status.push("exited".into());
         }
+        let mut filters = HashMap::from([("status".to_string(), status)]);
+        if let Some(l) = &self.cfg.only_label {
+            filters.insert("label".into(), vec![l.clone()]);
+        }
         let opts = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([("status".to_string(), status)])),
+            filters: Some(filters),
             ..Default::default()
         };
         let list = docker
@@ -334,7 +338,7 @@ impl Registrator {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs().saturating_sub(1))
                 .unwrap_or(0);
-            let filters = HashMap::from([
+            let mut filters = HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
                 (
                     "event".to_string(),
@@ -343,6 +347,9 @@ impl Registrator {
                         .to_vec(),
                 ),
             ]);
+            if let Some(l) = &self.cfg.only_label {
+                filters.insert("label".into(), vec![l.clone()]);
+            }
             let mut events = docker.events(Some(EventsOptions {
                 since: Some(since.to_string()),
                 filters: Some(filters),
