@@ -169,7 +169,11 @@ fn main() {
         let n = v
             .as_object()?
             .values()
-            .filter(|s| s["Service"].as_str().is_some_and(|n| n.starts_with("fifty-")))
+            .filter(|s| {
+                s["Service"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("fifty-"))
+            })
             .count();
         (n == 50).then_some(())
     });
@@ -190,7 +194,11 @@ fn main() {
         h.index_of("/v1/catalog/services"),
     );
     let n = (r1 - r0) as f64;
-    println!("registrator, 50 unchanged containers, {} resyncs in {:.1} s:", r1 - r0, spent.as_secs_f64());
+    println!(
+        "registrator, 50 unchanged containers, {} resyncs in {:.1} s:",
+        r1 - r0,
+        spent.as_secs_f64()
+    );
     println!(
         "  service register/deregister requests:    {} ({:.2} per resync)",
         w1 - w0,

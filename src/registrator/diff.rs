@@ -42,7 +42,7 @@ pub fn plan(
         let same = current.iter().any(|c| {
             c.id == id
                 && c.meta.get(OWNER_META).map(String::as_str) == Some(node)
-                && c.meta.get(SPEC_META).is_some()
+                && c.meta.contains_key(SPEC_META)
                 && c.meta.get(SPEC_META) == w.meta.get(SPEC_META)
         });
         if !same {

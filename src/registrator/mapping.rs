@@ -114,6 +114,7 @@ fn metadata(c: &Container, port: u16) -> (BTreeMap<String, String>, BTreeSet<Str
     let labels = c.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     // Each entry: (key, value, from a label, port-specific).
     let mut entries: Vec<(String, &str, bool, bool)> = Vec::new();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     for (k, v, label) in env
         .map(|(k, v)| (k, v, false))
         .chain(labels.map(|(k, v)| (k, v, true)))
@@ -122,12 +123,12 @@ fn metadata(c: &Container, port: u16) -> (BTreeMap<String, String>, BTreeSet<Str
             continue;
         };
         match rest.split_once('_') {
-            Some((p, key)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                if p == port && !key.is_empty() {
-                    entries.push((key.to_ascii_lowercase(), v, label, true));
-                }
+            Some((p, key)) if digits(p) && p == port && !key.is_empty() => {
+                entries.push((key.to_ascii_lowercase(), v, label, true));
             }
-            _ if rest.bytes().all(|b| b.is_ascii_digit()) => {}
+            // Another port's.
+            Some((p, _)) if digits(p) => {}
+            _ if digits(rest) => {}
             _ if !rest.is_empty() => entries.push((rest.to_ascii_lowercase(), v, label, false)),
             _ => {}
         }
@@ -235,30 +236,23 @@ pub fn services(c: &Container, s: &Settings) -> Vec<AgentServiceRegistration> {
     if !wanted(c, s) || c.name.is_empty() {
         return Vec::new();
     }
-    // A port published on both IPv4 and IPv6 is one port.
-    let mut ports: Vec<&Port> = Vec::new();
-    for p in &c.ports {
-        if !ports
-            .iter()
-            .any(|q| (q.exposed, q.proto) == (p.exposed, p.proto))
-        {
-            let better = c
-                .ports
-                .iter()
-                .filter(|q| (q.exposed, q.proto) == (p.exposed, p.proto))
+    // One entry per port and protocol (Docker lists a port published on IPv4 and IPv6 twice):
+    // published on IPv4 first, else published, else only exposed.
+    let mut keys: Vec<(u16, Proto)> = c.ports.iter().map(|p| (p.exposed, p.proto)).collect();
+    keys.sort();
+    keys.dedup();
+    let ports: Vec<&Port> = keys
+        .iter()
+        .filter_map(|k| {
+            let same = || c.ports.iter().filter(move |q| (q.exposed, q.proto) == *k);
+            same()
                 .find(|q| {
                     q.host_port.is_some() && !q.host_ip.as_deref().unwrap_or("").contains(':')
                 })
-                .or_else(|| {
-                    c.ports.iter().find(|q| {
-                        (q.exposed, q.proto) == (p.exposed, p.proto) && q.host_port.is_some()
-                    })
-                })
-                .unwrap_or(p);
-            ports.push(better);
-        }
-    }
-    ports.sort_by_key(|p| (p.exposed, p.proto));
+                .or_else(|| same().find(|q| q.host_port.is_some()))
+                .or_else(|| same().next())
+        })
+        .collect();
     // As registrator: "several ports" counts every port of the container, published or not.
     let group = ports.len() > 1;
     let mut out = Vec::new();
@@ -617,6 +611,23 @@ mod tests {
         assert_eq!(services(&c, &s).len(), 1);
         c.exit_code = Some(0);
         assert!(services(&c, &s).is_empty());
+    }
+
+    #[test]
+    fn a_port_published_on_ipv4_and_ipv6_is_one_service() {
+        let mut c = web();
+        c.ports.insert(
+            0,
+            Port {
+                exposed: 80,
+                proto: Proto::Tcp,
+                host_ip: Some("::".into()),
+                host_port: Some(8081),
+            },
+        );
+        let v = services(&c, &settings());
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].name, "nginx", "one port, no suffix");
     }
 
     #[test]

@@ -295,6 +295,15 @@ impl Registrator {
         self.apply(p).await
     }
 
+    /// Removes the services of a container name that no longer exists.
+    async fn sync_gone(&mut self, name: &str) -> Result<SyncStats, RegistratorError> {
+        let scope = id_prefix(&self.node, name);
+        let current = self.client.agent_service_list().await?;
+        let p = plan(&[], &current, &self.node, Some(&scope));
+        self.track_ttl(&[], Some(&scope));
+        self.apply(p).await
+    }
+
     /// Passes the TTL checks that are due (a third of their TTL since the last pass).
     async fn pass_ttl(&mut self) {
         let now = Instant::now();
@@ -369,7 +378,12 @@ impl Registrator {
                             let attrs = actor.attributes.unwrap_or_default();
                             let action = m.action.unwrap_or_default();
                             debug!(container = %id, %action, "registrator: event");
-                            match self.sync_one(&docker, &id, attrs.get("name").map(String::as_str)).await {
+                            let mut synced = self.sync_one(&docker, &id, attrs.get("name").map(String::as_str)).await;
+                            // A renamed container's services under its old name go.
+                            if let (true, Some(old), Ok(_)) = (action == "rename", attrs.get("oldName"), &synced) {
+                                synced = self.sync_gone(old.trim_start_matches('/')).await;
+                            }
+                            match synced {
                                 Ok(_) => {}
                                 Err(RegistratorError::Consul(e)) => {
                                     warn!(error = %e, "registrator: consul did not take a change; full resync soon");
