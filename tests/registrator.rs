@@ -698,3 +698,95 @@ fn the_haproxy_consul_template_routes_each_container_by_host_name() {
     let (status, _) = get_host(&listen, "nobody-80.example.test").expect("an answer");
     assert_eq!(status, 503, "an unknown host reaches no backend");
 }
+
+/// `-deregister on-success`: a container that exits non-zero keeps its service (until it is
+/// removed); one that exits 0 loses it, as with `always`.
+#[test]
+fn deregister_on_success_keeps_a_failed_containers_service_until_it_is_removed() {
+    let (lab, c) = consul_and_lab();
+    let h = c.http();
+    let s = registrator(
+        &c,
+        &[
+            "-registrator",
+            "-deregister",
+            "on-success",
+            "-resync",
+            "300ms",
+            "-no-apps",
+        ],
+        &[],
+    );
+    let node_label = format!("servant.node={}", lab.node);
+    let run = |name: &str, code: u8| {
+        // httpd without -f goes to the background; the shell exits after the test saw it.
+        let script = format!(
+            "mkdir -p /www && echo x > /www/index.html && httpd -p 80 -h /www && \
+             while [ ! -e /www/go ]; do sleep 0.1; done; exit {code}"
+        );
+        let (ok, _, err) = docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-l",
+            &node_label,
+            "-p",
+            "80",
+            &lab.image,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert!(ok, "{err}");
+        Ctr(name.to_string())
+    };
+    let (failed, fine) = (unique("fails"), unique("fine"));
+    let cf = run(&failed, 3);
+    let _cok = run(&fine, 0);
+    let idf = format!("{}:{failed}:80", c.node);
+    let idok = format!("{}:{fine}:80", c.node);
+    wait_service(&h, &idf);
+    wait_service(&h, &idok);
+    for n in [&failed, &fine] {
+        let (ok, _, err) = docker(&["exec", n, "touch", "/www/go"]);
+        assert!(ok, "{err}");
+    }
+    wait_gone(&h, &idok, T);
+    let (_, code, _) = docker(&["wait", &failed]);
+    assert_eq!(code.trim(), "3");
+    // Several resyncs later the failed one's service is still there.
+    let n = count_in_log(&s, "registrator: resync");
+    wait_for("three more resyncs", T, || {
+        (count_in_log(&s, "registrator: resync") >= n + 3).then_some(())
+    });
+    assert!(agent_services(&h).contains_key(&idf));
+    drop(cf);
+    wait_gone(&h, &idf, T);
+}
+
+/// Consul itself restarts (a dev agent: every service is lost): the next resync registers the
+/// containers' services again.
+#[test]
+fn services_come_back_after_consul_restarts() {
+    let (lab, mut c) = consul_and_lab();
+    let h = c.http();
+    let _s = registrator(&c, &["-registrator", "-resync", "1s", "-no-apps"], &[]);
+    let name = unique("back");
+    let _ctr = run_httpd(&lab, &name, &["-p", "80", "-l", "SERVICE_NAME=back"], "b");
+    let id = format!("{}:{name}:80", c.node);
+    wait_service(&h, &id);
+
+    c.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(c.proc.wait_exit(Duration::from_secs(10)).is_some());
+    let mut cmd = std::process::Command::new(consul_bin());
+    cmd.args([
+        "agent", "-dev", "-bind", &c.ip, "-client", &c.ip, "-node", &c.node,
+    ]);
+    c.proc = spawn_logged("consul", &mut cmd, &c.dir.path().join("consul2.log"));
+    wait_for("consul back with a leader", T, || {
+        let (s, b) = h.try_get("/v1/status/leader")?;
+        (s == 200 && b.len() > 4).then_some(())
+    });
+    wait_service(&h, &id);
+}

@@ -24,14 +24,18 @@ impl Plan {
 /// Compares `wanted` with the agent's `current` services. Only services whose owner Meta names
 /// `node` are ours to remove; with `scope` (a container's ID prefix), only those under it, so a
 /// sync of one container leaves the others alone. A wanted service is written when the agent
-/// lacks it, holds it under another owner, or holds another spec of it.
+/// lacks it, holds it under another owner, or holds another spec of it. Services under a
+/// `keep` prefix (a failed container with `-deregister on-success`) are left as they are.
 pub fn plan(
     wanted: &[AgentServiceRegistration],
     current: &[AgentService],
     node: &str,
     scope: Option<&str>,
+    keep: &[String],
 ) -> Plan {
-    let in_scope = |id: &str| scope.is_none_or(|p| id.starts_with(p));
+    let in_scope = |id: &str| {
+        scope.is_none_or(|p| id.starts_with(p)) && !keep.iter().any(|k| id.starts_with(k))
+    };
     let mut seen = BTreeSet::new();
     let mut register = Vec::new();
     for w in wanted {
@@ -104,7 +108,7 @@ mod tests {
     fn unchanged_services_cost_nothing() {
         let w = vec![reg("n1:a:80", 1), reg("n1:b:80", 2)];
         let cur: Vec<_> = w.iter().map(held).collect();
-        assert!(plan(&w, &cur, "n1", None).is_empty());
+        assert!(plan(&w, &cur, "n1", None, &[]).is_empty());
     }
 
     #[test]
@@ -113,15 +117,23 @@ mod tests {
         let mut cur = vec![held(&reg("n1:a:80", 9)), held(&reg("n1:gone:80", 3))];
         cur.push(foreign("servant-n1", None));
         cur.push(foreign("n2:c:80", Some("n2")));
-        let p = plan(&w, &cur, "n1", None);
+        let p = plan(&w, &cur, "n1", None, &[]);
         let ids: Vec<_> = p.register.iter().map(|r| r.id.clone().unwrap()).collect();
         assert_eq!(ids, vec!["n1:a:80", "n1:b:80"]);
         assert_eq!(p.deregister, vec!["n1:gone:80"], "never another owner's");
         // One container's sync touches that container only.
-        let p = plan(&w, &cur, "n1", Some("n1:gone:"));
+        let p = plan(&w, &cur, "n1", Some("n1:gone:"), &[]);
         assert_eq!((p.register.len(), p.deregister.len()), (0, 1));
-        let p = plan(&w, &cur, "n1", Some("n1:a:"));
+        let p = plan(&w, &cur, "n1", Some("n1:a:"), &[]);
         assert_eq!((p.register.len(), p.deregister.len()), (1, 0));
+    }
+
+    #[test]
+    fn kept_services_are_left_alone() {
+        let cur = vec![held(&reg("n1:failed:80", 1)), held(&reg("n1:gone:80", 2))];
+        let p = plan(&[], &cur, "n1", None, &["n1:failed:".to_string()]);
+        assert_eq!(p.deregister, vec!["n1:gone:80"]);
+        assert!(p.register.is_empty());
     }
 
     #[test]
@@ -129,7 +141,7 @@ mod tests {
         let w = vec![reg("n1:a:80", 1)];
         let mut other = held(&w[0]);
         other.meta.remove(OWNER_META);
-        assert_eq!(plan(&w, &[other], "n1", None).register.len(), 1);
+        assert_eq!(plan(&w, &[other], "n1", None, &[]).register.len(), 1);
     }
 
     proptest::proptest! {
@@ -144,13 +156,13 @@ mod tests {
             let w: Vec<_> = wanted.iter().map(|(i, p)| reg(&format!("n1:c{i}:80"), *p)).collect();
             let mut cur: Vec<AgentService> = ours.iter().map(|(i, p)| held(&reg(&format!("n1:c{i}:80"), *p))).collect();
             cur.extend(theirs.iter().map(|i| foreign(&format!("n2:c{i}:80"), Some("n2"))));
-            let p = plan(&w, &cur, "n1", None);
+            let p = plan(&w, &cur, "n1", None, &[]);
             for r in &p.register {
                 cur.retain(|c| Some(&c.id) != r.id.as_ref());
                 cur.push(held(r));
             }
             cur.retain(|c| !p.deregister.contains(&c.id));
-            proptest::prop_assert!(plan(&w, &cur, "n1", None).is_empty());
+            proptest::prop_assert!(plan(&w, &cur, "n1", None, &[]).is_empty());
             let mine: BTreeSet<_> = cur.iter().filter(|c| c.id.starts_with("n1:")).map(|c| c.id.clone()).collect();
             let want: BTreeSet<_> = w.iter().map(|r| r.id.clone().unwrap()).collect();
             proptest::prop_assert_eq!(mine, want);

@@ -79,19 +79,30 @@ pub struct Settings {
     pub cfg: RegistratorConfig,
 }
 
-/// Whether a container's services belong in Consul: while it runs, and with
-/// `-deregister on-success` also after a failed exit, until it is removed.
-pub fn wanted(c: &Container, s: &Settings) -> bool {
-    let labelled = match s.cfg.only_label.as_deref().map(|l| l.split_once('=')) {
+/// Whether `--only-label` lets the registrator see a container.
+fn labelled(c: &Container, s: &Settings) -> bool {
+    match s.cfg.only_label.as_deref() {
         None => true,
-        Some(Some((k, v))) => c.labels.get(k).is_some_and(|x| x == v),
-        Some(None) => c
-            .labels
-            .contains_key(s.cfg.only_label.as_deref().unwrap_or_default()),
-    };
-    labelled
-        && (c.running
-            || (s.cfg.deregister == Deregister::OnSuccess && c.exit_code.is_some_and(|e| e != 0)))
+        Some(l) => match l.split_once('=') {
+            Some((k, v)) => c.labels.get(k).is_some_and(|x| x == v),
+            None => c.labels.contains_key(l),
+        },
+    }
+}
+
+/// Whether a container's services belong in Consul: while it runs.
+pub fn wanted(c: &Container, s: &Settings) -> bool {
+    labelled(c, s) && c.running
+}
+
+/// Whether a stopped container keeps the services it has (`-deregister on-success` after a
+/// failed exit, until it is removed). The Engine forgets a stopped container's published
+/// ports, so they are kept as registered, not mapped again.
+pub fn kept(c: &Container, s: &Settings) -> bool {
+    labelled(c, s)
+        && !c.running
+        && s.cfg.deregister == Deregister::OnSuccess
+        && c.exit_code.is_some_and(|e| e != 0)
 }
 
 /// The ID prefix of every service of the container named `name` on `node`.
@@ -601,16 +612,24 @@ mod tests {
     }
 
     #[test]
-    fn stopped_containers_have_services_only_after_a_failure_with_on_success() {
+    fn stopped_containers_keep_services_only_after_a_failure_with_on_success() {
         let mut c = web();
         c.running = false;
         c.exit_code = Some(1);
         assert!(services(&c, &settings()).is_empty());
+        assert!(!kept(&c, &settings()));
         let mut s = settings();
         s.cfg.deregister = Deregister::OnSuccess;
-        assert_eq!(services(&c, &s).len(), 1);
+        assert!(kept(&c, &s));
+        assert!(
+            services(&c, &s).is_empty(),
+            "kept as registered, not mapped"
+        );
         c.exit_code = Some(0);
-        assert!(services(&c, &s).is_empty());
+        assert!(!kept(&c, &s));
+        s.cfg.only_label = Some("x".into());
+        c.exit_code = Some(1);
+        assert!(!kept(&c, &s), "not ours to keep");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{Deregister, RegistratorConfig};
 use super::diff::{plan, Plan};
-use super::mapping::{id_prefix, services, ttl_check, Container, Port, Proto, Settings};
+use super::mapping::{id_prefix, kept, services, ttl_check, Container, Port, Proto, Settings};
 use crate::consul::{AgentServiceRegistration, CheckUpdate, Client, ConsulError};
 use crate::process::docker::{connect, DockerError};
 use crate::util::backoff::Backoff;
@@ -241,8 +241,13 @@ impl Registrator {
             .iter()
             .flat_map(|c| services(c, &settings))
             .collect();
+        let keep: Vec<String> = containers
+            .iter()
+            .filter(|c| kept(c, &settings))
+            .map(|c| id_prefix(&self.node, &c.name))
+            .collect();
         let current = self.client.agent_service_list().await?;
-        let p = plan(&wanted, &current, &self.node, None);
+        let p = plan(&wanted, &current, &self.node, None, &keep);
         let old = std::mem::take(&mut self.ttl);
         self.track_ttl(&wanted, None);
         // Keep the last pass of checks that were already held.
@@ -277,20 +282,26 @@ impl Registrator {
         name: Option<&str>,
     ) -> Result<SyncStats, RegistratorError> {
         let settings = self.settings().await?;
-        let (wanted, name) = match docker.inspect_container(id, None).await {
+        let (wanted, name, keep) = match docker.inspect_container(id, None).await {
             Ok(i) => {
                 let c = from_inspect(i);
-                (services(&c, &settings), c.name)
+                let keep = kept(&c, &settings);
+                (services(&c, &settings), c.name, keep)
             }
             Err(e) if not_found(&e) => match name {
-                Some(n) => (Vec::new(), n.to_string()),
+                Some(n) => (Vec::new(), n.to_string(), false),
                 None => return Ok(SyncStats::default()),
             },
             Err(e) => return Err(api("inspect")(e)),
         };
         let scope = id_prefix(&self.node, &name);
+        if keep {
+            // Its services stay as registered; nothing runs to pass their TTL checks.
+            self.track_ttl(&[], Some(&scope));
+            return Ok(SyncStats::default());
+        }
         let current = self.client.agent_service_list().await?;
-        let p = plan(&wanted, &current, &self.node, Some(&scope));
+        let p = plan(&wanted, &current, &self.node, Some(&scope), &[]);
         self.track_ttl(&wanted, Some(&scope));
         self.apply(p).await
     }
@@ -299,7 +310,7 @@ impl Registrator {
     async fn sync_gone(&mut self, name: &str) -> Result<SyncStats, RegistratorError> {
         let scope = id_prefix(&self.node, name);
         let current = self.client.agent_service_list().await?;
-        let p = plan(&[], &current, &self.node, Some(&scope));
+        let p = plan(&[], &current, &self.node, Some(&scope), &[]);
         self.track_ttl(&[], Some(&scope));
         self.apply(p).await
     }
