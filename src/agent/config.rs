@@ -396,6 +396,52 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_section_holds_the_driver_and_the_registrator() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(
+            &t,
+            "[docker]\nkeep_containers = true\nregistrator = true\nresync = \"5s\"\nderegister = \"on-success\"\ntags = [\"a\"]\nip = \"10.0.0.9\"\nonly_label = \"team\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&t).unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.docker.driver().keep_containers);
+        let r = c.docker.registrator();
+        assert!(r.enabled && !r.internal && !r.explicit);
+        assert_eq!(r.resync, Duration::from_secs(5));
+        assert_eq!(r.deregister, crate::registrator::Deregister::OnSuccess);
+        assert_eq!(r.tags, vec!["a"]);
+        assert_eq!(r.ip.as_deref(), Some("10.0.0.9"));
+        assert_eq!(r.only_label.as_deref(), Some("team"));
+        assert_eq!(
+            AgentConfig::default().docker.registrator().resync,
+            Duration::from_secs(30)
+        );
+        for (text, field) in [
+            ("[docker]\nderegister = \"never\"\n", "docker.deregister"),
+            ("[docker]\nresync = \"soon\"\n", "docker.resync"),
+            ("[docker]\nregistrater = true\n", "registrater"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        for (text, field) in [
+            ("[docker]\nresync = \"10ms\"\n", "docker.resync"),
+            ("[docker]\nip = \"0.0.0.0\"\n", "docker.ip"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn dns_port_follows_consul_minus_one_or_zero_turn_it_off() {
         let port = |p: i32| AgentConfig {
             dns_port: p,
