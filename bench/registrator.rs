@@ -205,6 +205,9 @@ fn main() {
         (w1 - w0) as f64 / n
     );
     println!("  catalog index:                           {i0} -> {i1}");
+    println!(
+        "  (the proxy counted {w0} service writes before: parts 1 and 2's registrations and removals)"
+    );
     for n in &names {
         docker(&["rm", "-f", n]);
     }
