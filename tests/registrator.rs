@@ -790,3 +790,46 @@ fn services_come_back_after_consul_restarts() {
     });
     wait_service(&h, &id);
 }
+
+/// `SERVICE_CHECK_TTL`: the agent passes the TTL check while the container runs (registrator's
+/// `-ttl` did nothing on Consul), so it passes and stays passing past several TTLs; once the
+/// container stops, its service goes.
+#[test]
+fn ttl_checks_are_passed_while_the_container_runs() {
+    let (lab, c) = consul_and_lab();
+    let h = c.http();
+    let _s = registrator(&c, &["-registrator", "-no-apps"], &[]);
+    let name = unique("ttl");
+    let ctr = run_httpd(
+        &lab,
+        &name,
+        &[
+            "-p",
+            "80",
+            "-l",
+            "SERVICE_NAME=ttl",
+            "-l",
+            "SERVICE_CHECK_TTL=3s",
+        ],
+        "t",
+    );
+    let id = format!("{}:{name}:80", c.node);
+    let check = format!("service:{id}");
+    let status = || -> Option<String> {
+        h.get_json("/v1/agent/checks")?
+            .get(&check)?
+            .get("Status")?
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_for("the TTL check passing", T, || {
+        (status()? == "passing").then_some(())
+    });
+    // Three TTLs: without the agent's passes it would turn critical after one.
+    for _ in 0..9 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(status().as_deref(), Some("passing"));
+    }
+    drop(ctr);
+    wait_gone(&h, &id, T);
+}
