@@ -16,6 +16,7 @@ pub mod consul;
 pub mod devserver;
 pub mod jobs;
 pub mod process;
+pub mod registrator;
 pub mod templates;
 pub mod util;
 pub mod wire;

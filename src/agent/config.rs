@@ -71,8 +71,80 @@ pub struct AgentConfig {
     pub template: Vec<crate::templates::runner::TemplateSpec>,
     /// Their quiescence, `min[:max]`.
     pub template_wait: Option<crate::templates::runner::Wait>,
-    /// Docker jobs: `keep_containers`, `pull_timeout`.
-    pub docker: crate::process::docker::DockerConfig,
+    /// Docker: jobs' `keep_containers`, `pull_timeout`; the registrator's keys.
+    pub docker: DockerSection,
+}
+
+/// The `[docker]` section: the container driver's settings and the registrator's, side by side
+/// in one table (each part keeps its own type; `driver()` and `registrator()` hand them out).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerSection {
+    /// Keep exited containers once their result is written (`--keep-containers`).
+    pub keep_containers: bool,
+    /// How long a pull of a missing image may take before the job fails.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub pull_timeout: Duration,
+    /// Registrator mode: register the running containers' published ports (`--registrator`).
+    pub registrator: bool,
+    /// The container's IP and exposed port (`--internal`).
+    pub internal: bool,
+    /// The address to register instead of the node's advertise address (`--ip`).
+    pub ip: Option<String>,
+    /// Tags added to every container service (`--tags`).
+    pub tags: Vec<String>,
+    /// Only containers with `SERVICE_NAME` (`--explicit`).
+    pub explicit: bool,
+    /// `always` or `on-success` (`--deregister`).
+    pub deregister: crate::registrator::Deregister,
+    /// Between full comparisons of containers and services (`--resync`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub resync: Duration,
+    /// Only containers with this label, `KEY` or `KEY=VALUE` (`--only-label`).
+    pub only_label: Option<String>,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        let d = crate::process::docker::DockerConfig::default();
+        let r = crate::registrator::RegistratorConfig::default();
+        DockerSection {
+            keep_containers: d.keep_containers,
+            pull_timeout: d.pull_timeout,
+            registrator: r.enabled,
+            internal: r.internal,
+            ip: r.ip,
+            tags: r.tags,
+            explicit: r.explicit,
+            deregister: r.deregister,
+            resync: r.resync,
+            only_label: r.only_label,
+        }
+    }
+}
+
+impl DockerSection {
+    /// The container driver's settings.
+    pub fn driver(&self) -> crate::process::docker::DockerConfig {
+        crate::process::docker::DockerConfig {
+            keep_containers: self.keep_containers,
+            pull_timeout: self.pull_timeout,
+        }
+    }
+
+    /// The registrator's settings.
+    pub fn registrator(&self) -> crate::registrator::RegistratorConfig {
+        crate::registrator::RegistratorConfig {
+            enabled: self.registrator,
+            internal: self.internal,
+            ip: self.ip.clone(),
+            tags: self.tags.clone(),
+            explicit: self.explicit,
+            deregister: self.deregister,
+            resync: self.resync,
+            only_label: self.only_label.clone(),
+        }
+    }
 }
 
 /// The one-executable cluster start: launch `consul agent` beside the servant.
@@ -217,6 +289,21 @@ impl AgentConfig {
         }
         self.apps.validate()?;
         self.checks.validate()?;
+        if self.docker.resync < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                field: "docker.resync",
+                detail: "must be at least 100ms".into(),
+            });
+        }
+        if self.docker.ip.as_deref().is_some_and(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map_or(true, |a| a.is_unspecified())
+        }) {
+            return Err(ConfigError::Invalid {
+                field: "docker.ip",
+                detail: "must be an IP address other services can reach (not 0.0.0.0 or ::)".into(),
+            });
+        }
         if self.dns_port > 65_535 {
             return Err(ConfigError::Invalid {
                 field: "dns_port",
@@ -306,6 +393,52 @@ mod tests {
         let c = AgentConfig::load(&j).unwrap();
         assert_eq!(c.kv_prefix, "x");
         assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_docker_section_holds_the_driver_and_the_registrator() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        std::fs::write(
+            &t,
+            "[docker]\nkeep_containers = true\nregistrator = true\nresync = \"5s\"\nderegister = \"on-success\"\ntags = [\"a\"]\nip = \"10.0.0.9\"\nonly_label = \"team\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&t).unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.docker.driver().keep_containers);
+        let r = c.docker.registrator();
+        assert!(r.enabled && !r.internal && !r.explicit);
+        assert_eq!(r.resync, Duration::from_secs(5));
+        assert_eq!(r.deregister, crate::registrator::Deregister::OnSuccess);
+        assert_eq!(r.tags, vec!["a"]);
+        assert_eq!(r.ip.as_deref(), Some("10.0.0.9"));
+        assert_eq!(r.only_label.as_deref(), Some("team"));
+        assert_eq!(
+            AgentConfig::default().docker.registrator().resync,
+            Duration::from_secs(30)
+        );
+        for (text, field) in [
+            ("[docker]\nderegister = \"never\"\n", "docker.deregister"),
+            ("[docker]\nresync = \"soon\"\n", "docker.resync"),
+            ("[docker]\nregistrater = true\n", "registrater"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        for (text, field) in [
+            ("[docker]\nresync = \"10ms\"\n", "docker.resync"),
+            ("[docker]\nip = \"0.0.0.0\"\n", "docker.ip"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

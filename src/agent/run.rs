@@ -384,7 +384,7 @@ async fn run_parts(
             watch_wait: cfg.watch_wait,
             result_max_age: cfg.result_max_age,
             gc_interval: cfg.result_gc_interval,
-            docker: cfg.docker.clone(),
+            docker: cfg.docker.driver(),
         },
         session_rx,
         deadline_rx,
@@ -434,6 +434,14 @@ async fn run_parts(
                 tracing::error!(error = %e, "the agent's templates stopped");
             }
         });
+    }
+    if cfg.docker.registrator {
+        parts.spawn(crate::registrator::run(
+            client.clone(),
+            cfg.docker.registrator(),
+            node.to_string(),
+            stop.clone(),
+        ));
     }
     if cfg.apps.enabled {
         let apps_cfg = crate::apps::node::AppsNodeConfig::new(

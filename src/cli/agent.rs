@@ -114,6 +114,32 @@ pub struct AgentArgs {
     /// How long a pull of a docker job's missing image may take.
     #[arg(long, env = "SERVANT_PULL_TIMEOUT", value_parser = parse_duration)]
     pub pull_timeout: Option<std::time::Duration>,
+    /// Registrator mode: keep the local Consul agent's services equal to the running
+    /// containers' published ports (`[docker] registrator`).
+    #[arg(long)]
+    pub registrator: bool,
+    /// Registrator: register the container's IP and exposed port, not the published ones.
+    #[arg(long)]
+    pub internal: bool,
+    /// Registrator: the address to register (default: the node's advertise address).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// Registrator: tags added to every service, a comma list.
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Registrator: only containers with SERVICE_NAME.
+    #[arg(long)]
+    pub explicit: bool,
+    /// Registrator: when an exited container's services go: always, or on-success (a failed
+    /// container's stay until it is removed).
+    #[arg(long, value_name = "MODE", value_parser = ["always", "on-success"])]
+    pub deregister: Option<String>,
+    /// Registrator: between full comparisons of containers and services.
+    #[arg(long, env = "SERVANT_RESYNC", value_parser = parse_duration)]
+    pub resync: Option<std::time::Duration>,
+    /// Registrator: only containers with this label, KEY or KEY=VALUE.
+    #[arg(long, value_name = "LABEL")]
+    pub only_label: Option<String>,
 }
 
 impl AgentArgs {
@@ -203,6 +229,28 @@ impl AgentArgs {
         c.docker.keep_containers |= self.keep_containers;
         if let Some(t) = self.pull_timeout {
             c.docker.pull_timeout = t;
+        }
+        let d = &mut c.docker;
+        d.registrator |= self.registrator;
+        d.internal |= self.internal;
+        d.explicit |= self.explicit;
+        if self.ip.is_some() {
+            d.ip = self.ip.clone();
+        }
+        d.tags.extend(
+            self.tags
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        );
+        if let Some(m) = &self.deregister {
+            d.deregister = m.parse()?;
+        }
+        if let Some(r) = self.resync {
+            d.resync = r;
+        }
+        if self.only_label.is_some() {
+            d.only_label = self.only_label.clone();
         }
         c.validate()?;
         Ok(c)
@@ -300,6 +348,19 @@ mod tests {
             "t",
             "-dns-port",
             "-1",
+            "-registrator",
+            "-internal",
+            "-ip",
+            "10.1.2.3",
+            "-tags",
+            "a,b",
+            "-explicit",
+            "-deregister",
+            "on-success",
+            "-resync",
+            "2s",
+            "-only-label",
+            "team=a",
         ]);
         use std::time::Duration as D;
         assert_eq!(c.data_dir, std::path::PathBuf::from("/d"));
@@ -332,6 +393,13 @@ mod tests {
         assert_eq!(c.consul.bin.as_deref(), Some("/c"));
         assert_eq!(c.consul.extra_args, vec!["-hcl=x"]);
         assert_eq!(c.dns_port, -1);
+        let r = c.docker.registrator();
+        assert!(r.enabled && r.internal && r.explicit);
+        assert_eq!(r.ip.as_deref(), Some("10.1.2.3"));
+        assert_eq!(r.tags, vec!["a", "b"]);
+        assert_eq!(r.deregister, crate::registrator::Deregister::OnSuccess);
+        assert_eq!(r.resync, D::from_secs(2));
+        assert_eq!(r.only_label.as_deref(), Some("team=a"));
         assert_eq!(
             (
                 c.kv_prefix.as_str(),

@@ -123,6 +123,23 @@ impl AgentServiceRegistration {
     }
 }
 
+/// A service as the local agent lists it (`/v1/agent/services`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub address: String,
+}
+
 /// The three TTL check updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckUpdate {
@@ -149,6 +166,19 @@ impl Client {
             .ok_or_else(|| ConsulError::Decode {
                 path: "/v1/agent/self".into(),
                 detail: "no Config.NodeName".into(),
+            })
+    }
+
+    /// The local agent's LAN advertise address (its member record's `Addr`).
+    pub async fn agent_advertise_addr(&self) -> Result<String, ConsulError> {
+        let v = self.agent_self().await?;
+        v.pointer("/Member/Addr")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| ConsulError::Decode {
+                path: "/v1/agent/self".into(),
+                detail: "no Member.Addr".into(),
             })
     }
 
@@ -199,6 +229,18 @@ impl Client {
             .get_json("/v1/agent/services", &QueryOptions::default(), &[])
             .await?;
         Ok(v.unwrap_or_default())
+    }
+
+    /// Services registered on the local agent, typed.
+    pub async fn agent_service_list(&self) -> Result<Vec<AgentService>, ConsulError> {
+        let (v, _) = self
+            .get_json::<std::collections::BTreeMap<String, AgentService>>(
+                "/v1/agent/services",
+                &QueryOptions::default(),
+                &[],
+            )
+            .await?;
+        Ok(v.unwrap_or_default().into_values().collect())
     }
 
     /// The local agent's checks by ID, as the agent itself sees them: fresher than the

@@ -11,7 +11,9 @@ mod kv;
 mod session;
 mod txn;
 
-pub use agent::{AgentCheckRegistration, AgentMember, AgentServiceRegistration, CheckUpdate};
+pub use agent::{
+    AgentCheckRegistration, AgentMember, AgentService, AgentServiceRegistration, CheckUpdate,
+};
 pub use blocking::{spawn_watch, watch_key, watch_loop, watch_prefix, BlockingIndex};
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
 pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
