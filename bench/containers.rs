@@ -1,0 +1,289 @@
+//! Container benchmark: `cargo bench --bench containers`.
+//!
+//! On a real `consul agent -dev` and the machine's real Docker Engine, with a `FROM scratch`
+//! busybox image built for the run (removed at the end with every container of its node), it
+//! prints medians measured in one run (nothing is asserted: the machine is shared and noisy):
+//! - submit-to-start and submit-to-result of a trivial container job (`true`), beside a
+//!   process job (`true`) and `docker run --rm IMAGE true` timed from the CLI, interleaved
+//!   trial by trial so that all three see the same load;
+//! - the agent's RSS and CPU over a minute with no container, then with 50 running containers
+//!   of its node monitored (its report every 10 s, `/metrics` scraped every 10 s), and the time
+//!   a scrape takes when it refreshes the 50 containers' stats; the Docker daemon's CPU over
+//!   the same minutes.
+//!
+//! BENCH_TRIALS (default 20) sizes the latency part, BENCH_IDLE_SECS (default 60) the minutes,
+//! BENCH_CONTAINERS (default 50) the containers; BENCH_PARTS=latency or BENCH_PARTS=monitor
+//! runs one part.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::docker::{docker, ImageLab};
+use common::*;
+use serde_json::{json, Value};
+
+fn env_or(name: &str, d: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Blocks until `key` exists; returns the value.
+fn block_for(h: &Http, key: &str) -> Value {
+    let mut index = 0u64;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(70))
+        .build()
+        .unwrap();
+    loop {
+        let r = client
+            .get(format!("{}/v1/kv/{key}?index={index}&wait=60s", h.base))
+            .send()
+            .unwrap();
+        index = r
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if r.status().as_u16() == 200 {
+            let v: Value = r.json().unwrap();
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(v[0]["Value"].as_str().unwrap())
+                .unwrap();
+            return serde_json::from_slice(&raw).unwrap();
+        }
+    }
+}
+
+/// One job: (submit-to-start, submit-to-result) in ms.
+fn job(h: &Http, id: &str, body: Value) -> (f64, f64) {
+    let t0 = now_ns();
+    let w = Instant::now();
+    h.put(&format!("/v1/kv/jobs/{id}"), body.to_string());
+    let r = block_for(h, &format!("jdone_jid/jobs/{id}"));
+    let done = w.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    let start = (r["StartTime"].as_i64().unwrap() - t0) as f64 / 1e6;
+    (start, done)
+}
+
+fn latency(c: &ConsulDev, lab: &ImageLab) {
+    let trials = env_or("BENCH_TRIALS", 20);
+    let h = c.http();
+    // One of each first, so that the image and the page cache are warm for all three.
+    job(&h, "warm-c", json!({"Type": "docker", "Image": lab.image, "Command": "true"}));
+    job(&h, "warm-p", json!({"Command": "true"}));
+    docker(&["run", "--rm", &lab.image, "true"]);
+    let (mut cs, mut cd, mut ps, mut pd, mut dr) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..trials {
+        let (s, d) = job(
+            &h,
+            &format!("c{i}"),
+            json!({"Type": "docker", "Image": lab.image, "Command": "true"}),
+        );
+        cs.push(s);
+        cd.push(d);
+        let (s, d) = job(&h, &format!("p{i}"), json!({"Command": "true"}));
+        ps.push(s);
+        pd.push(d);
+        let w = Instant::now();
+        let (ok, _, err) = docker(&["run", "--rm", &lab.image, "true"]);
+        assert!(ok, "{err}");
+        dr.push(w.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (cs, cd, ps, pd, dr) = (
+        median(&mut cs),
+        median(&mut cd),
+        median(&mut ps),
+        median(&mut pd),
+        median(&mut dr),
+    );
+    println!("\n### Submit to start and to result, median of {trials} (ms)");
+    println!("| what | submit-to-start | submit-to-result |");
+    println!("|---|---|---|");
+    println!("| container job `true` | {cs:.1} | {cd:.1} |");
+    println!("| process job `true` | {ps:.2} | {pd:.2} |");
+    println!("| `docker run --rm IMAGE true` (CLI, wall) | - | {dr:.1} |");
+    println!(
+        "| ratio container job / docker run (to result) | | {:.2} |",
+        cd / dr
+    );
+    println!(
+        "| ratio container job / process job (to result) | | {:.1} |",
+        cd / pd
+    );
+}
+
+/// The agent API's address, from its registration in Consul.
+fn api_addr(h: &Http) -> String {
+    wait_for("the servant service", Duration::from_secs(60), || {
+        let v = h.get_json("/v1/catalog/service/servant")?;
+        let s = v.as_array()?.first()?.clone();
+        Some(format!(
+            "{}:{}",
+            s["ServiceAddress"].as_str()?,
+            s["ServicePort"].as_u64()?
+        ))
+    })
+}
+
+fn dockerd_pid() -> Option<i32> {
+    let out = Command::new("pidof").arg("dockerd").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+struct Minute {
+    cpu_pct: f64,
+    dockerd_pct: Option<f64>,
+    rss_mb: f64,
+    scrape_ms: Vec<f64>,
+    series: usize,
+}
+
+/// The agent's CPU and RSS over BENCH_IDLE_SECS while `/metrics` is scraped every 10 s.
+fn minute(pid: i32, api: &str) -> Minute {
+    let secs = env_or("BENCH_IDLE_SECS", 60) as u64;
+    let tick = 100.0; // USER_HZ
+    let client = reqwest::blocking::Client::new();
+    let dpid = dockerd_pid();
+    let (a0, d0, w) = (cpu_ticks(pid), dpid.map(cpu_ticks), Instant::now());
+    let mut scrape_ms = Vec::new();
+    let mut series = 0;
+    while w.elapsed() < Duration::from_secs(secs) {
+        let t = Instant::now();
+        let text = client
+            .get(format!("http://{api}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        scrape_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        series = text
+            .lines()
+            .filter(|l| l.starts_with("servant_container_memory_usage_bytes{"))
+            .count();
+        std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(secs)));
+    }
+    let el = w.elapsed().as_secs_f64();
+    Minute {
+        cpu_pct: (cpu_ticks(pid) - a0) as f64 / tick / el * 100.0,
+        dockerd_pct: dpid
+            .zip(d0)
+            .map(|(p, d0)| (cpu_ticks(p) - d0) as f64 / tick / el * 100.0),
+        rss_mb: rss_kb(pid) as f64 / 1024.0,
+        scrape_ms,
+        series,
+    }
+}
+
+fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
+    let n = env_or("BENCH_CONTAINERS", 50);
+    let h = c.http();
+    let api = api_addr(&h);
+    let pid = s.proc.pid();
+    let idle = minute(pid, &api);
+    // n containers of this node, as its jobs' and apps' are labelled, started with the CLI so
+    // that only the monitoring is added to the agent's work.
+    let w = Instant::now();
+    for i in 0..n {
+        let (ok, _, err) = docker(&[
+            "run",
+            "-d",
+            "--label",
+            &format!("servant.node={}", c.node),
+            "--label",
+            &format!("servant.app=bench{}", i % 5),
+            &lab.image,
+            "sleep",
+            "3600",
+        ]);
+        assert!(ok, "{err}");
+    }
+    println!(
+        "\n(started {n} containers in {:.1} s)",
+        w.elapsed().as_secs_f64()
+    );
+    wait_for("every container in the report", Duration::from_secs(120), || {
+        let raw = h.kv_raw(&format!("appmgr/status/{}/resource", c.node))?;
+        let v: Value = serde_json::from_str(&raw).ok()?;
+        (v["containers"].as_array()?.len() >= n).then_some(())
+    });
+    let busy = minute(pid, &api);
+    let mut si = idle.scrape_ms.clone();
+    let mut sb = busy.scrape_ms.clone();
+    println!(
+        "\n### Agent with {n} running containers monitored, over {} s",
+        env_or("BENCH_IDLE_SECS", 60)
+    );
+    println!("| figure | no container | {n} containers |");
+    println!("|---|---|---|");
+    println!(
+        "| agent CPU (% of one core) | {:.3} | {:.3} |",
+        idle.cpu_pct, busy.cpu_pct
+    );
+    println!(
+        "| agent RSS (MB) | {:.1} | {:.1} |",
+        idle.rss_mb, busy.rss_mb
+    );
+    let d = |m: &Minute| {
+        m.dockerd_pct
+            .map(|p| format!("{p:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "| dockerd CPU (% of one core; other builds' containers too) | {} | {} |",
+        d(&idle),
+        d(&busy)
+    );
+    println!(
+        "| `/metrics` scrape, median (ms; each one refreshes the stats) | {:.1} | {:.1} |",
+        median(&mut si),
+        median(&mut sb)
+    );
+    println!(
+        "| container series per gauge in the last scrape | {} | {} |",
+        idle.series, busy.series
+    );
+}
+
+fn main() {
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_default();
+    let c = ConsulDev::start();
+    let lab = ImageLab::new(&c.node);
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[apps]\nreport_interval = \"10s\"\n").unwrap();
+    let s = c
+        .servant(&["--config", cfg.path().to_str().unwrap()])
+        .ready();
+    if parts.is_empty() || parts == "latency" {
+        latency(&c, &lab);
+    }
+    if parts.is_empty() || parts == "monitor" {
+        monitor(&c, &lab, &s);
+    }
+    drop(s);
+    drop(c);
+    drop(lab);
+}
