@@ -109,7 +109,8 @@ struct ContainerGauges(ContainerMonitor);
 impl Refresh for ContainerGauges {
     fn refresh(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = self.0.usage().await;
+            // Within Prometheus' default scrape timeout (10 s); else the previous sample.
+            let _ = self.0.usage(std::time::Duration::from_secs(5)).await;
         })
     }
 }

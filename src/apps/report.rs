@@ -20,6 +20,9 @@ use sysinfo::{
 use crate::process::stats::ContainerMonitor;
 use crate::wire::resource::{FileSystem, LoadAverage, NetInterface, ResourceReport};
 
+/// How long a report waits for the containers' stats before it takes the previous ones.
+const CONTAINERS_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a sample may take before the report is skipped this time.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,8 +125,9 @@ impl ResourceSampler {
             Err(_) => return Err(SampleError::TimedOut(SAMPLE_TIMEOUT)),
         };
         if let Some(m) = &self.containers {
-            // Bounded by the monitor's own timeout; no Engine leaves the field out.
-            report.containers = m.usage().await.map(|c| c.to_vec());
+            // A slow Engine delays the report by CONTAINERS_WAIT at most: then it carries the
+            // previous sample. No Engine leaves the field out.
+            report.containers = m.usage(CONTAINERS_WAIT).await.map(|c| c.to_vec());
         }
         Ok(report)
     }

@@ -3,8 +3,8 @@
 //! Engine's stats API.
 //!
 //! Cost: nothing runs between reads. A reader (the `resource` report, a `/metrics` scrape)
-//! asks for the use; if the last sample is older than `max_age`, one refresh (the others wait
-//! for it) lists the node's running containers and asks each for one stats answer
+//! asks for the use; if the last sample is older than `max_age`, one refresh (shared by the
+//! readers that come meanwhile, each waiting for it no longer than it chose) lists the node's running containers and asks each for one stats answer
 //! (`stream=false`), a few at a time. CPU use is the difference between two samples: a
 //! container seen before is asked `one-shot` (the Engine answers at once) and compared with
 //! our previous sample; a new one is asked without `one-shot`, so the Engine pairs two of its
@@ -19,6 +19,7 @@ use bollard::models::{ContainerCpuStats, ContainerMemoryStats, ContainerStatsRes
 use bollard::query_parameters::{ListContainersOptions, StatsOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -212,6 +213,8 @@ struct Inner {
     /// Held by the one refresh under way; readers that come meanwhile wait for its answer.
     state: tokio::sync::Mutex<RefreshState>,
     latest: Mutex<Latest>,
+    /// The refresh under way: it says `true` when done.
+    inflight: Mutex<Option<watch::Receiver<bool>>>,
 }
 
 /// The containers' use, sampled when read and at most `max_age` old. Cheap to clone.
@@ -231,6 +234,7 @@ impl ContainerMonitor {
                 max_age,
                 state: tokio::sync::Mutex::new(RefreshState::default()),
                 latest: Mutex::new(Latest::default()),
+                inflight: Mutex::new(None),
             }),
         }
     }
@@ -251,16 +255,36 @@ impl ContainerMonitor {
         l.is_some_and(|at| at.elapsed() < self.inner.max_age)
     }
 
-    /// The containers' use, refreshed first if the last sample is older than `max_age`.
-    /// None when no Docker Engine answers.
-    pub async fn usage(&self) -> Option<Arc<Vec<ContainerUsage>>> {
+    /// The containers' use, refreshed first if the last sample is older than `max_age`,
+    /// waiting at most `wait` for the refresh: past it, the previous sample (the refresh goes
+    /// on, for the next reader). None when no Docker Engine answers.
+    pub async fn usage(&self, wait: Duration) -> Option<Arc<Vec<ContainerUsage>>> {
         if !self.fresh() {
-            let mut st = self.inner.state.lock().await;
-            // Another reader may have refreshed while this one waited.
-            if !self.fresh() {
-                match tokio::time::timeout(REFRESH_TIMEOUT, self.refresh(&mut st)).await {
+            let mut done = self.start_refresh();
+            let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+        }
+        self.latest()
+    }
+
+    /// The refresh under way, or a new one. It runs as a task of its own, so a reader that
+    /// stops waiting does not cancel it halfway.
+    fn start_refresh(&self) -> watch::Receiver<bool> {
+        let mut inflight = match self.inner.inflight.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(rx) = inflight.as_ref() {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(false);
+        *inflight = Some(rx.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut st = me.inner.state.lock().await;
+            if !me.fresh() {
+                match tokio::time::timeout(REFRESH_TIMEOUT, me.refresh(&mut st)).await {
                     Ok(containers) => {
-                        let mut l = match self.inner.latest.lock() {
+                        let mut l = match me.inner.latest.lock() {
                             Ok(l) => l,
                             Err(p) => p.into_inner(),
                         };
@@ -272,8 +296,14 @@ impl ContainerMonitor {
                     Err(_) => debug!("container stats took too long; the last ones stand"),
                 }
             }
-        }
-        self.latest()
+            drop(st);
+            match me.inner.inflight.lock() {
+                Ok(mut g) => *g = None,
+                Err(p) => *p.into_inner() = None,
+            }
+            let _ = tx.send(true);
+        });
+        rx
     }
 
     async fn refresh(&self, st: &mut RefreshState) -> Option<Arc<Vec<ContainerUsage>>> {
