@@ -89,7 +89,11 @@ fn latency(c: &ConsulDev, lab: &ImageLab) {
     let trials = env_or("BENCH_TRIALS", 20);
     let h = c.http();
     // One of each first, so that the image and the page cache are warm for all three.
-    job(&h, "warm-c", json!({"Type": "docker", "Image": lab.image, "Command": "true"}));
+    job(
+        &h,
+        "warm-c",
+        json!({"Type": "docker", "Image": lab.image, "Command": "true"}),
+    );
     job(&h, "warm-p", json!({"Command": "true"}));
     docker(&["run", "--rm", &lab.image, "true"]);
     let (mut cs, mut cd, mut ps, mut pd, mut dr) = (vec![], vec![], vec![], vec![], vec![]);
@@ -225,11 +229,15 @@ fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
         "\n(started {n} containers in {:.1} s)",
         w.elapsed().as_secs_f64()
     );
-    wait_for("every container in the report", Duration::from_secs(120), || {
-        let raw = h.kv_raw(&format!("appmgr/status/{}/resource", c.node))?;
-        let v: Value = serde_json::from_str(&raw).ok()?;
-        (v["containers"].as_array()?.len() >= n).then_some(())
-    });
+    wait_for(
+        "every container in the report",
+        Duration::from_secs(120),
+        || {
+            let raw = h.kv_raw(&format!("appmgr/status/{}/resource", c.node))?;
+            let v: Value = serde_json::from_str(&raw).ok()?;
+            (v["containers"].as_array()?.len() >= n).then_some(())
+        },
+    );
     let busy = minute(pid, &api);
     let mut si = idle.scrape_ms.clone();
     let mut sb = busy.scrape_ms.clone();
@@ -265,6 +273,81 @@ fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
     println!(
         "| container series per gauge in the last scrape | {} | {} |",
         idle.series, busy.series
+    );
+    streams(&c.node, n);
+}
+
+/// The design not taken, measured beside it: one streamed stats request per container (the
+/// Engine sends a sample a second on each), read by this process for BENCH_IDLE_SECS. Its CPU
+/// is what an agent with a streamed sampler per container would spend at least (decoding
+/// only), and the daemon's what feeding the streams costs.
+fn streams(node: &str, n: usize) {
+    let secs = env_or("BENCH_IDLE_SECS", 60) as u64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let me = std::process::id() as i32;
+    let dpid = dockerd_pid();
+    let (msgs, el, cpu, dcpu) = rt.block_on(async move {
+        use bollard::query_parameters::{ListContainersOptions, StatsOptions};
+        use futures_util::StreamExt;
+        let d = bollard::Docker::connect_with_local_defaults().unwrap();
+        let filters = [("label".to_string(), vec![format!("servant.node={node}")])]
+            .into_iter()
+            .collect();
+        let list = d
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (a0, d0, w) = (cpu_ticks(me), dpid.map(cpu_ticks), Instant::now());
+        let mut tasks = Vec::new();
+        for c in list.into_iter().take(n) {
+            let (d, count) = (d.clone(), count.clone());
+            let id = c.id.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut s = d.stats(
+                    &id,
+                    Some(StatsOptions {
+                        stream: true,
+                        one_shot: false,
+                    }),
+                );
+                while let Some(Ok(_)) = s.next().await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let el = w.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(me) - a0) as f64 / 100.0 / el * 100.0;
+        let dcpu = dpid
+            .zip(d0)
+            .map(|(p, d0)| (cpu_ticks(p) - d0) as f64 / 100.0 / el * 100.0);
+        for t in tasks {
+            t.abort();
+        }
+        (
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            el,
+            cpu,
+            dcpu,
+        )
+    });
+    println!("\n### The alternative: one stats stream per container, {n} containers, {el:.0} s");
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| samples received | {msgs} ({:.1}/s) |", msgs as f64 / el);
+    println!("| reader's CPU, decoding only (% of one core) | {cpu:.2} |");
+    println!(
+        "| dockerd CPU (% of one core) | {} |",
+        dcpu.map(|p| format!("{p:.2}"))
+            .unwrap_or_else(|| "-".into())
     );
 }
 
