@@ -21,7 +21,7 @@ use crate::process::stats::ContainerMonitor;
 use crate::wire::resource::{FileSystem, LoadAverage, NetInterface, ResourceReport};
 
 /// How long a report waits for the containers' stats before it takes the previous ones.
-const CONTAINERS_WAIT: Duration = Duration::from_secs(2);
+const CONTAINERS_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a sample may take before the report is skipped this time.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
