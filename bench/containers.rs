@@ -3,9 +3,10 @@
 //! On a real `consul agent -dev` and the machine's real Docker Engine, with a `FROM scratch`
 //! busybox image built for the run (removed at the end with every container of its node), it
 //! prints medians measured in one run (nothing is asserted: the machine is shared and noisy):
-//! - submit-to-start and submit-to-result of a trivial container job (`true`), beside a
-//!   process job (`true`) and `docker run --rm IMAGE true` timed from the CLI, interleaved
-//!   trial by trial so that all three see the same load;
+//! - submit-to-start (when the command itself ran: it prints the time) and submit-to-result of
+//!   a trivial container job, beside a process job and `docker run --rm IMAGE` timed from the
+//!   CLI, the same command in all three, interleaved trial by trial so that all three see the
+//!   same load;
 //! - the agent's RSS and CPU over a minute with no container, then with 50 running containers
 //!   of its node monitored (its report every 10 s, `/metrics` scraped every 10 s), and the time
 //!   a scrape takes when it refreshes the 50 containers' stats; the Docker daemon's CPU over
@@ -73,7 +74,19 @@ fn block_for(h: &Http, key: &str) -> Value {
     }
 }
 
-/// One job: (submit-to-start, submit-to-result) in ms.
+/// The wall clock in ns that busybox `adjtimex` printed (its `time.tv_sec` and `tv_usec`):
+/// when the command itself ran, inside or outside a container.
+fn printed_ns(out: &str) -> i64 {
+    let field = |name: &str| -> i64 {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out:?}"))
+    };
+    field("time.tv_sec:") * 1_000_000_000 + field("time.tv_usec:") * 1_000
+}
+
+/// One job: (submit-to-start, submit-to-result) in ms; start is when its command ran.
 fn job(h: &Http, id: &str, body: Value) -> (f64, f64) {
     let t0 = now_ns();
     let w = Instant::now();
@@ -81,51 +94,54 @@ fn job(h: &Http, id: &str, body: Value) -> (f64, f64) {
     let r = block_for(h, &format!("jdone_jid/jobs/{id}"));
     let done = w.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(r["Status"], "succeeded", "{r}");
-    let start = (r["StartTime"].as_i64().unwrap() - t0) as f64 / 1e6;
+    let start = (printed_ns(r["Output"].as_str().unwrap()) - t0) as f64 / 1e6;
     (start, done)
 }
 
 fn latency(c: &ConsulDev, lab: &ImageLab) {
     let trials = env_or("BENCH_TRIALS", 20);
     let h = c.http();
+    // Each prints the time it ran (busybox `adjtimex`: microseconds; its `date` has no %N).
+    let cjob = json!({"Type": "docker", "Image": lab.image, "Args": ["adjtimex"]});
+    let pjob = json!({"Command": "/bin/busybox adjtimex"});
     // One of each first, so that the image and the page cache are warm for all three.
-    job(
-        &h,
-        "warm-c",
-        json!({"Type": "docker", "Image": lab.image, "Command": "true"}),
-    );
-    job(&h, "warm-p", json!({"Command": "true"}));
-    docker(&["run", "--rm", &lab.image, "true"]);
-    let (mut cs, mut cd, mut ps, mut pd, mut dr) = (vec![], vec![], vec![], vec![], vec![]);
+    job(&h, "warm-c", cjob.clone());
+    job(&h, "warm-p", pjob.clone());
+    docker(&["run", "--rm", &lab.image, "adjtimex"]);
+    let (mut cs, mut cd, mut ps, mut pd) = (vec![], vec![], vec![], vec![]);
+    let (mut ds, mut dr) = (vec![], vec![]);
     for i in 0..trials {
-        let (s, d) = job(
-            &h,
-            &format!("c{i}"),
-            json!({"Type": "docker", "Image": lab.image, "Command": "true"}),
-        );
+        let (s, d) = job(&h, &format!("c{i}"), cjob.clone());
         cs.push(s);
         cd.push(d);
-        let (s, d) = job(&h, &format!("p{i}"), json!({"Command": "true"}));
+        let (s, d) = job(&h, &format!("p{i}"), pjob.clone());
         ps.push(s);
         pd.push(d);
+        let t0 = now_ns();
         let w = Instant::now();
-        let (ok, _, err) = docker(&["run", "--rm", &lab.image, "true"]);
+        let (ok, out, err) = docker(&["run", "--rm", &lab.image, "adjtimex"]);
         assert!(ok, "{err}");
         dr.push(w.elapsed().as_secs_f64() * 1000.0);
+        ds.push((printed_ns(&out) - t0) as f64 / 1e6);
     }
-    let (cs, cd, ps, pd, dr) = (
+    let (cs, cd, ps, pd, ds, dr) = (
         median(&mut cs),
         median(&mut cd),
         median(&mut ps),
         median(&mut pd),
+        median(&mut ds),
         median(&mut dr),
     );
     println!("\n### Submit to start and to result, median of {trials} (ms)");
     println!("| what | submit-to-start | submit-to-result |");
     println!("|---|---|---|");
-    println!("| container job `true` | {cs:.1} | {cd:.1} |");
-    println!("| process job `true` | {ps:.2} | {pd:.2} |");
-    println!("| `docker run --rm IMAGE true` (CLI, wall) | - | {dr:.1} |");
+    println!("| container job | {cs:.1} | {cd:.1} |");
+    println!("| process job | {ps:.2} | {pd:.2} |");
+    println!("| `docker run --rm IMAGE` from the CLI | {ds:.1} | {dr:.1} |");
+    println!(
+        "| ratio container job / docker run (to start) | {:.2} | |",
+        cs / ds
+    );
     println!(
         "| ratio container job / docker run (to result) | | {:.2} |",
         cd / dr
@@ -266,7 +282,7 @@ fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
         d(&busy)
     );
     println!(
-        "| `/metrics` scrape, median (ms; each one refreshes the stats) | {:.1} | {:.1} |",
+        "| `/metrics` scrape, median (ms; a sample under 5 s old is served as it is) | {:.1} | {:.1} |",
         median(&mut si),
         median(&mut sb)
     );
@@ -274,7 +290,39 @@ fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
         "| container series per gauge in the last scrape | {} | {} |",
         idle.series, busy.series
     );
+    refresh_times(&c.node, n);
     streams(&c.node, n);
+}
+
+/// How long one refresh of the `n` containers' stats takes, through the agent's own
+/// `ContainerMonitor`: the first (every container new: the Engine pairs two samples) and the
+/// next ones (`one-shot` against the previous sample), median of 5.
+fn refresh_times(node: &str, n: usize) {
+    use servant::process::stats::ContainerMonitor;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, mut next) = rt.block_on(async {
+        let m = ContainerMonitor::new(node, "", Duration::ZERO);
+        let w = Instant::now();
+        let got = m.usage(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(got.len(), n);
+        let first = w.elapsed().as_secs_f64() * 1000.0;
+        let mut next = Vec::new();
+        for _ in 0..5 {
+            let w = Instant::now();
+            m.usage(Duration::from_secs(60)).await.unwrap();
+            next.push(w.elapsed().as_secs_f64() * 1000.0);
+        }
+        (first, next)
+    });
+    println!("| one refresh of the {n} containers' stats, first (ms) | | {first:.0} |");
+    println!(
+        "| one refresh, next ones (median of 5, ms) | | {:.0} |",
+        median(&mut next)
+    );
 }
 
 /// The design not taken, measured beside it: one streamed stats request per container (the
