@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
-
 /// A Consul dev agent, a servant beside it, and the lab (dropped last, after the agent).
 fn start(extra: &[&str]) -> (ImageLab, ConsulDev, Servant) {
     let c = ConsulDev::start();

@@ -266,9 +266,11 @@ impl Lab {
                     .filter(|l| {
                         let low = l.to_lowercase();
                         (l.contains(node) || low.contains("session"))
-                            && ["fail", "suspect", "invalid", "critical", "session", "reap", "leav"]
-                                .iter()
-                                .any(|w| low.contains(w))
+                            && [
+                                "fail", "suspect", "invalid", "critical", "session", "reap", "leav",
+                            ]
+                            .iter()
+                            .any(|w| low.contains(w))
                     })
                     .take(40)
                 {
