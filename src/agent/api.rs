@@ -1,15 +1,17 @@
 //! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
-//! `servant app logs` read them here).
+//! `servant app logs` read them here), and `/metrics` for Prometheus.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
+use super::metrics::{AgentMetrics, Format};
 use crate::process::LogPaths;
 
 /// Shared state of the handlers.
@@ -21,6 +23,8 @@ pub struct ApiState {
     pub apps_log_dir: PathBuf,
     /// This node's name, reported by `/v1/agent`.
     pub node: String,
+    /// What `/metrics` serves.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -101,11 +105,25 @@ async fn agent(State(st): State<ApiState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({ "Node": st.node, "Pid": std::process::id() }))
 }
 
+/// The metrics in Prometheus' text format, or OpenMetrics when the scraper asks for it.
+async fn metrics(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match st.metrics.render(format).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the metrics: {e}"),
+        )
+            .into_response(),
+    }
+}
+
 /// The router of the agent API.
 pub fn router(st: ApiState) -> Router {
     Router::new()
         .route("/v1/logs", get(logs))
         .route("/v1/app-logs", get(app_logs))
         .route("/v1/agent", get(agent))
+        .route("/metrics", get(metrics))
         .with_state(st)
 }

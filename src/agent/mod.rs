@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod consul_proc;
 pub mod datadir;
+pub mod metrics;
 pub mod run;
 
 /// Every error type of the agent that carries another error: its message names the cause, so it must not

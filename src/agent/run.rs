@@ -10,6 +10,7 @@
 //! seen by whatever step runs next, and a part started after it stops at once. Every task a
 //! part starts is tracked and awaited before the part returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::api::{router, ApiState};
+use super::metrics::AgentMetrics;
+use crate::process::stats::ContainerMonitor;
+
+/// The oldest container stats a reader (the `resource` report, a `/metrics` scrape) is given
+/// before they are sampled again: scrapes closer together cost the Engine nothing.
+const CONTAINER_STATS_AGE: Duration = Duration::from_secs(5);
 use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::datadir::{live_peer, DataDirLock};
@@ -302,10 +309,16 @@ async fn serve_parts(
     })?;
     // The API outlives the parts, so `servant logs` works while jobs drain.
     let api_stop = CancellationToken::new();
+    // This node's containers: sampled when the report or a scrape reads them, never more
+    // often than every CONTAINER_STATS_AGE.
+    let containers = ContainerMonitor::new(node, layout.prefix(), CONTAINER_STATS_AGE);
+    let mut metrics = AgentMetrics::new();
+    metrics.add_containers(containers.clone());
     let api_state = ApiState {
         log_dir,
         apps_log_dir: cfg.data_dir.join("apps"),
         node: node.to_string(),
+        metrics: Arc::new(metrics),
     };
     let api = {
         let api_stop = api_stop.clone();
@@ -338,6 +351,7 @@ async fn serve_parts(
         layout,
         session_name,
         (session_rx, deadline_rx),
+        containers,
         stop,
     )
     .await;
@@ -362,6 +376,7 @@ async fn run_parts(
         tokio::sync::watch::Receiver<crate::consul::SessionState>,
         tokio::sync::watch::Receiver<Option<u64>>,
     ),
+    containers: ContainerMonitor,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
@@ -444,7 +459,7 @@ async fn run_parts(
         ));
     }
     if cfg.apps.enabled {
-        let apps_cfg = crate::apps::node::AppsNodeConfig::new(
+        let mut apps_cfg = crate::apps::node::AppsNodeConfig::new(
             &cfg.apps,
             node,
             layout,
@@ -453,6 +468,7 @@ async fn run_parts(
             cfg.kill_grace,
             cfg.watch_wait,
         );
+        apps_cfg.containers = Some(containers);
         parts.spawn(crate::apps::node::run(
             client.clone(),
             apps_cfg,

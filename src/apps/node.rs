@@ -105,6 +105,8 @@ pub struct AppsNodeConfig {
     pub shim: PathBuf,
     pub log_dir: PathBuf,
     pub kill_grace: Duration,
+    /// This node's containers, for the `resource` report (set by the agent).
+    pub containers: Option<crate::process::stats::ContainerMonitor>,
 }
 
 impl AppsNodeConfig {
@@ -135,6 +137,7 @@ impl AppsNodeConfig {
             shim,
             log_dir,
             kill_grace,
+            containers: None,
         }
     }
 }
@@ -255,7 +258,7 @@ async fn report_loop(
     stop: CancellationToken,
 ) {
     let started = now_ms();
-    let sampler = ResourceSampler::new();
+    let sampler = ResourceSampler::new().with_containers(cfg.containers.clone());
     // The apps report last written, and the session it was written with.
     let mut written: Option<(String, Applications)> = None;
     let mut next_full = tokio::time::Instant::now();

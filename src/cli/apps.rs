@@ -11,6 +11,7 @@ use super::table::table;
 use super::Ctx;
 use crate::apps::launch::{container_of, read_tasks};
 use crate::consul::{KvPair, KvPutOptions, QueryOptions};
+use crate::wire::resource::{read_reports, ResourceReport};
 use crate::wire::topology::{read_topology, Topology};
 use crate::wire::{self, parse_task, AppHealth, Applications, KvEntry, Namespace, ScheduleReport};
 
@@ -218,6 +219,8 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         .await?;
     let mut rows = Vec::new();
     let mut all = BTreeMap::new();
+    // Each node's containers' use, from its `resource` report; an unreadable one shows none.
+    let (reports, _) = read_reports(&l, kv(&entries));
     for e in &entries {
         let Some(host) = e
             .key
@@ -234,7 +237,7 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
             }
         };
         for (name, s) in &apps {
-            rows.push(vec![
+            let mut row = vec![
                 host.to_string(),
                 name.clone(),
                 s.state_word().to_string(),
@@ -246,7 +249,9 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
                 s.pid.to_string(),
                 s.last_start_time.clone(),
                 s.restarts.to_string(),
-            ]);
+            ];
+            row.extend(container_cells(reports.get(host), name));
+            rows.push(row);
         }
         all.insert(host.to_string(), apps);
     }
@@ -256,12 +261,38 @@ async fn app_ls(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         out!(
             "{}",
             table(
-                &["NODE", "APP", "STATUS", "HEALTH", "PID", "STARTED", "RESTARTS"],
+                &[
+                    "NODE", "APP", "STATUS", "HEALTH", "PID", "STARTED", "RESTARTS", "CPU",
+                    "MEMORY"
+                ],
                 &rows
             )
         );
     }
     Ok(0)
+}
+
+/// The CPU and memory columns of app `name`'s row: its containers' use on that node, from the
+/// node's report ("-" for a process app, or before the node has reported its containers).
+fn container_cells(report: Option<&ResourceReport>, name: &str) -> [String; 2] {
+    let cs: Vec<_> = report
+        .map(|r| r.app_containers(name).collect())
+        .unwrap_or_default();
+    if cs.is_empty() {
+        return ["-".into(), "-".into()];
+    }
+    let cpu: f64 = cs.iter().map(|c| c.cpu_percent).sum();
+    let mem: u64 = cs.iter().map(|c| c.memory_bytes).sum();
+    let limit: u64 = cs.iter().map(|c| c.memory_limit_bytes).sum();
+    [
+        format!("{cpu:.2}%"),
+        format!("{} / {}", mib(mem), mib(limit)),
+    ]
+}
+
+/// Bytes in MiB with one decimal, as `docker stats` shows memory.
+fn mib(b: u64) -> String {
+    format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0))
 }
 
 /// `servant topology`: hosts × apps, the leader, unplaced replicas and invalid tasks.
@@ -323,4 +354,39 @@ pub async fn topology(ctx: &Ctx, a: JsonArg) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::resource::ContainerUsage;
+
+    #[test]
+    fn an_app_row_shows_its_containers_use() {
+        let report = serde_json::json!({
+            "host": "h1", "pid": 1, "appmgr_start_time": "", "systime": "", "cpu_cores": 1,
+            "cpu_processors": 1, "cpu_sockets": 1, "mem_total_bytes": 1, "mem_free_bytes": 1,
+            "mem_used_bytes": 1, "swap_total_bytes": 0, "swap_free_bytes": 0,
+            "load_average": {"1min": 0.0, "5min": 0.0, "15min": 0.0}, "fs": [], "net": [],
+            "labels": {}
+        });
+        let mut r = ResourceReport::parse(report.to_string().as_bytes()).unwrap();
+        assert_eq!(container_cells(Some(&r), "web"), ["-", "-"]);
+        assert_eq!(container_cells(None, "web"), ["-", "-"]);
+        let c = |app: &str, cpu, mem| ContainerUsage {
+            id: format!("{app}{cpu}"),
+            name: "n".into(),
+            image: "i".into(),
+            job: None,
+            app: Some(app.into()),
+            cpu_percent: cpu,
+            memory_bytes: mem,
+            memory_limit_bytes: 64 << 20,
+        };
+        r.containers = Some(vec![c("web", 12.5, 30 << 20), c("db", 99.0, 1)]);
+        assert_eq!(
+            container_cells(Some(&r), "web"),
+            ["12.50%", "30.0MiB / 64.0MiB"]
+        );
+    }
 }

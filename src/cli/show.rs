@@ -6,6 +6,7 @@ use clap::Args;
 use super::table::{job_row, table};
 use super::Ctx;
 use crate::consul::{KvPair, QueryOptions};
+use crate::wire::resource::ResourceReport;
 use crate::wire::{JobKey, JobResult, JobStatus, JobView};
 
 #[derive(Debug, Args)]
@@ -32,6 +33,18 @@ fn image_of(body: &[u8]) -> Option<String> {
         .and_then(|(_, v)| v.as_str().map(str::to_string))
 }
 
+/// The container of running job `key`, from its node's `resource` report (None until the
+/// node has reported it, or when the report cannot be read: the listing goes on without it).
+async fn running_container(ctx: &Ctx, node: &str, key: &str) -> Option<String> {
+    let (entry, _) = ctx
+        .client
+        .kv_get(&ctx.layout.resource(node), &QueryOptions::default())
+        .await
+        .ok()?;
+    let report = ResourceReport::parse(&entry?.value).ok()?;
+    report.job_container(key).map(|c| c.id.clone())
+}
+
 /// The view of one job key from its entry (if queued or running) and its result (if any).
 pub async fn view_of(
     ctx: &Ctx,
@@ -56,8 +69,16 @@ pub async fn view_of(
                 .map(|s| s.node)
                 .unwrap_or_else(|| format!("session {sid}"));
             let mut view = JobView::from_entry(key, e.lock_index, e.flags, Some(&node));
-            if let JobView::Running { image, .. } = &mut view {
+            if let JobView::Running {
+                image,
+                container_id,
+                ..
+            } = &mut view
+            {
                 *image = image_of(&e.value);
+                if image.is_some() {
+                    *container_id = running_container(ctx, &node, key).await;
+                }
             }
             return Ok(Some(view));
         }
@@ -194,6 +215,20 @@ pub async fn run(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<i32> {
         "{}",
         table(&["KEY", "STATE", "NODE", "TIME", "DETAIL"], &rows)
     );
+    if let [(
+        _,
+        JobView::Running {
+            image: Some(image),
+            container_id,
+            ..
+        },
+    )] = views.as_slice()
+    {
+        outln!("\nImage: {image}");
+        if let Some(id) = container_id {
+            outln!("Container: {id}");
+        }
+    }
     if let [(key, JobView::Done { result, .. })] = views.as_slice() {
         let logs = super::start::logs_command(key);
         for (name, text, truncated) in [

@@ -3,14 +3,13 @@
 use crate::util::time::rfc3339_ns;
 use crate::wire::JobView;
 
-/// A job's table row: key, state, node, time, detail.
 /// A docker job's image and container (its id's first 12 characters, as `docker ps` shows
 /// it), for a table; None for a process job.
 pub fn container_words(r: &crate::wire::JobResult) -> Option<String> {
     let image = r.image.as_deref()?;
     let mut w = format!("image {image}");
     if let Some(id) = &r.container_id {
-        w.push_str(&format!(", container {}", &id[..id.len().min(12)]));
+        w.push_str(&format!(", container {}", short_id(id)));
     }
     if r.oom_killed {
         w.push_str(", OOM-killed");
@@ -18,6 +17,12 @@ pub fn container_words(r: &crate::wire::JobResult) -> Option<String> {
     Some(w)
 }
 
+/// A container ID as `docker ps` shows it: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// A job's table row: key, state, node, time, detail.
 pub fn job_row(view: &JobView) -> [String; 5] {
     match view {
         JobView::Queued { key, attempts } => [
@@ -33,14 +38,18 @@ pub fn job_row(view: &JobView) -> [String; 5] {
             since,
             attempt,
             image,
+            container_id,
         } => [
             key.clone(),
             "running".into(),
             node.clone(),
             since.clone(),
-            match image {
-                Some(i) => format!("attempt {attempt}; image {i}"),
-                None => format!("attempt {attempt}"),
+            match (image, container_id) {
+                (Some(i), Some(c)) => {
+                    format!("attempt {attempt}; image {i}, container {}", short_id(c))
+                }
+                (Some(i), None) => format!("attempt {attempt}; image {i}"),
+                _ => format!("attempt {attempt}"),
             },
         ],
         JobView::Done { key, result } => {
@@ -110,6 +119,25 @@ mod tests {
             JobView::from_entry("jobs/a", 0, 0, None),
             JobView::Queued { .. }
         ));
+    }
+
+    #[test]
+    fn a_running_docker_job_shows_its_image_and_container() {
+        let mut v = JobView::from_entry("jobs/a", 2, 1_700_000_000_123, Some("node2"));
+        if let JobView::Running {
+            image,
+            container_id,
+            ..
+        } = &mut v
+        {
+            *image = Some("img:1".into());
+            *container_id = Some("0123456789abcdef".into());
+        }
+        assert_eq!(
+            job_row(&v)[4],
+            "attempt 2; image img:1, container 0123456789ab"
+        );
+        assert_eq!(short_id("abc"), "abc");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod run;
 #[allow(clippy::print_stderr)]
 pub mod shim;
 pub mod spec;
+pub mod stats;
 // Like the shim, it reports on its own stderr.
 #[allow(clippy::print_stderr)]
 pub mod watchdog;

@@ -128,6 +128,14 @@ pub enum JobView {
         /// A docker job's image, from the job document.
         #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
         image: Option<String>,
+        /// A docker job's container, from its node's `resource` report (absent until the
+        /// node has reported it).
+        #[serde(
+            rename = "ContainerID",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        container_id: Option<String>,
     },
     /// A result exists (it may be `started` for a NoWait job still running).
     Done {
@@ -153,6 +161,7 @@ impl JobView {
                 },
                 attempt: lock_index,
                 image: None,
+                container_id: None,
             },
             None => JobView::Queued {
                 key: key.to_string(),

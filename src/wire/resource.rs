@@ -36,6 +36,34 @@ pub struct ResourceReport {
     pub net: Vec<NetInterface>,
     /// This node's configured labels, matched by tasks' `labels`.
     pub labels: BTreeMap<String, String>,
+    /// The running containers labelled with this node (its jobs' and apps'), with their CPU
+    /// and memory use. Absent when the agent cannot reach a Docker Engine (and in reports of
+    /// agents older than this field), so old readers and writers keep working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<ContainerUsage>>,
+}
+
+/// One running container's use of the machine, from the Engine's stats API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    /// The full container ID.
+    pub id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    /// The job key it runs (`servant.job`), for a job's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The app (task) name it runs (`servant.app`), for an app's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// CPU used between the last two samples, as `docker stats` shows it: 100 is one whole
+    /// CPU, so a container may use up to 100 × the node's CPUs.
+    pub cpu_percent: f64,
+    /// Memory in use, without the page cache the kernel can drop (as `docker stats`).
+    pub memory_bytes: u64,
+    /// Its memory limit: the container's own, else the machine's memory.
+    pub memory_limit_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +110,22 @@ impl ResourceReport {
     /// Total memory in MiB.
     pub fn memory_mb(&self) -> u64 {
         self.mem_total_bytes / (1024 * 1024)
+    }
+
+    /// The containers of app `name` on this node.
+    pub fn app_containers<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ContainerUsage> {
+        self.containers
+            .iter()
+            .flatten()
+            .filter(move |c| c.app.as_deref() == Some(name))
+    }
+
+    /// The container of job `key` on this node, if it runs one.
+    pub fn job_container(&self, key: &str) -> Option<&ContainerUsage> {
+        self.containers
+            .iter()
+            .flatten()
+            .find(|c| c.job.as_deref() == Some(key))
     }
 }
 
@@ -165,6 +209,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fs[0].size_bytes"), "{e}");
+    }
+
+    #[test]
+    fn containers_are_optional_and_read_back() {
+        let old = serde_json::to_vec(&old_writer()).unwrap();
+        let mut r = ResourceReport::parse(&old).unwrap();
+        assert_eq!(
+            r.containers, None,
+            "a report without the field is still read"
+        );
+        r.containers = Some(vec![ContainerUsage {
+            id: "c1".into(),
+            name: "n1".into(),
+            image: "img".into(),
+            job: Some("jobs/a".into()),
+            app: None,
+            cpu_percent: 12.5,
+            memory_bytes: 30 << 20,
+            memory_limit_bytes: 1 << 30,
+        }]);
+        let bytes = r.encode();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["containers"][0]["job"], "jobs/a");
+        assert!(v["containers"][0].get("app").is_none());
+        assert_eq!(ResourceReport::parse(&bytes).unwrap(), r);
+        assert_eq!(r.job_container("jobs/a").map(|c| c.id.as_str()), Some("c1"));
+        assert_eq!(r.app_containers("web").count(), 0);
+        // A reader that predates the field (its type without it) still reads the new report.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldReader {
+            host: String,
+            cpu_processors: u64,
+        }
+        let o: OldReader = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(o.cpu_processors, 8);
     }
 
     #[test]
