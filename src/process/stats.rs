@@ -28,7 +28,6 @@ use tracing::debug;
 use super::docker::{connect, LABEL_APP, LABEL_JOB, LABEL_NODE, LABEL_PREFIX};
 use crate::wire::resource::ContainerUsage;
 
-
 /// How many stats requests are in flight at once. The Engine answers each at its stats
 /// collector's next tick (once a second, `one-shot` or not: measured 1.4 s and 2.7 s on Docker
 /// 20.10), and one tick serves every waiting request, so they all go at once: a few at a time,
