@@ -57,8 +57,23 @@ impl ImageLab {
             "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
         )
         .expect("Dockerfile");
-        let (ok, _, err) = docker(&["build", "-q", "-t", &image, &dir.path().to_string_lossy()]);
-        assert!(ok, "cannot build the test image {image}: {err}");
+        // The Engine is shared with every other test building at the same moment; a build it
+        // fails once (seen: the legacy builder's answer cut short) is tried again.
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            let (ok, _, err) =
+                docker(&["build", "-q", "-t", &image, &dir.path().to_string_lossy()]);
+            if ok {
+                break;
+            }
+            errors.push(err);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        assert!(
+            errors.len() < 3,
+            "cannot build the test image {image}: {}",
+            errors.join("\n---\n")
+        );
         ImageLab {
             image,
             node: node.to_string(),
