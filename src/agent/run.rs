@@ -319,6 +319,8 @@ async fn serve_parts(
         apps_log_dir: cfg.data_dir.join("apps"),
         node: node.to_string(),
         metrics: Arc::new(metrics),
+        client: client.clone(),
+        layout: layout.clone(),
     };
     let api = {
         let api_stop = api_stop.clone();

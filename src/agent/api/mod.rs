@@ -1,5 +1,8 @@
 //! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
-//! `servant app logs` read them here), and `/metrics` for Prometheus.
+//! `servant app logs` read them here), `/metrics` for Prometheus, and the read-only JSON API
+//! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV).
+
+pub mod jobs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::metrics::{AgentMetrics, Format};
+use crate::consul::{Client, ConsulError};
 use crate::process::LogPaths;
+use crate::wire::Namespace;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -25,6 +30,55 @@ pub struct ApiState {
     pub node: String,
     /// What `/metrics` serves.
     pub metrics: Arc<AgentMetrics>,
+    /// The Consul the JSON API reads the cluster's state from.
+    pub client: Client,
+    /// The KV paths (under the `kv_prefix`).
+    pub layout: Namespace,
+}
+
+/// Why a JSON API request failed; answered as `{"error": "..."}` with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A stored document that is not what its key promises.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("consul: {0}")]
+    Consul(#[from] ConsulError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The agent answers; what it asked could not be answered.
+            ApiError::Consul(_) => StatusCode::BAD_GATEWAY,
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no endpoint {}", uri.path()))
+}
+
+async fn bad_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}: the API is read-only (GET)",
+        uri.path()
+    ))
 }
 
 #[derive(Deserialize)]
@@ -124,6 +178,10 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/logs", get(logs))
         .route("/v1/app-logs", get(app_logs))
         .route("/v1/agent", get(agent))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{*key}", get(jobs::show))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(bad_method)
         .with_state(st)
 }
