@@ -1,0 +1,126 @@
+//! The agent's read-only JSON API (issue 14, first slice) against a real Consul: jobs that
+//! succeeded, failed, are running and are queued for a node that does not exist, each listed
+//! and shown with its state; filters and limits; unknown paths and methods get 4xx JSON.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// The servant's API address, from its `servant` service in the catalog.
+fn api_addr(h: &Http) -> String {
+    wait_for("the servant service", T, || {
+        let v = h.get_json("/v1/catalog/service/servant")?;
+        let s = v.as_array()?.first()?.clone();
+        Some(format!(
+            "{}:{}",
+            s["ServiceAddress"].as_str()?,
+            s["ServicePort"].as_u64()?
+        ))
+    })
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The row of `key` in a `/v1/jobs` answer.
+fn row<'a>(list: &'a Value, key: &str) -> Option<&'a Value> {
+    list["Jobs"]
+        .as_array()?
+        .iter()
+        .find(|r| r["Key"].as_str() == Some(key))
+}
+
+#[test]
+fn jobs_are_listed_and_shown_with_their_state() {
+    let c = ConsulDev::start();
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    let api = Http::new(&api_addr(&h));
+
+    h.put("/v1/kv/jobs/ok", r#"{"Command":"echo hello api"}"#);
+    h.put("/v1/kv/jobs/bad", r#"{"Command":"echo oops >&2; exit 3"}"#);
+    h.put(
+        "/v1/kv/jobs/long",
+        r#"{"Command":"sleep 300","Timeout":600}"#,
+    );
+    // Nobody runs this node's queue: it stays queued.
+    h.put("/v1/kv/queues/nosuch/waiting", r#"{"Command":"true"}"#);
+    h.wait_result("jdone_jid/jobs/ok", T);
+    h.wait_result("jdone_jid/jobs/bad", T);
+
+    let list = wait_for("the long job running in /v1/jobs", T, || {
+        let l = api.get_json("/v1/jobs")?;
+        (row(&l, "jobs/long")?["State"] == "running").then_some(l)
+    });
+    let ok = row(&list, "jobs/ok").expect("jobs/ok listed");
+    assert_eq!(ok["State"], "succeeded");
+    assert_eq!(ok["Node"], c.node.as_str());
+    assert_eq!(ok["ExitCode"], 0);
+    let bad = row(&list, "jobs/bad").expect("jobs/bad listed");
+    assert_eq!(bad["State"], "failed");
+    assert_eq!(bad["ExitCode"], 3);
+    let long = row(&list, "jobs/long").expect("jobs/long listed");
+    assert_eq!(long["Node"], c.node.as_str(), "the holder's node");
+    assert_eq!(long["Attempt"], 1);
+    let waiting = row(&list, "queues/nosuch/waiting").expect("queued job listed");
+    assert_eq!(waiting["State"], "queued");
+    assert_eq!(waiting["Node"], "nosuch");
+    assert_eq!(list["LeftOff"], 0);
+
+    // Filters and the limit.
+    let failed = api.get_json("/v1/jobs?state=failed").expect("state filter");
+    let keys: Vec<&str> = failed["Jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["Key"].as_str())
+        .collect();
+    assert_eq!(keys, ["jobs/bad"]);
+    let on_nosuch = api.get_json("/v1/jobs?node=nosuch").expect("node filter");
+    assert_eq!(on_nosuch["Jobs"].as_array().unwrap().len(), 1);
+    let one = api.get_json("/v1/jobs?limit=1").expect("limit");
+    assert_eq!(one["Jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(one["LeftOff"], 3);
+
+    // One job: the result with its output, or the live state.
+    let v = api.get_json("/v1/jobs/jobs/ok").expect("jobs/ok shown");
+    assert_eq!(v["State"], "done");
+    assert_eq!(v["Result"]["Output"], "hello api\n");
+    let v = api.get_json("/v1/jobs/jobs/bad").expect("jobs/bad shown");
+    assert_eq!(v["Result"]["OutputErrors"], "oops\n");
+    assert_eq!(v["Result"]["ExitCode"], 3);
+    let v = api.get_json("/v1/jobs/jobs/long").expect("jobs/long shown");
+    assert_eq!(v["State"], "running");
+    assert_eq!(v["Node"], c.node.as_str());
+    let v = api
+        .get_json("/v1/jobs/queues/nosuch/waiting")
+        .expect("queued job shown");
+    assert_eq!(v["State"], "queued");
+
+    // Errors: JSON with a reason and a 4xx status.
+    for (path, status) in [
+        ("/v1/jobs/jobs/none", 404),
+        ("/v1/jobs/elsewhere/x", 400),
+        ("/v1/jobs?state=sleeping", 400),
+        ("/v1/jobs?limit=lots", 400),
+        ("/v1/nowhere", 404),
+    ] {
+        let (code, body) = api.get(path);
+        assert_eq!(code, status, "{path}: {body}");
+        assert!(
+            json(&body)["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    let (code, body) = api.put("/v1/jobs", "{}");
+    assert_eq!(code, 405, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("PUT"));
+
+    drop(s);
+}
