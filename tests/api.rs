@@ -124,3 +124,31 @@ fn jobs_are_listed_and_shown_with_their_state() {
 
     drop(s);
 }
+
+#[test]
+fn nodes_show_health_report_and_servant() {
+    let c = ConsulDev::start();
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[apps]\nreport_interval = \"1s\"\n").unwrap();
+    let s = c
+        .servant(&["--config", cfg.path().to_str().unwrap()])
+        .ready();
+    let api = Http::new(&api_addr(&c.http()));
+    let nodes = wait_for("the node's report in /v1/nodes", T, || {
+        let v = api.get_json("/v1/nodes")?;
+        let n = v["Nodes"].as_array()?.first()?.clone();
+        n["Resource"].is_object().then_some(v)
+    });
+    let list = nodes["Nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{nodes}");
+    let n = &list[0];
+    assert_eq!(n["Node"], c.node.as_str());
+    assert_eq!(n["Address"], c.ip.as_str());
+    assert_eq!(n["SerfHealth"], "passing");
+    assert_eq!(n["Servant"], true);
+    assert!(n["Resource"]["cpu_processors"].as_u64().unwrap() >= 1);
+    assert!(n["Resource"]["mem_total_bytes"].as_u64().unwrap() > 0);
+    let (code, body) = api.delete("/v1/nodes");
+    assert_eq!(code, 405, "{body}");
+    drop(s);
+}

@@ -1,8 +1,10 @@
 //! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
 //! `servant app logs` read them here), `/metrics` for Prometheus, and the read-only JSON API
-//! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV).
+//! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV; `nodes`: catalog nodes
+//! with health, report and servant).
 
 pub mod jobs;
+pub mod nodes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -180,6 +182,7 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/agent", get(agent))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{*key}", get(jobs::show))
+        .route("/v1/nodes", get(nodes::list))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
