@@ -152,3 +152,42 @@ fn nodes_show_health_report_and_servant() {
     assert_eq!(code, 405, "{body}");
     drop(s);
 }
+
+#[test]
+fn services_show_instances_and_health() {
+    let c = ConsulDev::start();
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    let api = Http::new(&api_addr(&h));
+    let reg = format!(
+        r#"{{"ID":"web1","Name":"web","Tags":["v1"],"Port":8080,"Address":"{}",
+            "Check":{{"CheckID":"web1-ttl","TTL":"600s","Status":"warning"}}}}"#,
+        c.ip
+    );
+    let (code, body) = h.put("/v1/agent/service/register", reg);
+    assert_eq!(code, 200, "{body}");
+    let v = wait_for("web in /v1/services", T, || {
+        let v = api.get_json("/v1/services")?;
+        v["Services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["Name"] == "web")
+            .cloned()
+    });
+    assert_eq!(v["Tags"], serde_json::json!(["v1"]));
+    assert_eq!(v["Status"], "warning");
+    let i = &v["Instances"][0];
+    assert_eq!(i["ID"], "web1");
+    assert_eq!(i["Node"], c.node.as_str());
+    assert_eq!(i["Port"], 8080);
+    assert_eq!(i["Checks"]["web1-ttl"], "warning");
+    assert_eq!(i["Checks"]["serfHealth"], "passing");
+    // The servant's own service is listed too.
+    let all = api.get_json("/v1/services").unwrap();
+    assert!(all["Services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["Name"] == "servant"));
+    drop(s);
+}

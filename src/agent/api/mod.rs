@@ -1,10 +1,11 @@
 //! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
 //! `servant app logs` read them here), `/metrics` for Prometheus, and the read-only JSON API
 //! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV; `nodes`: catalog nodes
-//! with health, report and servant).
+//! with health, report and servant; `services` with their health).
 
 pub mod jobs;
 pub mod nodes;
+pub mod services;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -183,6 +184,7 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{*key}", get(jobs::show))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/services", get(services::list))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
