@@ -191,3 +191,45 @@ fn services_show_instances_and_health() {
         .any(|s| s["Name"] == "servant"));
     drop(s);
 }
+
+#[test]
+fn apps_show_tasks_topology_states_and_unplaced() {
+    let c = ConsulDev::start();
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[apps]\nreport_interval = \"1s\"\n").unwrap();
+    let s = c
+        .servant(&["--config", cfg.path().to_str().unwrap()])
+        .ready();
+    let h = c.http();
+    let api = Http::new(&api_addr(&h));
+    // A sleep argument no other test uses, so the app's process is ours alone.
+    let arg = (88_000 + std::process::id() % 1_000).to_string();
+    let task =
+        serde_json::json!({"replication": 2, "content": {"command": format!("exec sleep {arg}")}});
+    let (code, body) = h.put("/v1/kv/appmgr/task/wide", task.to_string());
+    assert_eq!(code, 200, "{body}");
+    h.put("/v1/kv/appmgr/task/junk", "not json");
+    let v = wait_for(
+        "the app running and its unplaced replica in /v1/apps",
+        T,
+        || {
+            let v = api.get_json("/v1/apps")?;
+            let running = v["States"][c.node.as_str()]["wide"]["pid"].as_u64()? > 0;
+            let unplaced = v["Schedule"]["unplaced"]
+                .as_array()?
+                .iter()
+                .any(|u| u["task"] == "wide" && u["placed"] == 1);
+            (running && unplaced).then_some(v)
+        },
+    );
+    assert_eq!(v["Tasks"]["wide"]["Replication"], 2);
+    assert_eq!(v["Tasks"]["wide"]["Content"], task["content"]);
+    assert!(v["InvalidTasks"]["junk"].as_str().is_some(), "{v}");
+    assert_eq!(v["Topology"][c.node.as_str()], serde_json::json!(["wide"]));
+    assert_eq!(v["Schedule"]["leader"], c.node.as_str());
+    h.delete("/v1/kv/appmgr/task/wide");
+    wait_for("the app stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+    drop(s);
+}

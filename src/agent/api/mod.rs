@@ -1,8 +1,10 @@
 //! The agent's HTTP API: job and app logs from this node's disk (`servant logs` and
 //! `servant app logs` read them here), `/metrics` for Prometheus, and the read-only JSON API
 //! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV; `nodes`: catalog nodes
-//! with health, report and servant; `services` with their health).
+//! with health, report and servant; `services` with their health;
+//! `apps`: tasks, topology, app states, unplaced replicas).
 
+pub mod apps;
 pub mod jobs;
 pub mod nodes;
 pub mod services;
@@ -184,6 +186,7 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{*key}", get(jobs::show))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/apps", get(apps::list))
         .route("/v1/services", get(services::list))
         .route("/metrics", get(metrics))
         .fallback(no_route)
