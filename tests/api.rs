@@ -233,3 +233,40 @@ fn apps_show_tasks_topology_states_and_unplaced() {
     });
     drop(s);
 }
+
+#[test]
+fn containers_lists_this_nodes_running_container() {
+    let c = ConsulDev::start();
+    // Declared before the agent, so dropped after it: the lab removes what is left.
+    let lab = common::docker::ImageLab::new(&c.node);
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    let api = Http::new(&api_addr(&h));
+    h.put(
+        "/v1/kv/jobs/ctr",
+        serde_json::json!({"Type": "docker", "Image": lab.image, "Timeout": "5m",
+            "Command": "while :; do sleep 1; done"})
+        .to_string(),
+    );
+    let v = wait_for("the job's container in /v1/containers", T, || {
+        let v = api.get_json("/v1/containers")?;
+        v["Containers"]
+            .as_array()?
+            .iter()
+            .any(|x| x["job"] == "jobs/ctr")
+            .then_some(v)
+    });
+    assert_eq!(v["Node"], c.node.as_str());
+    assert_eq!(v["Docker"], true);
+    let x = v["Containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["job"] == "jobs/ctr")
+        .unwrap();
+    let id = lab.running("jobs/ctr").expect("the container runs");
+    assert_eq!(x["id"], id.as_str(), "{x}");
+    assert_eq!(x["image"], lab.image.as_str(), "{x}");
+    assert!(x["memory_limit_bytes"].as_u64().unwrap_or(0) > 0, "{x}");
+    drop(s);
+}

@@ -321,6 +321,7 @@ async fn serve_parts(
         metrics: Arc::new(metrics),
         client: client.clone(),
         layout: layout.clone(),
+        containers: containers.clone(),
     };
     let api = {
         let api_stop = api_stop.clone();

@@ -2,9 +2,10 @@
 //! `servant app logs` read them here), `/metrics` for Prometheus, and the read-only JSON API
 //! of the whole cluster under `/v1/` (`jobs`: the cluster's jobs from KV; `nodes`: catalog nodes
 //! with health, report and servant; `services` with their health;
-//! `apps`: tasks, topology, app states, unplaced replicas).
+//! `apps`: tasks, topology, app states, unplaced replicas; `containers`: this node's).
 
 pub mod apps;
+pub mod containers;
 pub mod jobs;
 pub mod nodes;
 pub mod services;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 use super::metrics::{AgentMetrics, Format};
 use crate::consul::{Client, ConsulError};
+use crate::process::stats::ContainerMonitor;
 use crate::process::LogPaths;
 use crate::wire::Namespace;
 
@@ -39,6 +41,8 @@ pub struct ApiState {
     pub client: Client,
     /// The KV paths (under the `kv_prefix`).
     pub layout: Namespace,
+    /// This node's containers, for `/v1/containers`.
+    pub containers: ContainerMonitor,
 }
 
 /// Why a JSON API request failed; answered as `{"error": "..."}` with its status.
@@ -187,6 +191,7 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/jobs/{*key}", get(jobs::show))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/apps", get(apps::list))
+        .route("/v1/containers", get(containers::list))
         .route("/v1/services", get(services::list))
         .route("/metrics", get(metrics))
         .fallback(no_route)
