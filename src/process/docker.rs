@@ -107,6 +107,38 @@ pub async fn connect() -> Result<Docker, DockerError> {
     }
 }
 
+/// Every container (running or not) of this node and namespace that carries `kind` (the job or
+/// the app label): what the start-up sweeps look at.
+async fn node_containers(
+    docker: &Docker,
+    node: &str,
+    prefix: &str,
+    kind: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    let filters: HashMap<String, Vec<String>> = [(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_NODE}={node}"),
+            format!("{LABEL_PREFIX}={prefix}"),
+            kind.to_string(),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(|error| DockerError::Api {
+            action: "ps",
+            error,
+        })
+}
+
 /// Whether the Engine answered "no such ..." (404).
 fn not_found(e: &EngineError) -> bool {
     matches!(
@@ -618,28 +650,7 @@ pub async fn app_containers(
     node: &str,
     prefix: &str,
 ) -> Result<Vec<AppContainer>, DockerError> {
-    let filters: HashMap<String, Vec<String>> = [(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_NODE}={node}"),
-            format!("{LABEL_PREFIX}={prefix}"),
-            LABEL_APP.to_string(),
-        ],
-    )]
-    .into_iter()
-    .collect();
-    let opts = ListContainersOptions {
-        all: true,
-        filters: Some(filters),
-        ..Default::default()
-    };
-    let list = docker
-        .list_containers(Some(opts))
-        .await
-        .map_err(|error| DockerError::Api {
-            action: "ps",
-            error,
-        })?;
+    let list = node_containers(docker, node, prefix, LABEL_APP).await?;
     Ok(list
         .into_iter()
         .filter_map(|c| {
@@ -894,28 +905,7 @@ pub async fn remove_stale(
     session: Option<&str>,
     keep: bool,
 ) -> Result<usize, DockerError> {
-    let filters: HashMap<String, Vec<String>> = [(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_NODE}={node}"),
-            format!("{LABEL_PREFIX}={prefix}"),
-            LABEL_JOB.to_string(),
-        ],
-    )]
-    .into_iter()
-    .collect();
-    let opts = ListContainersOptions {
-        all: true,
-        filters: Some(filters),
-        ..Default::default()
-    };
-    let list = docker
-        .list_containers(Some(opts))
-        .await
-        .map_err(|error| DockerError::Api {
-            action: "ps",
-            error,
-        })?;
+    let list = node_containers(docker, node, prefix, LABEL_JOB).await?;
     let mut n = 0;
     for c in list {
         let labels = c.labels.unwrap_or_default();
