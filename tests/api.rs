@@ -11,19 +11,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The servant's API address, from its `servant` service in the catalog.
-fn api_addr(h: &Http) -> String {
-    wait_for("the servant service", T, || {
-        let v = h.get_json("/v1/catalog/service/servant")?;
-        let s = v.as_array()?.first()?.clone();
-        Some(format!(
-            "{}:{}",
-            s["ServiceAddress"].as_str()?,
-            s["ServicePort"].as_u64()?
-        ))
-    })
-}
-
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -41,7 +28,7 @@ fn jobs_are_listed_and_shown_with_their_state() {
     let c = ConsulDev::start();
     let s = c.servant(&[]).ready();
     let h = c.http();
-    let api = Http::new(&api_addr(&h));
+    let api = Http::new(&servant_api(&h));
 
     h.put("/v1/kv/jobs/ok", r#"{"Command":"echo hello api"}"#);
     h.put("/v1/kv/jobs/bad", r#"{"Command":"echo oops >&2; exit 3"}"#);
@@ -133,7 +120,7 @@ fn nodes_show_health_report_and_servant() {
     let s = c
         .servant(&["--config", cfg.path().to_str().unwrap()])
         .ready();
-    let api = Http::new(&api_addr(&c.http()));
+    let api = Http::new(&servant_api(&c.http()));
     let nodes = wait_for("the node's report in /v1/nodes", T, || {
         let v = api.get_json("/v1/nodes")?;
         let n = v["Nodes"].as_array()?.first()?.clone();
@@ -158,7 +145,7 @@ fn services_show_instances_and_health() {
     let c = ConsulDev::start();
     let s = c.servant(&[]).ready();
     let h = c.http();
-    let api = Http::new(&api_addr(&h));
+    let api = Http::new(&servant_api(&h));
     let reg = format!(
         r#"{{"ID":"web1","Name":"web","Tags":["v1"],"Port":8080,"Address":"{}",
             "Check":{{"CheckID":"web1-ttl","TTL":"600s","Status":"warning"}}}}"#,
@@ -201,7 +188,7 @@ fn apps_show_tasks_topology_states_and_unplaced() {
         .servant(&["--config", cfg.path().to_str().unwrap()])
         .ready();
     let h = c.http();
-    let api = Http::new(&api_addr(&h));
+    let api = Http::new(&servant_api(&h));
     // A sleep argument no other test uses, so the app's process is ours alone.
     let arg = (88_000 + std::process::id() % 1_000).to_string();
     let task =
@@ -241,7 +228,7 @@ fn containers_lists_this_nodes_running_container() {
     let lab = common::docker::ImageLab::new(&c.node);
     let s = c.servant(&[]).ready();
     let h = c.http();
-    let api = Http::new(&api_addr(&h));
+    let api = Http::new(&servant_api(&h));
     h.put(
         "/v1/kv/jobs/ctr",
         serde_json::json!({"Type": "docker", "Image": lab.image, "Timeout": "5m",

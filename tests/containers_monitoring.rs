@@ -43,19 +43,6 @@ fn of_job<'a>(list: &'a [Value], key: &str) -> Option<&'a Value> {
     list.iter().find(|c| c["job"] == key)
 }
 
-/// The agent API's address, as the agent registered it in Consul.
-fn api_addr(h: &Http) -> String {
-    wait_for("the servant service", T, || {
-        let v = h.get_json("/v1/catalog/service/servant")?;
-        let s = v.as_array()?.first()?.clone();
-        Some(format!(
-            "{}:{}",
-            s["ServiceAddress"].as_str()?,
-            s["ServicePort"].as_u64()?
-        ))
-    })
-}
-
 /// The value of the sample of `name` whose labels contain `label`, in Prometheus text.
 fn gauge(text: &str, name: &str, label: &str) -> Option<f64> {
     text.lines()
@@ -164,7 +151,7 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
     let mem_name = mem["name"].as_str().unwrap().to_string();
 
     // /metrics: the classic text format by default, with the gauges.
-    let api = api_addr(&h);
+    let api = servant_api(&h);
     let (ct, text) = get(&format!("http://{api}/metrics"), None);
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     let label = |name: &str| {

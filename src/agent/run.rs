@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::api::hub::Hub;
 use super::api::{router, ApiState};
 use super::metrics::AgentMetrics;
 use crate::process::stats::ContainerMonitor;
@@ -314,6 +315,14 @@ async fn serve_parts(
     let containers = ContainerMonitor::new(node, layout.prefix(), CONTAINER_STATS_AGE);
     let mut metrics = AgentMetrics::new();
     metrics.add_containers(containers.clone());
+    // The dashboard's and the JSON API's shared watches; they start at the first read.
+    let hub_tasks = TaskTracker::new();
+    let hub = Hub::new(
+        client.clone(),
+        layout.clone(),
+        hub_tasks.clone(),
+        api_stop.clone(),
+    );
     let api_state = ApiState {
         log_dir,
         apps_log_dir: cfg.data_dir.join("apps"),
@@ -322,6 +331,8 @@ async fn serve_parts(
         client: client.clone(),
         layout: layout.clone(),
         containers: containers.clone(),
+        hub,
+        peer: reqwest::Client::new(),
     };
     let api = {
         let api_stop = api_stop.clone();
@@ -346,7 +357,10 @@ async fn serve_parts(
     if let Err(e) = client.agent_service_register(&reg).await {
         warn!(error = %e, "cannot register the agent API as service servant; `servant logs` will not find this node");
     }
-    info!(api = %api_addr, "agent API listening");
+    info!(api = %api_addr, dashboard = %format!("http://{api_addr}/ui/"), "agent API and dashboard listening");
+    if !api_addr.ip().is_loopback() {
+        warn!(api = %api_addr, "the agent API and dashboard listen beyond loopback: anyone who reaches this address reads the cluster's jobs and their output");
+    }
     let outcome = run_parts(
         cfg,
         client,
@@ -363,6 +377,8 @@ async fn serve_parts(
     }
     api_stop.cancel();
     let _ = api.await;
+    hub_tasks.close();
+    hub_tasks.wait().await;
     info!("servant agent stopped");
     outcome
 }

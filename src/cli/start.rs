@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::Ctx;
-use crate::consul::{KvPutOptions, QueryOptions, TxnKvOp, TxnOp, TxnOutcome};
+use crate::consul::QueryOptions;
 use crate::jobs::spec::{self, validate_id};
 use crate::wire::JobKey;
 use crate::wire::JobResult;
@@ -194,7 +194,7 @@ pub fn build_job(a: &StartArgs) -> anyhow::Result<(String, Value)> {
     }
     let id = explicit_id
         .or(file_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+        .unwrap_or_else(crate::jobs::submit::new_id);
     validate_id(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
     set("ID", json!(id));
     let doc = Value::Object(doc);
@@ -294,45 +294,7 @@ pub async fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<i32> {
     } else {
         vec![JobKey::Any { id: id.clone() }]
     };
-    if targets.len() == 1 {
-        let key = ctx.layout.job_key(&targets[0]);
-        if !ctx
-            .client
-            .kv_put(
-                &key,
-                &body,
-                &KvPutOptions {
-                    cas: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await?
-        {
-            bail!("job {id} is already queued at {key}; choose another ID");
-        }
-    } else {
-        for chunk in targets.chunks(32) {
-            let mut ops = Vec::new();
-            for t in chunk {
-                let key = ctx.layout.job_key(t);
-                ops.push(TxnOp::Kv(TxnKvOp::CheckNotExists { key: key.clone() }));
-                ops.push(TxnOp::Kv(TxnKvOp::Set {
-                    key,
-                    value: body.clone(),
-                    flags: 0,
-                }));
-            }
-            if let TxnOutcome::RolledBack(errs) = ctx.client.txn(&ops).await? {
-                bail!(
-                    "job {id} is already queued on some node: {}",
-                    errs.iter()
-                        .map(|e| e.what.clone())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-        }
-    }
+    crate::jobs::submit::enqueue(&ctx.client, &ctx.layout, &id, &body, &targets).await?;
     outln!("{id}");
     for t in &targets {
         eprintln!("queued {}", ctx.layout.job_key(t));

@@ -199,6 +199,16 @@ impl Client {
         })
     }
 
+    /// The same client (one connection pool) sending `token` instead of its own: the agent API
+    /// runs a dashboard user's write with that user's token.
+    pub fn with_token(&self, token: Option<String>) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+        }
+    }
+
     /// The base URL this client talks to.
     pub fn base_url(&self) -> &str {
         &self.base

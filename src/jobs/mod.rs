@@ -6,4 +6,5 @@
 pub mod claim;
 pub mod result;
 pub mod spec;
+pub mod submit;
 pub mod worker;

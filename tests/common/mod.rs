@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod cluster;
 pub mod docker;
 pub mod lab;
@@ -172,6 +173,22 @@ impl Http {
     pub fn get_json(&self, path: &str) -> Option<Value> {
         let (s, b) = self.get(path);
         (s == 200).then(|| serde_json::from_str(&b).expect("json"))
+    }
+    /// A request with a body and extra headers; returns (status, body).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self.req(m, path).body(body.to_string());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().expect("request");
+        (r.status().as_u16(), r.text().unwrap_or_default())
     }
     /// PUT that tolerates a server not up yet.
     pub fn try_put(&self, path: &str, body: &str) -> Option<(u16, String)> {
@@ -362,6 +379,20 @@ impl Servant {
         drop(text);
         self
     }
+}
+
+/// The agent API's address (`ip:port`), as the agent registered it in Consul (service
+/// `servant`); with several agents, the first one listed.
+pub fn servant_api(h: &Http) -> String {
+    wait_for("the servant service", Duration::from_secs(60), || {
+        let v = h.get_json("/v1/catalog/service/servant")?;
+        let s = v.as_array()?.first()?.clone();
+        Some(format!(
+            "{}:{}",
+            s["ServiceAddress"].as_str()?,
+            s["ServicePort"].as_u64()?
+        ))
+    })
 }
 
 /// Which server a single-node test runs against.

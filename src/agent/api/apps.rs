@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, ApiState};
-use crate::consul::{KvPair, QueryOptions};
+use crate::consul::KvPair;
 use crate::wire::topology::read_topology;
 use crate::wire::{self, parse_tasks, Applications, Namespace, ScheduleReport};
 
@@ -114,9 +114,8 @@ pub fn apps_doc(layout: &Namespace, entries: &[KvPair]) -> AppsDoc {
 
 /// `GET /v1/apps`.
 pub async fn list(State(st): State<ApiState>) -> Result<Json<AppsDoc>, ApiError> {
-    let prefix = format!("{}appmgr/", st.layout.prefix());
-    let (entries, _) = st.client.kv_list(&prefix, &QueryOptions::default()).await?;
-    Ok(Json(apps_doc(&st.layout, &entries)))
+    let s = st.hub.snapshot().await?;
+    Ok(Json(apps_doc(&st.layout, &s.appmgr)))
 }
 
 #[cfg(test)]

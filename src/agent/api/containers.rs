@@ -24,12 +24,17 @@ pub struct ContainerList {
     pub containers: Vec<ContainerUsage>,
 }
 
-/// `GET /v1/containers`.
-pub async fn list(State(st): State<ApiState>) -> Json<ContainerList> {
-    let usage = st.containers.usage(SAMPLE_WAIT).await;
-    Json(ContainerList {
+/// This node's containers, waiting at most `wait` for a fresh sample.
+pub async fn list_of(st: &ApiState, wait: Duration) -> ContainerList {
+    let usage = st.containers.usage(wait).await;
+    ContainerList {
         node: st.node.clone(),
         docker: usage.is_some(),
         containers: usage.map(|u| u.as_ref().clone()).unwrap_or_default(),
-    })
+    }
+}
+
+/// `GET /v1/containers`.
+pub async fn list(State(st): State<ApiState>) -> Json<ContainerList> {
+    Json(list_of(&st, SAMPLE_WAIT).await)
 }

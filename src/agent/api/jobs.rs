@@ -2,14 +2,15 @@
 //! The shaping (entries, results and session holders into rows, the filters) is pure; the
 //! handlers only read Consul.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::hub::Snapshot;
 use super::{ApiError, ApiState};
-use crate::consul::{KvPair, QueryOptions};
+use crate::consul::KvPair;
 use crate::wire::{JobKey, JobResult, JobStatus, JobView, Namespace};
 
 /// The rows `/v1/jobs` returns when `limit` is not given.
@@ -35,6 +36,8 @@ pub struct JobsQuery {
     pub state: Option<String>,
     pub node: Option<String>,
     pub limit: Option<String>,
+    /// Rows to skip first (paging).
+    pub offset: Option<String>,
 }
 
 /// A checked `/v1/jobs` query.
@@ -43,6 +46,7 @@ pub struct JobFilter {
     pub state: Option<String>,
     pub node: Option<String>,
     pub limit: usize,
+    pub offset: usize,
 }
 
 impl JobFilter {
@@ -69,10 +73,17 @@ impl JobFilter {
                 }
             },
         };
+        let offset = match q.offset.as_deref() {
+            None | Some("") => 0,
+            Some(o) => o.parse::<usize>().map_err(|_| {
+                ApiError::BadRequest(format!("bad offset {o:?}: a number of rows to skip"))
+            })?,
+        };
         Ok(JobFilter {
             state,
             node: q.node.clone().filter(|n| !n.is_empty()),
             limit,
+            offset,
         })
     }
 
@@ -109,8 +120,14 @@ pub struct JobRow {
 #[serde(rename_all = "PascalCase")]
 pub struct JobList {
     pub jobs: Vec<JobRow>,
-    /// Rows that matched the filter but were left out by `limit`.
+    /// Rows that matched the filter after `offset` but were left out by `limit`.
     pub left_off: usize,
+    /// Rows that matched the filter, in all.
+    pub total: usize,
+    /// The rows skipped before the first one listed.
+    pub offset: usize,
+    /// Jobs by state, whatever the filter: `queued`, `running` and each result status.
+    pub counts: BTreeMap<String, usize>,
     /// Result keys whose value is not a job result (listed here, not dropped silently).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
@@ -174,9 +191,9 @@ fn row_of_result(key: String, r: &JobResult) -> JobRow {
 
 /// The rows of `/v1/jobs`: live jobs (queued, then running) by key, then results newest first;
 /// a job with both a held key and a `started` result (NoWait) is listed once, as its result.
-pub fn job_list(
+pub fn job_list<'a>(
     layout: &Namespace,
-    entries: &[KvPair],
+    entries: impl IntoIterator<Item = &'a KvPair>,
     results: &[KvPair],
     holders: &Holders,
     filter: &JobFilter,
@@ -198,7 +215,7 @@ pub fn job_list(
         .map(|(_, r)| r.key.as_str())
         .collect();
     let mut live: Vec<JobRow> = entries
-        .iter()
+        .into_iter()
         .filter_map(|e| row_of_entry(layout, e, holders))
         .filter(|r| !(r.state == "running" && started.contains(r.key.as_str())))
         .collect();
@@ -209,15 +226,22 @@ pub fn job_list(
         let kb = if b.0 == 0 { i64::MAX } else { b.0 };
         kb.cmp(&ka).then_with(|| a.1.key.cmp(&b.1.key))
     });
+    let mut counts = BTreeMap::new();
     let all: Vec<JobRow> = live
         .into_iter()
         .chain(done.into_iter().map(|(_, r)| r))
+        .inspect(|r| *counts.entry(r.state.clone()).or_insert(0) += 1)
         .filter(|r| filter.keeps(r))
         .collect();
-    let left_off = all.len().saturating_sub(filter.limit);
+    let total = all.len();
+    let offset = filter.offset.min(total);
+    let left_off = (total - offset).saturating_sub(filter.limit);
     JobList {
-        jobs: all.into_iter().take(filter.limit).collect(),
+        jobs: all.into_iter().skip(offset).take(filter.limit).collect(),
         left_off,
+        total,
+        offset,
+        counts,
         unreadable,
     }
 }
@@ -259,38 +283,27 @@ pub fn job_detail(
     }))
 }
 
-/// `GET /v1/jobs`.
-pub async fn list(
-    State(st): State<ApiState>,
-    Query(q): Query<JobsQuery>,
-) -> Result<Json<JobList>, ApiError> {
-    let filter = JobFilter::parse(&q)?;
-    let qo = QueryOptions::default();
-    let layout = &st.layout;
-    let (mut entries, _) = st.client.kv_list(&layout.jobs_prefix(), &qo).await?;
-    let (queued, _) = st
-        .client
-        .kv_list(&format!("{}queues/", layout.prefix()), &qo)
-        .await?;
-    entries.extend(queued);
-    let (results, _) = st.client.kv_list(&layout.results_prefix(), &qo).await?;
-    let holders: Holders = if entries.iter().any(|e| e.holder().is_some()) {
-        let (sessions, _) = st.client.session_list(&qo).await?;
-        sessions.into_iter().map(|s| (s.id, s.node)).collect()
-    } else {
-        Holders::new()
-    };
-    Ok(Json(job_list(
-        layout, &entries, &results, &holders, &filter,
-    )))
+/// Session ID → node, from the sessions of a snapshot.
+pub fn holders(s: &Snapshot) -> Holders {
+    s.sessions
+        .iter()
+        .map(|e| (e.id.clone(), e.node.clone()))
+        .collect()
 }
 
-/// `GET /v1/jobs/<key>`, `<key>` as `/v1/jobs` lists it (`jobs/<id>`, `queues/<node>/<id>`).
-pub async fn show(
-    State(st): State<ApiState>,
-    Path(key): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let layout = &st.layout;
+/// `/v1/jobs` from a snapshot.
+pub fn list_of(s: &Snapshot, layout: &Namespace, filter: &JobFilter) -> JobList {
+    job_list(
+        layout,
+        s.jobs.iter().chain(s.queues.iter()),
+        &s.results,
+        &holders(s),
+        filter,
+    )
+}
+
+/// `/v1/jobs/<key>` from a snapshot: the key checked, then its entry and its result.
+pub fn show_of(s: &Snapshot, layout: &Namespace, key: &str) -> Result<JobView, ApiError> {
     let jk = layout
         .parse_job_key(&format!("{}{key}", layout.prefix()))
         .ok_or_else(|| {
@@ -298,21 +311,35 @@ pub async fn show(
                 "{key:?} is not a job key: use jobs/<id> or queues/<node>/<id>"
             ))
         })?;
-    let qo = QueryOptions::default();
-    let (entry, _) = st.client.kv_get(&layout.job_key(&jk), &qo).await?;
-    let (result, _) = st.client.kv_get(&layout.result_key(&jk), &qo).await?;
-    let holder_node = match entry.as_ref().and_then(|e| e.holder()) {
-        Some(sid) => st.client.session_info(sid, &qo).await?.0.map(|s| s.node),
-        None => None,
-    };
-    job_detail(
-        &jk.relative(),
-        entry.as_ref(),
-        result.as_ref(),
-        holder_node.as_deref(),
-    )?
-    .map(Json)
-    .ok_or_else(|| ApiError::NotFound(format!("no job {key}: neither queued nor a result")))
+    let full = layout.job_key(&jk);
+    let entry = s.jobs.iter().chain(s.queues.iter()).find(|e| e.key == full);
+    let rkey = layout.result_key(&jk);
+    let result = s.results.iter().find(|e| e.key == rkey);
+    let holder_node = entry
+        .and_then(|e| e.holder())
+        .and_then(|sid| s.sessions.iter().find(|x| x.id == sid))
+        .map(|x| x.node.clone());
+    job_detail(&jk.relative(), entry, result, holder_node.as_deref())?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {key}: neither queued nor a result")))
+}
+
+/// `GET /v1/jobs`.
+pub async fn list(
+    State(st): State<ApiState>,
+    Query(q): Query<JobsQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let filter = JobFilter::parse(&q)?;
+    let s = st.hub.snapshot().await?;
+    Ok(Json(list_of(&s, &st.layout, &filter)))
+}
+
+/// `GET /v1/jobs/<key>`, `<key>` as `/v1/jobs` lists it (`jobs/<id>`, `queues/<node>/<id>`).
+pub async fn show(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let s = st.hub.snapshot().await?;
+    show_of(&s, &st.layout, &key).map(Json)
 }
 
 #[cfg(test)]
@@ -361,6 +388,7 @@ mod tests {
             state: state.map(Into::into),
             node: node.map(Into::into),
             limit: limit.map(Into::into),
+            offset: None,
         })
         .unwrap()
     }
@@ -449,12 +477,42 @@ mod tests {
     }
 
     #[test]
+    fn pages_skip_offset_rows_and_counts_ignore_the_filter() {
+        let (ns, entries, results, holders) = fixture();
+        let all = job_list(&ns, &entries, &results, &holders, &filter(None, None, None));
+        let mut f = filter(None, None, Some("2"));
+        f.offset = 1;
+        let page = job_list(&ns, &entries, &results, &holders, &f);
+        assert_eq!(page.total, all.total);
+        assert_eq!(page.offset, 1);
+        let keys = |l: &JobList| l.jobs.iter().map(|r| r.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&page), keys(&all)[1..3].to_vec());
+        assert_eq!(page.left_off, all.total - 3);
+        assert_eq!(page.counts, all.counts);
+        assert_eq!(page.counts.values().sum::<usize>(), all.total);
+        // An offset past the end lists nothing and says so.
+        f.offset = 1000;
+        let past = job_list(&ns, &entries, &results, &holders, &f);
+        assert!(past.jobs.is_empty());
+        assert_eq!((past.offset, past.left_off), (all.total, 0));
+        let failed = job_list(
+            &ns,
+            &entries,
+            &results,
+            &holders,
+            &filter(Some("failed"), None, None),
+        );
+        assert_eq!(failed.counts, all.counts, "counts are of every job");
+    }
+
+    #[test]
     fn bad_queries_are_refused_with_the_reason() {
         for (s, l) in [(Some("done"), None), (None, Some("0")), (None, Some("x"))] {
             let e = JobFilter::parse(&JobsQuery {
                 state: s.map(Into::into),
                 node: None,
                 limit: l.map(Into::into),
+                offset: None,
             })
             .unwrap_err();
             assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");

@@ -6,9 +6,14 @@
 
 pub mod apps;
 pub mod containers;
+pub mod hub;
 pub mod jobs;
 pub mod nodes;
 pub mod services;
+pub mod stream;
+pub mod triggers;
+pub mod ui;
+pub mod writes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +48,10 @@ pub struct ApiState {
     pub layout: Namespace,
     /// This node's containers, for `/v1/containers`.
     pub containers: ContainerMonitor,
+    /// The shared watches every `/v1/` read and every dashboard stream takes its data from.
+    pub hub: hub::Hub,
+    /// For reading a running job's log from the agent on its node.
+    pub peer: reqwest::Client,
 }
 
 /// Why a JSON API request failed; answered as `{"error": "..."}` with its status.
@@ -57,6 +66,9 @@ pub enum ApiError {
     /// A stored document that is not what its key promises.
     #[error("{0}")]
     Unreadable(String),
+    /// The agent's watches have not heard from Consul yet.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("consul: {0}")]
     Consul(#[from] ConsulError),
 }
@@ -68,6 +80,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             // The agent answers; what it asked could not be answered.
             ApiError::Consul(_) => StatusCode::BAD_GATEWAY,
         };
@@ -85,7 +98,7 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
 
 async fn bad_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!(
-        "{method} is not allowed on {}: the API is read-only (GET)",
+        "{method} is not allowed on {}: writes are POST /v1/jobs, PUT and DELETE /v1/tasks/<name>; everything else is GET",
         uri.path()
     ))
 }
@@ -187,13 +200,23 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/logs", get(logs))
         .route("/v1/app-logs", get(app_logs))
         .route("/v1/agent", get(agent))
-        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs", get(jobs::list).post(writes::submit))
         .route("/v1/jobs/{*key}", get(jobs::show))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/apps", get(apps::list))
         .route("/v1/containers", get(containers::list))
         .route("/v1/services", get(services::list))
+        .route("/v1/triggers", get(triggers::list))
+        .route(
+            "/v1/tasks/{name}",
+            axum::routing::put(writes::put_task).delete(writes::remove_task),
+        )
+        .route("/v1/stream", get(stream::stream))
         .route("/metrics", get(metrics))
+        .route("/", get(ui::to_ui))
+        .route("/ui", get(ui::to_ui))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{*path}", get(ui::asset))
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .with_state(st)

@@ -7,10 +7,11 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
+use super::hub::Snapshot;
 use super::{ApiError, ApiState};
-use crate::consul::{CatalogNode, HealthCheck, QueryOptions, SessionEntry};
+use crate::consul::{CatalogNode, HealthCheck, SessionEntry};
 use crate::wire::resource::read_reports;
-use crate::wire::{DocError, HealthStatus, ResourceReport};
+use crate::wire::{DocError, HealthStatus, Namespace, ResourceReport};
 
 /// One node of `/v1/nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,33 +70,36 @@ pub struct NodeList {
     pub nodes: Vec<NodeRow>,
 }
 
-/// `GET /v1/nodes`.
-pub async fn list(State(st): State<ApiState>) -> Result<Json<NodeList>, ApiError> {
-    let qo = QueryOptions::default();
-    let (nodes, _) = st.client.catalog_nodes(&qo).await?;
-    let (checks, _) = st.client.health_state("any", &qo).await?;
-    let (status, _) = st.client.kv_list(&st.layout.status_prefix(), &qo).await?;
-    let (sessions, _) = st.client.session_list(&qo).await?;
+/// `/v1/nodes` from a snapshot.
+pub fn list_of(s: &Snapshot, layout: &Namespace) -> NodeList {
     let (reports, bad) = read_reports(
-        &st.layout,
-        status.iter().map(|e| (e.key.as_str(), e.value.as_slice())),
+        layout,
+        s.appmgr
+            .iter()
+            .filter(|e| e.key.starts_with(&layout.status_prefix()))
+            .map(|e| (e.key.as_str(), e.value.as_slice())),
     );
-    Ok(Json(NodeList {
+    NodeList {
         nodes: node_list(
-            &nodes,
-            &checks,
+            &s.nodes,
+            &s.checks,
             reports,
             bad,
-            &sessions,
-            &st.layout.jobs_session(),
+            &s.sessions,
+            &layout.jobs_session(),
         ),
-    }))
+    }
+}
+
+/// `GET /v1/nodes`.
+pub async fn list(State(st): State<ApiState>) -> Result<Json<NodeList>, ApiError> {
+    let s = st.hub.snapshot().await?;
+    Ok(Json(list_of(&s, &st.layout)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Namespace;
 
     fn node(n: &str) -> CatalogNode {
         CatalogNode {

@@ -1,5 +1,7 @@
-//! `/v1/services`: every service in the catalog with its instances and their health, from
-//! Consul's `/v1/health/service/<name>`.
+//! `/v1/services`: every service in the catalog with its instances and their health: the
+//! instances from the hub's service catalog, their health from its watch of every check (node
+//! checks such as `serfHealth` count for every instance on the node, as in
+//! `/v1/health/service/<name>`).
 
 use std::collections::BTreeMap;
 
@@ -7,8 +9,9 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
+use super::hub::{ServiceCatalog, Snapshot};
 use super::{ApiError, ApiState};
-use crate::consul::{QueryOptions, ServiceEntry};
+use crate::consul::{CatalogService, HealthCheck};
 use crate::wire::HealthStatus;
 
 /// One instance of a service.
@@ -39,45 +42,39 @@ pub struct ServiceRow {
     pub instances: Vec<Instance>,
 }
 
-fn instance(e: &ServiceEntry) -> Instance {
-    let s = &e.service;
-    let address = s["Address"]
-        .as_str()
-        .filter(|a| !a.is_empty())
-        .unwrap_or(&e.node.address)
-        .to_string();
+fn instance(s: &CatalogService, checks: &[HealthCheck]) -> Instance {
+    let mine: Vec<&HealthCheck> = checks
+        .iter()
+        .filter(|c| c.node == s.node && (c.service_id.is_empty() || c.service_id == s.service_id))
+        .collect();
     Instance {
-        node: e.node.node.clone(),
-        id: s["ID"].as_str().unwrap_or_default().to_string(),
-        address,
-        port: s["Port"].as_u64().unwrap_or(0),
-        status: e
-            .checks
+        node: s.node.clone(),
+        id: s.service_id.clone(),
+        address: if s.service_address.is_empty() {
+            s.address.clone()
+        } else {
+            s.service_address.clone()
+        },
+        port: u64::from(s.service_port),
+        status: mine
             .iter()
             .map(|c| c.status)
             .max()
             .unwrap_or(HealthStatus::Passing),
-        checks: e
-            .checks
+        checks: mine
             .iter()
             .map(|c| (c.check_id.clone(), c.status))
             .collect(),
     }
 }
 
-/// The rows of `/v1/services`, by name: the catalog's names and tags, and each name's
-/// health entries.
-pub fn service_list(
-    names: &BTreeMap<String, Vec<String>>,
-    health: &BTreeMap<String, Vec<ServiceEntry>>,
-) -> Vec<ServiceRow> {
-    names
+/// The rows of `/v1/services`, by name; instances by node and ID; a service's status is its
+/// worst instance's (None with no instance).
+pub fn service_list(catalog: &ServiceCatalog, checks: &[HealthCheck]) -> Vec<ServiceRow> {
+    catalog
         .iter()
-        .map(|(name, tags)| {
-            let mut instances: Vec<Instance> = health
-                .get(name)
-                .map(|es| es.iter().map(instance).collect())
-                .unwrap_or_default();
+        .map(|(name, (tags, list))| {
+            let mut instances: Vec<Instance> = list.iter().map(|s| instance(s, checks)).collect();
             instances.sort_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
             ServiceRow {
                 name: name.clone(),
@@ -96,70 +93,65 @@ pub struct ServiceList {
     pub services: Vec<ServiceRow>,
 }
 
-/// `GET /v1/services`: one catalog read, then one health read per service.
-pub async fn list(State(st): State<ApiState>) -> Result<Json<ServiceList>, ApiError> {
-    let qo = QueryOptions::default();
-    let (names, _) = st.client.catalog_services(&qo).await?;
-    let mut health = BTreeMap::new();
-    for name in names.keys() {
-        let (entries, _) = st.client.health_service(name, false, &qo).await?;
-        health.insert(name.clone(), entries);
+/// `/v1/services` from a snapshot.
+pub fn list_of(s: &Snapshot) -> ServiceList {
+    ServiceList {
+        services: service_list(&s.services, &s.checks),
     }
-    Ok(Json(ServiceList {
-        services: service_list(&names, &health),
-    }))
+}
+
+/// `GET /v1/services`.
+pub async fn list(State(st): State<ApiState>) -> Result<Json<ServiceList>, ApiError> {
+    let s = st.hub.snapshot().await?;
+    Ok(Json(list_of(&s)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consul::{CatalogNode, HealthCheck};
-    use serde_json::json;
 
-    fn entry(node: &str, id: &str, addr: &str, checks: &[(&str, HealthStatus)]) -> ServiceEntry {
-        ServiceEntry {
-            node: CatalogNode {
-                node: node.into(),
-                address: "10.0.0.9".into(),
-                ..Default::default()
-            },
-            service: json!({"ID": id, "Address": addr, "Port": 80}),
-            checks: checks
-                .iter()
-                .map(|(c, s)| HealthCheck {
-                    node: node.into(),
-                    check_id: (*c).into(),
-                    status: *s,
-                    ..Default::default()
-                })
-                .collect(),
+    fn inst(node: &str, id: &str, addr: &str) -> CatalogService {
+        CatalogService {
+            node: node.into(),
+            address: "10.0.0.9".into(),
+            service_id: id.into(),
+            service_name: "web".into(),
+            service_address: addr.into(),
+            service_port: 80,
+            ..Default::default()
+        }
+    }
+
+    fn check(node: &str, id: &str, service: &str, status: HealthStatus) -> HealthCheck {
+        HealthCheck {
+            node: node.into(),
+            check_id: id.into(),
+            service_id: service.into(),
+            status,
+            ..Default::default()
         }
     }
 
     #[test]
     fn services_get_instances_with_worst_check() {
-        let names: BTreeMap<String, Vec<String>> = [
-            ("web".to_string(), vec!["v1".to_string()]),
-            ("idle".to_string(), vec![]),
+        let catalog: ServiceCatalog = [
+            (
+                "web".to_string(),
+                (
+                    vec!["v1".to_string()],
+                    vec![inst("n2", "web2", ""), inst("n1", "web1", "10.1.1.1")],
+                ),
+            ),
+            ("idle".to_string(), (vec![], vec![])),
         ]
         .into();
-        let health: BTreeMap<String, Vec<ServiceEntry>> = [(
-            "web".to_string(),
-            vec![
-                entry(
-                    "n2",
-                    "web2",
-                    "",
-                    &[
-                        ("serfHealth", HealthStatus::Passing),
-                        ("http", HealthStatus::Warning),
-                    ],
-                ),
-                entry("n1", "web1", "10.1.1.1", &[]),
-            ],
-        )]
-        .into();
-        let rows = service_list(&names, &health);
+        let checks = vec![
+            check("n2", "serfHealth", "", HealthStatus::Passing),
+            check("n2", "http", "web2", HealthStatus::Warning),
+            // Another service's check on n1 is not web1's.
+            check("n1", "db", "db1", HealthStatus::Critical),
+        ];
+        let rows = service_list(&catalog, &checks);
         assert_eq!(rows[0].name, "idle");
         assert_eq!(rows[0].status, None);
         let web = &rows[1];

@@ -1,0 +1,306 @@
+//! `/v1/stream?view=...`: the dashboard's one event stream per page. Each event is the page's
+//! whole view as JSON, sent when it differs from the last one sent; the views are computed from
+//! the hub's shared snapshot, so a stream costs no Consul query of its own. A running job's
+//! output is followed from its log: on this node's disk, or from its node's agent.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::hub::Snapshot;
+use super::jobs::{JobFilter, JobsQuery};
+use super::{apps, containers, jobs, nodes, services, triggers, ApiError, ApiState};
+use crate::consul::HealthCheck;
+use crate::process::LogPaths;
+use crate::wire::{AppHealth, AppState, HealthStatus, JobView};
+
+/// Changes that come together (a result write moves the job key and the result) are sent once.
+const SETTLE: Duration = Duration::from_millis(30);
+/// How often a running job's log and this node's containers are read again.
+const FOLLOW: Duration = Duration::from_secs(1);
+const CONTAINERS_EVERY: Duration = Duration::from_secs(5);
+/// The tail of a running job's log a page gets.
+pub const LOG_TAIL: usize = 64 * 1024;
+
+/// The views a page can follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    Overview,
+    Jobs(JobFilter),
+    Job(String),
+    Apps,
+    Services,
+    Triggers,
+    Containers,
+}
+
+/// The query of `/v1/stream`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    pub view: Option<String>,
+    pub key: Option<String>,
+    pub state: Option<String>,
+    pub node: Option<String>,
+    pub limit: Option<String>,
+    pub offset: Option<String>,
+}
+
+impl View {
+    /// Checks the query: an unknown view, a job view without its key, or a bad filter is refused.
+    pub fn parse(q: &StreamQuery) -> Result<View, ApiError> {
+        Ok(match q.view.as_deref().unwrap_or("") {
+            "overview" => View::Overview,
+            "jobs" => View::Jobs(JobFilter::parse(&JobsQuery {
+                state: q.state.clone(),
+                node: q.node.clone(),
+                limit: q.limit.clone(),
+                offset: q.offset.clone(),
+            })?),
+            "job" => match q.key.as_deref() {
+                Some(k) if !k.is_empty() => View::Job(k.to_string()),
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "view=job needs key=<job key>, e.g. key=jobs/job1".into(),
+                    ))
+                }
+            },
+            "apps" => View::Apps,
+            "services" => View::Services,
+            "triggers" => View::Triggers,
+            "containers" => View::Containers,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown view {other:?}: use overview, jobs, job, apps, services, triggers or containers"
+                )))
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            View::Overview => "overview",
+            View::Jobs(_) => "jobs",
+            View::Job(_) => "job",
+            View::Apps => "apps",
+            View::Services => "services",
+            View::Triggers => "triggers",
+            View::Containers => "containers",
+        }
+    }
+}
+
+/// The overview page: nodes, job counts, app counts and failing checks.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Overview {
+    /// The node of the agent serving the page.
+    pub agent: String,
+    pub nodes: Vec<nodes::NodeRow>,
+    pub job_counts: BTreeMap<String, usize>,
+    /// `healthy`, `unhealthy`, `unavailable`, `stopped` and `unplaced` replicas.
+    pub app_counts: BTreeMap<String, usize>,
+    pub failing_checks: Vec<HealthCheck>,
+}
+
+/// The word for an app's reported state, as the overview counts it.
+pub fn app_word(status: AppState, health: AppHealth) -> &'static str {
+    match (status, health) {
+        (AppState::Unavailable, _) => "unavailable",
+        (AppState::Disabled, _) => "stopped",
+        (AppState::Enabled, AppHealth::Healthy) => "healthy",
+        (AppState::Enabled, AppHealth::Unhealthy) => "unhealthy",
+    }
+}
+
+/// The overview from a snapshot (pure).
+pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
+    let all = JobFilter {
+        state: None,
+        node: None,
+        limit: 1,
+        offset: 0,
+    };
+    let apps = apps::apps_doc(&st.layout, &s.appmgr);
+    let mut app_counts = BTreeMap::new();
+    for a in apps.states.values().flat_map(|m| m.values()) {
+        *app_counts
+            .entry(app_word(a.status, a.health).to_string())
+            .or_insert(0) += 1;
+    }
+    if let Some(sch) = &apps.schedule {
+        let missing: usize = sch
+            .unplaced
+            .iter()
+            .map(|u| u.wanted.saturating_sub(u.placed) as usize)
+            .sum();
+        if missing > 0 {
+            app_counts.insert("unplaced".into(), missing);
+        }
+    }
+    let mut failing: Vec<HealthCheck> = s
+        .checks
+        .iter()
+        .filter(|c| c.status != HealthStatus::Passing)
+        .cloned()
+        .collect();
+    failing.sort_by(|a, b| (&a.node, &a.check_id).cmp(&(&b.node, &b.check_id)));
+    Overview {
+        agent: st.node.clone(),
+        nodes: nodes::list_of(s, &st.layout).nodes,
+        job_counts: jobs::list_of(s, &st.layout, &all).counts,
+        app_counts,
+        failing_checks: failing,
+    }
+}
+
+/// The last `LOG_TAIL` bytes of `b`, and whether anything was cut.
+fn tail(b: Vec<u8>) -> (String, bool) {
+    if b.len() <= LOG_TAIL {
+        return (String::from_utf8_lossy(&b).into_owned(), false);
+    }
+    (
+        String::from_utf8_lossy(&b[b.len() - LOG_TAIL..]).into_owned(),
+        true,
+    )
+}
+
+/// A running job's log so far, from this node's disk or from the agent on its node.
+async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> Value {
+    let full = format!("{}{key}", st.layout.prefix());
+    let (out, err) = if node == st.node {
+        let p = LogPaths::for_key(&st.log_dir, &full);
+        (
+            tokio::fs::read(&p.stdout).await.ok(),
+            tokio::fs::read(&p.stderr).await.ok(),
+        )
+    } else {
+        let Some(addr) = s.services.get("servant").and_then(|(_, list)| {
+            list.iter().find(|i| i.node == node).map(|i| {
+                let a = if i.service_address.is_empty() {
+                    &i.address
+                } else {
+                    &i.service_address
+                };
+                format!("{a}:{}", i.service_port)
+            })
+        }) else {
+            return json!({ "Error": format!("no servant agent registered on node {node}") });
+        };
+        let get = |stream: &'static str| {
+            let url = format!("http://{addr}/v1/logs");
+            let req = st
+                .peer
+                .get(url)
+                .query(&[("key", full.as_str()), ("stream", stream)])
+                .timeout(Duration::from_secs(5));
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.ok().map(|b| b.to_vec()),
+                    _ => None,
+                }
+            }
+        };
+        (get("stdout").await, get("stderr").await)
+    };
+    let (stdout, cut_out) = tail(out.unwrap_or_default());
+    let (stderr, cut_err) = tail(err.unwrap_or_default());
+    json!({ "Stdout": stdout, "Stderr": stderr, "Truncated": cut_out || cut_err })
+}
+
+/// Whether a view reads something besides the snapshot that changes by itself.
+fn ticks(view: &View, last: &Value) -> Option<Duration> {
+    match view {
+        View::Containers => Some(CONTAINERS_EVERY),
+        View::Job(_) if last["Job"]["State"] == "running" => Some(FOLLOW),
+        _ => None,
+    }
+}
+
+/// The view's JSON now.
+pub async fn render(st: &ApiState, view: &View) -> Value {
+    let s = match st.hub.snapshot().await {
+        Ok(s) => s,
+        Err(e) => return json!({ "Error": e.to_string() }),
+    };
+    let v = match view {
+        View::Overview => serde_json::to_value(overview(&s, st)),
+        View::Jobs(f) => serde_json::to_value(jobs::list_of(&s, &st.layout, f)),
+        View::Job(key) => {
+            return match jobs::show_of(&s, &st.layout, key) {
+                Ok(job) => {
+                    let output = match &job {
+                        JobView::Running { node, .. } => running_output(st, &s, key, node).await,
+                        _ => Value::Null,
+                    };
+                    json!({ "Job": job, "Live": output })
+                }
+                Err(ApiError::NotFound(why)) => json!({ "Job": null, "Error": why }),
+                Err(e) => json!({ "Job": null, "Error": e.to_string() }),
+            }
+        }
+        View::Apps => serde_json::to_value(apps::apps_doc(&st.layout, &s.appmgr)),
+        View::Services => serde_json::to_value(services::list_of(&s)),
+        View::Triggers => serde_json::to_value(triggers::list_of(&s, &st.layout)),
+        View::Containers => {
+            serde_json::to_value(containers::list_of(st, Duration::from_millis(500)).await)
+        }
+    };
+    v.unwrap_or_else(|e| json!({ "Error": format!("cannot encode the view: {e}") }))
+}
+
+struct Follow {
+    st: ApiState,
+    view: View,
+    version: tokio::sync::watch::Receiver<u64>,
+    last: Option<String>,
+    /// When to render again with no change in the cluster (following a log, sampling).
+    tick: Option<Duration>,
+    first: bool,
+}
+
+/// `GET /v1/stream?view=...`: one event per change of the view.
+pub async fn stream(
+    State(st): State<ApiState>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let view = View::parse(&q)?;
+    let version = st.hub.subscribe().await;
+    let f = Follow {
+        st,
+        view,
+        version,
+        last: None,
+        tick: None,
+        first: true,
+    };
+    let events = futures_util::stream::unfold(f, |mut f| async move {
+        loop {
+            if !f.first {
+                let tick = f.tick.unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    r = f.version.changed() => if r.is_err() { return None },
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = f.st.hub.stopped() => return None,
+                }
+                tokio::time::sleep(SETTLE).await;
+                f.version.borrow_and_update();
+            }
+            f.first = false;
+            let value = render(&f.st, &f.view).await;
+            f.tick = ticks(&f.view, &value);
+            let body = value.to_string();
+            if f.last.as_deref() != Some(body.as_str()) {
+                let ev = Event::default().event(f.view.name()).data(body.clone());
+                f.last = Some(body);
+                return Some((Ok(ev), f));
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
