@@ -30,36 +30,77 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     m
 }
 
-/// Every `crate::name` a line refers to, grouped imports (`crate::{a::x, b}`) included.
-fn crate_refs(line: &str) -> Vec<String> {
+/// Every `crate::name` a piece of source refers to, grouped imports (`crate::{a::x, b::{y, z}}`)
+/// included, also when rustfmt spreads the group over several lines.
+fn crate_refs(text: &str) -> Vec<String> {
+    fn ident(s: &str) -> String {
+        s.trim()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    }
     let mut out = Vec::new();
-    let mut rest = line;
+    let mut rest = text;
     while let Some(i) = rest.find("crate::") {
         let after = &rest[i + "crate::".len()..];
         if let Some(group) = after.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    out.push(name);
+            // The group's top-level items, split at commas outside nested braces.
+            let mut depth = 0usize;
+            let mut start = 0;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.push(ident(&group[start..j]));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(ident(&group[start..j]));
+                        start = j + 1;
+                    }
+                    _ => {}
                 }
             }
         } else {
-            let name: String = after
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                out.push(name);
-            }
+            out.push(ident(after));
         }
         rest = after;
     }
+    out.retain(|n| !n.is_empty());
     out
+}
+
+/// The statement that starts at `lines[n]`: that line, and the lines after it while a
+/// `crate::{` group it opens is not closed. Returns the text and how many lines it spans.
+fn statement(lines: &[&str], n: usize) -> (String, usize) {
+    let mut text = lines[n].to_string();
+    let mut used = 1;
+    if let Some(i) = text.find("crate::{") {
+        // Whether the group's own `{` is still open at the end of `t`.
+        let open = |t: &str| {
+            let mut depth = 0usize;
+            for c in t[i + "crate::".len()..].chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            true
+        };
+        while open(&text) && n + used < lines.len() {
+            text.push(' ');
+            text.push_str(lines[n + used].split("//").next().unwrap_or(""));
+            used += 1;
+        }
+    }
+    (text, used)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -97,20 +138,25 @@ fn dependencies_point_one_way() {
             .get(top.as_str())
             .unwrap_or_else(|| panic!("{} is a new top-level module: give it a layer here", top));
         let text = std::fs::read_to_string(f).expect("read");
-        for (n, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("//") {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut n = 0;
+        while n < lines.len() {
+            if lines[n].trim_start().starts_with("//") {
+                n += 1;
                 continue;
             }
-            for used in crate_refs(line) {
+            let (stmt, span) = statement(&lines, n);
+            for used in crate_refs(&stmt) {
                 if used != top && !may.contains(&used.as_str()) {
                     wrong.push(format!(
                         "{}:{}: {top} uses crate::{used}: {}",
                         rel.display(),
                         n + 1,
-                        line.trim()
+                        lines[n].trim()
                     ));
                 }
             }
+            n += span;
         }
     }
     assert!(
@@ -130,4 +176,21 @@ fn the_scanner_sees_grouped_and_inline_paths() {
         crate_refs("    let x = crate::jobs::claim::f(crate::util::g());"),
         vec!["jobs", "util"]
     );
+    assert_eq!(
+        crate_refs("use crate::{consul::{Client, QueryOptions}, wire::{self, Namespace}, util};"),
+        vec!["consul", "wire", "util"]
+    );
+}
+
+/// A group rustfmt spreads over several lines was not seen at all: only the line with
+/// `crate::{` was read, and it names no module.
+#[test]
+fn the_scanner_sees_a_group_over_several_lines() {
+    let src = "use crate::{\n    consul::{Client, QueryOptions},\n    // jobs::Not,\n    jobs::worker::Worker,\n};\nfn f() {}";
+    let lines: Vec<&str> = src.lines().collect();
+    let (stmt, span) = statement(&lines, 0);
+    assert_eq!(span, 5);
+    assert_eq!(crate_refs(&stmt), vec!["consul", "jobs"]);
+    let (stmt, span) = statement(&lines, 5);
+    assert_eq!((stmt.as_str(), span), ("fn f() {}", 1));
 }

@@ -111,17 +111,19 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
 async fn run_until(mut cfg: AgentConfig, stop: &CancellationToken) -> Result<(), AgentError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::DataDir {
-        path: cfg.data_dir.display().to_string(),
-        error: e,
-    })?;
-    cfg.data_dir = cfg
-        .data_dir
-        .canonicalize()
+    tokio::fs::create_dir_all(&cfg.data_dir)
+        .await
         .map_err(|e| AgentError::DataDir {
             path: cfg.data_dir.display().to_string(),
             error: e,
         })?;
+    cfg.data_dir =
+        tokio::fs::canonicalize(&cfg.data_dir)
+            .await
+            .map_err(|e| AgentError::DataDir {
+                path: cfg.data_dir.display().to_string(),
+                error: e,
+            })?;
     let dir = cfg.data_dir.clone();
     let _lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&dir))
         .await

@@ -342,7 +342,15 @@ pub async fn check_as(client: &Client, me: &Local, c: &ServiceCheck) -> Verdict 
         },
         _ => None,
     };
-    let manager = detect(&c.linux_service, c.status_cmd.as_deref(), Path::new("/"));
+    // Two stats of the local file system: off the async workers (a guard runs in the agent).
+    let (svc, cmd) = (c.linux_service.clone(), c.status_cmd.clone());
+    let manager =
+        match tokio::task::spawn_blocking(move || detect(&svc, cmd.as_deref(), Path::new("/")))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return base(Verdict::error(e).with("role", role.as_str())),
+        };
     let running = match is_running(&manager, &c.linux_service).await {
         Ok(r) => r,
         Err(e) => return base(Verdict::error(e).with("role", role.as_str())),

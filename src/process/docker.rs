@@ -44,6 +44,7 @@ use super::local::{prepare, read_captured, send_fence};
 use super::run::{Finished, Limits, Outcome};
 use super::spec::LaunchSpec;
 use super::{Captured, Driver, SpawnError, TaskHandle};
+use crate::util::backoff::Backoff;
 use crate::util::duration::{de_duration, ser_duration};
 
 /// The agent's labels on every container it starts.
@@ -736,7 +737,7 @@ async fn wait_exit(
     logs: tokio::task::JoinHandle<()>,
     tx: watch::Sender<Option<Exit>>,
 ) {
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let code = loop {
         let opts = WaitContainerOptions {
             condition: "not-running".into(),
@@ -761,8 +762,7 @@ async fn wait_exit(
             }
             Err(_) => {}
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.fail()).await;
     };
     // The log stream ends with the container; it is given a moment, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;

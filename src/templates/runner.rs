@@ -343,10 +343,12 @@ async fn render_loop(
 ) -> Result<(), RunError> {
     let mut loaded = Vec::new();
     for spec in &cfg.templates {
-        let text = std::fs::read_to_string(&spec.source).map_err(|e| RunError::Read {
-            path: spec.source.display().to_string(),
-            error: e,
-        })?;
+        let text = tokio::fs::read_to_string(&spec.source)
+            .await
+            .map_err(|e| RunError::Read {
+                path: spec.source.display().to_string(),
+                error: e,
+            })?;
         let name = spec.source.display().to_string();
         let template = parse(&name, &text, DATA_FUNCS)?;
         loaded.push(Loaded {
@@ -369,7 +371,7 @@ async fn render_loop(
     }
     let mut last: BTreeMap<PathBuf, String> = BTreeMap::new();
     for l in &loaded {
-        if let Ok(t) = std::fs::read_to_string(&l.spec.destination) {
+        if let Ok(t) = tokio::fs::read_to_string(&l.spec.destination).await {
             last.insert(l.spec.destination.clone(), t);
         }
     }
