@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::docker::*;
+use common::metrics::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -41,64 +39,6 @@ fn report_containers(h: &Http, node: &str) -> Option<Vec<Value>> {
 /// The container of job `key` in `list`.
 fn of_job<'a>(list: &'a [Value], key: &str) -> Option<&'a Value> {
     list.iter().find(|c| c["job"] == key)
-}
-
-/// The value of the sample of `name` whose labels contain `label`, in Prometheus text.
-fn gauge(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn get(url: &str, accept: Option<&str>) -> (String, String) {
-    let mut r = reqwest::blocking::Client::new().get(url);
-    if let Some(a) = accept {
-        r = r.header("Accept", a);
-    }
-    let r = r.send().expect("GET");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (ct, r.text().expect("body"))
-}
-
-/// A free TCP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A real Prometheus (Debian's `prometheus`) scraping `target` every second; killed on drop.
-fn prometheus(ip: &str, target: &str, dir: &Path) -> (Proc, String) {
-    let bin = Path::new("/usr/bin/prometheus");
-    assert!(
-        bin.is_file(),
-        "this test needs Debian's prometheus (apt-get install prometheus; scripts/test does)"
-    );
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-             - job_name: servant\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let listen = format!("{ip}:{}", free_port(ip));
-    let mut cmd = Command::new(bin);
-    cmd.arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"));
-    let p = spawn_logged("prometheus", &mut cmd, &dir.join("prometheus.log"));
-    (p, listen)
 }
 
 /// A memory user (30 MB of text in a shell variable) and a busy loop as docker jobs: the
@@ -152,7 +92,7 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
 
     // /metrics: the classic text format by default, with the gauges.
     let api = servant_api(&h);
-    let (ct, text) = get(&format!("http://{api}/metrics"), None);
+    let (ct, text) = get_metrics(&format!("http://{api}/metrics"), None);
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     let label = |name: &str| {
         format!(
@@ -173,7 +113,7 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
     );
     assert!(l.unwrap_or(0.0) >= m.unwrap(), "{l:?} in\n{text}");
     let cpu = wait_for("the busy loop's CPU gauge", T, || {
-        let (_, text) = get(&format!("http://{api}/metrics"), None);
+        let (_, text) = get_metrics(&format!("http://{api}/metrics"), None);
         gauge(
             &text,
             "servant_container_cpu_usage_ratio",
@@ -189,20 +129,9 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
     );
     // promtool (Prometheus' own linter) accepts it.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("metrics.txt"), &text).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(dir.path().join("metrics.txt")).unwrap())
-        .output()
-        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
     // OpenMetrics when asked.
-    let (ct, om) = get(
+    let (ct, om) = get_metrics(
         &format!("http://{api}/metrics"),
         Some("application/openmetrics-text;version=1.0.0"),
     );
@@ -266,7 +195,7 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
         (of_job(&l, "jobs/busy").is_none() && of_job(&l, "jobs/mem").is_some()).then_some(())
     });
     wait_for("and the metrics", T, || {
-        let (_, text) = get(&format!("http://{api}/metrics"), None);
+        let (_, text) = get_metrics(&format!("http://{api}/metrics"), None);
         (!text.contains(&busy_name) && text.contains(&mem_name)).then_some(())
     });
 }

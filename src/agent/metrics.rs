@@ -18,6 +18,23 @@ use prometheus_client::registry::Registry;
 use crate::process::stats::ContainerMonitor;
 use crate::wire::resource::ContainerUsage;
 
+/// The metrics each part keeps itself, made by the agent before the parts and registered once.
+#[derive(Clone, Debug, Default)]
+pub struct PartMetrics {
+    pub jobs: crate::jobs::metrics::JobMetrics,
+    pub apps: crate::apps::metrics::AppMetrics,
+    pub checks: crate::checks::metrics::CheckMetrics,
+}
+
+impl PartMetrics {
+    pub fn register(&self, m: &mut AgentMetrics) {
+        let r = m.registry_mut();
+        self.jobs.register(r);
+        self.apps.register(r);
+        self.checks.register(r);
+    }
+}
+
 /// Something a scrape brings up to date before the registry is encoded.
 pub trait Refresh: Send + Sync + 'static {
     fn refresh(&self) -> BoxFuture<'_, ()>;

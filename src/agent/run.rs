@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::api::hub::Hub;
 use super::api::{router, ApiState};
-use super::metrics::AgentMetrics;
+use super::metrics::{AgentMetrics, PartMetrics};
 use crate::process::stats::ContainerMonitor;
 
 /// The oldest container stats a reader (the `resource` report, a `/metrics` scrape) is given
@@ -317,6 +317,8 @@ async fn serve_parts(
     let containers = ContainerMonitor::new(node, layout.prefix(), CONTAINER_STATS_AGE);
     let mut metrics = AgentMetrics::new();
     metrics.add_containers(containers.clone());
+    let part_metrics = PartMetrics::default();
+    part_metrics.register(&mut metrics);
     // The dashboard's and the JSON API's shared watches; they start at the first read.
     let hub_tasks = TaskTracker::new();
     let hub = Hub::new(
@@ -371,6 +373,7 @@ async fn serve_parts(
         session_name,
         (session_rx, deadline_rx),
         containers,
+        part_metrics,
         stop,
     )
     .await;
@@ -398,6 +401,7 @@ async fn run_parts(
         tokio::sync::watch::Receiver<Option<u64>>,
     ),
     containers: ContainerMonitor,
+    metrics: PartMetrics,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
@@ -421,6 +425,7 @@ async fn run_parts(
             result_max_age: cfg.result_max_age,
             gc_interval: cfg.result_gc_interval,
             docker: cfg.docker.driver(),
+            metrics: metrics.jobs.clone(),
         },
         session_rx,
         deadline_rx,
@@ -438,6 +443,7 @@ async fn run_parts(
                 scratch: std::env::temp_dir(),
                 watch_wait: cfg.watch_wait,
                 layout: layout.clone(),
+                metrics: metrics.checks.clone(),
             },
             stop.clone(),
         ));
@@ -490,6 +496,7 @@ async fn run_parts(
             cfg.watch_wait,
         );
         apps_cfg.containers = Some(containers);
+        apps_cfg.metrics = metrics.apps.clone();
         parts.spawn(crate::apps::node::run(
             client.clone(),
             apps_cfg,

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod launch;
+pub mod metrics;
 pub mod node;
 pub mod report;
 pub mod scheduler;

@@ -107,6 +107,8 @@ pub struct AppsNodeConfig {
     pub kill_grace: Duration,
     /// This node's containers, for the `resource` report (set by the agent).
     pub containers: Option<crate::process::stats::ContainerMonitor>,
+    /// What the apps part counts for `/metrics` (set by the agent).
+    pub metrics: super::metrics::AppMetrics,
 }
 
 impl AppsNodeConfig {
@@ -138,6 +140,7 @@ impl AppsNodeConfig {
             log_dir,
             kill_grace,
             containers: None,
+            metrics: Default::default(),
         }
     }
 }
@@ -189,6 +192,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
             prefix: cfg.layout.prefix().to_string(),
         },
         docker: Default::default(),
+        metrics: cfg.metrics.clone(),
     });
     // Before any app starts: the containers an earlier run left, to adopt or remove.
     sup.find_leftovers().await;
@@ -270,6 +274,7 @@ async fn report_loop(
         }
         if let Some(sid) = sid {
             let apps: Applications = sup.lock().await.statuses();
+            cfg.metrics.states(&apps);
             let mut writes = Vec::new();
             if full {
                 match sampler.sample(&cfg.labels, started, now_ms()).await {

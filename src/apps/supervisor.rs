@@ -68,6 +68,8 @@ pub struct SupervisorCtx {
     /// The Engine client, made at the first container app (a node without Docker runs the
     /// rest).
     pub docker: Arc<tokio::sync::Mutex<Option<bollard::Docker>>>,
+    /// Counts restarts for `/metrics`.
+    pub metrics: super::metrics::AppMetrics,
 }
 
 impl SupervisorCtx {
@@ -463,6 +465,7 @@ async fn run_app<D>(
                 s.start_time = app_time(started_ms);
             } else {
                 s.restarts += 1;
+                ctx.metrics.restarted();
             }
             s.status = AppState::Enabled;
             s.pid = pgid;

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod crontab;
 pub mod guard;
+pub mod metrics;
 pub mod process;
 pub mod role;
 pub mod service;

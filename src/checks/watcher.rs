@@ -32,6 +32,8 @@ pub struct WatcherConfig {
     pub watch_wait: Duration,
     /// Where the role data, the actions and the history are (`kv_prefix`).
     pub layout: Namespace,
+    /// What the watcher counts for `/metrics`.
+    pub metrics: super::metrics::CheckMetrics,
 }
 
 /// A check's new state, for its service's worker.
@@ -198,7 +200,7 @@ async fn worker(
             state: status,
             check_output: output,
         };
-        fire(
+        if let Some(run) = fire(
             &client,
             &cfg.layout,
             &cfg.node,
@@ -206,6 +208,9 @@ async fn worker(
             cfg.timeout,
             &cfg.scratch,
         )
-        .await;
+        .await
+        {
+            cfg.metrics.ran(&run);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! Consul and ties them together, and runs jobs through `crate::process`.
 
 pub mod claim;
+pub mod metrics;
 pub mod result;
 pub mod spec;
 pub mod submit;

@@ -77,6 +77,8 @@ pub struct WorkerConfig {
     pub gc_interval: Duration,
     /// Docker jobs: keep their containers, pull timeout.
     pub docker: DockerConfig,
+    /// What the worker counts for `/metrics`.
+    pub metrics: crate::jobs::metrics::JobMetrics,
 }
 
 /// What is left to do once a job's result is written: its container is removed.
@@ -307,6 +309,8 @@ impl Worker {
         // Keys held by this node's session with no task of ours behind them (a claim whose
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
+        // When this agent first saw each queued key, for the claim-time histogram.
+        let mut first_seen: HashMap<String, std::time::Instant> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut wake: Option<Instant> = None;
         let mut session_id = self.session.borrow().id.clone();
@@ -401,6 +405,9 @@ impl Worker {
                 if finished.get(&e.key) == Some(&e.modify_index) {
                     continue;
                 }
+                first_seen
+                    .entry(e.key.clone())
+                    .or_insert_with(std::time::Instant::now);
                 candidates.push(Candidate {
                     key: e.key.clone(),
                     modify_index: e.modify_index,
@@ -412,6 +419,7 @@ impl Worker {
             // Forget a finished key only once the watch no longer lists it at all (deleted).
             finished.retain(|k, _| present.contains(k));
             orphans.retain(|k, _| present.contains(k) && !handles.contains_key(k));
+            first_seen.retain(|k, _| present.contains(k));
             if !orphans.is_empty() {
                 let w = Instant::now() + ORPHAN_GRACE;
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -442,6 +450,10 @@ impl Worker {
                 let ctx = ctx.clone();
                 let done = done_tx.clone();
                 let session = session.clone();
+                let seen = first_seen
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_else(std::time::Instant::now);
                 tasks.spawn(async move {
                     // Reports on drop, so even a panicking task frees its slot.
                     let mut guard = DoneGuard {
@@ -452,7 +464,7 @@ impl Worker {
                             claim_failed: true,
                         }),
                     };
-                    let claimed = claim_and_run(&ctx, entry, &session, kill_rx).await;
+                    let claimed = claim_and_run(&ctx, entry, &session, kill_rx, seen).await;
                     if let Some(r) = guard.report.as_mut() {
                         r.claim_failed = !claimed;
                     }
@@ -514,6 +526,7 @@ async fn claim_and_run(
     entry: KvPair,
     session: &str,
     kill: watch::Receiver<Option<KillReason>>,
+    seen: std::time::Instant,
 ) -> bool {
     let cfg = &ctx.cfg;
     let Some(jk) = cfg.layout.parse_job_key(&entry.key) else {
@@ -542,7 +555,11 @@ async fn claim_and_run(
                 key: entry.key.clone(),
             }),
         ];
-        return matches!(ctx.client.txn(&ops).await, Ok(TxnOutcome::Committed(_)));
+        let written = matches!(ctx.client.txn(&ops).await, Ok(TxnOutcome::Committed(_)));
+        if written {
+            cfg.metrics.result(Some(JobStatus::Rejected));
+        }
+        return written;
     }
     let ops = [
         TxnOp::Kv(TxnKvOp::CheckIndex {
@@ -559,12 +576,16 @@ async fn claim_and_run(
     ];
     let lock_index = match ctx.client.txn(&ops).await {
         // Results come in op order: [check-index, lock]. The lock's entry has the new LockIndex.
-        Ok(TxnOutcome::Committed(results)) => results
-            .get(1)
-            .and_then(|r| r.kv.as_ref())
-            .map(|kv| kv.lock_index)
-            .unwrap_or(entry.lock_index + 1),
+        Ok(TxnOutcome::Committed(results)) => {
+            cfg.metrics.claimed_after(seen.elapsed());
+            results
+                .get(1)
+                .and_then(|r| r.kv.as_ref())
+                .map(|kv| kv.lock_index)
+                .unwrap_or(entry.lock_index + 1)
+        }
         Ok(TxnOutcome::RolledBack(errs)) => {
+            cfg.metrics.claim_conflict();
             debug!(key = %entry.key, errors = ?errs, "claim not taken");
             return false;
         }
@@ -699,6 +720,7 @@ async fn run_job(
     kill: watch::Receiver<Option<KillReason>>,
 ) -> (Option<JobResult>, Option<Release>) {
     let cfg = &ctx.cfg;
+    let _running = cfg.metrics.started();
     let mut r = JobResult::for_job(job, &cfg.node, attempt);
     let start = now_ns();
     r.start_time = start;
@@ -884,9 +906,11 @@ where
                 go_format(cfg.shutdown_grace)
             );
         }
-        Outcome::Killed(KillReason::Fenced | KillReason::Removed | KillReason::Detach) => {
-            return (None, Some(release))
+        Outcome::Killed(KillReason::Fenced) => {
+            cfg.metrics.fenced();
+            return (None, Some(release));
         }
+        Outcome::Killed(KillReason::Removed | KillReason::Detach) => return (None, Some(release)),
     }
     (Some(r), Some(release))
 }
@@ -1029,7 +1053,10 @@ async fn write_result(
     // job must not stay locked without a result. Only losing the lock ends the attempts.
     loop {
         match ctx.client.txn(&ops(&current)).await {
-            Ok(TxnOutcome::Committed(_)) => return,
+            Ok(TxnOutcome::Committed(_)) => {
+                ctx.cfg.metrics.result(current.status);
+                return;
+            }
             Ok(TxnOutcome::RolledBack(errs)) => {
                 warn!(key = %job_key, errors = ?errs, "result not written: this node no longer holds the job");
                 return;

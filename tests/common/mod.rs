@@ -14,6 +14,7 @@ pub mod browser;
 pub mod cluster;
 pub mod docker;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 
 /// The consul binary: CONSUL_BIN, else what scripts/install-consul prints (it is idempotent).

@@ -18,7 +18,7 @@ use super::jobs::{JobFilter, JobsQuery};
 use super::{apps, containers, jobs, nodes, services, triggers, ApiError, ApiState};
 use crate::consul::HealthCheck;
 use crate::process::LogPaths;
-use crate::wire::{AppHealth, AppState, HealthStatus, JobView};
+use crate::wire::{HealthStatus, JobView};
 
 /// Changes that come together (a result write moves the job key and the result) are sent once.
 const SETTLE: Duration = Duration::from_millis(30);
@@ -108,16 +108,6 @@ pub struct Overview {
     pub failing_checks: Vec<HealthCheck>,
 }
 
-/// The word for an app's reported state, as the overview counts it.
-pub fn app_word(status: AppState, health: AppHealth) -> &'static str {
-    match (status, health) {
-        (AppState::Unavailable, _) => "unavailable",
-        (AppState::Disabled, _) => "stopped",
-        (AppState::Enabled, AppHealth::Healthy) => "healthy",
-        (AppState::Enabled, AppHealth::Unhealthy) => "unhealthy",
-    }
-}
-
 /// The overview from a snapshot (pure).
 pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
     let all = JobFilter {
@@ -127,12 +117,7 @@ pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
         offset: 0,
     };
     let apps = apps::apps_doc(&st.layout, &s.appmgr);
-    let mut app_counts = BTreeMap::new();
-    for a in apps.states.values().flat_map(|m| m.values()) {
-        *app_counts
-            .entry(app_word(a.status, a.health).to_string())
-            .or_insert(0) += 1;
-    }
+    let mut app_counts = crate::apps::metrics::count_states(apps.states.values());
     if let Some(sch) = &apps.schedule {
         let missing: usize = sch
             .unplaced
