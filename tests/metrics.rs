@@ -138,7 +138,30 @@ interval = "1s"
         Some(1.0),
         "{text}"
     );
+    // Every claim and every result is a transaction; the job listings are KV reads.
+    let txns = gauge(
+        &text,
+        "servant_consul_requests_total",
+        "endpoint=\"txn\",outcome=\"ok\"",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        txns >= 12.0,
+        "6 claims and 6 results, {txns} transactions:\n{text}"
+    );
+    assert!(
+        gauge(
+            &text,
+            "servant_consul_response_bytes_total",
+            "endpoint=\"kv\""
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{text}"
+    );
     for name in [
+        "servant_consul_requests_total",
+        "servant_consul_response_bytes_total",
         "servant_jobs_total",
         "servant_jobs_running",
         "servant_job_claim_seconds",

@@ -319,6 +319,7 @@ async fn serve_parts(
     metrics.add_containers(containers.clone());
     let part_metrics = PartMetrics::default();
     part_metrics.register(&mut metrics);
+    client.metrics().register(metrics.registry_mut());
     // The dashboard's and the JSON API's shared watches; they start at the first read.
     let hub_tasks = TaskTracker::new();
     let hub = Hub::new(

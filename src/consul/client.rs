@@ -138,6 +138,21 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    metrics: super::metrics::ConsulMetrics,
+}
+
+/// Consul's answer, its body read: status, query metadata and bytes.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub meta: QueryMeta,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// Extra time granted to a blocking request beyond Consul's own jitter (wait/16).
@@ -196,6 +211,7 @@ impl Client {
             http,
             base: cfg.base_url(),
             token: cfg.token.clone(),
+            metrics: Default::default(),
         })
     }
 
@@ -206,7 +222,13 @@ impl Client {
             http: self.http.clone(),
             base: self.base.clone(),
             token,
+            metrics: self.metrics.clone(),
         }
+    }
+
+    /// What this client (and every clone of it) asked of Consul, for `/metrics`.
+    pub fn metrics(&self) -> &super::metrics::ConsulMetrics {
+        &self.metrics
     }
 
     /// The base URL this client talks to.
@@ -247,35 +269,51 @@ impl Client {
         r
     }
 
-    /// Sends and classifies the status. Success and 404 come back as a response (a missing key is
-    /// not an error); everything else is a classified error.
+    /// Sends, reads the answer and classifies the status. Success and 404 come back as an
+    /// answer (a missing key is not an error); everything else is a classified error.
     pub(crate) async fn send(
         &self,
         method: &str,
         path: &str,
         r: RequestBuilder,
-    ) -> Result<Response, ConsulError> {
-        let resp = r.send().await.map_err(|e| ConsulError::Unreachable {
-            url: format!("{}{}", self.base, path),
-            cause: e.without_url(),
-        })?;
+    ) -> Result<Answer, ConsulError> {
+        let resp = match r.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.record(path, "unreachable", 0);
+                return Err(ConsulError::Unreachable {
+                    url: format!("{}{}", self.base, path),
+                    cause: e.without_url(),
+                });
+            }
+        };
         let status = resp.status();
+        let meta = meta_of(&resp);
+        let body = match resp.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                self.metrics.record(path, "unreachable", 0);
+                return Err(ConsulError::Decode {
+                    path: path.to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        self.metrics
+            .record(path, super::metrics::outcome(status.as_u16()), body.len());
         if status.is_success() || status == StatusCode::NOT_FOUND {
-            return Ok(resp);
+            return Ok(Answer { status, meta, body });
         }
-        let body = resp.text().await.unwrap_or_default();
-        Err(classify(status, method, path, body))
+        Err(classify(
+            status,
+            method,
+            path,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
     }
 
-    pub(crate) async fn json<T: DeserializeOwned>(
-        path: &str,
-        resp: Response,
-    ) -> Result<T, ConsulError> {
-        let bytes = resp.bytes().await.map_err(|e| ConsulError::Decode {
-            path: path.to_string(),
-            detail: e.to_string(),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| ConsulError::Decode {
+    pub(crate) fn json<T: DeserializeOwned>(path: &str, a: &Answer) -> Result<T, ConsulError> {
+        serde_json::from_slice(&a.body).map_err(|e| ConsulError::Decode {
             path: path.to_string(),
             detail: e.to_string(),
         })
@@ -289,13 +327,12 @@ impl Client {
         extra: &[(&str, String)],
     ) -> Result<(Option<T>, QueryMeta), ConsulError> {
         let r = self.query(path, q).query(extra);
-        let resp = self.send("GET", path, r).await?;
-        let meta = meta_of(&resp);
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok((None, meta));
+        let a = self.send("GET", path, r).await?;
+        if a.status == StatusCode::NOT_FOUND {
+            return Ok((None, a.meta));
         }
         // Consul answers `null` for some empty results (a missing session's info, for one).
-        Ok((Self::json::<Option<T>>(path, resp).await?, meta))
+        Ok((Self::json::<Option<T>>(path, &a)?, a.meta))
     }
 
     /// PUT with an optional JSON body. A 404 is an error here (unknown session, check, ...).
@@ -304,22 +341,21 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
         extra: &[(&str, String)],
-    ) -> Result<Response, ConsulError> {
+    ) -> Result<Answer, ConsulError> {
         let mut r = self.request(Method::PUT, path).query(extra);
         if let Some(b) = body {
             r = r.json(b);
         }
-        let resp = self.send("PUT", path, r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            let body = resp.text().await.unwrap_or_default();
+        let a = self.send("PUT", path, r).await?;
+        if a.status == StatusCode::NOT_FOUND {
             return Err(ConsulError::Status {
                 status: 404,
                 method: "PUT".into(),
                 path: path.into(),
-                body,
+                body: a.text(),
             });
         }
-        Ok(resp)
+        Ok(a)
     }
 
     /// PUT whose answer is JSON.
@@ -329,8 +365,8 @@ impl Client {
         body: Option<&serde_json::Value>,
         extra: &[(&str, String)],
     ) -> Result<T, ConsulError> {
-        let resp = self.put_checked(path, body, extra).await?;
-        Self::json(path, resp).await
+        let a = self.put_checked(path, body, extra).await?;
+        Self::json(path, &a)
     }
 
     /// PUT whose answer body is ignored (Consul often answers `true` or nothing).
@@ -365,7 +401,7 @@ pub(crate) fn classify(status: StatusCode, method: &str, path: &str, body: Strin
     }
 }
 
-pub(crate) fn meta_of(resp: &Response) -> QueryMeta {
+fn meta_of(resp: &Response) -> QueryMeta {
     let h = resp.headers();
     let num = |k: &str| {
         h.get(k)

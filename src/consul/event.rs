@@ -24,8 +24,8 @@ impl Client {
         let r = self
             .request(reqwest::Method::PUT, &path)
             .body(payload.to_vec());
-        let resp = self.send("PUT", &path, r).await?;
-        Client::json(&path, resp).await
+        let a = self.send("PUT", &path, r).await?;
+        Client::json(&path, &a)
     }
 
     /// Recent events, optionally of one name.

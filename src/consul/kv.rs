@@ -93,15 +93,11 @@ impl Client {
         let r = self
             .query(&path, &QueryOptions::default())
             .query(&[("raw", "")]);
-        let resp = self.send("GET", &path, r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let a = self.send("GET", &path, r).await?;
+        if a.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let b = resp.bytes().await.map_err(|e| ConsulError::Decode {
-            path,
-            detail: e.to_string(),
-        })?;
-        Ok(Some(b.to_vec()))
+        Ok(Some(a.body))
     }
 
     /// Every entry under `prefix` (`?recurse`). A missing prefix is an empty list.
@@ -181,20 +177,15 @@ impl Client {
         path: String,
         r: reqwest::RequestBuilder,
     ) -> Result<bool, ConsulError> {
-        let resp = self.send(method, &path, r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            let body = resp.text().await.unwrap_or_default();
+        let a = self.send(method, &path, r).await?;
+        if a.status == StatusCode::NOT_FOUND {
             return Err(ConsulError::Status {
                 status: 404,
                 method: method.into(),
                 path,
-                body,
+                body: a.text(),
             });
         }
-        let text = resp.text().await.map_err(|e| ConsulError::Decode {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(text.trim() == "true")
+        Ok(a.text().trim() == "true")
     }
 }

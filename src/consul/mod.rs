@@ -8,6 +8,7 @@ mod client;
 mod event;
 mod keeper;
 mod kv;
+mod metrics;
 mod session;
 mod txn;
 
@@ -20,5 +21,6 @@ pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
 pub use event::UserEvent;
 pub use keeper::{SessionKeeper, SessionSettings, SessionState};
 pub use kv::{KvPair, KvPutOptions};
+pub use metrics::ConsulMetrics;
 pub use session::{SessionBehavior, SessionEntry, SessionRequest};
 pub use txn::{TxnError, TxnKvOp, TxnOp, TxnOutcome, TxnResult};

@@ -97,10 +97,10 @@ impl Client {
         let resp = self
             .send("PUT", &path, self.request(reqwest::Method::PUT, &path))
             .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        if resp.status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let v: Vec<SessionEntry> = Client::json(&path, resp).await?;
+        let v: Vec<SessionEntry> = Client::json(&path, &resp)?;
         Ok(v.into_iter().next())
     }
 

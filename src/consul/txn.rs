@@ -123,7 +123,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let a: Answer = Client::json(path, resp).await?;
+        let a: Answer = Client::json(path, &resp)?;
         match a.errors {
             Some(e) if !e.is_empty() => Ok(TxnOutcome::RolledBack(e)),
             _ => Ok(TxnOutcome::Committed(a.results.unwrap_or_default())),
