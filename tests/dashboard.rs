@@ -13,13 +13,17 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Marks the page's JS context, so a test can tell a live update from a reload.
-fn mark(b: &mut Browser, p: &Page) {
+/// Navigates to `url` and waits for the new page's first render, then marks its JS context, so
+/// a test can tell a live update from a reload.
+fn goto(b: &mut Browser, p: &Page, url: &str) {
+    b.navigate(p, url);
     b.wait_js(
         p,
-        "the page's script",
+        &format!("the page {url} rendered"),
         T,
-        "typeof window.servantStream === 'object'",
+        &format!(
+            "location.href === {url:?} && document.body.dataset.updated !== undefined && typeof window.servantStream === 'object'"
+        ),
     );
     b.eval(p, "window.__notReloaded = true");
 }
@@ -30,6 +34,20 @@ fn still_same_page(b: &mut Browser, p: &Page) {
         json!(true),
         "the page was reloaded"
     );
+}
+
+/// Whether a `sleep <arg>` process runs on this machine (the tests' sleeps have unique lengths).
+fn sleeping(arg: &str) -> bool {
+    let want = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| c == want.as_bytes())
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn state_of_row(key: &str) -> String {
@@ -60,8 +78,7 @@ fn dev_dashboard_lists_the_node_follows_jobs_live_and_submits_from_its_form() {
     b.screenshot(&p, "dev-overview");
 
     // A job submitted with curl appears on the jobs page without a reload, and its result too.
-    b.navigate(&p, &format!("{ui}jobs"));
-    mark(&mut b, &p);
+    goto(&mut b, &p, &format!("{ui}jobs"));
     h.put(
         "/v1/kv/jobs/dash1",
         r#"{"Command":"echo first line; sleep 2; echo from-dash1"}"#,
@@ -81,8 +98,7 @@ fn dev_dashboard_lists_the_node_follows_jobs_live_and_submits_from_its_form() {
         "/v1/kv/jobs/dash2",
         r#"{"Command":"echo started-dash2; sleep 3; echo ended-dash2"}"#,
     );
-    b.navigate(&p, &format!("{ui}job?key=jobs/dash2"));
-    mark(&mut b, &p);
+    goto(&mut b, &p, &format!("{ui}job?key=jobs/dash2"));
     b.wait_js(
         &p,
         "dash2's live output while it runs",
@@ -100,8 +116,7 @@ fn dev_dashboard_lists_the_node_follows_jobs_live_and_submits_from_its_form() {
     b.screenshot(&p, "dev-job-done");
 
     // A job submitted from the form runs and its result shows.
-    b.navigate(&p, &format!("{ui}jobs"));
-    mark(&mut b, &p);
+    goto(&mut b, &p, &format!("{ui}jobs"));
     b.eval(
         &p,
         "(() => { const f = document.querySelector('#submit-form'); f.command.value = 'echo from-the-form'; f.requestSubmit(); })()",
@@ -123,6 +138,70 @@ fn dev_dashboard_lists_the_node_follows_jobs_live_and_submits_from_its_form() {
     assert_eq!(r["Output"], "from-the-form\n", "{r}");
     b.screenshot(&p, "dev-jobs-form");
 
+    // A running job is stopped from its page: its process ends and its result says why.
+    h.put(
+        "/v1/kv/jobs/dash3",
+        r#"{"Command":"sleep 301","Timeout":600}"#,
+    );
+    goto(&mut b, &p, &format!("{ui}job?key=jobs/dash3"));
+    b.wait_js(
+        &p,
+        "dash3 running with a stop button",
+        T,
+        "document.querySelector('#stop-job') !== null && document.querySelector('[data-state=running]') !== null",
+    );
+    wait_for("dash3's sleep running", T, || sleeping("301").then_some(()));
+    b.eval(&p, "document.querySelector('#stop-job').click()");
+    b.wait_js(
+        &p,
+        "dash3 failed as stopped on its page",
+        T,
+        "document.querySelector('[data-state=failed]') !== null && document.querySelector('main').textContent.includes('stopped')",
+    );
+    b.screenshot(&p, "dev-job-stopped");
+    let r = h.wait_result("jdone_jid/jobs/dash3", T);
+    assert_eq!(r["Status"], "failed", "{r}");
+    assert!(
+        r["ExitErrors"].as_str().unwrap().starts_with("stopped"),
+        "{r}"
+    );
+    assert!(!sleeping("301"), "the stopped job's process still runs");
+
+    // A task is put and removed from the apps page.
+    goto(&mut b, &p, &format!("{ui}apps"));
+    b.wait_js(
+        &p,
+        "the task form",
+        T,
+        "document.querySelector('#task-form') !== null",
+    );
+    b.eval(
+        &p,
+        r#"(() => { const f = document.querySelector('#task-form'); f.name.value = 'webapp'; f.body.value = '{"content":{"name":"webapp","command":"sleep 302"},"replication":1}'; f.requestSubmit(); })()"#,
+    );
+    b.wait_js(
+        &p,
+        "webapp healthy on the topology",
+        T,
+        &format!(
+            "document.querySelector('tr[data-host={:?}] [data-state=healthy]') !== null",
+            s.node
+        ),
+    );
+    assert!(sleeping("302"), "the app's process runs");
+    b.screenshot(&p, "dev-apps-task");
+    b.eval(&p, "document.querySelector('#task-rm').click()");
+    b.wait_js(
+        &p,
+        "webapp gone from the page",
+        T,
+        "!document.querySelector('main').textContent.includes('webapp') || document.querySelector('#task-box .msg.ok') !== null && document.querySelector('tr[data-host]') === null",
+    );
+    wait_for("the app's process stopped", T, || {
+        (!sleeping("302")).then_some(())
+    });
+    assert!(h.kv_raw("appmgr/task/webapp").is_none());
+
     // A narrow window: the overview still fits.
     let narrow = b.open(&ui, 420, 900);
     b.wait_js(
@@ -143,13 +222,7 @@ fn dev_dashboard_lists_the_node_follows_jobs_live_and_submits_from_its_form() {
 
     // The other pages render their data.
     for page in ["apps", "services", "triggers", "containers"] {
-        b.navigate(&p, &format!("{ui}{page}"));
-        b.wait_js(
-            &p,
-            &format!("the {page} page"),
-            T,
-            "document.body.dataset.updated !== undefined && document.querySelector('main h1') !== null",
-        );
+        goto(&mut b, &p, &format!("{ui}{page}"));
         b.screenshot(&p, &format!("dev-{page}"));
     }
 }
@@ -244,7 +317,7 @@ fn cluster_overview_lists_every_node_and_a_killed_node_turns_unhealthy() {
         .collect::<Vec<_>>()
         .join(" && ");
     b.wait_js(&p, "every node passing on the overview", T, &every);
-    mark(&mut b, &p);
+    b.eval(&p, "window.__notReloaded = true");
     b.screenshot(&p, "cluster-overview");
 
     c.sigkill(2);

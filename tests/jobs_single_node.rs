@@ -137,6 +137,43 @@ fn timeout_kills_grandchildren(b: Backend) {
     });
 }
 
+/// Deleting a running job's key stops it (the dashboard's stop does this with the caller's
+/// token): its whole group gets SIGTERM, and its node writes a `failed` result that says so.
+fn deleting_a_running_jobs_key_stops_it_with_a_result(b: Backend) {
+    let c = Single::start(b, &["--kill-grace", "1s"]);
+    let h = c.http();
+    let marker = format!(
+        "sleep {}",
+        5000 + std::process::id() % 1000 * 2 + u32::from(b == Backend::Dev)
+    );
+    let cmd = format!("sh -c '{marker} & {marker}'");
+    h.put(
+        "/v1/kv/jobs/del",
+        json!({"Command": cmd, "Timeout": "10m"}).to_string(),
+    );
+    wait_for("the sleeps to start", T, || {
+        (procs_matching(&marker).len() >= 2).then_some(())
+    });
+    let (code, body) = h.delete("/v1/kv/jobs/del");
+    assert_eq!(code, 200, "{body}");
+    let r = h.wait_result("jdone_jid/jobs/del", T);
+    assert_eq!(r["Status"], "failed", "{r}");
+    assert!(
+        r["ExitErrors"].as_str().unwrap().starts_with("stopped"),
+        "{r}"
+    );
+    assert_eq!(r["Attempt"], 1);
+    wait_for("no sleep left behind", Duration::from_secs(5), || {
+        procs_matching(&marker).is_empty().then_some(())
+    });
+    // The agent goes on.
+    h.put("/v1/kv/jobs/after", r#"{"Command":"echo after"}"#);
+    assert_eq!(
+        h.wait_result("jdone_jid/jobs/after", T)["Output"],
+        "after\n"
+    );
+}
+
 fn bad_input_gets_a_result_and_the_agent_keeps_working(b: Backend) {
     let mut c = Single::start(b, &["--output-cap", "65536"]);
     let h = c.http();
@@ -677,6 +714,7 @@ on_both!(
     readme_curl_node_queue,
     readme_service_registration_example,
     timeout_kills_grandchildren,
+    deleting_a_running_jobs_key_stops_it_with_a_result,
     bad_input_gets_a_result_and_the_agent_keeps_working,
     cli_start_wait_show_jobs_and_aliases,
     job_file_and_node_flag,

@@ -420,6 +420,16 @@ impl Worker {
             finished.retain(|k, _| present.contains(k));
             orphans.retain(|k, _| present.contains(k) && !handles.contains_key(k));
             first_seen.retain(|k, _| present.contains(k));
+            // A job whose key was deleted while this session held it was stopped by an
+            // operator (`consul kv delete`, the dashboard): it gets SIGTERM, then SIGKILL after
+            // `kill_grace`, and a result that says so. Only while the session is ours and not
+            // fenced: then no other node can have held the key meanwhile.
+            for (key, h) in &handles {
+                if !present.contains(key) && h.session == session && h.kill.borrow().is_none() {
+                    info!(key = %key, "the job's key was deleted while it ran: stopping the job");
+                    let _ = h.kill.send(Some(KillReason::Removed));
+                }
+            }
             if !orphans.is_empty() {
                 let w = Instant::now() + ORPHAN_GRACE;
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -615,7 +625,7 @@ async fn claim_and_run(
                 }
                 Verdict::Run { attempt } => {
                     let (r, rel) =
-                        run_job(ctx, &jk, &entry.key, &job, attempt, session, kill).await;
+                        run_job(ctx, &jk, &entry.key, &job, attempt, session, kill.clone()).await;
                     release = rel;
                     r
                 }
@@ -624,15 +634,19 @@ async fn claim_and_run(
     };
     if let Some(r) = result {
         info!(key = %entry.key, status = r.status_str(), attempt = r.attempt, "job finished");
-        write_result(
-            ctx,
-            &entry.key,
-            &cfg.layout.result_key(&jk),
-            session,
-            r,
-            true,
-        )
-        .await;
+        if *kill.borrow() == Some(KillReason::Removed) {
+            write_stopped_result(ctx, &entry.key, &cfg.layout.result_key(&jk), r).await;
+        } else {
+            write_result(
+                ctx,
+                &entry.key,
+                &cfg.layout.result_key(&jk),
+                session,
+                r,
+                true,
+            )
+            .await;
+        }
     }
     // Only now, with its result written (or no longer ours to write), its container goes.
     if let Some(rel) = release {
@@ -910,7 +924,14 @@ where
             cfg.metrics.fenced();
             return (None, Some(release));
         }
-        Outcome::Killed(KillReason::Removed | KillReason::Detach) => return (None, Some(release)),
+        Outcome::Killed(KillReason::Removed) => {
+            r.status = Some(JobStatus::Failed);
+            r.exit_errors = format!(
+                "stopped: its job key was deleted while it ran (the dashboard's stop, or a KV delete); SIGTERM, then SIGKILL after {}",
+                go_format(cfg.kill_grace)
+            );
+        }
+        Outcome::Killed(KillReason::Detach) => return (None, Some(release)),
     }
     (Some(r), Some(release))
 }
@@ -1085,6 +1106,40 @@ async fn write_result(
                 // Nothing more this node can do (permissions, most likely); say so loudly. The
                 // job stays held by this node, so `servant show` points here.
                 error!(key = %job_key, error = %e, "cannot write the result");
+                return;
+            }
+        }
+    }
+}
+
+/// Writes the result of a job stopped by deleting its key. No session check is possible on a
+/// key that is gone; the key must still be absent (a job queued again under the same ID is not
+/// overwritten), and the caller decided while its session held the key.
+async fn write_stopped_result(ctx: &Ctx, job_key: &str, result_key: &str, r: JobResult) {
+    let ops = [
+        TxnOp::Kv(TxnKvOp::CheckNotExists {
+            key: job_key.to_string(),
+        }),
+        TxnOp::Kv(TxnKvOp::Set {
+            key: result_key.to_string(),
+            value: encode_result(r.clone()),
+            flags: 0,
+        }),
+    ];
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    for _ in 0..20 {
+        match ctx.client.txn(&ops).await {
+            Ok(TxnOutcome::Committed(_)) => {
+                ctx.cfg.metrics.result(r.status);
+                return;
+            }
+            Ok(TxnOutcome::RolledBack(_)) => {
+                warn!(key = %job_key, "a stopped job's result not written: its key was queued again");
+                return;
+            }
+            Err(e) if e.is_transient() => tokio::time::sleep(backoff.fail()).await,
+            Err(e) => {
+                error!(key = %job_key, error = %e, "cannot write a stopped job's result");
                 return;
             }
         }

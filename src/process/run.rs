@@ -16,8 +16,8 @@ pub enum KillReason {
     Fenced,
     /// The agent is stopping and the grace period is over.
     Shutdown,
-    /// An app's task was removed from this node or changed: SIGTERM, then SIGKILL after the
-    /// grace period.
+    /// An app's task was removed from this node or changed, or a running job's key was
+    /// deleted (stopped by an operator): SIGTERM, then SIGKILL after the grace period.
     Removed,
     /// The agent is stopping: a task that can outlive it (an app's container) is left running
     /// for the next run to adopt (`TaskHandle::detach`); any other is stopped as `Removed`.

@@ -98,7 +98,7 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
 
 async fn bad_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!(
-        "{method} is not allowed on {}: writes are POST /v1/jobs, PUT and DELETE /v1/tasks/<name>; everything else is GET",
+        "{method} is not allowed on {}: writes are POST /v1/jobs, DELETE /v1/jobs/<key>, PUT and DELETE /v1/tasks/<name>; everything else is GET",
         uri.path()
     ))
 }
@@ -201,7 +201,7 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/app-logs", get(app_logs))
         .route("/v1/agent", get(agent))
         .route("/v1/jobs", get(jobs::list).post(writes::submit))
-        .route("/v1/jobs/{*key}", get(jobs::show))
+        .route("/v1/jobs/{*key}", get(jobs::show).delete(writes::stop_job))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/apps", get(apps::list))
         .route("/v1/containers", get(containers::list))

@@ -1,4 +1,4 @@
-//! The dashboard's writes: submit a job, put and remove a task.
+//! The dashboard's writes: submit and stop a job, put and remove a task.
 //!
 //! - **Cross-site requests are refused.** A write must carry `X-Servant-Request` and a JSON
 //!   body; a browser sends neither from another site's form, and will not send them from another
@@ -32,6 +32,8 @@ pub enum WriteError {
     Bad(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("consul: {0}")]
     Consul(#[from] ConsulError),
 }
@@ -43,6 +45,7 @@ impl IntoResponse for WriteError {
             WriteError::NoToken => StatusCode::UNAUTHORIZED,
             WriteError::Bad(_) => StatusCode::BAD_REQUEST,
             WriteError::Conflict(_) => StatusCode::CONFLICT,
+            WriteError::NotFound(_) => StatusCode::NOT_FOUND,
             WriteError::Consul(ConsulError::PermissionDenied { .. }) => StatusCode::FORBIDDEN,
             WriteError::Consul(_) => StatusCode::BAD_GATEWAY,
         };
@@ -58,6 +61,7 @@ impl From<ApiError> for WriteError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Consul(c) => WriteError::Consul(c),
+            ApiError::NotFound(why) => WriteError::NotFound(why),
             other => WriteError::Bad(other.to_string()),
         }
     }
@@ -219,6 +223,39 @@ pub async fn submit(
     let keys: Vec<String> = targets.iter().map(JobKey::relative).collect();
     info!(job = %id, keys = ?keys, with = who, "dashboard: job submitted");
     Ok((StatusCode::CREATED, Json(Submitted { id, keys })))
+}
+
+/// `DELETE /v1/jobs/<key>`: stops a running job, or takes a queued one out of its queue. The
+/// job key is deleted with the caller's token; the node that runs the job sees it go, stops the
+/// job (SIGTERM, then SIGKILL after `kill_grace`) and writes a `failed` result that says it was
+/// stopped. A queued job is simply gone: nothing ran.
+pub async fn stop_job(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, WriteError> {
+    same_site(&headers, false)?;
+    let snap = st.hub.snapshot().await?;
+    let view = super::jobs::show_of(&snap, &st.layout, &key)?;
+    let was = match &view {
+        crate::wire::JobView::Queued { .. } => "queued",
+        crate::wire::JobView::Running { .. } => "running",
+        crate::wire::JobView::Done { result, .. }
+            if result.status == Some(crate::wire::JobStatus::Started) =>
+        {
+            "running"
+        }
+        crate::wire::JobView::Done { .. } => {
+            return Err(WriteError::Conflict(format!(
+                "job {key} has ended; there is nothing to stop"
+            )))
+        }
+    };
+    let (client, who) = caller(&st, &headers).await?;
+    let full = format!("{}{key}", st.layout.prefix());
+    client.kv_delete(&full, false, None).await?;
+    info!(job = %key, was, with = who, "dashboard: job stopped");
+    Ok(Json(serde_json::json!({ "Key": key, "Was": was })))
 }
 
 /// `PUT /v1/tasks/<name>`: a task in App Manager's shape, checked before it is written.

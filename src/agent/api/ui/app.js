@@ -186,9 +186,19 @@ function job(d) {
   const stdout = res ? res.Output : d.Live && d.Live.Stdout;
   const stderr = res ? res.OutputErrors : d.Live && d.Live.Stderr;
   const cut = res ? (res.OutputTruncated || res.OutputErrorsTruncated) : d.Live && d.Live.Truncated;
+  let stop = "";
+  if (state === "running" || state === "queued" || state === "started") {
+    const out = h("div", {});
+    const button = h("button", { class: "danger", type: "button", id: "stop-job" }, state === "queued" ? "Remove from queue" : "Stop job");
+    button.addEventListener("click", async () => {
+      try { await write("DELETE", "/v1/jobs/" + key); message(out, true, "stop requested: its node stops it and writes its result"); } catch (e) { message(out, false, "not stopped: " + e.message); }
+    });
+    stop = h("div", { class: "writer", id: "stop-box" }, h("p", {}, button), out);
+  }
   return [
     h("h1", {}, "Job ", h("code", {}, key)),
     h("dl", { class: "kv" }, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    stop,
     h("h2", {}, "Output", state === "running" ? h("span", { class: "muted" }, " (following)") : ""),
     h("pre", { id: "stdout" }, stdout || ""),
     stderr ? [h("h2", {}, "Errors"), h("pre", { class: "err", id: "stderr" }, stderr)] : [],
