@@ -202,12 +202,12 @@ async fn trigger_one(
     let scratch = std::env::temp_dir();
     let run = fire(&ctx.client, &ctx.layout, &me.node, &tctx, timeout, &scratch).await;
     let Some(r) = run else { return Ok(None) };
-    eprintln!(
-        "servant: trigger {} ran: exit {:?}{}",
-        r.key,
-        r.exit_code,
-        if r.timed_out { " (timed out)" } else { "" }
-    );
+    let how = match (r.timed_out, r.exit_code) {
+        (true, _) => "timed out".to_string(),
+        (false, Some(code)) => format!("exit {code}"),
+        (false, None) => "could not start".to_string(),
+    };
+    eprintln!("servant: trigger {} ran: {how}", r.key);
     out!("{}", r.output);
     Ok(Some(r.exit_code.unwrap_or(1)))
 }
