@@ -434,18 +434,34 @@ fn sigterm_lets_jobs_finish_then_reports_the_rest() {
 fn lost_session_fences_running_jobs_and_the_agent_recovers(b: Backend) {
     let mut c = Single::start(b, &["--lock-delay", "0s", "--kill-grace", "1s"]);
     let h = c.http();
-    let marker = format!("sleep {}", 5000 + std::process::id() % 1000);
+    // One sleep length per backend: both run at once in this test binary.
+    let marker = format!(
+        "sleep {}",
+        40_000 + (std::process::id() % 1000) * 2 + u32::from(b == Backend::Dev)
+    );
+    // A sleep in the background too: whatever a job leaves in its group ends with it when the
+    // command exits (issue 10), and a fenced job's whole group is killed at once, background
+    // included.
     h.put(
         "/v1/kv/jobs/fenced",
-        json!({"Command": marker, "Timeout": 120}).to_string(),
+        json!({"Command": format!("{marker} & {marker}"), "Timeout": 120}).to_string(),
     );
     let sid = wait_for("claimed", T, || {
         h.get_json("/v1/kv/jobs/fenced")?[0]["Session"]
             .as_str()
             .map(str::to_string)
     });
+    // Both sleeps running (the shell's command line names them too: it is in the list).
     let first = wait_for("job running", T, || {
-        Some(procs_matching(&marker)).filter(|p| !p.is_empty())
+        let all = procs_matching(&marker);
+        let sleeps = all
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.replace('\0', " ").starts_with(&marker))
+            })
+            .count();
+        (sleeps == 2).then_some(all)
     });
     assert_eq!(h.put(&format!("/v1/session/destroy/{sid}"), "").0, 200);
     wait_for("fenced job killed", T, || {
