@@ -1,5 +1,5 @@
 //! `/metrics` after a real workload on a real Consul: jobs that succeed, fail and time out, an
-//! app that crashes twice before it stays up, and a trigger run by a guard. The counters match
+//! app that crashes twice before it stays up, a trigger run by a guard and a template rendered. The counters match
 //! what happened (read back from the results, the apps report and the trigger history),
 //! `promtool check metrics` accepts the page, and a real Prometheus scrapes the agent and
 //! answers a PromQL query with the job count.
@@ -28,12 +28,21 @@ fn counters_match_a_workload_of_jobs_app_restarts_and_triggers() {
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("running");
     let cfg = dir.path().join("servant.toml");
+    // One template the agent keeps rendered: one render written.
+    let tmpl = dir.path().join("greeting.ctmpl");
+    let out = dir.path().join("greeting.txt");
+    std::fs::write(&tmpl, "{{ key \"greeting\" }}\n").unwrap();
+    h.put("/v1/kv/greeting", "hi");
     std::fs::write(
         &cfg,
         format!(
             r#"
 [apps]
 report_interval = "1s"
+
+[[template]]
+source = "{tmpl}"
+destination = "{out}"
 
 [checks]
 environment = "test"
@@ -45,7 +54,9 @@ linux_service = "demo"
 status_cmd = "test -f {} || exit 3"
 interval = "1s"
 "#,
-            flag.display()
+            flag.display(),
+            tmpl = tmpl.display(),
+            out = out.display(),
         ),
     )
     .unwrap();
@@ -107,6 +118,9 @@ interval = "1s"
     .unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
 
+    wait_for("the template rendered", T, || {
+        (std::fs::read_to_string(&out).ok()? == "hi\n").then_some(())
+    });
     let url = format!("http://{api}/metrics");
     let text = wait_for("the apps gauge and the trigger counter", T, || {
         let (_, t) = get_metrics(&url, None);
@@ -171,6 +185,9 @@ interval = "1s"
         "servant_apps",
         "servant_app_restarts_total",
         "servant_trigger_runs_total",
+        "servant_template_renders_total",
+        "servant_session_renewals_total",
+        "servant_registrator_services",
         "servant_build_info",
     ] {
         // The classic text format names a counter's HELP and TYPE with its `_total`.

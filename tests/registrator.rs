@@ -184,6 +184,18 @@ fn a_published_port_is_a_service_with_a_passing_check_in_dns_until_the_container
     assert!(srv.contains(&format!(" {port} ")), "{srv}");
     assert_eq!(dig("A").trim(), c.ip, "A record");
 
+    // `/metrics` counts the service it holds, and none once it is gone.
+    let api = servant_api(&h);
+    let held = |n: f64| {
+        wait_for(&format!("servant_registrator_services {n}"), T, || {
+            let (_, t) = common::metrics::get_metrics(&format!("http://{api}/metrics"), None);
+            t.lines()
+                .any(|l| l == format!("servant_registrator_services {n}"))
+                .then_some(())
+        })
+    };
+    held(1.0);
+
     // Stop: the die event deregisters it, long before any resync.
     let (ok, _, err) = docker(&["stop", "-t", "1", &name]);
     assert!(ok, "{err}");
@@ -193,6 +205,7 @@ fn a_published_port_is_a_service_with_a_passing_check_in_dns_until_the_container
         "{}",
         s.proc.log_text()
     );
+    held(0.0);
     drop(ctr);
 }
 

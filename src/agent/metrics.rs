@@ -24,6 +24,8 @@ pub struct PartMetrics {
     pub jobs: crate::jobs::metrics::JobMetrics,
     pub apps: crate::apps::metrics::AppMetrics,
     pub checks: crate::checks::metrics::CheckMetrics,
+    pub templates: crate::templates::metrics::TemplateMetrics,
+    pub registrator: crate::registrator::RegistratorMetrics,
 }
 
 impl PartMetrics {
@@ -32,6 +34,8 @@ impl PartMetrics {
         self.jobs.register(r);
         self.apps.register(r);
         self.checks.register(r);
+        self.templates.register(r);
+        self.registrator.register(r);
     }
 }
 

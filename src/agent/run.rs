@@ -469,6 +469,7 @@ async fn run_parts(
             once: false,
             dry: false,
             watch_wait: cfg.watch_wait,
+            metrics: metrics.templates.clone(),
         };
         let client = client.clone();
         let stop = stop.clone();
@@ -483,6 +484,7 @@ async fn run_parts(
             client.clone(),
             cfg.docker.registrator(),
             node.to_string(),
+            metrics.registrator.clone(),
             stop.clone(),
         ));
     }

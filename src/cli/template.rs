@@ -83,6 +83,7 @@ pub async fn run_cmd(ctx: &Ctx, a: TemplateArgs) -> anyhow::Result<i32> {
             once: a.once,
             dry: a.dry,
             watch_wait: Duration::from_secs(300),
+            metrics: Default::default(),
         },
         stop,
     )

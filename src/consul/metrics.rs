@@ -28,6 +28,7 @@ pub fn endpoint(path: &str) -> String {
 pub struct ConsulMetrics {
     requests: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
+    renewals: Counter,
 }
 
 impl ConsulMetrics {
@@ -42,6 +43,15 @@ impl ConsulMetrics {
             "Bytes of Consul's answers to this agent, by endpoint",
             self.bytes.clone(),
         );
+        r.register(
+            "servant_session_renewals",
+            "Sessions this agent renewed (its jobs and apps sessions)",
+            self.renewals.clone(),
+        );
+    }
+
+    pub(crate) fn renewed(&self) {
+        self.renewals.inc();
     }
 
     pub(crate) fn record(&self, path: &str, outcome: &str, bytes: usize) {

@@ -101,6 +101,7 @@ impl Client {
             return Ok(None);
         }
         let v: Vec<SessionEntry> = Client::json(&path, &resp)?;
+        self.metrics().renewed();
         Ok(v.into_iter().next())
     }
 

@@ -14,12 +14,37 @@ pub mod run;
 pub use config::{Deregister, RegistratorConfig};
 pub use run::Registrator;
 
+/// `servant_registrator_services`: the services registrator mode holds on this node's agent,
+/// counted after every change and every resync. Registered by the agent.
+#[derive(Clone, Debug, Default)]
+pub struct RegistratorMetrics {
+    services: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl RegistratorMetrics {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "servant_registrator_services",
+            "Services registrator mode holds for this node's containers",
+            self.services.clone(),
+        );
+    }
+
+    pub(crate) fn set(&self, n: usize) {
+        self.services.set(n as i64);
+    }
+}
+
 /// Runs the registrator of `node` until `stop`.
 pub async fn run(
     client: crate::consul::Client,
     cfg: RegistratorConfig,
     node: String,
+    metrics: RegistratorMetrics,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    Registrator::new(client, cfg, node).run(stop).await
+    Registrator::new(client, cfg, node)
+        .with_metrics(metrics)
+        .run(stop)
+        .await
 }

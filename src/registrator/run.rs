@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use super::config::{Deregister, RegistratorConfig};
 use super::diff::{plan, Plan};
-use super::mapping::{id_prefix, kept, services, ttl_check, Container, Port, Proto, Settings};
+use super::mapping::{
+    id_prefix, kept, services, ttl_check, Container, Port, Proto, Settings, OWNER_META,
+};
 use crate::consul::{AgentServiceRegistration, CheckUpdate, Client, ConsulError};
 use crate::process::docker::{connect, DockerError};
 use crate::util::backoff::Backoff;
@@ -128,6 +130,7 @@ pub struct Registrator {
     node: String,
     /// TTL checks of the services we hold: their TTL and when they were last passed.
     ttl: BTreeMap<String, (Duration, Option<Instant>)>,
+    metrics: super::RegistratorMetrics,
 }
 
 impl Registrator {
@@ -137,6 +140,27 @@ impl Registrator {
             cfg,
             node,
             ttl: BTreeMap::new(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// Counts the services it holds into `metrics`.
+    pub fn with_metrics(mut self, metrics: super::RegistratorMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The services of `list` that carry this node's mark.
+    fn owned(&self, list: &[crate::consul::AgentService]) -> usize {
+        list.iter()
+            .filter(|s| s.meta.get(OWNER_META) == Some(&self.node))
+            .count()
+    }
+
+    /// Counts the services held now (after a change: one listing of the local agent).
+    async fn recount(&self) {
+        if let Ok(list) = self.client.agent_service_list().await {
+            self.metrics.set(self.owned(&list));
         }
     }
 
@@ -219,6 +243,9 @@ impl Registrator {
                 }
             }
         }
+        if stats != SyncStats::default() {
+            self.recount().await;
+        }
         Ok(stats)
     }
 
@@ -258,6 +285,7 @@ impl Registrator {
         }
         let stats = self.apply(p).await?;
         if stats == SyncStats::default() {
+            self.metrics.set(self.owned(&current));
             debug!(
                 containers = containers.len(),
                 services = wanted.len(),

@@ -12,6 +12,7 @@
 mod eval;
 mod funcs;
 mod lexer;
+pub mod metrics;
 mod parser;
 pub mod runner;
 pub mod source;

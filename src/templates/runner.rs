@@ -161,6 +161,8 @@ pub struct RunnerConfig {
     pub dry: bool,
     /// `wait` of the blocking queries.
     pub watch_wait: Duration,
+    /// What the runner counts for `/metrics` (the agent registers it).
+    pub metrics: super::metrics::TemplateMetrics,
 }
 
 /// Why the runner stopped with an error.
@@ -431,6 +433,7 @@ async fn render_loop(
             let text = match out {
                 Ok(t) => t,
                 Err(e) => {
+                    cfg.metrics.rendered("render_error");
                     error!(template = %l.spec.source.display(), error = %e, "render failed; the last good file stays");
                     failures.push(e.to_string());
                     continue;
@@ -442,13 +445,16 @@ async fn render_loop(
                 continue;
             }
             if last.get(&l.spec.destination) == Some(&text) {
+                cfg.metrics.rendered("unchanged");
                 continue;
             }
             if let Err(e) = write_atomic(&l.spec, &text).await {
+                cfg.metrics.rendered("write_error");
                 error!(file = %l.spec.destination.display(), error = %e, "cannot write the output");
                 failures.push(format!("{}: {e}", l.spec.destination.display()));
                 continue;
             }
+            cfg.metrics.rendered("written");
             info!(file = %l.spec.destination.display(), "rendered");
             last.insert(l.spec.destination.clone(), text);
             if let Some(cmd) = &l.spec.command {
