@@ -186,6 +186,13 @@ fn a_memory_user_and_a_busy_loop_show_in_the_report_metrics_prometheus_and_cli()
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["ContainerID"], busy_id.as_str(), "{v}");
+    // The agent's API says the same.
+    let v = Http::new(&api)
+        .get_json("/v1/jobs/jobs/busy")
+        .expect("/v1/jobs/jobs/busy");
+    assert_eq!(v["State"], "running", "{v}");
+    assert_eq!(v["Image"], lab.image.as_str(), "{v}");
+    assert_eq!(v["ContainerID"], busy_id.as_str(), "{v}");
 
     // A container that ends leaves the report and the metrics.
     let (ok, _, err) = docker(&["kill", &busy_id]);

@@ -24,15 +24,6 @@ pub struct ShowArgs {
     pub id: String,
 }
 
-/// The `Image` of a job document (field names match case-insensitively), if it has one.
-fn image_of(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Image"))
-        .and_then(|(_, v)| v.as_str().map(str::to_string))
-}
-
 /// The container of running job `key`, from its node's `resource` report (None until the
 /// node has reported it, or when the report cannot be read: the listing goes on without it).
 async fn running_container(ctx: &Ctx, node: &str, key: &str) -> Option<String> {
@@ -75,7 +66,7 @@ pub async fn view_of(
                 ..
             } = &mut view
             {
-                *image = image_of(&e.value);
+                *image = crate::wire::job::image_of(&e.value);
                 if image.is_some() {
                     *container_id = running_container(ctx, &node, key).await;
                 }

@@ -104,6 +104,15 @@ impl JobResult {
     }
 }
 
+/// The `Image` of a job document (field names match case-insensitively), if it has one.
+pub fn image_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Image"))
+        .and_then(|(_, v)| v.as_str().map(str::to_string))
+}
+
 /// A job's state as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "State", rename_all = "lowercase")]

@@ -319,8 +319,31 @@ pub fn show_of(s: &Snapshot, layout: &Namespace, key: &str) -> Result<JobView, A
         .and_then(|e| e.holder())
         .and_then(|sid| s.sessions.iter().find(|x| x.id == sid))
         .map(|x| x.node.clone());
-    job_detail(&jk.relative(), entry, result, holder_node.as_deref())?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {key}: neither queued nor a result")))
+    let mut view = job_detail(&jk.relative(), entry, result, holder_node.as_deref())?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {key}: neither queued nor a result")))?;
+    // A running docker job: its image from the document, its container from its node's report.
+    if let (
+        JobView::Running {
+            node,
+            image,
+            container_id,
+            ..
+        },
+        Some(e),
+    ) = (&mut view, entry)
+    {
+        *image = crate::wire::job::image_of(&e.value);
+        if image.is_some() {
+            let rkey = layout.resource(node);
+            *container_id = s
+                .appmgr
+                .iter()
+                .find(|x| x.key == rkey)
+                .and_then(|x| crate::wire::ResourceReport::parse(&x.value).ok())
+                .and_then(|r| r.job_container(&full).map(|c| c.id.clone()));
+        }
+    }
+    Ok(view)
 }
 
 /// `GET /v1/jobs`.
