@@ -1,6 +1,7 @@
-//! The agent's read-only JSON API (issue 14, first slice) against a real Consul: jobs that
-//! succeeded, failed, are running and are queued for a node that does not exist, each listed
-//! and shown with its state; filters and limits; unknown paths and methods get 4xx JSON.
+//! The agent's JSON API against a real Consul: jobs that succeeded, failed, are running and are
+//! queued for a node that does not exist, each listed and shown with its state; filters and
+//! limits; nodes, apps, services, containers, trigger runs and the dashboard's event stream, each
+//! with its shape; unknown paths and methods get 4xx JSON.
 
 mod common;
 
@@ -255,5 +256,95 @@ fn containers_lists_this_nodes_running_container() {
     assert_eq!(x["id"], id.as_str(), "{x}");
     assert_eq!(x["image"], lab.image.as_str(), "{x}");
     assert!(x["memory_limit_bytes"].as_u64().unwrap_or(0) > 0, "{x}");
+    drop(s);
+}
+
+#[test]
+fn triggers_and_the_event_stream_have_their_shapes() {
+    let c = ConsulDev::start();
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    let addr = servant_api(&h);
+    let api = Http::new(&addr);
+
+    // A trigger run by hand is recorded in trigger_history/<node> and listed with its output.
+    h.put(
+        "/v1/kv/triggers/web/standalone/critical",
+        "echo failing over @HOST",
+    );
+    let check = serde_json::json!({"Node": c.node, "CheckID": "service:web", "ServiceName": "web"});
+    let (code, out, err) = cli(
+        &c.addr(),
+        &[
+            "trigger",
+            "--env",
+            "test",
+            "-s",
+            &check.to_string(),
+            "critical",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v = wait_for("the run in /v1/triggers", T, || {
+        let v = api.get_json("/v1/triggers")?;
+        (!v["Runs"].as_array()?.is_empty()).then_some(v)
+    });
+    let run = &v["Runs"][0];
+    assert_eq!(run["Node"], c.node.as_str(), "{v}");
+    assert_eq!(run["Run"]["service"], "web");
+    assert_eq!(run["Run"]["state"], "critical");
+    assert_eq!(run["Run"]["key"], "triggers/web/standalone/critical");
+    assert_eq!(run["Run"]["exit_code"], 0);
+    assert_eq!(
+        run["Run"]["output"],
+        format!("failing over {}\n", c.node).as_str()
+    );
+
+    // The stream: a first event at once with the whole view, then one per change.
+    h.put("/v1/kv/jobs/s1", r#"{"Command":"echo s1"}"#);
+    h.wait_result("jdone_jid/jobs/s1", T);
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("http://{addr}/v1/stream?view=jobs&limit=10"))
+        .send()
+        .expect("stream");
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            if let Some(d) = line.strip_prefix("data: ") {
+                if tx.send(d.to_string()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let first: Value = json(&rx.recv_timeout(T).expect("a first event"));
+    assert_eq!(first["Jobs"][0]["Key"], "jobs/s1", "{first}");
+    assert_eq!(first["Counts"]["succeeded"], 1, "{first}");
+    h.put("/v1/kv/jobs/s2", r#"{"Command":"echo s2"}"#);
+    let with_s2 = wait_for("an event with s2 succeeded", T, || {
+        let v: Value = json(&rx.recv_timeout(T).ok()?);
+        let done = v["Jobs"]
+            .as_array()?
+            .iter()
+            .any(|r| r["Key"] == "jobs/s2" && r["State"] == "succeeded");
+        done.then_some(v)
+    });
+    assert_eq!(with_s2["Total"], 2, "{with_s2}");
+
+    // Bad views and a job view without its key are 400 with the reason.
+    for path in ["/v1/stream", "/v1/stream?view=nope", "/v1/stream?view=job"] {
+        let (code, body) = api.get(path);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(json(&body)["error"].as_str().is_some(), "{body}");
+    }
     drop(s);
 }
