@@ -152,19 +152,6 @@ fn latency(c: &ConsulDev, lab: &ImageLab) {
     );
 }
 
-/// The agent API's address, from its registration in Consul.
-fn api_addr(h: &Http) -> String {
-    wait_for("the servant service", Duration::from_secs(60), || {
-        let v = h.get_json("/v1/catalog/service/servant")?;
-        let s = v.as_array()?.first()?.clone();
-        Some(format!(
-            "{}:{}",
-            s["ServiceAddress"].as_str()?,
-            s["ServicePort"].as_u64()?
-        ))
-    })
-}
-
 fn dockerd_pid() -> Option<i32> {
     let out = Command::new("pidof").arg("dockerd").output().ok()?;
     String::from_utf8_lossy(&out.stdout)
@@ -221,7 +208,7 @@ fn minute(pid: i32, api: &str) -> Minute {
 fn monitor(c: &ConsulDev, lab: &ImageLab, s: &Servant) {
     let n = env_or("BENCH_CONTAINERS", 50);
     let h = c.http();
-    let api = api_addr(&h);
+    let api = servant_api(&h);
     let pid = s.proc.pid();
     let idle = minute(pid, &api);
     // n containers of this node, as its jobs' and apps' are labelled, started with the CLI so

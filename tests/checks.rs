@@ -280,24 +280,7 @@ fn the_agents_guard_and_watcher_heal_a_service() {
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("running");
     let cfg = dir.path().join("servant.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[checks]
-environment = "test"
-debounce = "500ms"
-
-[[checks.guard]]
-consul_service = "web"
-linux_service = "demo"
-status_cmd = "test -f {} || exit 3"
-interval = "1s"
-"#,
-            flag.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, guard_until_file(&flag)).unwrap();
     // Standalone: the service should run; the critical action starts it.
     h.put(
         "/v1/kv/triggers/test/web/standalone/critical",

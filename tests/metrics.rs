@@ -33,33 +33,12 @@ fn counters_match_a_workload_of_jobs_app_restarts_and_triggers() {
     let out = dir.path().join("greeting.txt");
     std::fs::write(&tmpl, "{{ key \"greeting\" }}\n").unwrap();
     h.put("/v1/kv/greeting", "hi");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[apps]
-report_interval = "1s"
-
-[[template]]
-source = "{tmpl}"
-destination = "{out}"
-
-[checks]
-environment = "test"
-debounce = "500ms"
-
-[[checks.guard]]
-consul_service = "web"
-linux_service = "demo"
-status_cmd = "test -f {} || exit 3"
-interval = "1s"
-"#,
-            flag.display(),
-            tmpl = tmpl.display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap();
+    let apps_and_template = format!(
+        "[apps]\nreport_interval = \"1s\"\n\n[[template]]\nsource = \"{}\"\ndestination = \"{}\"\n",
+        tmpl.display(),
+        out.display()
+    );
+    std::fs::write(&cfg, apps_and_template + &guard_until_file(&flag)).unwrap();
     // The guard's check is critical until the trigger creates the flag: one run.
     h.put(
         "/v1/kv/triggers/test/web/standalone/critical",

@@ -396,6 +396,25 @@ pub fn servant_api(h: &Http) -> String {
     })
 }
 
+/// An agent configuration's `[checks]` (environment `test`) with one guard of service `web`
+/// whose status command is critical until `flag` exists (a trigger action can create it).
+pub fn guard_until_file(flag: &Path) -> String {
+    format!(
+        r#"
+[checks]
+environment = "test"
+debounce = "500ms"
+
+[[checks.guard]]
+consul_service = "web"
+linux_service = "demo"
+status_cmd = "test -f {} || exit 3"
+interval = "1s"
+"#,
+        flag.display()
+    )
+}
+
 /// Which server a single-node test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -122,9 +122,31 @@ impl Feeds {
     }
 }
 
-/// Wraps a fetch's answer in an `Arc`, so every reader shares one copy.
-fn shared<T>(r: Result<(T, QueryMeta), ConsulError>) -> Result<(Arc<T>, QueryMeta), ConsulError> {
-    r.map(|(v, m)| (Arc::new(v), m))
+/// A feed: `fetch` (given a client and each request's options) followed by `spawn_watch`, its
+/// answers shared behind an `Arc`, so every reader shares one copy.
+fn follow<T, F, Fut>(
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    client: &Client,
+    what: &'static str,
+    fetch: F,
+) -> Feed<T>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: Fn(Client, QueryOptions) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(T, QueryMeta), ConsulError>> + Send + 'static,
+{
+    let c = client.clone();
+    spawn_watch(
+        tracker,
+        what,
+        WAIT,
+        move |q| {
+            let answer = fetch(c.clone(), q);
+            async move { answer.await.map(|(v, m)| (Arc::new(v), m)) }
+        },
+        stop,
+    )
 }
 
 /// The service catalog: names (blocking on the services table, which moves when a service
@@ -237,18 +259,10 @@ impl Hub {
         let stop = i.stop.child_token();
         let t = &i.tracker;
         let kv = |what: &'static str, prefix: String| {
-            let c = i.client.clone();
-            spawn_watch(
-                t,
-                what,
-                WAIT,
-                move |q| {
-                    let c = c.clone();
-                    let p = prefix.clone();
-                    async move { shared(c.kv_list(&p, &q).await) }
-                },
-                &stop,
-            )
+            follow(t, &stop, &i.client, what, move |c, q| {
+                let p = prefix.clone();
+                async move { c.kv_list(&p, &q).await }
+            })
         };
         let prefix = i.layout.prefix().to_string();
         let jobs = kv("dashboard jobs", i.layout.jobs_prefix());
@@ -256,49 +270,25 @@ impl Hub {
         let results = kv("dashboard results", i.layout.results_prefix());
         let appmgr = kv("dashboard apps", format!("{prefix}appmgr/"));
         let triggers = kv("dashboard triggers", format!("{prefix}trigger_history/"));
-        let c = i.client.clone();
-        let sessions = spawn_watch(
+        let sessions = follow(
             t,
+            &stop,
+            &i.client,
             "dashboard sessions",
-            WAIT,
-            move |q| {
-                let c = c.clone();
-                async move { shared(c.session_list(&q).await) }
-            },
-            &stop,
+            |c, q| async move { c.session_list(&q).await },
         );
-        let c = i.client.clone();
-        let nodes = spawn_watch(
+        let nodes = follow(t, &stop, &i.client, "dashboard nodes", |c, q| async move {
+            c.catalog_nodes(&q).await
+        });
+        let checks = follow(t, &stop, &i.client, "dashboard checks", |c, q| async move {
+            c.health_state("any", &q).await
+        });
+        let services = follow(
             t,
-            "dashboard nodes",
-            WAIT,
-            move |q| {
-                let c = c.clone();
-                async move { shared(c.catalog_nodes(&q).await) }
-            },
             &stop,
-        );
-        let c = i.client.clone();
-        let checks = spawn_watch(
-            t,
-            "dashboard checks",
-            WAIT,
-            move |q| {
-                let c = c.clone();
-                async move { shared(c.health_state("any", &q).await) }
-            },
-            &stop,
-        );
-        let c = i.client.clone();
-        let services = spawn_watch(
-            t,
+            &i.client,
             "dashboard services",
-            WAIT,
-            move |q| {
-                let c = c.clone();
-                async move { shared(service_catalog(&c, &q).await) }
-            },
-            &stop,
+            |c, q| async move { service_catalog(&c, &q).await },
         );
         let feeds = Feeds {
             jobs,
