@@ -15,6 +15,7 @@ use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::jobs::AllJobs;
 use super::ApiError;
 use crate::consul::spawn_watch;
 use crate::consul::{
@@ -177,6 +178,25 @@ struct Inner {
     last_read: std::sync::Mutex<Instant>,
     /// Bumped on every change of any feed; streams wait on it.
     version: watch::Sender<u64>,
+    /// The last `AllJobs` and the answers it was built from (kept alive, so a pointer match
+    /// means the same answer).
+    jobs_memo: std::sync::Mutex<Option<JobsMemo>>,
+}
+
+struct JobsMemo {
+    from: [Arc<Vec<KvPair>>; 3],
+    sessions: Arc<Vec<SessionEntry>>,
+    all: Arc<AllJobs>,
+}
+
+impl JobsMemo {
+    fn of(&self, s: &Snapshot) -> Option<Arc<AllJobs>> {
+        let same = Arc::ptr_eq(&self.from[0], &s.jobs)
+            && Arc::ptr_eq(&self.from[1], &s.queues)
+            && Arc::ptr_eq(&self.from[2], &s.results)
+            && Arc::ptr_eq(&self.sessions, &s.sessions);
+        same.then(|| self.all.clone())
+    }
 }
 
 /// The shared watches; cheap to clone.
@@ -203,6 +223,7 @@ impl Hub {
                 feeds: Mutex::new(None),
                 last_read: std::sync::Mutex::new(Instant::now()),
                 version,
+                jobs_memo: std::sync::Mutex::new(None),
             }),
         };
         let reaper = hub.clone();
@@ -228,6 +249,9 @@ impl Hub {
                 if let Some(f) = self.inner.feeds.lock().await.take() {
                     tracing::debug!("no page open: the dashboard's watches stop");
                     f.stop.cancel();
+                    if let Ok(mut m) = self.inner.jobs_memo.lock() {
+                        *m = None;
+                    }
                 }
             }
         }
@@ -347,9 +371,59 @@ impl Hub {
         self.inner.version.subscribe()
     }
 
+    /// Every job of `s`, built once per change however many pages and requests ask: with 20
+    /// pages open each change would otherwise parse every result 20 times.
+    pub fn all_jobs(&self, s: &Snapshot) -> Arc<AllJobs> {
+        if let Some(hit) = self
+            .inner
+            .jobs_memo
+            .lock()
+            .ok()
+            .and_then(|m| m.as_ref().and_then(|m| m.of(s)))
+        {
+            return hit;
+        }
+        let all = Arc::new(super::jobs::all_of(s, &self.inner.layout));
+        if let Ok(mut m) = self.inner.jobs_memo.lock() {
+            *m = Some(JobsMemo {
+                from: [s.jobs.clone(), s.queues.clone(), s.results.clone()],
+                sessions: s.sessions.clone(),
+                all: all.clone(),
+            });
+        }
+        all
+    }
+
     /// Resolves when the agent API stops: every open stream ends then, so the server's
     /// graceful shutdown does not wait on pages.
     pub async fn stopped(&self) {
         self.inner.stop.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jobs_memo_answers_only_for_the_very_answers_it_was_built_from() {
+        let s = Snapshot::default();
+        let memo = JobsMemo {
+            from: [s.jobs.clone(), s.queues.clone(), s.results.clone()],
+            sessions: s.sessions.clone(),
+            all: Arc::new(AllJobs::default()),
+        };
+        assert!(memo.of(&s).is_some(), "the same snapshot");
+        assert!(memo.of(&s.clone()).is_some(), "a clone shares its answers");
+        // A new answer, even an equal one, is another Arc: built again.
+        let mut newer = s.clone();
+        newer.results = Arc::new(Vec::new());
+        assert!(memo.of(&newer).is_none());
+        let mut moved = s.clone();
+        moved.sessions = Arc::new(Vec::new());
+        assert!(
+            memo.of(&moved).is_none(),
+            "a holder's node may have changed"
+        );
     }
 }

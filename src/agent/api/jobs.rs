@@ -189,15 +189,23 @@ fn row_of_result(key: String, r: &JobResult) -> JobRow {
     }
 }
 
-/// The rows of `/v1/jobs`: live jobs (queued, then running) by key, then results newest first;
-/// a job with both a held key and a `started` result (NoWait) is listed once, as its result.
-pub fn job_list<'a>(
+/// Every job's row in `/v1/jobs`'s order, counted by state, before any filter: built once per
+/// change of the cluster and shared by every request and page (the hub keeps the last one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllJobs {
+    pub rows: Vec<JobRow>,
+    pub counts: BTreeMap<String, usize>,
+    pub unreadable: Vec<String>,
+}
+
+/// Live jobs (queued, then running) by key, then results newest first; a job with both a held
+/// key and a `started` result (NoWait) is listed once, as its result.
+pub fn all_jobs<'a>(
     layout: &Namespace,
     entries: impl IntoIterator<Item = &'a KvPair>,
     results: &[KvPair],
     holders: &Holders,
-    filter: &JobFilter,
-) -> JobList {
+) -> AllJobs {
     let mut unreadable = Vec::new();
     let mut done: Vec<(i64, JobRow)> = Vec::new();
     for r in results {
@@ -227,23 +235,48 @@ pub fn job_list<'a>(
         kb.cmp(&ka).then_with(|| a.1.key.cmp(&b.1.key))
     });
     let mut counts = BTreeMap::new();
-    let all: Vec<JobRow> = live
+    let rows: Vec<JobRow> = live
         .into_iter()
         .chain(done.into_iter().map(|(_, r)| r))
         .inspect(|r| *counts.entry(r.state.clone()).or_insert(0) += 1)
-        .filter(|r| filter.keeps(r))
         .collect();
-    let total = all.len();
-    let offset = filter.offset.min(total);
-    let left_off = (total - offset).saturating_sub(filter.limit);
-    JobList {
-        jobs: all.into_iter().skip(offset).take(filter.limit).collect(),
-        left_off,
-        total,
-        offset,
+    AllJobs {
+        rows,
         counts,
         unreadable,
     }
+}
+
+/// One page of `all` under `filter`: its rows, how many matched, and the counts of every job.
+pub fn page(all: &AllJobs, filter: &JobFilter) -> JobList {
+    let matched: Vec<&JobRow> = all.rows.iter().filter(|r| filter.keeps(r)).collect();
+    let total = matched.len();
+    let offset = filter.offset.min(total);
+    let left_off = (total - offset).saturating_sub(filter.limit);
+    JobList {
+        jobs: matched
+            .into_iter()
+            .skip(offset)
+            .take(filter.limit)
+            .cloned()
+            .collect(),
+        left_off,
+        total,
+        offset,
+        counts: all.counts.clone(),
+        unreadable: all.unreadable.clone(),
+    }
+}
+
+/// The rows of `/v1/jobs`: `all_jobs`, then `page`.
+pub fn job_list<'a>(
+    layout: &Namespace,
+    entries: impl IntoIterator<Item = &'a KvPair>,
+    results: &[KvPair],
+    holders: &Holders,
+    filter: &JobFilter,
+) -> JobList {
+    page(&all_jobs(layout, entries, results, holders), filter)
 }
 
 /// The view of one job key (relative to the prefix) from its entry and its result, as
@@ -291,14 +324,13 @@ pub fn holders(s: &Snapshot) -> Holders {
         .collect()
 }
 
-/// `/v1/jobs` from a snapshot.
-pub fn list_of(s: &Snapshot, layout: &Namespace, filter: &JobFilter) -> JobList {
-    job_list(
+/// Every job of a snapshot (the hub memoizes it per snapshot).
+pub fn all_of(s: &Snapshot, layout: &Namespace) -> AllJobs {
+    all_jobs(
         layout,
         s.jobs.iter().chain(s.queues.iter()),
         &s.results,
         &holders(s),
-        filter,
     )
 }
 
@@ -353,7 +385,7 @@ pub async fn list(
 ) -> Result<Json<JobList>, ApiError> {
     let filter = JobFilter::parse(&q)?;
     let s = st.hub.snapshot().await?;
-    Ok(Json(list_of(&s, &st.layout, &filter)))
+    Ok(Json(page(&st.hub.all_jobs(&s), &filter)))
 }
 
 /// `GET /v1/jobs/<key>`, `<key>` as `/v1/jobs` lists it (`jobs/<id>`, `queues/<node>/<id>`).

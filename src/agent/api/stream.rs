@@ -110,12 +110,6 @@ pub struct Overview {
 
 /// The overview from a snapshot (pure).
 pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
-    let all = JobFilter {
-        state: None,
-        node: None,
-        limit: 1,
-        offset: 0,
-    };
     let apps = apps::apps_doc(&st.layout, &s.appmgr);
     let mut app_counts = crate::apps::metrics::count_states(apps.states.values());
     if let Some(sch) = &apps.schedule {
@@ -138,7 +132,7 @@ pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
     Overview {
         agent: st.node.clone(),
         nodes: nodes::list_of(s, &st.layout).nodes,
-        job_counts: jobs::list_of(s, &st.layout, &all).counts,
+        job_counts: st.hub.all_jobs(s).counts.clone(),
         app_counts,
         failing_checks: failing,
     }
@@ -215,7 +209,7 @@ pub async fn render(st: &ApiState, view: &View) -> Value {
     };
     let v = match view {
         View::Overview => serde_json::to_value(overview(&s, st)),
-        View::Jobs(f) => serde_json::to_value(jobs::list_of(&s, &st.layout, f)),
+        View::Jobs(f) => serde_json::to_value(jobs::page(&st.hub.all_jobs(&s), f)),
         View::Job(key) => {
             return match jobs::show_of(&s, &st.layout, key) {
                 Ok(job) => {
