@@ -73,6 +73,8 @@ pub struct AgentConfig {
     pub template_wait: Option<crate::templates::runner::Wait>,
     /// Docker: jobs' `keep_containers`, `pull_timeout`; the registrator's keys.
     pub docker: DockerSection,
+    /// What jobs this node runs: types, users, images, volumes (issue 16's job policy).
+    pub jobs: crate::jobs::policy::JobPolicy,
 }
 
 /// The `[docker]` section: the container driver's settings and the registrator's, side by side
@@ -212,6 +214,7 @@ impl Default for AgentConfig {
             template: Vec::new(),
             template_wait: None,
             docker: Default::default(),
+            jobs: Default::default(),
         }
     }
 }
@@ -289,6 +292,8 @@ impl AgentConfig {
         }
         self.apps.validate()?;
         self.checks.validate()?;
+        self.jobs.validate()?;
+        self.jobs.compile()?;
         if self.docker.resync < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
                 field: "docker.resync",
@@ -430,6 +435,52 @@ mod tests {
         for (text, field) in [
             ("[docker]\nresync = \"10ms\"\n", "docker.resync"),
             ("[docker]\nip = \"0.0.0.0\"\n", "docker.ip"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_jobs_section_is_the_node_s_job_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.toml");
+        assert_eq!(AgentConfig::default().jobs, Default::default());
+        std::fs::write(
+            &t,
+            "[jobs]\nallowed_types = [\"shell\"]\nallowed_users = [\"nobody\"]\ndefault_user = \"nobody\"\nallowed_images = [\"registry.local/*\"]\nallowed_volumes = [\"/data\"]\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&t).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.jobs.default_user.as_deref(), Some("nobody"));
+        for (text, field) in [
+            (
+                "[jobs]\nallowed_types = [\"rocket\"]\n",
+                "jobs.allowed_types",
+            ),
+            ("[jobs]\nallowed_typs = []\n", "allowed_typs"),
+        ] {
+            std::fs::write(&t, text).unwrap();
+            let e = AgentConfig::load(&t).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        for (text, field) in [
+            ("[jobs]\nallowed_users = [\"app\"]\n", "jobs.default_user"),
+            (
+                "[jobs]\nallowed_images = [\"a/[\"]\n",
+                "jobs.allowed_images",
+            ),
+            (
+                "[jobs]\nallowed_volumes = [\"data/x\"]\n",
+                "jobs.allowed_volumes",
+            ),
+            ("[jobs]\nallow_privileged = true\n", "jobs.allow_privileged"),
         ] {
             std::fs::write(&t, text).unwrap();
             let e = AgentConfig::load(&t)

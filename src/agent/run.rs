@@ -427,6 +427,10 @@ async fn run_parts(
             gc_interval: cfg.result_gc_interval,
             docker: cfg.docker.driver(),
             metrics: metrics.jobs.clone(),
+            policy: cfg
+                .jobs
+                .compile()
+                .map_err(super::config::ConfigError::from)?,
         },
         session_rx,
         deadline_rx,

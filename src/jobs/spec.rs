@@ -101,6 +101,9 @@ pub enum Rejection {
     Container(#[from] ContainerSpecError),
     #[error("{0}")]
     Invalid(String),
+    /// Outside this node's `[jobs]` policy.
+    #[error("{0}")]
+    Policy(#[from] super::policy::Violation),
 }
 
 /// The canonical top-level field names; input keys match them case-insensitively.

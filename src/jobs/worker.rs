@@ -79,6 +79,8 @@ pub struct WorkerConfig {
     pub docker: DockerConfig,
     /// What the worker counts for `/metrics`.
     pub metrics: crate::jobs::metrics::JobMetrics,
+    /// What this node agrees to run (`[jobs]`).
+    pub policy: crate::jobs::policy::CompiledPolicy,
 }
 
 /// What is left to do once a job's result is written: its container is removed.
@@ -610,7 +612,12 @@ async fn claim_and_run(
         }
     };
     let mut release = None;
-    let result = match spec::parse_job(jk.id(), &entry.value) {
+    // Parsed, then held to this node's policy, before anything runs.
+    let parsed = spec::parse_job(jk.id(), &entry.value).and_then(|mut job| {
+        cfg.policy.apply(&mut job, &cfg.node)?;
+        Ok(job)
+    });
+    let result = match parsed {
         Err(rej) => Some(rejected(&jk, &entry.value, &rej, &cfg.node, lock_index)),
         Ok(job) => {
             match claim::verdict(lock_index, job.retries) {
