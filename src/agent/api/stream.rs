@@ -17,7 +17,7 @@ use super::hub::Snapshot;
 use super::jobs::{JobFilter, JobsQuery};
 use super::{apps, containers, jobs, nodes, services, triggers, ApiError, ApiState};
 use crate::consul::HealthCheck;
-use crate::process::LogPaths;
+use crate::process::{read_capped, LogPaths};
 use crate::wire::{HealthStatus, JobView};
 
 /// Changes that come together (a result write moves the job key and the result) are sent once.
@@ -25,8 +25,8 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// How often a running job's log and this node's containers are read again.
 const FOLLOW: Duration = Duration::from_secs(1);
 const CONTAINERS_EVERY: Duration = Duration::from_secs(5);
-/// The tail of a running job's log a page gets.
-pub const LOG_TAIL: usize = 64 * 1024;
+/// How much of a running job's log a page gets: its start, as the job's result will keep it.
+pub const LOG_CAP: usize = 64 * 1024;
 
 /// The views a page can follow.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,25 +138,15 @@ pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
     }
 }
 
-/// The last `LOG_TAIL` bytes of `b`, and whether anything was cut.
-fn tail(b: Vec<u8>) -> (String, bool) {
-    if b.len() <= LOG_TAIL {
-        return (String::from_utf8_lossy(&b).into_owned(), false);
-    }
-    (
-        String::from_utf8_lossy(&b[b.len() - LOG_TAIL..]).into_owned(),
-        true,
-    )
-}
-
 /// A running job's log so far, from this node's disk or from the agent on its node.
 async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> Value {
     let full = format!("{}{key}", st.layout.prefix());
-    let (out, err) = if node == st.node {
+    let ((stdout, cut_out), (stderr, cut_err)) = if node == st.node {
+        // Read up to the cap, never the whole file: a page asks again every second.
         let p = LogPaths::for_key(&st.log_dir, &full);
         (
-            tokio::fs::read(&p.stdout).await.ok(),
-            tokio::fs::read(&p.stderr).await.ok(),
+            read_capped(&p.stdout, LOG_CAP).await,
+            read_capped(&p.stderr, LOG_CAP).await,
         )
     } else {
         let Some(addr) = s.services.get("servant").and_then(|(_, list)| {
@@ -179,16 +169,19 @@ async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> V
                 .query(&[("key", full.as_str()), ("stream", stream)])
                 .timeout(Duration::from_secs(5));
             async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.ok().map(|b| b.to_vec()),
-                    _ => None,
-                }
+                let b = match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.unwrap_or_default(),
+                    _ => Default::default(),
+                };
+                let cut = b.len() > LOG_CAP;
+                (
+                    String::from_utf8_lossy(&b[..b.len().min(LOG_CAP)]).into_owned(),
+                    cut,
+                )
             }
         };
         (get("stdout").await, get("stderr").await)
     };
-    let (stdout, cut_out) = tail(out.unwrap_or_default());
-    let (stderr, cut_err) = tail(err.unwrap_or_default());
     json!({ "Stdout": stdout, "Stderr": stderr, "Truncated": cut_out || cut_err })
 }
 
