@@ -135,7 +135,7 @@ fn counters_match_a_workload_of_jobs_app_restarts_and_triggers() {
     let txns = gauge(
         &text,
         "servant_consul_requests_total",
-        "endpoint=\"txn\",outcome=\"ok\"",
+        "part=\"jobs\",endpoint=\"txn\",outcome=\"ok\"",
     )
     .unwrap_or(0.0);
     assert!(

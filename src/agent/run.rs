@@ -249,7 +249,7 @@ async fn serve(
     let session_name = layout.jobs_session();
     info!(node = %node, consul = client.base_url(), "servant agent starting");
     let (keeper, session_rx) = SessionKeeper::new(
-        client.clone(),
+        client.for_part("sessions"),
         SessionSettings {
             name: session_name.clone(),
             ttl: cfg.session_ttl,
@@ -323,7 +323,7 @@ async fn serve_parts(
     // The dashboard's and the JSON API's shared watches; they start at the first read.
     let hub_tasks = TaskTracker::new();
     let hub = Hub::new(
-        client.clone(),
+        client.for_part("dashboard"),
         layout.clone(),
         hub_tasks.clone(),
         api_stop.clone(),
@@ -333,7 +333,7 @@ async fn serve_parts(
         apps_log_dir: cfg.data_dir.join("apps"),
         node: node.to_string(),
         metrics: Arc::new(metrics),
-        client: client.clone(),
+        client: client.for_part("api"),
         layout: layout.clone(),
         containers: containers.clone(),
         hub,
@@ -408,7 +408,7 @@ async fn run_parts(
     let shim_exe = std::env::current_exe().map_err(AgentError::Exe)?;
     let parts = TaskTracker::new();
     let worker = Worker::new(
-        client.clone(),
+        client.for_part("jobs"),
         WorkerConfig {
             layout: layout.clone(),
             node: node.to_string(),
@@ -438,7 +438,7 @@ async fn run_parts(
     parts.spawn(worker.run(stop.clone()));
     if cfg.checks.watch {
         parts.spawn(crate::checks::watcher::run(
-            client.clone(),
+            client.for_part("checks"),
             crate::checks::watcher::WatcherConfig {
                 node: node.to_string(),
                 environment: cfg.checks.environment.clone(),
@@ -455,7 +455,7 @@ async fn run_parts(
     }
     if !cfg.checks.guard.is_empty() {
         parts.spawn(crate::checks::guard::run(
-            client.clone(),
+            client.for_part("checks"),
             cfg.checks.guard.clone(),
             cfg.checks.environment.clone(),
             layout.clone(),
@@ -475,7 +475,7 @@ async fn run_parts(
             watch_wait: cfg.watch_wait,
             metrics: metrics.templates.clone(),
         };
-        let client = client.clone();
+        let client = client.for_part("templates");
         let stop = stop.clone();
         parts.spawn(async move {
             if let Err(e) = crate::templates::runner::run(client, runner, stop).await {
@@ -485,7 +485,7 @@ async fn run_parts(
     }
     if cfg.docker.registrator {
         parts.spawn(crate::registrator::run(
-            client.clone(),
+            client.for_part("registrator"),
             cfg.docker.registrator(),
             node.to_string(),
             metrics.registrator.clone(),
@@ -505,7 +505,7 @@ async fn run_parts(
         apps_cfg.containers = Some(containers);
         apps_cfg.metrics = metrics.apps.clone();
         parts.spawn(crate::apps::node::run(
-            client.clone(),
+            client.for_part("apps"),
             apps_cfg,
             stop.clone(),
         ));

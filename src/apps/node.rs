@@ -153,7 +153,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
         warn!(dir = %cfg.log_dir.display(), error = %e, "cannot create the apps' log directory");
     }
     let (keeper, session_rx) = SessionKeeper::new(
-        client.clone(),
+        client.for_part("sessions"),
         SessionSettings {
             name: cfg.layout.apps_session(),
             ttl: cfg.session_ttl,

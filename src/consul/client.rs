@@ -139,6 +139,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     metrics: super::metrics::ConsulMetrics,
+    /// Which part of the agent asks, for the metrics' `part` label.
+    part: &'static str,
 }
 
 /// Consul's answer, its body read: status, query metadata and bytes.
@@ -212,6 +214,7 @@ impl Client {
             base: cfg.base_url(),
             token: cfg.token.clone(),
             metrics: Default::default(),
+            part: "agent",
         })
     }
 
@@ -223,6 +226,16 @@ impl Client {
             base: self.base.clone(),
             token,
             metrics: self.metrics.clone(),
+            part: self.part,
+        }
+    }
+
+    /// The same client, its requests counted under `part` (jobs, apps, checks...): the load
+    /// model of ARCHITECTURE.md is per loop.
+    pub fn for_part(&self, part: &'static str) -> Client {
+        Client {
+            part,
+            ..self.clone()
         }
     }
 
@@ -280,7 +293,7 @@ impl Client {
         let resp = match r.send().await {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.record(path, "unreachable", 0);
+                self.metrics.record(self.part, path, "unreachable", 0);
                 return Err(ConsulError::Unreachable {
                     url: format!("{}{}", self.base, path),
                     cause: e.without_url(),
@@ -292,15 +305,19 @@ impl Client {
         let body = match resp.bytes().await {
             Ok(b) => b.to_vec(),
             Err(e) => {
-                self.metrics.record(path, "unreachable", 0);
+                self.metrics.record(self.part, path, "unreachable", 0);
                 return Err(ConsulError::Decode {
                     path: path.to_string(),
                     detail: e.to_string(),
                 });
             }
         };
-        self.metrics
-            .record(path, super::metrics::outcome(status.as_u16()), body.len());
+        self.metrics.record(
+            self.part,
+            path,
+            super::metrics::outcome(status.as_u16()),
+            body.len(),
+        );
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(Answer { status, meta, body });
         }

@@ -1,6 +1,6 @@
-//! What the agent asks of Consul, counted by endpoint: `servant_consul_requests_total
-//! {endpoint,outcome}` and `servant_consul_response_bytes_total{endpoint}`, so the load model of
-//! ARCHITECTURE.md can be checked on a live cluster. Every clone of a `Client` counts into the
+//! What the agent asks of Consul, counted by part and endpoint: `servant_consul_requests_total
+//! {part,endpoint,outcome}` and `servant_consul_response_bytes_total{part,endpoint}`, so the load
+//! model of ARCHITECTURE.md can be checked, loop by loop, on a live cluster. Every clone of a `Client` counts into the
 //! same series; the agent registers them.
 
 use prometheus_client::metrics::counter::Counter;
@@ -35,12 +35,12 @@ impl ConsulMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "servant_consul_requests",
-            "HTTP requests this agent made to Consul, by endpoint and outcome (ok, not_found, an HTTP status class, or unreachable)",
+            "HTTP requests this agent made to Consul, by part of the agent (jobs, apps, sessions, ...), endpoint and outcome (ok, not_found, an HTTP status class, or unreachable)",
             self.requests.clone(),
         );
         r.register(
             "servant_consul_response_bytes",
-            "Bytes of Consul's answers to this agent, by endpoint",
+            "Bytes of Consul's answers to this agent, by part of the agent and endpoint",
             self.bytes.clone(),
         );
         r.register(
@@ -54,17 +54,21 @@ impl ConsulMetrics {
         self.renewals.inc();
     }
 
-    pub(crate) fn record(&self, path: &str, outcome: &str, bytes: usize) {
+    pub(crate) fn record(&self, part: &str, path: &str, outcome: &str, bytes: usize) {
         let ep = endpoint(path);
         self.requests
             .get_or_create(&vec![
+                ("part".to_string(), part.to_string()),
                 ("endpoint".to_string(), ep.clone()),
                 ("outcome".to_string(), outcome.to_string()),
             ])
             .inc();
         if bytes > 0 {
             self.bytes
-                .get_or_create(&vec![("endpoint".to_string(), ep)])
+                .get_or_create(&vec![
+                    ("part".to_string(), part.to_string()),
+                    ("endpoint".to_string(), ep),
+                ])
                 .inc_by(bytes as u64);
         }
     }

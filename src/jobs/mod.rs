@@ -1,6 +1,6 @@
 //! Jobs: consul_servant's queues in KV, done right.
 //!
-//! `spec`, `policy`, `layout`, `result` and `claim` are pure; `worker` is the thin IO loop that watches
+//! `spec`, `policy`, `layout`, `result`, `claim` and `view` are pure; `worker` is the thin IO loop that watches
 //! Consul and ties them together, and runs jobs through `crate::process`.
 
 pub mod claim;
@@ -9,4 +9,5 @@ pub mod policy;
 pub mod result;
 pub mod spec;
 pub mod submit;
+pub mod view;
 pub mod worker;

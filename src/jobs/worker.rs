@@ -1,6 +1,7 @@
-//! The job worker: the thin IO loop around the pure planner. It watches `jobs/` and
-//! `queues/<node>/` with blocking queries, claims with one conditional lock, runs, and writes the
-//! result in one transaction that also deletes the job key.
+//! The job worker: the thin IO loop around the pure planner. It watches `jobs/` (key names only,
+//! see `view`) and `queues/<node>/` with blocking queries, reads a shared job just before claiming
+//! it, claims with one conditional lock, runs, and writes the result in one transaction that also
+//! deletes the job key.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::consul::SessionState;
 use crate::consul::{
-    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
+    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, KvPutOptions, TxnKvOp,
+    TxnOp, TxnOutcome,
 };
 use crate::process::container::published_service;
 use crate::process::docker::{
@@ -33,6 +35,7 @@ use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
 use super::result::{cap_text, JobResult, JobStatus};
 use super::spec::{self, JobSpec, JobType, Rejection, ServiceSpec};
+use super::view::{Found, JobsView};
 use crate::wire::{JobKey, Namespace};
 
 /// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and
@@ -51,7 +54,7 @@ pub struct WorkerConfig {
     pub layout: Namespace,
     /// This node's Consul node name.
     pub node: String,
-    /// Name of the servants' node sessions; the live servants are the nodes holding one.
+    /// Name of the servants' node sessions.
     pub session_name: String,
     /// Jobs this node runs at once.
     pub max_parallel: usize,
@@ -101,10 +104,16 @@ struct Done {
     claimed_at: u64,
     /// The claim did not happen (lost a race, lock-delay, Consul error).
     claim_failed: bool,
+    /// For a `jobs/` key: what was learned of it, for the view.
+    found: Option<Found>,
 }
 
 /// The longest pause in claiming shared jobs after a lost race, waiting for a newer listing.
 const STALE_HOLD: Duration = Duration::from_millis(200);
+
+/// How often a node with room re-reads the whole `jobs/` queue while keys it saw held by other
+/// sessions are queued (a holder that restarted frees them without changing their names).
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a key may look held by us with no task behind it before it is released. Longer
 /// than any watch lag, so a job that just finished is never mistaken for one.
@@ -250,12 +259,19 @@ impl Worker {
         // The watches and housekeeping end with `stop`; job tasks, key releases and result
         // writes are tracked too, and awaited after the drain.
         let tasks = TaskTracker::new();
-        let mut jobs_rx = watch_prefix(
+        // `jobs/` by key names only: a change costs each node the names, not every queued
+        // document (see `view`). Its own queue is its own work, so values come with it.
+        let c = ctx.client.clone();
+        let prefix = cfg.layout.jobs_prefix();
+        let mut jobs_rx = spawn_watch(
             &tasks,
-            &ctx.client,
             "jobs",
-            cfg.layout.jobs_prefix(),
             cfg.watch_wait,
+            move |q| {
+                let c = c.clone();
+                let p = prefix.clone();
+                async move { c.kv_keys(&p, None, &q).await }
+            },
             &stop,
         );
         let mut queue_rx = watch_prefix(
@@ -266,30 +282,13 @@ impl Worker {
             cfg.watch_wait,
             &stop,
         );
-        let c = ctx.client.clone();
-        let name = cfg.session_name.clone();
-        let mut live_rx = spawn_watch(
-            &tasks,
-            "servants",
-            cfg.watch_wait,
-            move |q| {
-                let c = c.clone();
-                let name = name.clone();
-                async move {
-                    let (sessions, meta) = c.session_list(&q).await?;
-                    let mut nodes: Vec<String> = sessions
-                        .into_iter()
-                        .filter(|s| s.name == name)
-                        .map(|s| s.node)
-                        .collect();
-                    nodes.sort();
-                    nodes.dedup();
-                    Ok((nodes, meta))
-                }
-            },
-            &stop,
-        );
+        let mut live_rx = watch_live(&tasks, &ctx.client, cfg, &stop);
         tasks.spawn(housekeeping(ctx.clone(), live_rx.clone(), stop.clone()));
+        // An empty prefix answers a blocking read with the whole KV table's index, so its
+        // watch would wake at every write anywhere; a folder key keeps both prefixes non-empty.
+        for folder in [cfg.layout.jobs_prefix(), cfg.layout.queue_prefix(&cfg.node)] {
+            ensure_folder(&ctx.client, &folder).await;
+        }
 
         deregister_leftover_services(&ctx).await;
         let params = PlanParams {
@@ -298,22 +297,26 @@ impl Worker {
         };
         let mut book = ClaimBook::new(&cfg.node, params);
         let mut handles: HashMap<String, Handle> = HashMap::new();
-        // Keys this node finished, with the ModifyIndex it claimed them at: a stale snapshot
-        // showing them unclaimed must not cause a second claim attempt.
+        let mut view = JobsView::default();
+        // Own-queue keys this node finished, with the ModifyIndex it claimed them at: a stale
+        // snapshot showing them unclaimed must not cause a second claim attempt.
         let mut finished: HashMap<String, u64> = HashMap::new();
         // After a lost claim race: the count of jobs/ listings that must be passed before this
         // node claims shared jobs again, and when the hold ends anyway (a quiet cluster may send
         // no newer listing).
         let mut hold: Option<(u64, Instant)> = None;
-        // How many different jobs/ listings this node has seen: a newer view than the one a
-        // claim was planned from has a higher count.
-        let mut listings = 0u64;
         // Keys held by this node's session with no task of ours behind them (a claim whose
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
         // When this agent first saw each queued key, for the claim-time histogram.
         let mut first_seen: HashMap<String, std::time::Instant> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        // Whole listings of jobs/ (resyncs): one at a time, due at start.
+        let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Vec<KvPair>>();
+        let mut resyncing = false;
+        // Orphaned keys given back: free now, to be read again.
+        let (released_tx, mut released_rx) = mpsc::unbounded_channel::<String>();
+        let mut resync_at = Some(Instant::now());
         let mut wake: Option<Instant> = None;
         let mut session_id = self.session.borrow().id.clone();
         let mut fenced = self.session.borrow().fenced;
@@ -329,9 +332,13 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                r = jobs_rx.changed() => { if r.is_err() { break; } listings += 1 }
+                r = jobs_rx.changed() => { if r.is_err() { break; } view.listing() }
                 r = queue_rx.changed() => if r.is_err() { break },
-                r = live_rx.changed() => if r.is_err() { break },
+                r = live_rx.changed() => {
+                    if r.is_err() { break; }
+                    // A node that left freed its keys without changing their names.
+                    resync_at = Some(Instant::now());
+                }
                 r = self.session.changed() => {
                     if r.is_err() { break; }
                     let (now_id, now_fenced) = {
@@ -346,6 +353,7 @@ impl Worker {
                             }
                         }
                         session_id = now_id;
+                        resync_at = Some(Instant::now());
                     } else if now_fenced && !fenced {
                         // Consul has not confirmed the session for `fence_after`: another node
                         // may take these jobs soon. Stop them; a result that is already
@@ -359,14 +367,29 @@ impl Worker {
                 }
                 Some(d) = done_rx.recv() => {
                     handles.remove(&d.key);
-                    if d.claim_failed {
-                        book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
-                        // Our view of jobs/ was stale: take no more shared jobs until a newer
-                        // listing arrives, or each claim from the same view may fail as well.
-                        hold = Some((listings, Instant::now() + STALE_HOLD));
-                    } else {
-                        finished.insert(d.key, d.claimed_at);
+                    match d.found {
+                        Some(found) => {
+                            if matches!(found, Found::NotClaimed(_)) {
+                                book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
+                                hold = Some((view.listings(), Instant::now() + STALE_HOLD));
+                            }
+                            view.learn(&d.key, found);
+                        }
+                        None if d.claim_failed => {
+                            book.claim_failed(&d.key, d.claimed_at, std::time::Instant::now());
+                            // Our view was stale: take no more shared jobs until a newer
+                            // listing arrives, or each claim from the same view may fail too.
+                            hold = Some((view.listings(), Instant::now() + STALE_HOLD));
+                        }
+                        None => {
+                            finished.insert(d.key, d.claimed_at);
+                        }
                     }
+                }
+                Some(key) = released_rx.recv() => view.learn(&key, Found::NotClaimed(None)),
+                Some(entries) = resync_rx.recv() => {
+                    resyncing = false;
+                    view.resynced(entries);
                 }
                 _ = sleep => {}
             }
@@ -375,31 +398,36 @@ impl Worker {
             let Some(session) = session_id.clone().filter(|_| !fenced) else {
                 continue;
             };
+            let free = cfg.max_parallel.saturating_sub(handles.len());
+            if !resyncing && resync_at.is_some_and(|t| t <= Instant::now()) {
+                resyncing = true;
+                resync_at = None;
+                tasks.spawn(resync(ctx.clone(), resync_tx.clone()));
+            }
             let mut entries: HashMap<String, KvPair> = HashMap::new();
             let mut present: HashSet<String> = HashSet::new();
             let mut candidates = Vec::new();
             let own_queue = cfg.layout.queue_prefix(&cfg.node);
-            let jobs_view = jobs_rx.borrow();
-            let jobs_entries = jobs_view.as_deref().unwrap_or_default();
-            if hold.is_some_and(|(seen, until)| listings > seen || Instant::now() >= until) {
+            if hold.is_some_and(|(seen, until)| view.listings() > seen || Instant::now() >= until) {
                 hold = None;
             }
             if let Some((_, until)) = hold {
                 wake = Some(wake.map_or(until, |w| w.min(until)));
             }
-            for e in jobs_entries
-                .iter()
-                .chain(queue_rx.borrow().iter().flatten())
+            let busy: HashSet<String> = handles.keys().cloned().collect();
+            let mut held_by_us: Vec<KvPair> = Vec::new();
             {
+                let keys = jobs_rx.borrow();
+                let keys = keys.as_deref().unwrap_or_default();
+                present.extend(keys.iter().cloned());
+                let (shared, orphaned) = view.candidates(&cfg.layout, keys, &session, &busy);
+                candidates.extend(shared);
+                held_by_us.extend(orphaned);
+            }
+            for e in queue_rx.borrow().iter().flatten() {
                 present.insert(e.key.clone());
                 if e.holder() == Some(session.as_str()) && !handles.contains_key(&e.key) {
-                    let since = *orphans
-                        .entry(e.key.clone())
-                        .or_insert_with(std::time::Instant::now);
-                    if since.elapsed() > ORPHAN_GRACE {
-                        orphans.remove(&e.key);
-                        tasks.spawn(release_orphan(ctx.clone(), e.clone(), session.clone()));
-                    }
+                    held_by_us.push(e.clone());
                 }
                 if e.holder().is_some() || cfg.layout.parse_job_key(&e.key).is_none() {
                     continue;
@@ -407,16 +435,34 @@ impl Worker {
                 if finished.get(&e.key) == Some(&e.modify_index) {
                     continue;
                 }
-                first_seen
-                    .entry(e.key.clone())
-                    .or_insert_with(std::time::Instant::now);
                 candidates.push(Candidate {
                     key: e.key.clone(),
                     modify_index: e.modify_index,
                     create_index: e.create_index,
-                    own_queue: e.key.starts_with(&own_queue),
+                    own_queue: true,
                 });
                 entries.insert(e.key.clone(), e.clone());
+            }
+            for e in held_by_us {
+                let since = *orphans
+                    .entry(e.key.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if since.elapsed() > ORPHAN_GRACE {
+                    orphans.remove(&e.key);
+                    let (ctx, session, released) =
+                        (ctx.clone(), session.clone(), released_tx.clone());
+                    tasks.spawn(async move {
+                        let key = e.key.clone();
+                        release_orphan(ctx, e, session).await;
+                        // Unlocking changes no key name: the jobs/ watch would not say it.
+                        let _ = released.send(key);
+                    });
+                }
+            }
+            for c in &candidates {
+                first_seen
+                    .entry(c.key.clone())
+                    .or_insert_with(std::time::Instant::now);
             }
             // Forget a finished key only once the watch no longer lists it at all (deleted).
             finished.retain(|k, _| present.contains(k));
@@ -436,20 +482,34 @@ impl Worker {
                 let w = Instant::now() + ORPHAN_GRACE;
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
+            // Keys seen held by other sessions may have been freed by a holder that restarted
+            // (the live set did not change): look again now and then while there is room.
+            if free > 0 && resync_at.is_none() && !resyncing && view.held_by_others(&session) {
+                resync_at = Some(Instant::now() + RESYNC_EVERY);
+            }
+            if let Some(t) = resync_at {
+                wake = Some(wake.map_or(t, |x| x.min(t)));
+            }
             let live = live_rx.borrow().clone().unwrap_or_default();
-            let busy: HashSet<String> = handles.keys().cloned().collect();
-            let free = cfg.max_parallel.saturating_sub(handles.len());
             let plan = book.plan(std::time::Instant::now(), &candidates, &live, &busy, free);
             if let Some(w) = plan.wake_at {
                 let w = Instant::from_std(w);
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             for key in plan.claim {
-                if hold.is_some() && !key.starts_with(&own_queue) {
+                let own = key.starts_with(&own_queue);
+                if hold.is_some() && !own {
                     continue;
                 }
-                let Some(entry) = entries.remove(&key) else {
-                    continue;
+                // Own-queue jobs come with their entry; shared ones with the one last read,
+                // if it was free, else they are read first.
+                let entry = if own {
+                    match entries.remove(&key) {
+                        Some(e) => Some(e),
+                        None => continue,
+                    }
+                } else {
+                    view.entry(&key)
                 };
                 let (kill_tx, kill_rx) = watch::channel(None);
                 handles.insert(
@@ -471,14 +531,43 @@ impl Worker {
                     let mut guard = DoneGuard {
                         done,
                         report: Some(Done {
-                            key,
-                            claimed_at: entry.modify_index,
+                            key: key.clone(),
+                            claimed_at: entry.as_ref().map_or(0, |e| e.modify_index),
                             claim_failed: true,
+                            found: (!own).then_some(Found::NotClaimed(None)),
                         }),
                     };
-                    let claimed = claim_and_run(&ctx, entry, &session, kill_rx, seen).await;
+                    let entry = match entry {
+                        Some(e) => e,
+                        None => match read_for_claim(&ctx, &key, &session).await {
+                            Ok(e) => e,
+                            Err(found) => {
+                                if let Some(r) = guard.report.as_mut() {
+                                    r.found = Some(found);
+                                }
+                                return;
+                            }
+                        },
+                    };
+                    let at = entry.modify_index;
+                    let kill_seen = kill_rx.clone();
+                    let end = claim_and_run(&ctx, entry.clone(), &session, kill_rx, seen).await;
                     if let Some(r) = guard.report.as_mut() {
-                        r.claim_failed = !claimed;
+                        r.claimed_at = at;
+                        r.claim_failed = end != ClaimEnd::Claimed;
+                        if !own {
+                            let fenced = *kill_seen.borrow() == Some(KillReason::Fenced);
+                            r.found = Some(match end {
+                                // Killed because the session was lost: its result may not be
+                                // written and the key is free again, or another node's.
+                                ClaimEnd::Claimed if fenced => Found::NotClaimed(None),
+                                ClaimEnd::Claimed => Found::Claimed,
+                                // Free at `at` but refused: tried again with the same entry
+                                // after `claim_retry`.
+                                ClaimEnd::Refused => Found::NotClaimed(Some(entry)),
+                                ClaimEnd::Changed => Found::NotClaimed(None),
+                            });
+                        }
                     }
                 });
             }
@@ -539,10 +628,10 @@ async fn claim_and_run(
     session: &str,
     kill: watch::Receiver<Option<KillReason>>,
     seen: std::time::Instant,
-) -> bool {
+) -> ClaimEnd {
     let cfg = &ctx.cfg;
     let Some(jk) = cfg.layout.parse_job_key(&entry.key) else {
-        return false;
+        return ClaimEnd::Changed;
     };
     if entry.value.len() > MAX_JOB_BYTES {
         // Too large to travel in a claim transaction (base64 in a 512 KiB body): reject it
@@ -568,10 +657,11 @@ async fn claim_and_run(
             }),
         ];
         let written = matches!(ctx.client.txn(&ops).await, Ok(TxnOutcome::Committed(_)));
-        if written {
-            cfg.metrics.result(Some(JobStatus::Rejected));
+        if !written {
+            return ClaimEnd::Changed;
         }
-        return written;
+        cfg.metrics.result(Some(JobStatus::Rejected));
+        return ClaimEnd::Claimed;
     }
     let ops = [
         TxnOp::Kv(TxnKvOp::CheckIndex {
@@ -599,7 +689,12 @@ async fn claim_and_run(
         Ok(TxnOutcome::RolledBack(errs)) => {
             cfg.metrics.claim_conflict();
             debug!(key = %entry.key, errors = ?errs, "claim not taken");
-            return false;
+            // Only the lock refused (op 1) at an unchanged index: a lock-delay.
+            return if errs.iter().all(|e| e.op_index == 1) {
+                ClaimEnd::Refused
+            } else {
+                ClaimEnd::Changed
+            };
         }
         Err(e) => {
             // The claim may have committed even though the answer was lost: look before
@@ -607,7 +702,7 @@ async fn claim_and_run(
             warn!(key = %entry.key, error = %e, "claim outcome unknown; reading the key back");
             match claimed_after_error(ctx, &entry.key, session).await {
                 Some(lock_index) => lock_index,
-                None => return false,
+                None => return ClaimEnd::Changed,
             }
         }
     };
@@ -659,7 +754,114 @@ async fn claim_and_run(
     if let Some(rel) = release {
         rel.await;
     }
-    true
+    ClaimEnd::Claimed
+}
+
+/// How a claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimEnd {
+    /// Ours: it ran, or got its result (rejected, lost) without running.
+    Claimed,
+    /// The key changed since it was read (another node took it, it was deleted), or the
+    /// outcome is unknown and the key is not ours.
+    Changed,
+    /// The lock was refused at an unchanged index: the lock-delay of a holder that died.
+    Refused,
+}
+
+/// Reads a `jobs/` key just before claiming it: the entry when it is free, else what was found.
+async fn read_for_claim(ctx: &Ctx, key: &str, session: &str) -> Result<KvPair, Found> {
+    match ctx.client.kv_get(key, &Default::default()).await {
+        Ok((None, _)) => Err(Found::Gone),
+        Ok((Some(e), _)) if e.holder().is_some() => {
+            if e.holder() != Some(session) {
+                debug!(key, "held by another session");
+            }
+            Err(Found::Held(e))
+        }
+        Ok((Some(e), _)) => Ok(e),
+        Err(e) => {
+            debug!(key, error = %e, "cannot read the job before claiming it");
+            Err(Found::NotClaimed(None))
+        }
+    }
+}
+
+/// A whole listing of `jobs/`, values included, for the view; also puts back the folder key
+/// if someone deleted it.
+async fn resync(ctx: Arc<Ctx>, tx: mpsc::UnboundedSender<Vec<KvPair>>) {
+    let prefix = ctx.cfg.layout.jobs_prefix();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match ctx.client.kv_list(&prefix, &Default::default()).await {
+            Ok((entries, _)) => {
+                if !entries.iter().any(|e| e.key == prefix) {
+                    ensure_folder(&ctx.client, &prefix).await;
+                }
+                let _ = tx.send(entries);
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot list jobs/ yet");
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff.fail()).await;
+            }
+        }
+    }
+}
+
+/// Creates the folder key `prefix` (empty value) unless it exists. Read first: a refused
+/// check-and-set is still a Raft write.
+async fn ensure_folder(client: &Client, prefix: &str) {
+    if let Ok((Some(_), _)) = client.kv_get(prefix, &Default::default()).await {
+        return;
+    }
+    let opts = KvPutOptions {
+        cas: Some(0),
+        ..Default::default()
+    };
+    if let Err(e) = client.kv_put(prefix, b"", &opts).await {
+        debug!(key = prefix, error = %e, "cannot create the folder key");
+    }
+}
+
+/// The live servants of this namespace: nodes whose `servant` service (the agent API each agent
+/// registers) passes, node checks included. A blocking read of one service: it changes only when
+/// a servant comes, goes or fails, unlike the session list, which every session anywhere moves.
+fn watch_live(
+    tasks: &TaskTracker,
+    client: &Client,
+    cfg: &WorkerConfig,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<Vec<String>>> {
+    let c = client.clone();
+    let prefix = cfg.layout.prefix().to_string();
+    spawn_watch(
+        tasks,
+        "servants",
+        cfg.watch_wait,
+        move |q| {
+            let c = c.clone();
+            let prefix = prefix.clone();
+            async move {
+                let (entries, meta) = c.health_service("servant", true, &q).await?;
+                let mut nodes: Vec<String> = entries
+                    .into_iter()
+                    .filter(|e| {
+                        let p = e.service["Meta"]["kv_prefix"].as_str().unwrap_or("");
+                        Namespace::new(p).prefix() == prefix
+                    })
+                    .map(|e| e.node.node)
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                Ok((nodes, meta))
+            }
+        },
+        stop,
+    )
 }
 
 /// After a claim error: the key's LockIndex if our session holds it, else None. Retries the read
