@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,17 @@ struct Done {
 
 /// The longest pause in claiming shared jobs after a lost race, waiting for a newer listing.
 const STALE_HOLD: Duration = Duration::from_millis(200);
+
+/// Cluster-wide listings of `jobs/` per second: each node waits `nodes / LISTINGS_PER_SECOND`
+/// between two of its reads (0.25 ms with 5 nodes, 50 ms with 1,000). A change to `jobs/`
+/// answers every node's blocking read, so without a pace the cluster's reads per job grow with
+/// the node count; with it they are bounded, and a job waits at most one interval longer.
+const LISTINGS_PER_SECOND: u32 = 20_000;
+
+/// The pause between two reads of `jobs/` by one node when `nodes` servants are live.
+fn listing_interval(nodes: usize) -> Duration {
+    Duration::from_secs(1) * u32::try_from(nodes).unwrap_or(u32::MAX) / LISTINGS_PER_SECOND
+}
 
 /// How often a node with room re-reads the whole `jobs/` queue while keys it saw held by other
 /// sessions are queued (a holder that restarted frees them without changing their names).
@@ -261,8 +273,13 @@ impl Worker {
         let tasks = TaskTracker::new();
         // `jobs/` by key names only: a change costs each node the names, not every queued
         // document (see `view`). Its own queue is its own work, so values come with it.
+        // Paced by the node count: every change to jobs/ answers every node's watch, so
+        // together they read it at most `LISTINGS_PER_SECOND` times a second.
         let c = ctx.client.clone();
         let prefix = cfg.layout.jobs_prefix();
+        let live_count = Arc::new(AtomicUsize::new(1));
+        let pace = live_count.clone();
+        let mut next_read = std::time::Instant::now();
         let mut jobs_rx = spawn_watch(
             &tasks,
             "jobs",
@@ -270,7 +287,13 @@ impl Worker {
             move |q| {
                 let c = c.clone();
                 let p = prefix.clone();
-                async move { c.kv_keys(&p, None, &q).await }
+                let now = std::time::Instant::now();
+                let delay = next_read.saturating_duration_since(now);
+                next_read = now + delay + listing_interval(pace.load(Ordering::Relaxed));
+                async move {
+                    tokio::time::sleep(delay).await;
+                    c.kv_keys(&p, None, &q).await
+                }
             },
             &stop,
         );
@@ -336,6 +359,8 @@ impl Worker {
                 r = queue_rx.changed() => if r.is_err() { break },
                 r = live_rx.changed() => {
                     if r.is_err() { break; }
+                    let n = live_rx.borrow().as_ref().map_or(1, Vec::len);
+                    live_count.store(n.max(1), Ordering::Relaxed);
                     // A node that left freed its keys without changing their names.
                     resync_at = Some(Instant::now());
                 }
@@ -1428,6 +1453,17 @@ async fn housekeeping(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_reads_jobs_at_most_listings_per_second() {
+        assert_eq!(listing_interval(1), Duration::from_micros(50));
+        assert_eq!(listing_interval(5), Duration::from_micros(250));
+        assert_eq!(listing_interval(1000), Duration::from_millis(50));
+        for n in [1usize, 20, 1000, 10_000] {
+            let per_second = n as f64 / listing_interval(n).as_secs_f64();
+            assert!((per_second - f64::from(LISTINGS_PER_SECOND)).abs() < 1.0);
+        }
+    }
 
     #[test]
     fn a_lost_result_names_the_attempts_that_ran() {
