@@ -2,8 +2,9 @@
 //! records, tasks, topology), never by nodes rewriting their reports: three Consul servers and
 //! worker clients, every node rewriting its reports every second, the leader's safety re-check
 //! (`topology_interval`) at an hour so that only its watches can wake it. While nothing moves,
-//! the leader makes no pass and reads no reports, counted on its `/metrics`; a node whose
-//! labels change, a node joining and a node dying still re-place the replica.
+//! the leader makes no pass and reads no reports, counted on its `/metrics`; a capacity record
+//! deleted by hand is written again by its node; a node whose labels change, a node joining and
+//! a node dying still re-place the replica.
 
 mod common;
 
@@ -156,6 +157,25 @@ fn the_apps_leader_ignores_report_rewrites_but_follows_capacity_and_liveness() {
         follow.kv_bytes
     );
     assert_eq!(running_host(&h, "web").as_deref(), Some(name_a.as_str()));
+
+    // A's record deleted by hand: A writes it again at once, and the leader, which saw A's
+    // record gone while its Consul node lives, held A's placement meanwhile.
+    h.delete(&format!("/v1/kv/appmgr/capacity/{name_a}"));
+    wait_for("A's record written again", T, || {
+        h.kv_raw(&format!("appmgr/capacity/{name_a}"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_host(&h, "web").as_deref(), Some(name_a.as_str()));
+    assert!(
+        c.nodes[a]
+            .servant
+            .as_ref()
+            .expect("A runs")
+            .proc
+            .log_text()
+            .contains("capacity record changed or vanished"),
+        "A noticed"
+    );
 
     // A's labels change (a restart with another label): its new record no longer matches, so
     // web leaves it and, with no other worker, is reported unplaced.
