@@ -1,5 +1,6 @@
 //! The apps part's metrics: `servant_apps{state}` (this node's apps by state, set at each
-//! report) and `servant_app_restarts_total`. Registered by the agent.
+//! report), `servant_app_restarts_total` and `servant_apps_leader_passes_total` (the apps
+//! leader's reconciliation passes on this node). Registered by the agent.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +43,7 @@ pub fn count_states<'a>(
 pub struct AppMetrics {
     apps: Family<Labels, Gauge>,
     restarts: Counter,
+    leader_passes: Counter,
 }
 
 impl AppMetrics {
@@ -56,6 +58,16 @@ impl AppMetrics {
             "Restarts of this node's apps (after an exit, a failed health check or an update)",
             self.restarts.clone(),
         );
+        r.register(
+            "servant_apps_leader_passes",
+            "Reconciliation passes of the apps leader on this node (each lists tasks, capacity records and topology)",
+            self.leader_passes.clone(),
+        );
+    }
+
+    /// The apps leader on this node starts a reconciliation pass.
+    pub fn leader_pass(&self) {
+        self.leader_passes.inc();
     }
 
     pub fn restarted(&self) {

@@ -1,7 +1,13 @@
 //! The apps part of the agent, the IO around the pure scheduler: this node's apps session
-//! (behaviour delete, tied to serfHealth), its reports, its part in leader election on
-//! `appmgr/leader`, the leader's reconciliation, and the supervisor fed from this node's own
-//! `appmgr/topology/<host>` key.
+//! (behaviour delete, tied to serfHealth), its reports and capacity record, its part in leader
+//! election on `appmgr/leader`, the leader's reconciliation, and the supervisor fed from this
+//! node's own `appmgr/topology/<host>` key.
+//!
+//! The leader follows the capacity records (`appmgr/capacity/`), tasks and topology, never the
+//! reports (`appmgr/status/`): every node rewrites its reports every `report_interval` with new
+//! readings (time, load), and a leader woken by each of those writes would list every record
+//! again for nothing (100 passes a second at 1,000 nodes and 10 s). A capacity record changes
+//! only with what placement depends on, and vanishes with its node's apps session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -25,10 +31,10 @@ use crate::consul::{
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::backoff::Backoff;
 use crate::util::time::now_ms;
-use crate::wire::resource::read_reports;
+use crate::wire::capacity::read_capacities;
 use crate::wire::topology::{encode_host, parse_host, read_topology};
 use crate::wire::{
-    self, Applications, DocError, HealthStatus, KvEntry, Namespace, ScheduleReport, Task,
+    self, Applications, Capacity, DocError, HealthStatus, KvEntry, Namespace, ScheduleReport, Task,
 };
 
 /// Ops per leader transaction besides the leadership check (Consul allows 64).
@@ -36,11 +42,11 @@ const TXN_OPS: usize = 60;
 /// How long a node whose apps session was replaced waits for the leader to rewrite its
 /// topology key before trusting the key as it is.
 const REJOIN_HOLD: Duration = Duration::from_secs(10);
-/// How long the leader keeps the placements of a host whose reports vanished while its Consul
-/// node is alive (`serfHealth` passing): its agent is restarting (a new run ends its
-/// predecessor's apps session, which deletes the reports, before it writes its own), and the
-/// app containers it left wait to be adopted. A dead node's `serfHealth` fails before its
-/// session goes, so its replicas move at once.
+/// How long the leader keeps the placements of a host whose capacity record vanished while its
+/// Consul node is alive (`serfHealth` passing): its agent is restarting (a new run ends its
+/// predecessor's apps session, which deletes the record and the reports, before it writes its
+/// own), and the app containers it left wait to be adopted. A dead node's `serfHealth` fails
+/// before its session goes, so its replicas move at once.
 const REJOIN_GRACE: Duration = Duration::from_secs(10);
 /// Request bytes per leader transaction (Consul allows 512 KB; values travel as base64).
 const TXN_BYTES: usize = 384 * 1024;
@@ -61,23 +67,28 @@ pub fn task_req(t: &Task) -> TaskReq {
     }
 }
 
-/// Live hosts (those with a readable `resource` report) and what they offer; and the hosts
-/// whose report is unreadable, with why: nothing is placed on those.
-pub fn hosts_from_reports(
+/// Live hosts (those with a readable capacity record, which their apps session holds) and what
+/// they offer; and the hosts whose record is unreadable, with why: nothing is placed on those.
+pub fn hosts_from_capacity(
     layout: &Namespace,
     entries: &[KvPair],
 ) -> (Vec<HostInfo>, BTreeMap<String, DocError>) {
-    let (reports, unreadable) = read_reports(layout, kv(entries));
-    let hosts = reports
+    let (records, unreadable) = read_capacities(layout, kv(entries));
+    let hosts = records
         .into_iter()
-        .map(|(name, r)| HostInfo {
-            memory_mb: r.memory_mb(),
-            cpu_cores: r.cpu_processors as f64,
-            labels: r.labels,
-            name,
-        })
+        .map(|(name, c)| host_info(name, c))
         .collect();
     (hosts, unreadable)
+}
+
+/// What the scheduler sees of a host offering `c`.
+fn host_info(name: String, c: Capacity) -> HostInfo {
+    HostInfo {
+        memory_mb: c.memory_mb(),
+        cpu_cores: c.cpu_processors as f64,
+        labels: c.labels,
+        name,
+    }
 }
 
 /// What the last leader pass reported: a pass that changed nothing writes and logs nothing.
@@ -87,7 +98,7 @@ struct LastPass {
     unreadable: BTreeSet<String>,
     /// What each host offered when last seen live (or held), for holding it.
     known: BTreeMap<String, HostInfo>,
-    /// Hosts held while their reports are missing, and since when.
+    /// Hosts held while their capacity records are missing, and since when.
     missing_since: BTreeMap<String, tokio::time::Instant>,
 }
 
@@ -198,9 +209,9 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
     sup.find_leftovers().await;
     let sup = Arc::new(tokio::sync::Mutex::new(sup));
     let tasks = TaskTracker::new();
-    // The leader stands only once this node's own report is written: a leader that saw no
-    // report of its own would take its node for dead and move (or stop) the apps it runs,
-    // the containers it is about to adopt among them.
+    // The leader stands only once this node's own report and capacity record are written: a
+    // leader that saw no record of its own would take its node for dead and move (or stop) the
+    // apps it runs, the containers it is about to adopt among them.
     let (reported_tx, reported) = watch::channel(false);
     tasks.spawn(report_loop(
         client.clone(),
@@ -250,8 +261,12 @@ async fn clear_leftover_services(client: &Client) {
 }
 
 /// Writes this node's reports every `report_interval`, and the apps report soon after an app
-/// changes state. A wake-up that changed nothing writes nothing: every write wakes the watchers
-/// of the KV store, this node's own among them.
+/// changes state; and its capacity record when that or the session changes (the apps leader
+/// watches those records, so rewriting an unchanged one would wake it for nothing). A wake-up
+/// that changed nothing writes nothing: every write wakes the watchers of the KV store, this
+/// node's own among them. A record that vanishes or changes under it (deleted by hand, say) is
+/// written again at once: it follows its own record with a watch, which is quiet while the
+/// record stays as written.
 async fn report_loop(
     client: Client,
     cfg: AppsNodeConfig,
@@ -265,6 +280,20 @@ async fn report_loop(
     let sampler = ResourceSampler::new().with_containers(cfg.containers.clone());
     // The apps report last written, and the session it was written with.
     let mut written: Option<(String, Applications)> = None;
+    // The capacity record last written, and the session it was written with.
+    let mut capacity_written: Option<(String, Capacity)> = None;
+    let watches = TaskTracker::new();
+    let mut own = watch_key(
+        &watches,
+        &client,
+        "own capacity record",
+        cfg.layout.capacity(&cfg.node),
+        cfg.watch_wait,
+        &stop,
+    );
+    // Whether the watch has shown the record as last written: only a change after that is
+    // someone else's (an answer read before the write is not).
+    let mut seen_written = false;
     let mut next_full = tokio::time::Instant::now();
     loop {
         let sid = session.borrow().id.clone();
@@ -276,9 +305,18 @@ async fn report_loop(
             let apps: Applications = sup.lock().await.statuses();
             cfg.metrics.states(&apps);
             let mut writes = Vec::new();
+            // The capacity record to write, when it changed (or the session did).
+            let mut capacity = None;
             if full {
                 match sampler.sample(&cfg.labels, started, now_ms()).await {
-                    Ok(r) => writes.push((cfg.layout.resource(&cfg.node), wire::encode(&r))),
+                    Ok(r) => {
+                        let c = (sid.clone(), Capacity::of(&r));
+                        if capacity_written.as_ref() != Some(&c) {
+                            writes.push((cfg.layout.capacity(&cfg.node), c.1.encode()));
+                            capacity = Some(c);
+                        }
+                        writes.push((cfg.layout.resource(&cfg.node), wire::encode(&r)));
+                    }
                     Err(e) => warn!(error = %e, "cannot sample this node's resources"),
                 }
             }
@@ -289,21 +327,28 @@ async fn report_loop(
                 acquire: Some(sid.clone()),
                 ..Default::default()
             };
+            let capacity_key = cfg.layout.capacity(&cfg.node);
             let mut all_ok = true;
             for (key, body) in writes {
-                match client.kv_put(&key, &body, &opts).await {
-                    Ok(true) => {}
+                let ok = match client.kv_put(&key, &body, &opts).await {
+                    Ok(true) => true,
                     Ok(false) => {
-                        all_ok = false;
-                        warn!(key = %key, "the report is held by another session")
+                        warn!(key = %key, "the report is held by another session");
+                        false
                     }
                     Err(e) => {
-                        all_ok = false;
-                        warn!(key = %key, error = %e, "cannot write the report")
+                        warn!(key = %key, error = %e, "cannot write the report");
+                        false
                     }
+                };
+                all_ok &= ok;
+                if key == capacity_key {
+                    // A record that did not go through is written again at the next report.
+                    capacity_written = if ok { capacity.take() } else { None };
                 }
             }
-            if all_ok && full {
+            let capacity_ok = capacity_written.as_ref().is_some_and(|(s, _)| *s == sid);
+            if all_ok && full && capacity_ok {
                 reported.send_if_modified(|r| !std::mem::replace(r, true));
             }
             written = all_ok.then_some((sid, apps));
@@ -314,9 +359,30 @@ async fn report_loop(
                 // Let a burst of changes settle into one write.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ = stop.cancelled() => return,
+            r = own.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let stored = own.borrow_and_update().clone().flatten();
+                let as_written = capacity_written.as_ref().is_some_and(|(sid, c)| {
+                    stored
+                        .as_ref()
+                        .is_some_and(|e| e.holder() == Some(sid.as_str()) && e.value == c.encode())
+                });
+                if as_written {
+                    seen_written = true;
+                } else if seen_written {
+                    info!("this node's capacity record changed or vanished: writing it again");
+                    seen_written = false;
+                    capacity_written = None;
+                    next_full = tokio::time::Instant::now();
+                }
+            }
+            _ = stop.cancelled() => break,
         }
     }
+    watches.close();
+    watches.wait().await;
 }
 
 /// Keeps this node's apps equal to its topology key and the tasks it names. While the apps
@@ -497,8 +563,9 @@ async fn leader_loop(
     watches.wait().await;
 }
 
-/// The leader's work: on every change to tasks, live hosts or topology (and every
-/// `topology_interval`), schedule and write the changed host keys. Returns when a write finds
+/// The leader's work: on every change to tasks, capacity records (hosts appearing, vanishing or
+/// changing what they offer) or topology (and every `topology_interval`), schedule and write
+/// the changed host keys. Report rewrites do not wake it. Returns when a write finds
 /// that this session no longer holds the leader lock.
 async fn lead(
     client: &Client,
@@ -513,7 +580,7 @@ async fn lead(
     let _end = watching.clone().drop_guard();
     let mut inputs = [
         cfg.layout.tasks(),
-        cfg.layout.status_prefix(),
+        cfg.layout.capacity_prefix(),
         cfg.layout.topology_prefix(),
     ]
     .map(|prefix| {
@@ -539,6 +606,7 @@ async fn lead(
     let mut last_report = LastPass::default();
     loop {
         let mut wake = tokio::time::Instant::now() + cfg.topology_interval;
+        cfg.metrics.leader_pass();
         match reconcile(client, cfg, sid, &mut last_report).await {
             Ok(Some(hold_ends)) => wake = wake.min(hold_ends.unwrap_or(wake)),
             Ok(None) => break,
@@ -551,7 +619,7 @@ async fn lead(
             r = c.changed() => if r.is_err() { break },
             _ = tokio::time::sleep_until(wake) => {}
         }
-        // Let a burst (a node's two reports, several task writes) settle.
+        // Let a burst (several task writes, nodes joining together) settle.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -566,6 +634,24 @@ async fn serf_passing(client: &Client, node: &str) -> bool {
     }
 }
 
+/// What `host` offers according to its `resource` report, when a session holds the report and
+/// it is readable: a host of an agent that writes no capacity record.
+async fn legacy_host(
+    client: &Client,
+    cfg: &AppsNodeConfig,
+    host: &str,
+) -> Result<Option<HostInfo>, ConsulError> {
+    let (entry, _) = client
+        .kv_get(&cfg.layout.resource(host), &QueryOptions::default())
+        .await?;
+    let Some(entry) = entry.filter(|e| e.holder().is_some()) else {
+        return Ok(None);
+    };
+    Ok(wire::ResourceReport::parse(&entry.value)
+        .ok()
+        .map(|r| host_info(host.to_string(), Capacity::of(&r))))
+}
+
 /// One leader pass. Ok(None): the leader lock is no longer this session's; Ok(Some(t)): done,
 /// and a held host's grace ends at `t`.
 async fn reconcile(
@@ -576,14 +662,28 @@ async fn reconcile(
 ) -> Result<Option<Option<tokio::time::Instant>>, ConsulError> {
     let q = QueryOptions::default();
     let (task_entries, _) = client.kv_list(&cfg.layout.tasks(), &q).await?;
-    let (status_entries, _) = client.kv_list(&cfg.layout.status_prefix(), &q).await?;
+    let (capacity_entries, _) = client.kv_list(&cfg.layout.capacity_prefix(), &q).await?;
     let (topo_entries, _) = client.kv_list(&cfg.layout.topology_prefix(), &q).await?;
     let (tasks, invalid) = read_tasks(&cfg.layout, kv(&task_entries));
-    let (mut hosts, unreadable) = hosts_from_reports(&cfg.layout, &status_entries);
+    let (mut hosts, unreadable) = hosts_from_capacity(&cfg.layout, &capacity_entries);
     let topo = read_topology(&cfg.layout, kv(&topo_entries));
     let current = topo.placed;
-    // Hosts with placements whose reports vanished while their Consul node lives: held for
-    // `REJOIN_GRACE`, so a restarting agent finds its apps (and adopts its containers).
+    // A placed host without a capacity record may be an agent older than the records (a
+    // rolling upgrade): while its `resource` report is held by a session, it is live and
+    // offers what the report says. None of those in a cluster of this version: no read.
+    for (host, names) in &current {
+        if names.is_empty()
+            || hosts.iter().any(|h| h.name == *host)
+            || unreadable.contains_key(host)
+        {
+            continue;
+        }
+        if let Some(info) = legacy_host(client, cfg, host).await? {
+            hosts.push(info);
+        }
+    }
+    // Hosts with placements whose capacity records vanished while their Consul node lives: held
+    // for `REJOIN_GRACE`, so a restarting agent finds its apps (and adopts its containers).
     let now = tokio::time::Instant::now();
     let live: BTreeSet<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let mut held = BTreeMap::new();
@@ -601,7 +701,7 @@ async fn reconcile(
             continue;
         }
         if !last_report.missing_since.contains_key(host) {
-            info!(host = %host, "its reports are gone but its Consul node lives: keeping its apps placed for {REJOIN_GRACE:?}");
+            info!(host = %host, "its capacity record is gone but its Consul node lives: keeping its apps placed for {REJOIN_GRACE:?}");
         }
         held.insert(host.clone(), since);
         hosts.push(info.clone());
@@ -652,7 +752,7 @@ async fn reconcile(
     let unreadable_hosts: BTreeSet<String> = unreadable.keys().cloned().collect();
     if unreadable_hosts != last_report.unreadable {
         for (host, why) in &unreadable {
-            warn!(host = %host, "nothing is placed on a host whose report is unreadable: {why}");
+            warn!(host = %host, "nothing is placed on a host whose capacity record is unreadable: {why}");
         }
     }
     // Consul takes at most 64 ops and 512 KB per transaction: split by both.
@@ -712,26 +812,19 @@ mod tests {
     }
 
     #[test]
-    fn a_report_without_a_field_the_scheduler_needs_skips_its_host_and_says_why() {
+    fn a_capacity_record_without_a_field_the_scheduler_needs_skips_its_host_and_says_why() {
         let layout = Namespace::new("");
-        let report = |processors_key: &str| {
-            let mut v = json!({
-                "host": "x", "pid": 1, "appmgr_start_time": "", "systime": "",
-                "cpu_cores": 2, "cpu_sockets": 1,
-                "mem_total_bytes": 2u64 << 30, "mem_free_bytes": 0, "mem_used_bytes": 0,
-                "swap_total_bytes": 0, "swap_free_bytes": 0,
-                "load_average": {"1min": 0.0, "5min": 0.0, "15min": 0.0},
-                "fs": [], "net": [], "labels": {"zone": "a"},
-            });
+        let record = |processors_key: &str| {
+            let mut v = json!({"mem_total_bytes": 2u64 << 30, "labels": {"zone": "a"}});
             v[processors_key] = json!(4);
             serde_json::to_vec(&v).unwrap()
         };
-        let (hosts, unreadable) = hosts_from_reports(
+        let (hosts, unreadable) = hosts_from_capacity(
             &layout,
             &[
-                entry("appmgr/status/good/resource", &report("cpu_processors")),
-                entry("appmgr/status/renamed/resource", &report("cpu_procs")),
-                entry("appmgr/status/good/applications", b"{}"),
+                entry("appmgr/capacity/good", &record("cpu_processors")),
+                entry("appmgr/capacity/renamed", &record("cpu_procs")),
+                entry("appmgr/capacity/good/deeper", b"{}"),
             ],
         );
         assert_eq!(
@@ -746,6 +839,45 @@ mod tests {
         assert_eq!(unreadable.keys().collect::<Vec<_>>(), ["renamed"]);
         let why = unreadable["renamed"].to_string();
         assert!(why.contains("cpu_processors"), "{why}");
+    }
+
+    /// The record a node writes is the scheduling part of its `resource` report: the host the
+    /// leader sees is the one it saw when it read the reports.
+    #[test]
+    fn a_capacity_record_offers_what_the_resource_report_did() {
+        let layout = Namespace::new("");
+        let report = wire::ResourceReport::parse(
+            json!({
+                "host": "x", "pid": 1, "appmgr_start_time": "", "systime": "",
+                "cpu_cores": 2, "cpu_processors": 4, "cpu_sockets": 1,
+                "mem_total_bytes": 3u64 << 30, "mem_free_bytes": 7, "mem_used_bytes": 9,
+                "swap_total_bytes": 0, "swap_free_bytes": 0,
+                "load_average": {"1min": 0.5, "5min": 0.0, "15min": 0.0},
+                "fs": [], "net": [], "labels": {"zone": "a"},
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let (hosts, _) = hosts_from_capacity(
+            &layout,
+            &[entry("appmgr/capacity/x", &Capacity::of(&report).encode())],
+        );
+        assert_eq!(
+            hosts,
+            vec![HostInfo {
+                name: "x".into(),
+                labels: report.labels.clone(),
+                cpu_cores: 4.0,
+                memory_mb: report.memory_mb(),
+            }]
+        );
+        // Live readings are not part of it: a new sample of the same machine is the same record.
+        let mut later = report.clone();
+        later.systime = "later".into();
+        later.mem_free_bytes += 1;
+        later.load_average.one = 3.0;
+        assert_eq!(Capacity::of(&later), Capacity::of(&report));
     }
 
     #[test]

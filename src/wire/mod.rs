@@ -4,6 +4,7 @@
 //! field by field with defaults: a document that lacks a field its type needs is a `DocError`.
 
 pub mod applications;
+pub mod capacity;
 pub mod health;
 pub mod job;
 pub mod namespace;
@@ -15,6 +16,7 @@ pub mod topology;
 pub mod txn;
 
 pub use applications::{AppHealth, AppState, AppStatus, Applications};
+pub use capacity::Capacity;
 pub use health::HealthStatus;
 pub use job::{JobResult, JobStatus, JobView};
 pub use namespace::{JobKey, Namespace};

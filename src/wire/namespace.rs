@@ -145,6 +145,16 @@ impl Namespace {
     pub fn applications(&self, host: &str) -> String {
         format!("{}appmgr/status/{host}/applications", self.prefix)
     }
+    /// The prefix of the nodes' capacity records, which the apps leader watches instead of the
+    /// reports. Ends in `/`.
+    pub fn capacity_prefix(&self) -> String {
+        format!("{}appmgr/capacity/", self.prefix)
+    }
+    /// A node's capacity record: what the scheduler needs of it (processors, memory, labels),
+    /// held by its apps session like its reports, and rewritten only when it changes.
+    pub fn capacity(&self, host: &str) -> String {
+        format!("{}appmgr/capacity/{host}", self.prefix)
+    }
     /// The last segment after `prefix`, if `key` is directly under it.
     pub fn name_under<'a>(&self, prefix: &str, key: &'a str) -> Option<&'a str> {
         key.strip_prefix(prefix)
@@ -214,6 +224,11 @@ mod tests {
     fn the_prefix_covers_apps_checks_triggers_and_sessions() {
         let plain = Namespace::new("");
         assert_eq!(plain.resource("h"), "appmgr/status/h/resource");
+        assert_eq!(plain.capacity("h"), "appmgr/capacity/h");
+        assert_eq!(
+            plain.name_under(&plain.capacity_prefix(), &plain.capacity("h")),
+            Some("h")
+        );
         assert_eq!(plain.cluster("prod", "web"), "cluster/prod/web");
         assert_eq!(
             plain.triggers("prod", "web", "secondary", "critical"),
@@ -231,6 +246,8 @@ mod tests {
             ns.task("t"),
             ns.topology("h"),
             ns.applications("h"),
+            ns.capacity("h"),
+            ns.capacity_prefix(),
             ns.cluster("prod", "web"),
             ns.triggers("prod", "web", "secondary", "critical")[0].clone(),
             ns.triggers("prod", "web", "secondary", "critical")[1].clone(),

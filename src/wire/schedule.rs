@@ -16,7 +16,7 @@ pub struct ScheduleReport {
     pub unplaced: Vec<Unplaced>,
     /// Task name → why its value cannot be used.
     pub invalid: BTreeMap<String, String>,
-    /// The hosts with a readable resource report.
+    /// The hosts with a readable capacity record (live, or held while their agent restarts).
     pub hosts: Vec<String>,
 }
 

@@ -161,6 +161,16 @@ impl Cluster {
         self.nodes[i].servant = Some(s);
     }
 
+    /// Like `restart`, with `more` arguments this time only (a later `--label` overrides an
+    /// earlier one of the same key).
+    pub fn restart_with(&mut self, i: usize, more: &[&str]) {
+        let data = self.nodes[i].kept.take().expect("killed with sigkill_keep");
+        let mut refs: Vec<&str> = self.nodes[i].args.iter().map(String::as_str).collect();
+        refs.extend(more);
+        let s = Servant::launch_in(data, &self.nodes[i].ip, &refs).ready();
+        self.nodes[i].servant = Some(s);
+    }
+
     pub fn http(&self, i: usize) -> Http {
         Http::new(&format!("{}:8500", self.nodes[i].ip))
     }

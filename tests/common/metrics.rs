@@ -14,6 +14,38 @@ pub fn gauge(text: &str, name: &str, label: &str) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The sum of the samples of `name` whose labels contain `label` (every outcome of an
+/// endpoint, say); 0 when there is none.
+pub fn sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of the unlabelled sample `name`.
+pub fn plain(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The agent API (`ip:port`) of the servant on Consul node `node`, from the catalog.
+pub fn servant_api_of(h: &super::Http, node: &str) -> String {
+    super::wait_for(
+        "the node's servant service",
+        std::time::Duration::from_secs(60),
+        || {
+            let v = h.get_json("/v1/catalog/service/servant")?;
+            let s = v.as_array()?.iter().find(|s| s["Node"] == node)?.clone();
+            Some(format!(
+                "{}:{}",
+                s["ServiceAddress"].as_str()?,
+                s["ServicePort"].as_u64()?
+            ))
+        },
+    )
+}
+
 /// GET `url` with an optional `Accept`: (content type, body).
 pub fn get_metrics(url: &str, accept: Option<&str>) -> (String, String) {
     let mut r = reqwest::blocking::Client::new().get(url);
