@@ -3,7 +3,7 @@
 //! Real Consul 1.8.7 agents and real servants on private loopback addresses; nothing asserted,
 //! medians and ratios from one run on a shared machine. At each cluster size of BENCH_NODES
 //! (default "1,5,20"), one Consul server and client agents joining it, each launched by its own
-//! servant (`performance { raft_multiplier = 1 }`), all started at once:
+//! servant (`performance { raft_multiplier = 1 }`), the clients started at once:
 //! 1. the servants' Consul requests and response bytes per job and per node, from their own
 //!    `/metrics` (`servant_consul_requests_total`, `servant_consul_response_bytes_total`), read
 //!    before and after each phase, net of an idle baseline measured on the same cluster over
@@ -13,7 +13,7 @@
 //! 2. `servant start --all -c true` (the CLI) against the server's Consul: submit to the last
 //!    node's result, BENCH_START_RUNS (default 20) runs, p50 and p90.
 //!
-//! Then, on one node (BENCH_PARTS=dev, or `cluster` for the part above only): 2,000 `true`
+//! First, on one node (BENCH_PARTS=dev, or `cluster` for the part above only): 2,000 `true`
 //! jobs (BENCH_JOBS) from 4 threads until every result exists, on `servant agent -dev` and on a
 //! `consul agent -dev` with one servant: jobs/s and CPU time per job (utime+stime from
 //! /proc/PID/stat), median of BENCH_TRIALS (default 3).
@@ -49,43 +49,49 @@ struct Node {
     api: String,
 }
 
-/// `n` nodes launched by servants, all at once: the first a Consul server, the rest clients
-/// joining it (`-retry-join`, so a client may start before the server answers).
+/// `n` nodes launched by servants: the first a Consul server, then the rest at once, clients
+/// joining it.
 fn cluster(n: usize) -> (Vec<Node>, String, f64) {
     let t = Instant::now();
     let net = subnet();
     let bin = consul_bin().display().to_string();
     let first = format!("{net}.2");
-    let launched: Vec<(String, Servant)> = (0..n)
-        .map(|i| {
-            let ip = format!("{net}.{}", i + 2);
-            let name = format!("scale{}", i + 1);
-            let mut args = vec![
-                "--bind",
-                &ip,
-                "--client",
-                &ip,
-                "--node",
-                &name,
-                "--consul-bin",
-                &bin,
-            ];
-            if i == 0 {
-                args.extend(["--server", "--bootstrap-expect", "1"]);
-            } else {
-                args.extend(["--join", &first]);
-            }
-            args.extend(["--consul-arg=-hcl=performance { raft_multiplier = 1 }"]);
-            let s = Servant::launch(&ip, &args);
-            (name, s)
-        })
-        .collect();
+    let addr = format!("{first}:8500");
+    let h = Http::new(&addr);
+    let launch = |i: usize| {
+        let ip = format!("{net}.{}", i + 2);
+        let name = format!("scale{}", i + 1);
+        let mut args = vec![
+            "--bind",
+            &ip,
+            "--client",
+            &ip,
+            "--node",
+            &name,
+            "--consul-bin",
+            &bin,
+        ];
+        if i == 0 {
+            args.extend(["--server", "--bootstrap-expect", "1"]);
+        } else {
+            args.extend(["--join", &first]);
+        }
+        args.extend(["--consul-arg=-hcl=performance { raft_multiplier = 1 }"]);
+        let s = Servant::launch(&ip, &args);
+        (name.clone(), s)
+    };
+    // The server first, up to its leader: a client that cannot reach it at once retries its
+    // join only after Consul's 30 s retry interval. Then every client at once.
+    let mut launched = vec![launch(0)];
+    wait_for("the server's leader", Duration::from_secs(60), || {
+        let (s, b) = h.try_get("/v1/status/leader")?;
+        (s == 200 && b.len() > 4).then_some(())
+    });
+    launched.extend((1..n).map(launch));
     let ready: Vec<(String, Servant)> = launched
         .into_iter()
         .map(|(name, s)| (name, s.ready()))
         .collect();
-    let addr = format!("{first}:8500");
-    let h = Http::new(&addr);
     wait_for("all servants", Duration::from_secs(120), || {
         let s = h.get_json("/v1/session/list")?;
         (s.as_array()?
@@ -95,8 +101,10 @@ fn cluster(n: usize) -> (Vec<Node>, String, f64) {
             == n)
             .then_some(())
     });
-    let apis: BTreeMap<String, String> =
-        wait_for("every servant's API in the catalog", Duration::from_secs(60), || {
+    let apis: BTreeMap<String, String> = wait_for(
+        "every servant's API in the catalog",
+        Duration::from_secs(60),
+        || {
             let v = h.get_json("/v1/catalog/service/servant")?;
             let m: BTreeMap<String, String> = v
                 .as_array()?
@@ -113,7 +121,8 @@ fn cluster(n: usize) -> (Vec<Node>, String, f64) {
                 })
                 .collect();
             (m.len() == n).then_some(m)
-        });
+        },
+    );
     let nodes = ready
         .into_iter()
         .map(|(name, servant)| Node {
@@ -211,7 +220,11 @@ fn measure(nodes: &[Node], idle: &[Counts], jobs: usize, run: impl FnOnce() -> f
     std::thread::sleep(Duration::from_secs(1));
     let after = snapshot(nodes);
     let el = t.elapsed().as_secs_f64();
-    let raw: Vec<Counts> = before.iter().zip(&after).map(|(b, a)| delta(b, a)).collect();
+    let raw: Vec<Counts> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| delta(b, a))
+        .collect();
     let net = raw
         .iter()
         .zip(idle)
@@ -302,17 +315,29 @@ fn wait_results(h: &Http, tag: &str, n: usize) {
     }
 }
 
-/// `rate` jobs a second for `secs` from one paced thread; returns (seconds to the last
-/// result, achieved submit rate).
+/// `rate` jobs a second for `secs`, job `i` PUT at `i / rate` s by one of 8 paced threads (a
+/// PUT to a server on disk takes longer than 10 ms); returns (seconds to the last result,
+/// achieved submit rate).
 fn steady(h: &Arc<Http>, tag: &str, rate: usize, secs: u64) -> (f64, f64) {
     let n = rate * secs as usize;
     let t = Instant::now();
-    for i in 0..n {
-        let at = Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(d) = at.checked_sub(t.elapsed()) {
-            std::thread::sleep(d);
-        }
-        h.put(&format!("/v1/kv/jobs/{tag}{i}"), r#"{"Command": "true"}"#);
+    let threads: Vec<_> = (0..8)
+        .map(|k| {
+            let h = h.clone();
+            let tag = tag.to_string();
+            std::thread::spawn(move || {
+                for i in (k..n).step_by(8) {
+                    let at = Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(d) = at.checked_sub(t.elapsed()) {
+                        std::thread::sleep(d);
+                    }
+                    h.put(&format!("/v1/kv/jobs/{tag}{i}"), r#"{"Command": "true"}"#);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
     }
     let submit = t.elapsed().as_secs_f64();
     wait_results(h, tag, n);
@@ -424,7 +449,7 @@ fn per_job(p: &Phase) -> [f64; 3] {
 fn cluster_size(n: usize, steady_secs: u64, burst_n: usize, runs: usize) -> Row {
     let (nodes, addr, startup) = cluster(n);
     let h = Arc::new(Http::new(&addr));
-    println!("\n## {n} node(s)\n\nStarted (all at once) and every servant registered in {startup:.1} s.");
+    println!("\n## {n} node(s)\n\nStarted (the server, then the clients at once) and every servant registered in {startup:.1} s.");
     // Start-up writes and reads settle first.
     std::thread::sleep(Duration::from_secs(3));
     let idle = idle_rates(&nodes, steady_secs);
@@ -443,7 +468,10 @@ fn cluster_size(n: usize, steady_secs: u64, burst_n: usize, runs: usize) -> Row 
             println!("| {ep} | {:.3} | {:.0} |", r / n as f64, b / n as f64);
         }
     }
-    println!("| **all** | **{:.3}** | **{:.0}** |", idle_tot.0, idle_tot.1);
+    println!(
+        "| **all** | **{:.3}** | **{:.0}** |",
+        idle_tot.0, idle_tot.1
+    );
 
     let rate = 100;
     let tag = format!("st{n}-");
@@ -572,12 +600,21 @@ fn main() {
     let version = Command::new(consul_bin())
         .arg("version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .unwrap_or_default();
     println!(
         "# consul-servant scale benchmark ({version}; nodes {sizes:?}, steady {steady_secs} s, burst {burst_n}, {runs} start --all runs)"
     );
     let t = Instant::now();
+    if parts.contains("dev") {
+        dev_part(jobs, trials);
+    }
     let mut rows = Vec::new();
     if parts.contains("cluster") {
         for &n in &sizes {
@@ -607,9 +644,6 @@ fn main() {
                 r.start_p90
             );
         }
-    }
-    if parts.contains("dev") {
-        dev_part(jobs, trials);
     }
     println!("\nWhole run: {:.0} s", t.elapsed().as_secs_f64());
 }
