@@ -134,7 +134,7 @@ fn cluster(n: usize) -> (Vec<Node>, String, f64) {
     (nodes, addr, t.elapsed().as_secs_f64())
 }
 
-/// Requests and response bytes by endpoint, one node.
+/// Requests and response bytes by part and endpoint, one node.
 type Counts = BTreeMap<String, (f64, f64)>;
 
 /// The endpoint label's value in a sample line.
@@ -143,7 +143,7 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line[at..].split('"').next()
 }
 
-/// One node's Consul counters now, by endpoint (outcomes summed).
+/// One node's Consul counters now, by part and endpoint (outcomes summed).
 fn counts(api: &str) -> Counts {
     let (_, text) = metrics::get_metrics(&format!("http://{api}/metrics"), None);
     let mut c = Counts::new();
@@ -159,7 +159,12 @@ fn counts(api: &str) -> Counts {
         ) else {
             continue;
         };
-        let e = c.entry(ep.to_string()).or_default();
+        // By loop and endpoint (`jobs kv`) where the agent names the loop (`part`).
+        let key = match label(l, "part") {
+            Some(part) => format!("{part} {ep}"),
+            None => ep.to_string(),
+        };
+        let e = c.entry(key).or_default();
         if req {
             e.0 += v;
         } else {
@@ -255,7 +260,7 @@ fn print_phase(title: &str, p: &Phase) {
     let n = p.net.len() as f64;
     let j = p.jobs as f64;
     println!("\n{title}: {} jobs, {:.1} s\n", p.jobs, p.secs);
-    println!("| endpoint | requests/job/node (net of idle) | response bytes/job/node (net) | max over nodes: requests/job (net) |\n|---|---|---|---|");
+    println!("| part and endpoint | requests/job/node (net of idle) | response bytes/job/node (net) | max over nodes: requests/job (net) |\n|---|---|---|---|");
     let eps: BTreeSet<&String> = p.net.iter().flat_map(|c| c.keys()).collect();
     for ep in eps {
         let get = |c: &Counts| c.get(ep).copied().unwrap_or_default();
@@ -454,7 +459,7 @@ fn cluster_size(n: usize, steady_secs: u64, burst_n: usize, runs: usize) -> Row 
     std::thread::sleep(Duration::from_secs(3));
     let idle = idle_rates(&nodes, steady_secs);
     println!("\nIdle, over {steady_secs} s, per node per second:\n");
-    println!("| endpoint | requests/node/s | bytes/node/s |\n|---|---|---|");
+    println!("| part and endpoint | requests/node/s | bytes/node/s |\n|---|---|---|");
     let mut idle_tot = (0.0, 0.0);
     let eps: BTreeSet<&String> = idle.iter().flat_map(|c| c.keys()).collect();
     for ep in eps {
