@@ -25,8 +25,8 @@ use super::report::ResourceSampler;
 use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use crate::consul::{
-    spawn_watch, watch_key, watch_prefix, Client, ConsulError, KvPair, KvPutOptions, QueryOptions,
-    SessionBehavior, TxnKvOp, TxnOp,
+    spawn_watch, watch_key, watch_key_paced, watch_prefix_paced, Client, ConsulError, KvPair,
+    KvPutOptions, Pace, QueryOptions, SessionBehavior, TxnKvOp, TxnOp,
 };
 use crate::consul::{SessionKeeper, SessionSettings, SessionState};
 use crate::util::backoff::Backoff;
@@ -385,6 +385,10 @@ async fn report_loop(
     watches.wait().await;
 }
 
+/// How often a node reads its topology key while it is missing, and the tasks while there are
+/// none (see `watch_key_paced`).
+const EMPTY_WATCH_PACE: Pace = Pace(Duration::from_millis(500));
+
 /// Keeps this node's apps equal to its topology key and the tasks it names. While the apps
 /// session is lost, nothing runs here: the leader is placing these replicas elsewhere.
 async fn node_loop(
@@ -395,20 +399,25 @@ async fn node_loop(
     stop: CancellationToken,
 ) {
     let watches = TaskTracker::new();
-    let mut topo_rx = watch_key(
+    // Paced while missing or empty: a node with nothing placed would otherwise read its
+    // topology key at every write anywhere in the cluster (issue 15). A first placement is seen
+    // within `EMPTY_WATCH_PACE`; the leader's later changes at once.
+    let mut topo_rx = watch_key_paced(
         &watches,
         &client,
         "own topology",
         cfg.layout.topology(&cfg.node),
         cfg.watch_wait,
+        EMPTY_WATCH_PACE,
         &stop,
     );
-    let mut tasks_rx = watch_prefix(
+    let mut tasks_rx = watch_prefix_paced(
         &watches,
         &client,
         "tasks",
         cfg.layout.tasks(),
         cfg.watch_wait,
+        EMPTY_WATCH_PACE,
         &stop,
     );
     // After this node's apps session was lost and made again, its topology key may still name

@@ -159,6 +159,82 @@ pub fn watch_key(
     )
 }
 
+/// Between two blocking reads of a missing key or an empty prefix, when paced.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace(pub Duration);
+
+/// Like `watch_key` and `watch_prefix`, but while the key is missing (the prefix empty) each
+/// blocking read waits `pace` first. Consul answers such a read with the whole KV table's index,
+/// so unpaced it returns at every write anywhere in the cluster: one request per node per write.
+/// For watches that may wait a moment to see a key appear (an apps node's own topology).
+pub fn watch_key_paced(
+    tracker: &TaskTracker,
+    client: &super::Client,
+    what: impl Into<String>,
+    key: String,
+    wait: Duration,
+    pace: Pace,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<Option<super::KvPair>>> {
+    let c = client.clone();
+    let empty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    spawn_watch(
+        tracker,
+        what,
+        wait,
+        move |q| {
+            let (c, k, empty) = (c.clone(), key.clone(), empty.clone());
+            async move {
+                paced(&empty, &q, pace).await;
+                let r = c.kv_get(&k, &q).await;
+                if let Ok((v, _)) = &r {
+                    empty.store(v.is_none(), std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        },
+        stop,
+    )
+}
+
+/// `watch_prefix`, paced while the prefix is empty (see `watch_key_paced`).
+pub fn watch_prefix_paced(
+    tracker: &TaskTracker,
+    client: &super::Client,
+    what: impl Into<String>,
+    prefix: String,
+    wait: Duration,
+    pace: Pace,
+    stop: &CancellationToken,
+) -> watch::Receiver<Option<Vec<super::KvPair>>> {
+    let c = client.clone();
+    let empty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    spawn_watch(
+        tracker,
+        what,
+        wait,
+        move |q| {
+            let (c, p, empty) = (c.clone(), prefix.clone(), empty.clone());
+            async move {
+                paced(&empty, &q, pace).await;
+                let r = c.kv_list(&p, &q).await;
+                if let Ok((v, _)) = &r {
+                    empty.store(v.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        },
+        stop,
+    )
+}
+
+async fn paced(empty: &std::sync::atomic::AtomicBool, q: &QueryOptions, pace: Pace) {
+    // Only blocking reads: the first read, and the first after an error, go at once.
+    if q.index > 0 && empty.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(pace.0).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

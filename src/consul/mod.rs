@@ -15,7 +15,10 @@ mod txn;
 pub use agent::{
     AgentCheckRegistration, AgentMember, AgentService, AgentServiceRegistration, CheckUpdate,
 };
-pub use blocking::{spawn_watch, watch_key, watch_loop, watch_prefix, BlockingIndex};
+pub use blocking::{
+    spawn_watch, watch_key, watch_key_paced, watch_loop, watch_prefix, watch_prefix_paced,
+    BlockingIndex, Pace,
+};
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
 pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
 pub use event::UserEvent;
