@@ -4,11 +4,15 @@
 //! The leader writes the plan as one KV key per host (`appmgr/topology/<host>`), so placement is
 //! sticky: a replica that is still valid stays where it is (even on an over-committed host), and
 //! a pass with nothing changed produces zero writes. Only missing replicas are placed, least-loaded
-//! host first, through an ordered set of hosts updated as replicas land, so a pass costs about
-//! `O(replicas × log hosts)` rather than `replicas × hosts`.
+//! host first, through ordered sets of hosts (one per distinct host label set, so a constrained
+//! task never walks past hosts it cannot use) updated as replicas land, so a pass costs about
+//! `O(replicas × log hosts)` rather than `replicas × hosts`. Kept replicas are found through one
+//! hash lookup each and a merge walk of the sorted host names. Hosts refused for capacity are
+//! still walked past one by one, and each unplaced task is explained by a walk over all hosts.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub use crate::wire::schedule::Unplaced;
 pub use crate::wire::Topology;
@@ -80,36 +84,86 @@ fn unique_by_name<T>(items: &[T], name: impl Fn(&T) -> &str) -> Vec<&T> {
     v
 }
 
+/// FNV-1a with a final mix, for the task-name map of the sticky walk (one lookup per kept
+/// replica; SipHash was about 7% of the instructions of a pass at 100,000 tasks). Task names come from the
+/// cluster's own task keys, not from whoever could flood the map. The mix (murmur3's) spreads
+/// the last bytes into the top bits the map's probe tags use: names like `task-00042` differ
+/// only there.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A host's place in a least-loaded-first order: fewest tasks, then most free memory, then name
+/// (hosts are sorted, so the index is the name's rank).
+type Key = (usize, Reverse<i128>, usize);
+
+/// Hosts with more distinct label sets than this share one ordered set (and are checked one by
+/// one against a constrained task's labels); the plan is the same either way.
+const MAX_GROUPS: usize = 8;
+
+static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// Places the replicas of `tasks` on `hosts` (the live ones), keeping every valid placement of
 /// `current`, and reports every task left short of replicas.
 pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Plan {
     let tasks = unique_by_name(tasks, |t| &t.name);
     let hosts = unique_by_name(hosts, |h| &h.name);
-    let task_ix: HashMap<&str, usize> = tasks
+    // Name -> (index, replication > 0, has label constraints): what the sticky walk needs
+    // without touching the task itself.
+    let task_ix: HashMap<&str, (usize, bool, bool), BuildHasherDefault<Fnv>> = tasks
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    let host_ix: HashMap<&str, usize> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.name.as_str(), i))
+        .map(|(i, t)| {
+            (
+                t.name.as_str(),
+                (i, t.replication > 0, !t.labels.is_empty()),
+            )
+        })
         .collect();
     let cpu: Vec<i128> = tasks.iter().map(|t| micro_cores(t.cpu)).collect();
     let mem: Vec<i128> = tasks.iter().map(|t| i128::from(t.memory_mb)).collect();
 
-    // Sticky: keep what is on a live host, of a live task, and still matches its labels.
+    // Sticky: keep what is on a live host, of a live task, and still matches its labels. Both
+    // `current` and `hosts` are sorted by name, so one merge walk finds each host.
     let mut load = vec![0usize; hosts.len()];
     let mut held: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    let mut next = 0;
     for (host, names) in current {
-        let Some(&hi) = host_ix.get(host.as_str()) else {
+        while next < hosts.len() && hosts[next].name.as_str() < host.as_str() {
+            next += 1;
+        }
+        if next == hosts.len() {
+            break;
+        }
+        if hosts[next].name != *host {
             continue;
-        };
+        }
+        let hi = next;
         for name in names {
-            let Some(&ti) = task_ix.get(name.as_str()) else {
+            let Some(&(ti, live, constrained)) = task_ix.get(name.as_str()) else {
                 continue;
             };
-            if tasks[ti].replication > 0 && matches(tasks[ti], hosts[hi]) {
+            if live && (!constrained || matches(tasks[ti], hosts[hi])) {
                 held[ti].push(hi);
                 load[hi] += 1;
             }
@@ -138,10 +192,31 @@ pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Pl
     }
 
     // Least-loaded first: fewest tasks, then most free memory, then name (hosts are sorted).
+    // One ordered set per group of hosts with the same labels (up to MAX_GROUPS of them, else
+    // one group), so a constrained task walks only the groups that match it, and a placement
+    // moves its host in one set. A task's walk merges its groups' sets: the same order as one
+    // set of all the hosts that match, so the same choice.
     let key = |hi: usize, load: &[usize], free_mem: &[i128]| (load[hi], Reverse(free_mem[hi]), hi);
-    let mut order: BTreeSet<(usize, Reverse<i128>, usize)> = (0..hosts.len())
-        .map(|hi| key(hi, &load, &free_mem))
-        .collect();
+    let mut group_ix: BTreeMap<&BTreeMap<String, String>, usize> = BTreeMap::new();
+    for host in &hosts {
+        let n = group_ix.len();
+        group_ix.entry(&host.labels).or_insert(n);
+    }
+    let grouped = group_ix.len() <= MAX_GROUPS;
+    let mut group_labels: Vec<&BTreeMap<String, String>> = vec![&EMPTY_LABELS; group_ix.len()];
+    for (&labels, &g) in &group_ix {
+        group_labels[g] = labels;
+    }
+    let group_of: Vec<usize> = if grouped {
+        hosts.iter().map(|h| group_ix[&h.labels]).collect()
+    } else {
+        vec![0; hosts.len()]
+    };
+    let mut sets: Vec<BTreeSet<Key>> =
+        vec![BTreeSet::new(); if grouped { group_ix.len() } else { 1 }];
+    for hi in 0..hosts.len() {
+        sets[group_of[hi]].insert(key(hi, &load, &free_mem));
+    }
     // `holds[hi] == ti` while task `ti` is being placed and host `hi` has it: O(1) membership.
     let mut holds = vec![usize::MAX; hosts.len()];
     let mut short = Vec::new();
@@ -156,11 +231,37 @@ pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Pl
         }
         let need = wanted - held[ti].len();
         chosen.clear();
-        for &(_, _, hi) in &order {
+        let constrained = !task.labels.is_empty();
+        // Grouped, a matching group's hosts all match; ungrouped, each host is checked.
+        let mut walks: Vec<_> = (0..sets.len())
+            .filter(|&g| {
+                !grouped
+                    || !constrained
+                    || task
+                        .labels
+                        .iter()
+                        .all(|(k, v)| group_labels[g].get(k) == Some(v))
+            })
+            .map(|g| sets[g].iter().peekable())
+            .collect();
+        let check_labels = constrained && !grouped;
+        loop {
+            let mut best: Option<(usize, Key)> = None;
+            for (w, walk) in walks.iter_mut().enumerate() {
+                if let Some(&&k) = walk.peek() {
+                    if best.is_none_or(|(_, b)| k < b) {
+                        best = Some((w, k));
+                    }
+                }
+            }
+            let Some((w, (_, _, hi))) = best else {
+                break;
+            };
+            walks[w].next();
             if holds[hi] != ti
                 && fits(cpu[ti], free_cpu[hi])
                 && fits(mem[ti], free_mem[hi])
-                && matches(task, hosts[hi])
+                && (!check_labels || matches(task, hosts[hi]))
             {
                 chosen.push(hi);
                 if chosen.len() == need {
@@ -168,13 +269,16 @@ pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Pl
                 }
             }
         }
+        drop(walks);
         for &hi in &chosen {
-            order.remove(&key(hi, &load, &free_mem));
+            let old = key(hi, &load, &free_mem);
             load[hi] += 1;
             free_cpu[hi] -= cpu[ti];
             free_mem[hi] -= mem[ti];
             holds[hi] = ti;
-            order.insert(key(hi, &load, &free_mem));
+            let set = &mut sets[group_of[hi]];
+            set.remove(&old);
+            set.insert(key(hi, &load, &free_mem));
         }
         held[ti].extend_from_slice(&chosen);
         if held[ti].len() < wanted {
@@ -205,17 +309,20 @@ pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Pl
     }
 
     // Tasks are visited in name order, so each host's list is already sorted.
-    let mut per_host: Vec<Vec<String>> = vec![Vec::new(); hosts.len()];
+    let mut per_host: Vec<Vec<&str>> = vec![Vec::new(); hosts.len()];
     for (ti, on) in held.iter().enumerate() {
         for &hi in on {
-            per_host[hi].push(tasks[ti].name.clone());
+            per_host[hi].push(&tasks[ti].name);
         }
     }
     let topology = per_host
         .into_iter()
         .enumerate()
         .filter(|(_, names)| !names.is_empty())
-        .map(|(hi, names)| (hosts[hi].name.clone(), names.into_iter().collect()))
+        .map(|(hi, names)| {
+            let set: BTreeSet<String> = names.into_iter().map(str::to_owned).collect();
+            (hosts[hi].name.clone(), set)
+        })
         .collect();
     Plan { topology, unplaced }
 }
@@ -316,6 +423,227 @@ pub fn changes(old: &Topology, new: &Topology) -> Vec<(String, Option<BTreeSet<S
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The scheduler as it was before the sticky walk and output were made cheaper (issue 15), kept verbatim as
+    /// the reference the fast one must agree with exactly.
+    mod reference {
+        use super::super::*;
+        use std::cmp::Reverse;
+        use std::collections::{BTreeSet, HashMap};
+
+        /// Places the replicas of `tasks` on `hosts` (the live ones), keeping every valid placement of
+        /// `current`, and reports every task left short of replicas.
+        pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Plan {
+            let tasks = unique_by_name(tasks, |t| &t.name);
+            let hosts = unique_by_name(hosts, |h| &h.name);
+            let task_ix: HashMap<&str, usize> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.as_str(), i))
+                .collect();
+            let host_ix: HashMap<&str, usize> = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.name.as_str(), i))
+                .collect();
+            let cpu: Vec<i128> = tasks.iter().map(|t| micro_cores(t.cpu)).collect();
+            let mem: Vec<i128> = tasks.iter().map(|t| i128::from(t.memory_mb)).collect();
+
+            // Sticky: keep what is on a live host, of a live task, and still matches its labels.
+            let mut load = vec![0usize; hosts.len()];
+            let mut held: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+            for (host, names) in current {
+                let Some(&hi) = host_ix.get(host.as_str()) else {
+                    continue;
+                };
+                for name in names {
+                    let Some(&ti) = task_ix.get(name.as_str()) else {
+                        continue;
+                    };
+                    if tasks[ti].replication > 0 && matches(tasks[ti], hosts[hi]) {
+                        held[ti].push(hi);
+                        load[hi] += 1;
+                    }
+                }
+            }
+            // Replication lowered: drop extras from the most-loaded hosts (ties: first host by name).
+            for (ti, task) in tasks.iter().enumerate() {
+                let on = &mut held[ti];
+                while on.len() > task.replication as usize {
+                    let Some(pos) = (0..on.len()).max_by_key(|&p| (load[on[p]], Reverse(on[p])))
+                    else {
+                        break;
+                    };
+                    load[on[pos]] -= 1;
+                    on.swap_remove(pos);
+                }
+                on.sort_unstable();
+            }
+            // Kept placements use capacity, even past what the host has (never evicted for resources).
+            let mut free_cpu: Vec<i128> = hosts.iter().map(|h| micro_cores(h.cpu_cores)).collect();
+            let mut free_mem: Vec<i128> = hosts.iter().map(|h| i128::from(h.memory_mb)).collect();
+            for (ti, on) in held.iter().enumerate() {
+                for &hi in on {
+                    free_cpu[hi] -= cpu[ti];
+                    free_mem[hi] -= mem[ti];
+                }
+            }
+
+            // Least-loaded first: fewest tasks, then most free memory, then name (hosts are sorted).
+            let key = |hi: usize, load: &[usize], free_mem: &[i128]| {
+                (load[hi], Reverse(free_mem[hi]), hi)
+            };
+            let mut order: BTreeSet<(usize, Reverse<i128>, usize)> = (0..hosts.len())
+                .map(|hi| key(hi, &load, &free_mem))
+                .collect();
+            // `holds[hi] == ti` while task `ti` is being placed and host `hi` has it: O(1) membership.
+            let mut holds = vec![usize::MAX; hosts.len()];
+            let mut short = Vec::new();
+            let mut chosen = Vec::new();
+            for (ti, task) in tasks.iter().enumerate() {
+                let wanted = task.replication as usize;
+                if held[ti].len() >= wanted {
+                    continue;
+                }
+                for &hi in &held[ti] {
+                    holds[hi] = ti;
+                }
+                let need = wanted - held[ti].len();
+                chosen.clear();
+                for &(_, _, hi) in &order {
+                    if holds[hi] != ti
+                        && fits(cpu[ti], free_cpu[hi])
+                        && fits(mem[ti], free_mem[hi])
+                        && matches(task, hosts[hi])
+                    {
+                        chosen.push(hi);
+                        if chosen.len() == need {
+                            break;
+                        }
+                    }
+                }
+                for &hi in &chosen {
+                    order.remove(&key(hi, &load, &free_mem));
+                    load[hi] += 1;
+                    free_cpu[hi] -= cpu[ti];
+                    free_mem[hi] -= mem[ti];
+                    holds[hi] = ti;
+                    order.insert(key(hi, &load, &free_mem));
+                }
+                held[ti].extend_from_slice(&chosen);
+                if held[ti].len() < wanted {
+                    short.push(ti);
+                }
+            }
+            // Explained against the final state: free capacity only shrank since the task's turn, so
+            // every refusal still holds, and a second pass over the same plan says the same words.
+            let mut unplaced = Vec::with_capacity(short.len());
+            for ti in short {
+                let task = tasks[ti];
+                for &hi in &held[ti] {
+                    holds[hi] = ti;
+                }
+                let why = explain(
+                    task, ti, &hosts, &holds, &free_cpu, &free_mem, cpu[ti], mem[ti],
+                );
+                unplaced.push(Unplaced {
+                    task: task.name.clone(),
+                    wanted: task.replication,
+                    placed: held[ti].len() as u32,
+                    reason: format!(
+                        "{} of {} replicas placed: {why}",
+                        held[ti].len(),
+                        task.replication
+                    ),
+                });
+            }
+
+            // Tasks are visited in name order, so each host's list is already sorted.
+            let mut per_host: Vec<Vec<String>> = vec![Vec::new(); hosts.len()];
+            for (ti, on) in held.iter().enumerate() {
+                for &hi in on {
+                    per_host[hi].push(tasks[ti].name.clone());
+                }
+            }
+            let topology = per_host
+                .into_iter()
+                .enumerate()
+                .filter(|(_, names)| !names.is_empty())
+                .map(|(hi, names)| (hosts[hi].name.clone(), names.into_iter().collect()))
+                .collect();
+            Plan { topology, unplaced }
+        }
+
+        fn plural(n: usize, one: &str, many: &str) -> String {
+            format!("{n} {}", if n == 1 { one } else { many })
+        }
+
+        /// Why task `ti` is short: every host that matches its labels and lacks it was refused for
+        /// capacity, so the count of matching hosts and of refused ones say it all.
+        #[allow(clippy::too_many_arguments)]
+        fn explain(
+            task: &TaskReq,
+            ti: usize,
+            hosts: &[&HostInfo],
+            holds: &[usize],
+            free_cpu: &[i128],
+            free_mem: &[i128],
+            cpu: i128,
+            mem: i128,
+        ) -> String {
+            if hosts.is_empty() {
+                return "no live hosts".into();
+            }
+            let labels = || {
+                let kv: Vec<String> = task
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!("{{{}}}", kv.join(", "))
+            };
+            let mut why = Vec::new();
+            let matching = hosts.iter().filter(|h| matches(task, h)).count();
+            if matching < task.replication as usize {
+                why.push(match (task.labels.is_empty(), matching) {
+                    (true, n) => format!(
+                        "only {}, and replicas need distinct hosts",
+                        plural(n, "live host", "live hosts")
+                    ),
+                    (false, 0) => format!("no live host matches labels {}", labels()),
+                    (false, 1) => format!("only 1 live host matches labels {}", labels()),
+                    (false, n) => format!("only {n} live hosts match labels {}", labels()),
+                });
+            }
+            let (mut refused, mut cpu_short, mut mem_short) = (0, false, false);
+            for (hi, host) in hosts.iter().enumerate() {
+                if holds[hi] == ti || !matches(task, host) {
+                    continue;
+                }
+                let (c, m) = (!fits(cpu, free_cpu[hi]), !fits(mem, free_mem[hi]));
+                refused += usize::from(c || m);
+                cpu_short |= c;
+                mem_short |= m;
+            }
+            if refused > 0 {
+                let cores = format!("{} cores", task.cpu);
+                let mb = format!("{} MB", task.memory_mb);
+                let (what, needs) = match (cpu_short, mem_short) {
+                    (true, false) => ("cpu", cores),
+                    (false, true) => ("memory", mb),
+                    _ => ("cpu or memory", format!("{cores} and {mb}")),
+                };
+                why.push(format!(
+                    "not enough free {what} on {} (needs {needs})",
+                    plural(refused, "matching host", "matching hosts")
+                ));
+            }
+            if why.is_empty() {
+                why.push("no suitable host".into());
+            }
+            why.join("; ")
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -607,6 +935,60 @@ mod tests {
         assert!(changes(&new, &new).is_empty());
     }
 
+    /// Mid-size clusters the proptests' eight hosts never reach: tight capacity (many refusals
+    /// and unplaced tasks), many label classes, sticky and lost hosts.
+    #[test]
+    fn mid_size_clusters_get_the_reference_plan() {
+        let mut state = 7u64;
+        let mut below = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        for round in 0..6 {
+            let hosts: Vec<HostInfo> = (0..60)
+                .map(|i| HostInfo {
+                    name: format!("h{i:02}"),
+                    labels: labels(&[
+                        ("zone", ["a", "b", "c"][below(3) as usize]),
+                        ("rack", &format!("r{}", below(12))),
+                    ]),
+                    cpu_cores: below(9) as f64,
+                    memory_mb: below(9) * 1024,
+                })
+                .collect();
+            let tasks: Vec<TaskReq> = (0..400)
+                .map(|i| TaskReq {
+                    name: format!("t{i:03}"),
+                    replication: below(5) as u32,
+                    labels: match below(4) {
+                        0 => labels(&[("zone", ["a", "b", "c"][below(3) as usize])]),
+                        1 => labels(&[("rack", &format!("r{}", below(40)))]),
+                        _ => BTreeMap::new(),
+                    },
+                    cpu: below(4) as f64 * 0.25,
+                    memory_mb: below(4) * 256,
+                })
+                .collect();
+            let first = schedule(&tasks, &hosts, &Topology::new());
+            assert_eq!(first, reference::schedule(&tasks, &hosts, &Topology::new()));
+            assert!(!first.unplaced.is_empty(), "round {round} should be tight");
+            let fewer: Vec<HostInfo> = hosts.iter().filter(|_| below(5) != 0).cloned().collect();
+            let mut changed = tasks.clone();
+            for t in changed.iter_mut() {
+                if below(3) == 0 {
+                    t.replication = below(5) as u32;
+                }
+            }
+            assert_eq!(
+                schedule(&changed, &fewer, &first.topology),
+                reference::schedule(&changed, &fewer, &first.topology),
+                "round {round}"
+            );
+        }
+    }
+
     // ---- properties ----
 
     const ZONES: [&str; 2] = ["a", "b"];
@@ -765,6 +1147,21 @@ mod tests {
                 prop_assert!(cpu <= micro_cores(h.cpu_cores));
                 prop_assert!(on.iter().map(|t| t.memory_mb).sum::<u64>() <= h.memory_mb);
             }
+        }
+
+        #[test]
+        fn the_plan_is_the_reference_schedulers(
+            tasks in arb_tasks(), hosts in arb_hosts(), current in arb_topology(),
+            gone in any::<prop::sample::Index>()
+        ) {
+            let want = reference::schedule(&tasks, &hosts, &current);
+            prop_assert_eq!(&schedule(&tasks, &hosts, &current), &want);
+            let mut fewer = hosts.clone();
+            if !fewer.is_empty() {
+                fewer.remove(gone.index(hosts.len()));
+            }
+            let again = reference::schedule(&tasks, &fewer, &want.topology);
+            prop_assert_eq!(&schedule(&tasks, &fewer, &want.topology), &again);
         }
 
         #[test]
