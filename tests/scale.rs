@@ -26,6 +26,15 @@ fn metrics(api: &str) -> String {
     get_metrics(&format!("http://{api}/metrics"), None).1
 }
 
+/// Requests of one part of the agent to Consul, every endpoint.
+fn part_requests(api: &str, part: &str) -> f64 {
+    sum(
+        &metrics(api),
+        "servant_consul_requests_total",
+        &[&format!("part=\"{part}\"")],
+    )
+}
+
 /// The job worker's requests to Consul (every endpoint) and its KV answer bytes.
 fn jobs_load(api: &str) -> (f64, f64) {
     let text = metrics(api);
@@ -69,23 +78,33 @@ fn each_queued_job_document_is_read_about_once(b: Backend) {
 }
 
 /// A watch of an empty prefix (or a missing key) is answered with the whole KV table's index,
-/// so it woke at every write anywhere: an idle worker made a request per unrelated write.
-fn unrelated_writes_do_not_wake_the_job_worker(b: Backend) {
+/// so it woke at every write anywhere: an idle worker made a request per unrelated write, and so
+/// did an apps node with nothing placed on it.
+fn unrelated_writes_do_not_wake_the_job_worker_or_the_apps_node(b: Backend) {
     let c = Single::start(b, &[]);
     let h = c.http();
     let api = servant_api(&h);
     // Start-up reads settle first (the folder keys, the first resync).
     std::thread::sleep(Duration::from_secs(2));
     let (req0, _) = jobs_load(&api);
+    let apps0 = part_requests(&api, "apps");
     for i in 0..200 {
         assert_eq!(h.put(&format!("/v1/kv/elsewhere/k{i}"), "v").0, 200);
     }
     std::thread::sleep(Duration::from_secs(1));
     let (req1, _) = jobs_load(&api);
+    let apps1 = part_requests(&api, "apps");
     assert!(
         req1 - req0 < 20.0,
         "200 writes outside jobs/ and queues/ cost the job worker {} requests",
         req1 - req0
+    );
+    // The apps node, with nothing placed on it and no tasks: its topology key is missing and
+    // the tasks prefix empty, which it now reads at most every 500 ms.
+    assert!(
+        apps1 - apps0 < 20.0,
+        "200 unrelated writes cost the apps node {} requests",
+        apps1 - apps0
     );
     // And it still runs jobs.
     h.put("/v1/kv/jobs/after", r#"{"Command": "echo ok"}"#);
@@ -123,6 +142,6 @@ fn session_churn_does_not_wake_the_job_worker(b: Backend) {
 
 on_both!(
     each_queued_job_document_is_read_about_once,
-    unrelated_writes_do_not_wake_the_job_worker,
+    unrelated_writes_do_not_wake_the_job_worker_or_the_apps_node,
     session_churn_does_not_wake_the_job_worker,
 );

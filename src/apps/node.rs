@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::config::AppsConfig;
 use super::launch::{read_tasks, Owner};
@@ -399,6 +399,11 @@ async fn node_loop(
     stop: CancellationToken,
 ) {
     let watches = TaskTracker::new();
+    // The folder key `appmgr/task/` keeps the tasks prefix from ever being empty (see
+    // `Client::kv_ensure`); task names never include it (`Namespace::name_under`).
+    if let Err(e) = client.kv_ensure(&cfg.layout.tasks(), b"").await {
+        debug!(error = %e, "cannot create the folder key of the tasks");
+    }
     // Paced while missing or empty: a node with nothing placed would otherwise read its
     // topology key at every write anywhere in the cluster (issue 15). A first placement is seen
     // within `EMPTY_WATCH_PACE`; the leader's later changes at once.

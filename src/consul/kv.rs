@@ -100,6 +100,26 @@ impl Client {
         Ok(Some(a.body))
     }
 
+    /// Creates `key` with `value` unless it exists; true when it created it. Reads first: a
+    /// refused check-and-set is still a Raft write. Used for folder keys (`jobs/`), which keep
+    /// a watched prefix from ever being empty: an empty prefix answers a blocking read with the
+    /// whole KV table's index, so its watch would wake at every write anywhere.
+    pub async fn kv_ensure(&self, key: &str, value: &[u8]) -> Result<bool, ConsulError> {
+        if self
+            .kv_get(key, &QueryOptions::default())
+            .await?
+            .0
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let opts = KvPutOptions {
+            cas: Some(0),
+            ..Default::default()
+        };
+        self.kv_put(key, value, &opts).await
+    }
+
     /// Every entry under `prefix` (`?recurse`). A missing prefix is an empty list.
     pub async fn kv_list(
         &self,

@@ -17,8 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::consul::SessionState;
 use crate::consul::{
-    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, KvPutOptions, TxnKvOp,
-    TxnOp, TxnOutcome,
+    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
 };
 use crate::process::container::published_service;
 use crate::process::docker::{
@@ -837,17 +836,9 @@ async fn resync(ctx: Arc<Ctx>, tx: mpsc::UnboundedSender<Vec<KvPair>>) {
     }
 }
 
-/// Creates the folder key `prefix` (empty value) unless it exists. Read first: a refused
-/// check-and-set is still a Raft write.
+/// Creates the folder key `prefix` (empty value) unless it exists.
 async fn ensure_folder(client: &Client, prefix: &str) {
-    if let Ok((Some(_), _)) = client.kv_get(prefix, &Default::default()).await {
-        return;
-    }
-    let opts = KvPutOptions {
-        cas: Some(0),
-        ..Default::default()
-    };
-    if let Err(e) = client.kv_put(prefix, b"", &opts).await {
+    if let Err(e) = client.kv_ensure(prefix, b"").await {
         debug!(key = prefix, error = %e, "cannot create the folder key");
     }
 }
