@@ -120,7 +120,13 @@ fn run(nodes: usize, interval: &str, windows: usize, secs: u64) -> Figures {
     );
     wait_for("the task placed", Duration::from_secs(60), || {
         let keys = h.get_json("/v1/kv/appmgr/topology/?keys")?;
-        (!keys.as_array()?.is_empty()).then_some(())
+        // The leader's folder key `appmgr/topology/` aside.
+        let hosts = keys
+            .as_array()?
+            .iter()
+            .filter(|k| k.as_str() != Some("appmgr/topology/"))
+            .count();
+        (hosts > 0).then_some(())
     });
     let leader = wait_for("a leader", Duration::from_secs(60), || {
         h.kv_raw("appmgr/leader")

@@ -592,6 +592,13 @@ async fn lead(
     // the guard ends the watches; the caller's tracker awaits them.
     let watching = stop.child_token();
     let _end = watching.clone().drop_guard();
+    // Folder keys keep the watched prefixes non-empty (see `Client::kv_ensure`): an empty one
+    // would wake the leader at every write anywhere. Host and task names never include them.
+    for folder in [cfg.layout.tasks(), cfg.layout.topology_prefix()] {
+        if let Err(e) = client.kv_ensure(&folder, b"").await {
+            debug!(key = %folder, error = %e, "cannot create a folder key");
+        }
+    }
     let mut inputs = [
         cfg.layout.tasks(),
         cfg.layout.capacity_prefix(),
