@@ -189,6 +189,12 @@ server {{
     let reload = format!("nginx -p {prefix} -c {} -s reload", conf.display());
     let _t = template(&c, d, &src, &out, &reload);
 
+    // nginx may still be binding its port: a round of requests that began before it listened
+    // counted the refused connections as failures (seen in CI under load: 7 of 12 failed while
+    // all three backends answered the rest).
+    wait_for("nginx listening", T, || {
+        TcpStream::connect_timeout(&listen.parse().ok()?, Duration::from_secs(2)).ok()
+    });
     let (seen, failed) = wait_for("nginx spreading over all three", T, || {
         let (seen, failed) = spread(&listen, "/web/", 12);
         (seen.len() == 3).then_some((seen, failed))
