@@ -177,24 +177,10 @@ pub fn watch_key_paced(
     stop: &CancellationToken,
 ) -> watch::Receiver<Option<Option<super::KvPair>>> {
     let c = client.clone();
-    let empty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    spawn_watch(
-        tracker,
-        what,
-        wait,
-        move |q| {
-            let (c, k, empty) = (c.clone(), key.clone(), empty.clone());
-            async move {
-                paced(&empty, &q, pace).await;
-                let r = c.kv_get(&k, &q).await;
-                if let Ok((v, _)) = &r {
-                    empty.store(v.is_none(), std::sync::atomic::Ordering::Relaxed);
-                }
-                r
-            }
-        },
-        stop,
-    )
+    spawn_paced(tracker, what, wait, pace, stop, Option::is_none, move |q| {
+        let (c, k) = (c.clone(), key.clone());
+        async move { c.kv_get(&k, &q).await }
+    })
 }
 
 /// `watch_prefix`, paced while the prefix is empty (see `watch_key_paced`).
@@ -208,31 +194,51 @@ pub fn watch_prefix_paced(
     stop: &CancellationToken,
 ) -> watch::Receiver<Option<Vec<super::KvPair>>> {
     let c = client.clone();
-    let empty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    spawn_paced(tracker, what, wait, pace, stop, Vec::is_empty, move |q| {
+        let (c, p) = (c.clone(), prefix.clone());
+        async move { c.kv_list(&p, &q).await }
+    })
+}
+
+/// `spawn_watch` whose blocking reads wait `pace` first while the last answer was `empty`.
+fn spawn_paced<T, F, Fut>(
+    tracker: &TaskTracker,
+    what: impl Into<String>,
+    wait: Duration,
+    pace: Pace,
+    stop: &CancellationToken,
+    empty: fn(&T) -> bool,
+    mut fetch: F,
+) -> watch::Receiver<Option<T>>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: FnMut(QueryOptions) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(T, QueryMeta), ConsulError>> + Send + 'static,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let last_empty = std::sync::Arc::new(AtomicBool::new(false));
     spawn_watch(
         tracker,
         what,
         wait,
         move |q| {
-            let (c, p, empty) = (c.clone(), prefix.clone(), empty.clone());
+            let last_empty = last_empty.clone();
+            // Only blocking reads: the first read, and the first after an error, go at once.
+            let delay = q.index > 0 && last_empty.load(Ordering::Relaxed);
+            let read = fetch(q);
             async move {
-                paced(&empty, &q, pace).await;
-                let r = c.kv_list(&p, &q).await;
+                if delay {
+                    tokio::time::sleep(pace.0).await;
+                }
+                let r = read.await;
                 if let Ok((v, _)) = &r {
-                    empty.store(v.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                    last_empty.store(empty(v), Ordering::Relaxed);
                 }
                 r
             }
         },
         stop,
     )
-}
-
-async fn paced(empty: &std::sync::atomic::AtomicBool, q: &QueryOptions, pace: Pace) {
-    // Only blocking reads: the first read, and the first after an error, go at once.
-    if q.index > 0 && empty.load(std::sync::atomic::Ordering::Relaxed) {
-        tokio::time::sleep(pace.0).await;
-    }
 }
 
 #[cfg(test)]
