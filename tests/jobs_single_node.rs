@@ -432,7 +432,9 @@ fn sigterm_lets_jobs_finish_then_reports_the_rest() {
 }
 
 fn lost_session_fences_running_jobs_and_the_agent_recovers(b: Backend) {
-    let mut c = Single::start(b, &["--lock-delay", "0s", "--kill-grace", "1s"]);
+    // A short lock-delay, so the claim after the new session comes soon; not 0 s, whose 500 ms
+    // fence a loaded machine can miss (a job fenced by a late confirmation is not run again).
+    let mut c = Single::start(b, &["--lock-delay", "4s", "--kill-grace", "1s"]);
     let h = c.http();
     // One sleep length per backend: both run at once in this test binary.
     let marker = format!(
@@ -702,8 +704,12 @@ fn unconfirmed_session_fences_jobs_before_the_lock_delay() {
 
 /// A key held by this node's session with no task behind it (a claim whose answer was lost) is
 /// released and run again rather than left locked forever.
+///
+/// The default lock-delay: releasing a key does not start one. (A lock-delay of 0 s made the
+/// session's fence 500 ms, shorter than a loaded CI machine takes to confirm it: the job was
+/// killed at its fence.)
 fn key_held_by_our_session_without_a_task_is_released(b: Backend) {
-    let c = Single::start(b, &["--lock-delay", "0s"]);
+    let c = Single::start(b, &[]);
     let h = c.http();
     let sid = wait_for("agent session", T, || {
         let v = h.get_json(&format!("/v1/session/node/{}", c.node))?;

@@ -71,6 +71,10 @@ pub async fn supervise<H: TaskHandle>(
         }
     };
     tokio::pin!(deadline, killed);
+    // The deadlines the task may be acting on: the last one sent, and the one before it (the
+    // task reads the newest from its lease pipe a moment after it is sent).
+    let at_start = fence.as_ref().and_then(|f| *f.borrow());
+    let mut known = [at_start, at_start];
     let ended = loop {
         // Every move of the holder's deadline goes on to the task's watchdog.
         let moved = async {
@@ -86,17 +90,23 @@ pub async fn supervise<H: TaskHandle>(
             code = task.wait() => break Ended::Exited(code),
             _ = &mut deadline => break Ended::TimedOut,
             r = &mut killed => break Ended::Killed(r),
-            until = moved => task.fence(until).await,
+            until = moved => {
+                known = [known[1], until];
+                task.fence(until).await
+            }
         }
     };
     // Past the holder's deadline the task's end is not the holder's to report: its shim killed
     // it (or it ended when it was no longer surely ours). It counts as fenced.
+    let now = crate::util::time::boot_ms();
     let fenced_out = fence
         .as_ref()
         .and_then(|f| *f.borrow())
-        .is_some_and(|until| crate::util::time::boot_ms() >= until);
+        .is_some_and(|until| now >= until);
     let ended = match ended {
-        Ended::Exited(_) if fenced_out => Ended::Killed(KillReason::Fenced),
+        Ended::Exited(code) if fenced_out || killed_at_fence(code, known, now) => {
+            Ended::Killed(KillReason::Fenced)
+        }
         other => other,
     };
     // `Killed(Detach)` means it was left running; a task that cannot be is stopped as removed.
@@ -124,6 +134,14 @@ pub async fn supervise<H: TaskHandle>(
     };
     task.stop(Signal::SIGTERM, grace).await;
     outcome
+}
+
+/// Whether a task that exited with `code` was killed by its own watchdog at a fence deadline
+/// it held: SIGKILL, with a deadline it may have been acting on already passed. The holder's
+/// deadline may have moved on since (Consul confirmed the session late), so the current one
+/// cannot tell.
+fn killed_at_fence(code: i32, known: [Option<u64>; 2], now_ms: u64) -> bool {
+    code == 128 + Signal::SIGKILL as i32 && known.iter().flatten().any(|until| now_ms >= *until)
 }
 
 /// Grace between SIGTERM and SIGKILL for a short command past its timeout.
@@ -227,6 +245,22 @@ mod tests {
             t.elapsed()
         );
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    /// Regression (CI at a89e07f): a shim killed its job at a deadline that Consul confirmed
+    /// late; the holder's deadline had moved on by the time the exit was seen, and the job was
+    /// reported as a plain failure (exit 137) instead of fenced.
+    #[test]
+    fn a_sigkill_past_a_deadline_the_task_held_counts_as_fenced() {
+        let kill = 128 + Signal::SIGKILL as i32;
+        // The old deadline (1,000) passed; the new one (5,000) was sent after it.
+        assert!(killed_at_fence(kill, [Some(1_000), Some(5_000)], 2_000));
+        assert!(killed_at_fence(kill, [Some(1_000), Some(1_000)], 1_000));
+        // Neither passed, no deadline at all, or another way to end.
+        assert!(!killed_at_fence(kill, [Some(3_000), Some(5_000)], 2_000));
+        assert!(!killed_at_fence(kill, [None, None], 2_000));
+        assert!(!killed_at_fence(0, [Some(1_000), Some(5_000)], 2_000));
+        assert!(!killed_at_fence(143, [Some(1_000), Some(5_000)], 2_000));
     }
 
     #[tokio::test]
