@@ -450,3 +450,131 @@ fn regression_kv_prefix_covers_roles_triggers_and_their_history() {
         "nothing is recorded outside the namespace"
     );
 }
+
+/// The agent's config for the guarded `web` of `guard_until_file`, with `extra` appended to its
+/// `[checks]` table and `after` after it (other tables).
+fn guard_config(flag: &std::path::Path, checks_extra: &str, after: &str) -> String {
+    guard_until_file(flag).replacen(
+        "[checks]\n",
+        &format!("[checks]\nrepeat = \"1s\"\n{checks_extra}\n"),
+        1,
+    ) + after
+}
+
+/// Issue 16: whoever can write `triggers/` runs commands on the node. With
+/// `allow_kv_actions = false` a command written there does not run, and its run is recorded
+/// and logged as refused; a value naming one of the node's own actions (`action:NAME`) runs.
+#[test]
+fn allow_kv_actions_false_refuses_commands_from_kv_and_runs_named_local_actions() {
+    let c = ConsulDev::start();
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("running");
+    let bad = dir.path().join("kv-command-ran");
+    let cfg = dir.path().join("servant.toml");
+    std::fs::write(
+        &cfg,
+        guard_config(
+            &flag,
+            "allow_kv_actions = false",
+            &format!("\n[checks.actions]\nheal = \"touch {}\"\n", flag.display()),
+        ),
+    )
+    .unwrap();
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        format!("touch {} {}", bad.display(), flag.display()),
+    );
+    let s = c.servant(&["--config", cfg.to_str().unwrap()]).ready();
+    let history = |h: &Http| -> Vec<Value> {
+        h.kv_raw(&format!("trigger_history/{}", c.node))
+            .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
+            .unwrap_or_default()
+    };
+    let refused = wait_for("a refused run in the history", T, || {
+        history(&h).into_iter().find(|r| r["refused"].is_string())
+    });
+    assert!(
+        refused["refused"]
+            .as_str()
+            .unwrap()
+            .contains("allow_kv_actions"),
+        "{refused}"
+    );
+    assert_eq!(refused["exit_code"], Value::Null, "{refused}");
+    assert!(!bad.exists() && !flag.exists(), "the command from KV ran");
+    wait_for("the refusal in the agent's log", T, || {
+        s.proc
+            .log_text()
+            .contains("trigger action refused")
+            .then_some(())
+    });
+    // The same key naming the node's own action: it runs (the watcher repeats every second
+    // while the check is critical) and the service heals.
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        "action:heal",
+    );
+    wait_for("the local action ran", T, || flag.exists().then_some(()));
+    assert!(!bad.exists());
+    wait_for("a succeeded run in the history", T, || {
+        history(&h)
+            .into_iter()
+            .find(|r| r["exit_code"] == 0 && r["refused"].is_null())
+    });
+    // `servant trigger` with the agent's config refuses the same way, and says why.
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        format!("touch {}", bad.display()),
+    );
+    let check_json = json!({"Node": c.node, "CheckID": "service:web", "Name": "web check",
+                            "ServiceName": "web", "Status": "critical"})
+    .to_string();
+    let (code, _, err) = cli(
+        &c.addr(),
+        &[
+            "trigger",
+            "critical",
+            "-s",
+            &check_json,
+            "--env",
+            "test",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("allow_kv_actions"), "{err}");
+    assert!(!bad.exists(), "the command from KV ran");
+}
+
+/// Issue 16: a command from KV runs as `[jobs] default_user`, not as the agent (root).
+#[test]
+fn kv_trigger_actions_run_as_the_jobs_default_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = ConsulDev::start();
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    // The action's user must be able to write here.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let flag = dir.path().join("running");
+    let who = dir.path().join("who");
+    let cfg = dir.path().join("servant.toml");
+    std::fs::write(
+        &cfg,
+        guard_config(&flag, "", "\n[jobs]\ndefault_user = \"nobody\"\n"),
+    )
+    .unwrap();
+    // A script action too: its file must be readable by the user it runs as.
+    h.put(
+        "/v1/kv/triggers/test/web/standalone/critical",
+        format!(
+            "#!/bin/sh\nid -un > {}\ntouch {}\n",
+            who.display(),
+            flag.display()
+        ),
+    );
+    let _s = c.servant(&["--config", cfg.to_str().unwrap()]).ready();
+    wait_for("the action ran", T, || flag.exists().then_some(()));
+    assert_eq!(std::fs::read_to_string(&who).unwrap().trim(), "nobody");
+}

@@ -356,6 +356,17 @@ impl AgentConfig {
         u16::try_from(self.dns_port).ok().filter(|p| *p > 0)
     }
 
+    /// Which trigger actions this node runs, and as whom: `[checks]` allow_kv_actions and
+    /// actions, `[jobs]` default_user.
+    pub fn action_policy(&self, node: &str) -> crate::checks::trigger::ActionPolicy {
+        crate::checks::trigger::ActionPolicy {
+            allow_kv_actions: self.checks.allow_kv_actions,
+            local: self.checks.actions.clone(),
+            kv_user: self.jobs.default_user.clone(),
+            node: node.to_string(),
+        }
+    }
+
     /// How long the node session may go unconfirmed before the agent kills its own jobs: the
     /// lock-delay less 2 s (23 s by default), so they are dead before another node may claim
     /// them; at least half the lock-delay, and 500 ms. ARCHITECTURE.md derives it.

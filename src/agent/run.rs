@@ -449,6 +449,7 @@ async fn run_parts(
                 watch_wait: cfg.watch_wait,
                 layout: layout.clone(),
                 metrics: metrics.checks.clone(),
+                policy: cfg.action_policy(node),
             },
             stop.clone(),
         ));

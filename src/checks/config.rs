@@ -1,5 +1,6 @@
 //! The checks part's configuration (`[checks]` and `[[checks.guard]]` in the agent's file).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,13 @@ pub struct ChecksConfig {
     pub repeat: Duration,
     /// Services to guard with `servant check service`.
     pub guard: Vec<GuardConfig>,
+    /// Run the commands written in `triggers/` keys. When false, a trigger key may only name
+    /// one of `actions` (`action:NAME`); any other value is refused and recorded as refused:
+    /// whoever can write `triggers/` then chooses when a local action runs, never what runs.
+    pub allow_kv_actions: bool,
+    /// This node's own actions, by name, for trigger keys whose value is `action:NAME`. They
+    /// run as the agent's user (a command in a trigger key runs as `[jobs] default_user`).
+    pub actions: BTreeMap<String, String>,
 }
 
 impl Default for ChecksConfig {
@@ -38,6 +46,8 @@ impl Default for ChecksConfig {
             trigger_timeout: Duration::from_secs(60),
             repeat: Duration::from_secs(60),
             guard: Vec::new(),
+            allow_kv_actions: true,
+            actions: BTreeMap::new(),
         }
     }
 }
@@ -97,6 +107,24 @@ impl ChecksConfig {
                 return Err(Invalid::new(
                     "checks.guard",
                     "needs a consul_service and an interval of at least 1s",
+                ));
+            }
+        }
+        for (name, command) in &self.actions {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                return Err(Invalid::new(
+                    "checks.actions",
+                    format!("{name:?}: a name is letters, digits, '_', '.' and '-'"),
+                ));
+            }
+            if command.trim().is_empty() {
+                return Err(Invalid::new(
+                    "checks.actions",
+                    format!("{name:?} has an empty command"),
                 ));
             }
         }

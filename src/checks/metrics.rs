@@ -9,9 +9,12 @@ use super::trigger::TriggerRun;
 
 type Labels = Vec<(String, String)>;
 
-/// How a run ended: `succeeded` (exit 0), `timed_out`, or `failed` (any other exit, or it could
-/// not start).
+/// How a run ended: `succeeded` (exit 0), `timed_out`, `refused` (the node's policy did not
+/// run it), or `failed` (any other exit, or it could not start).
 pub fn outcome(run: &TriggerRun) -> &'static str {
+    if run.refused.is_some() {
+        return "refused";
+    }
     match (run.timed_out, run.exit_code) {
         (true, _) => "timed_out",
         (false, Some(0)) => "succeeded",

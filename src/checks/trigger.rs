@@ -34,6 +34,73 @@ pub fn substitute(action: &str, env: &str, host: &str, role: &str) -> String {
         .replace("@ROLE", role)
 }
 
+/// The prefix of a trigger value that names one of the node's own actions (`[checks.actions]`).
+pub const LOCAL_ACTION: &str = "action:";
+
+/// Where a node takes its trigger actions from (`[checks]`), and who runs them (`[jobs]`).
+#[derive(Debug, Clone)]
+pub struct ActionPolicy {
+    /// The commands written in `triggers/` keys run; when false, only `action:NAME` values do.
+    pub allow_kv_actions: bool,
+    /// `[checks.actions]`: this node's own actions, by name.
+    pub local: BTreeMap<String, String>,
+    /// `[jobs] default_user`: the user a command from KV runs as (None: the agent's).
+    pub kv_user: Option<String>,
+    /// The node's name, for the refusal's text.
+    pub node: String,
+}
+
+impl Default for ActionPolicy {
+    /// Today's behaviour: every command from KV runs, as the agent's user.
+    fn default() -> Self {
+        ActionPolicy {
+            allow_kv_actions: true,
+            local: BTreeMap::new(),
+            kv_user: None,
+            node: String::new(),
+        }
+    }
+}
+
+/// What a trigger key's value runs on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The command (or script), as `user` (None: the agent's user).
+    Run { text: String, user: Option<String> },
+    /// Nothing runs: why, naming the rule.
+    Refused(String),
+}
+
+impl ActionPolicy {
+    /// Pure: what `value` (a trigger key's text) runs here.
+    pub fn resolve(&self, value: &str) -> Resolved {
+        if let Some(name) = value.trim().strip_prefix(LOCAL_ACTION) {
+            let name = name.trim();
+            return match self.local.get(name) {
+                // Written by whoever configures this node: it runs as the agent.
+                Some(command) => Resolved::Run {
+                    text: command.clone(),
+                    user: None,
+                },
+                None => Resolved::Refused(format!(
+                    "refused: no action {name:?} in [checks.actions] on node {}",
+                    self.node
+                )),
+            };
+        }
+        if !self.allow_kv_actions {
+            return Resolved::Refused(format!(
+                "refused: policy [checks] allow_kv_actions is false on node {}: only {LOCAL_ACTION}NAME values run (names from [checks.actions])",
+                self.node
+            ));
+        }
+        Resolved::Run {
+            text: value.to_string(),
+            user: self.kv_user.clone(),
+        }
+    }
+}
+
 /// What a trigger run is about.
 #[derive(Debug, Clone, Default)]
 pub struct TriggerCtx {
@@ -63,6 +130,9 @@ pub struct TriggerRun {
     pub duration_ms: u64,
     /// stdout and stderr, capped.
     pub output: String,
+    /// Set when the node's policy refused the action (nothing ran): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Finds the action for `ctx`: (key, action), or None when neither key exists.
@@ -82,16 +152,9 @@ pub async fn find_action(
     Ok(None)
 }
 
-/// Runs one action to its end or its timeout.
-pub async fn run_action(
-    key: &str,
-    action: &str,
-    ctx: &TriggerCtx,
-    timeout: Duration,
-    scratch: &Path,
-) -> TriggerRun {
-    let started = Instant::now();
-    let mut run = TriggerRun {
+/// The record of a run of `key`'s action for `ctx` that has not started yet.
+fn new_run(key: &str, ctx: &TriggerCtx) -> TriggerRun {
+    TriggerRun {
         time_ms: now_ms(),
         service: ctx.service.clone(),
         role: ctx.role.clone(),
@@ -101,7 +164,32 @@ pub async fn run_action(
         timed_out: false,
         duration_ms: 0,
         output: String::new(),
-    };
+        refused: None,
+    }
+}
+
+/// Runs one action to its end or its timeout, as the agent's user.
+pub async fn run_action(
+    key: &str,
+    action: &str,
+    ctx: &TriggerCtx,
+    timeout: Duration,
+    scratch: &Path,
+) -> TriggerRun {
+    run_action_as(key, action, None, ctx, timeout, scratch).await
+}
+
+/// Runs one action to its end or its timeout, as `user` (None: the agent's user).
+pub async fn run_action_as(
+    key: &str,
+    action: &str,
+    user: Option<&str>,
+    ctx: &TriggerCtx,
+    timeout: Duration,
+    scratch: &Path,
+) -> TriggerRun {
+    let started = Instant::now();
+    let mut run = new_run(key, ctx);
     let text = substitute(action, &ctx.env, &ctx.host, &ctx.role);
     let expected = serde_json::from_str::<serde_json::Value>(&ctx.check_output)
         .ok()
@@ -122,7 +210,7 @@ pub async fn run_action(
     // A script: the kernel runs its interpreter, whatever it is. Its file is removed when
     // `script` drops, however the run ends.
     let script = if text.starts_with("#!") {
-        match write_script(scratch, &text).await {
+        match write_script(scratch, &text, user).await {
             Ok(p) => Some(p),
             Err(e) => {
                 run.output = format!("cannot write the script to {}: {e}", scratch.display());
@@ -139,6 +227,7 @@ pub async fn run_action(
     // Output goes to a file, not a pipe: a service the action starts in the background keeps
     // its stdout, and the run must end when the action does, not when that service does.
     let spec = spec
+        .user(user.map(str::to_string))
         .output(Output::Capture {
             dir: Some(scratch.to_path_buf()),
             combined: true,
@@ -175,18 +264,38 @@ pub async fn run_action(
     run
 }
 
-/// Writes a script action to a private (0700) file of its own in `dir`, closed so that it can
-/// be run; the file is removed when the returned path drops.
-async fn write_script(dir: &Path, text: &str) -> std::io::Result<tempfile::TempPath> {
+/// Writes a script action to a private (0700) file of its own in `dir`, owned by `user` when
+/// it runs as one, closed so that it can be run; the file is removed when the returned path
+/// drops.
+async fn write_script(
+    dir: &Path,
+    text: &str,
+    user: Option<&str>,
+) -> std::io::Result<tempfile::TempPath> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let (dir, text) = (dir.to_path_buf(), text.to_string());
+    let (dir, text, user) = (
+        dir.to_path_buf(),
+        text.to_string(),
+        user.map(str::to_string),
+    );
     tokio::task::spawn_blocking(move || {
         let mut f = tempfile::Builder::new()
             .prefix("servant-trigger-")
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempfile_in(&dir)?;
         f.write_all(text.as_bytes())?;
+        if let Some(name) = user {
+            let u = nix::unistd::User::from_name(&name)
+                .map_err(std::io::Error::from)?
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no user {name:?} on this node"),
+                    )
+                })?;
+            std::os::unix::fs::fchown(f.as_file(), Some(u.uid.as_raw()), Some(u.gid.as_raw()))?;
+        }
         // The kernel refuses to run a file that is open for writing.
         Ok(f.into_temp_path())
     })
@@ -231,15 +340,17 @@ pub async fn record(client: &Client, layout: &Namespace, node: &str, run: &Trigg
     }
 }
 
-/// Finds and runs the action for `ctx`, logs and records it. None when there is no action.
+/// Finds and runs the action for `ctx` under `policy`, logs and records it (a refused one too).
+/// None when there is no action.
 pub async fn fire(
     client: &Client,
     layout: &Namespace,
-    node: &str,
+    policy: &ActionPolicy,
     ctx: &TriggerCtx,
     timeout: Duration,
     scratch: &Path,
 ) -> Option<TriggerRun> {
+    let node = policy.node.as_str();
     let (key, action) = match find_action(client, layout, ctx).await {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -251,7 +362,19 @@ pub async fn fire(
             return None;
         }
     };
-    let run = run_action(&key, &action, ctx, timeout, scratch).await;
+    let run = match policy.resolve(&action) {
+        Resolved::Run { text, user } => {
+            run_action_as(&key, &text, user.as_deref(), ctx, timeout, scratch).await
+        }
+        Resolved::Refused(why) => {
+            warn!(service = %ctx.service, role = %ctx.role, state = %ctx.state, key = %key, reason = %why, "trigger action refused");
+            let mut run = new_run(&key, ctx);
+            run.output = why.clone();
+            run.refused = Some(why);
+            record(client, layout, node, &run).await;
+            return Some(run);
+        }
+    };
     info!(
         service = %run.service, role = %run.role, state = %run.state, key = %run.key,
         exit_code = ?run.exit_code, timed_out = run.timed_out, duration_ms = run.duration_ms,
@@ -271,6 +394,44 @@ mod tests {
             substitute("echo @HOST @ENV @ROLE @HOST", "prod", "h1", "primary"),
             "echo h1 prod primary h1"
         );
+    }
+
+    #[test]
+    fn the_action_policy_decides_what_a_trigger_value_runs() {
+        let mut p = ActionPolicy {
+            node: "n1".into(),
+            kv_user: Some("nobody".into()),
+            ..ActionPolicy::default()
+        };
+        p.local
+            .insert("takeover".into(), "systemctl start web".into());
+        // By default a command from KV runs, as [jobs] default_user.
+        assert_eq!(
+            p.resolve("echo hi"),
+            Resolved::Run {
+                text: "echo hi".into(),
+                user: Some("nobody".into())
+            }
+        );
+        // A named local action runs as the agent, whatever allow_kv_actions says.
+        let local = Resolved::Run {
+            text: "systemctl start web".into(),
+            user: None,
+        };
+        assert_eq!(p.resolve(" action:takeover\n"), local);
+        p.allow_kv_actions = false;
+        assert_eq!(p.resolve("action: takeover"), local);
+        match p.resolve("echo hi") {
+            Resolved::Refused(why) => {
+                assert!(why.contains("allow_kv_actions"), "{why}");
+                assert!(why.contains("n1"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match p.resolve("action:rm-rf") {
+            Resolved::Refused(why) => assert!(why.contains("\"rm-rf\""), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn ctx() -> TriggerCtx {

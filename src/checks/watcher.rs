@@ -34,6 +34,8 @@ pub struct WatcherConfig {
     pub layout: Namespace,
     /// What the watcher counts for `/metrics`.
     pub metrics: super::metrics::CheckMetrics,
+    /// Which actions run, and as whom.
+    pub policy: super::trigger::ActionPolicy,
 }
 
 /// A check's new state, for its service's worker.
@@ -203,7 +205,7 @@ async fn worker(
         if let Some(run) = fire(
             &client,
             &cfg.layout,
-            &cfg.node,
+            &cfg.policy,
             &ctx,
             cfg.timeout,
             &cfg.scratch,

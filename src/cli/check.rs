@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::checks::crontab;
 use crate::checks::process::{self, Selector};
 use crate::checks::service::{self, local, role_for, ServiceCheck};
-use crate::checks::trigger::{fire, TriggerCtx};
+use crate::checks::trigger::{fire, ActionPolicy, TriggerCtx};
 use crate::checks::verdict::Verdict;
 use crate::util::duration::parse_duration;
 use crate::wire::HealthStatus;
@@ -122,6 +122,10 @@ pub struct TriggerOpts {
     /// The action is killed after this long.
     #[arg(long, default_value = "60s")]
     pub timeout: String,
+    /// The agent's configuration file: its `[checks] allow_kv_actions`, `[checks.actions]`
+    /// and `[jobs] default_user` apply (without it, every command from KV runs as this user).
+    #[arg(long, env = "SERVANT_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 pub async fn check(ctx: &Ctx, cmd: CheckCommand) -> anyhow::Result<i32> {
@@ -199,9 +203,19 @@ async fn trigger_one(
         state,
         check_output: check["Output"].as_str().unwrap_or("").to_string(),
     };
+    let policy = match &opts.config {
+        Some(path) => crate::agent::config::AgentConfig::load(path)?.action_policy(&me.node),
+        None => ActionPolicy {
+            node: me.node.clone(),
+            ..ActionPolicy::default()
+        },
+    };
     let scratch = std::env::temp_dir();
-    let run = fire(&ctx.client, &ctx.layout, &me.node, &tctx, timeout, &scratch).await;
+    let run = fire(&ctx.client, &ctx.layout, &policy, &tctx, timeout, &scratch).await;
     let Some(r) = run else { return Ok(None) };
+    if let Some(why) = &r.refused {
+        anyhow::bail!("trigger {}: {why}", r.key);
+    }
     let how = match (r.timed_out, r.exit_code) {
         (true, _) => "timed out".to_string(),
         (false, Some(code)) => format!("exit {code}"),
