@@ -19,7 +19,7 @@ use crate::wire::Namespace;
 pub struct TriggerRow {
     pub node: String,
     /// The run as the node recorded it (`time_ms`, `service`, `role`, `state`, `key`,
-    /// `exit_code`, `timed_out`, `duration_ms`, `output`).
+    /// `exit_code`, `timed_out`, `duration_ms`, `output`, `refused` when the policy refused it).
     pub run: TriggerRun,
 }
 

@@ -23,7 +23,7 @@ function h(tag, attrs, ...kids) {
 const TONE = {
   passing: "ok", succeeded: "ok", healthy: "ok", running: "info", started: "info", queued: "idle",
   warning: "warn", unhealthy: "warn", timed_out: "warn", unplaced: "warn", stopped: "idle",
-  critical: "bad", failed: "bad", lost: "bad", rejected: "bad", unavailable: "bad", maintenance: "warn",
+  critical: "bad", failed: "bad", lost: "bad", rejected: "bad", refused: "bad", unavailable: "bad", maintenance: "warn",
   yes: "ok", no: "idle", unknown: "idle",
 };
 function badge(word) {
@@ -273,7 +273,7 @@ function triggers(d) {
     table([{ t: "time" }, { t: "node" }, { t: "service" }, { t: "role" }, { t: "state" }, { t: "outcome" }, { t: "output", wrap: true }],
       (d.Runs || []).map((r) => {
         const x = r.Run;
-        const outcome = x.timed_out ? "timed_out" : x.exit_code === 0 ? "succeeded" : "failed";
+        const outcome = x.refused ? "refused" : x.timed_out ? "timed_out" : x.exit_code === 0 ? "succeeded" : "failed";
         return { cells: [timeCell(x.time_ms), r.Node, x.service, x.role, badge(x.state), h("span", {}, badge(outcome), " ", h("span", { class: "muted" }, `${x.duration_ms} ms`)),
           x.output ? h("details", {}, h("summary", {}, x.key), h("pre", {}, x.output)) : h("code", {}, x.key)] };
       }), "No trigger has run.")];
