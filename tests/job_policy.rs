@@ -136,6 +136,73 @@ fn without_a_jobs_section_jobs_run_as_before(b: Backend) {
     assert_eq!(r["Output"], "x\n", "{r}");
 }
 
+/// This node's `applications` report entry for `app`, once it has one.
+fn app_state(h: &Http, node: &str, app: &str) -> Option<Value> {
+    let v: Value =
+        serde_json::from_str(&h.kv_raw(&format!("appmgr/status/{node}/applications"))?).ok()?;
+    v.get(app).filter(|s| !s.is_null()).cloned()
+}
+
+/// Apps are held to `[jobs]` too: an app outside the policy is unavailable and its
+/// `last_exit` names the rule; a process app without `user` runs as `default_user`.
+fn apps_outside_the_policy_are_refused_naming_the_rule(b: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The apps' user must be able to write their output here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let path = config(&dir, HARDENED);
+    let c = Single::start(b, &["--config", &path]);
+    let h = c.http();
+    let node = c.node.as_str();
+    let who = dir.path().join("who");
+    let put = |name: &str, content: Value| {
+        let body = json!({"replication": 1, "content": content}).to_string();
+        assert_eq!(h.put(&format!("/v1/kv/appmgr/task/{name}"), body).0, 200);
+    };
+    put("as-root", json!({"command": "sleep 600", "user": "root"}));
+    put(
+        "foreign",
+        json!({"image": MISSING.replace("registry.local", "docker.io")}),
+    );
+    put(
+        "plain",
+        json!({"command": format!("id -un > {}; exec sleep 600", who.display())}),
+    );
+    for (app, rule, value) in [
+        ("as-root", "allowed_users", "root".to_string()),
+        (
+            "foreign",
+            "allowed_images",
+            MISSING.replace("registry.local", "docker.io"),
+        ),
+    ] {
+        let st = wait_for(&format!("{app} refused"), T, || {
+            app_state(&h, node, app).filter(|s| s["last_exit"] != "")
+        });
+        assert_eq!(st["status"], 2, "unavailable: {st}");
+        assert_eq!(
+            st["last_exit"],
+            format!("rejected: policy [jobs] {rule} does not allow {value:?} on node {node}"),
+            "{st}"
+        );
+    }
+    let out = wait_for("the plain app's output", T, || {
+        std::fs::read_to_string(&who).ok().filter(|t| !t.is_empty())
+    });
+    assert_eq!(out, "nobody\n");
+    for app in ["as-root", "foreign", "plain"] {
+        h.delete(&format!("/v1/kv/appmgr/task/{app}"));
+    }
+    wait_for("the plain app stopped", T, || {
+        app_state(&h, node, "plain")
+            .is_none_or(|s| s["pid"] == 0)
+            .then_some(())
+    });
+}
+
 /// A `[jobs]` value that cannot work stops the agent at start, with the field's name.
 #[test]
 fn a_bad_jobs_section_is_a_config_error_naming_the_field() {
@@ -171,4 +238,5 @@ on_both!(
     jobs_outside_the_policy_are_rejected_naming_the_rule,
     a_job_without_user_runs_as_default_user,
     without_a_jobs_section_jobs_run_as_before,
+    apps_outside_the_policy_are_refused_naming_the_rule,
 );

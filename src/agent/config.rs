@@ -74,7 +74,7 @@ pub struct AgentConfig {
     /// Docker: jobs' `keep_containers`, `pull_timeout`; the registrator's keys.
     pub docker: DockerSection,
     /// What jobs this node runs: types, users, images, volumes (issue 16's job policy).
-    pub jobs: crate::jobs::policy::JobPolicy,
+    pub jobs: crate::process::policy::JobPolicy,
 }
 
 /// The `[docker]` section: the container driver's settings and the registrator's, side by side

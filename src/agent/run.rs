@@ -505,6 +505,10 @@ async fn run_parts(
         );
         apps_cfg.containers = Some(containers);
         apps_cfg.metrics = metrics.apps.clone();
+        apps_cfg.policy = cfg
+            .jobs
+            .compile()
+            .map_err(super::config::ConfigError::from)?;
         parts.spawn(crate::apps::node::run(
             client.for_part("apps"),
             apps_cfg,

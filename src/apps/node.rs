@@ -120,6 +120,8 @@ pub struct AppsNodeConfig {
     pub containers: Option<crate::process::stats::ContainerMonitor>,
     /// What the apps part counts for `/metrics` (set by the agent).
     pub metrics: super::metrics::AppMetrics,
+    /// The node's `[jobs]` policy, held to apps too (set by the agent; default: anything).
+    pub policy: crate::process::policy::CompiledPolicy,
 }
 
 impl AppsNodeConfig {
@@ -152,6 +154,7 @@ impl AppsNodeConfig {
             kill_grace,
             containers: None,
             metrics: Default::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -204,6 +207,7 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
         },
         docker: Default::default(),
         metrics: cfg.metrics.clone(),
+        policy: cfg.policy.clone(),
     });
     // Before any app starts: the containers an earlier run left, to adopt or remove.
     sup.find_leftovers().await;

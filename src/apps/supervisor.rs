@@ -28,6 +28,7 @@ use crate::consul::{AgentServiceRegistration, Client, SessionState};
 use crate::process::container::{published_service, PortSpec, Published};
 use crate::process::docker::{self, AppContainer, DockerConfig, DockerDriver, DockerError};
 use crate::process::logs::rotate_if_big;
+use crate::process::policy::JobKind;
 use crate::process::{
     supervise, Driver, KillReason, Limits, LogPaths, Outcome, ProcessDriver, RestartPolicy,
     TaskHandle,
@@ -70,6 +71,8 @@ pub struct SupervisorCtx {
     pub docker: Arc<tokio::sync::Mutex<Option<bollard::Docker>>>,
     /// Counts restarts for `/metrics`.
     pub metrics: super::metrics::AppMetrics,
+    /// The node's `[jobs]` policy: an app outside it is not started.
+    pub policy: crate::process::policy::CompiledPolicy,
 }
 
 impl SupervisorCtx {
@@ -319,6 +322,31 @@ async fn sleep_or_killed(d: Duration, kill: &mut watch::Receiver<Option<KillReas
     }
 }
 
+/// `launch` under the node's `[jobs]` policy: a process app counts as `shell` and a container
+/// app as `docker`, a process app without `user` runs as `default_user`; the refusal names the
+/// rule as a job's does.
+fn held_to_policy(ctx: &SupervisorCtx, mut launch: AppLaunch) -> Result<AppLaunch, String> {
+    let kind = if launch.spec.container.is_some() {
+        JobKind::Docker
+    } else {
+        JobKind::Shell
+    };
+    let mut user = launch.spec.user.clone();
+    ctx.policy
+        .check(
+            kind,
+            &mut user,
+            launch.spec.container.as_ref(),
+            &ctx.owner.node,
+        )
+        .map_err(|v| format!("rejected: {v}"))?;
+    if let Some(h) = launch.health.as_mut().filter(|_| kind == JobKind::Shell) {
+        h.user = user.clone();
+    }
+    launch.spec.user = user;
+    Ok(launch)
+}
+
 /// One app's life on this node, until it is stopped: its launch described, its driver chosen
 /// (a process group, or a container), then `run_app`, the same for both.
 async fn run_task(
@@ -330,7 +358,10 @@ async fn run_task(
 ) {
     let logs = LogPaths::for_key(&ctx.log_dir, &task.name);
     let health_logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
-    let launch = match app_launch(&task, &ctx.owner, &logs, &health_logs) {
+    let launch = match app_launch(&task, &ctx.owner, &logs, &health_logs)
+        .map_err(|e| e.to_string())
+        .and_then(|l| held_to_policy(&ctx, l))
+    {
         Ok(l) => l,
         Err(e) => {
             // The node's reader drops invalid tasks; this is only a second line of defence.

@@ -103,7 +103,7 @@ pub enum Rejection {
     Invalid(String),
     /// Outside this node's `[jobs]` policy.
     #[error("{0}")]
-    Policy(#[from] super::policy::Violation),
+    Policy(#[from] crate::process::policy::Violation),
 }
 
 /// The canonical top-level field names; input keys match them case-insensitively.

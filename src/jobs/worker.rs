@@ -83,7 +83,7 @@ pub struct WorkerConfig {
     /// What the worker counts for `/metrics`.
     pub metrics: crate::jobs::metrics::JobMetrics,
     /// What this node agrees to run (`[jobs]`).
-    pub policy: crate::jobs::policy::CompiledPolicy,
+    pub policy: crate::process::policy::CompiledPolicy,
 }
 
 /// What is left to do once a job's result is written: its container is removed.
@@ -733,7 +733,7 @@ async fn claim_and_run(
     let mut release = None;
     // Parsed, then held to this node's policy, before anything runs.
     let parsed = spec::parse_job(jk.id(), &entry.value).and_then(|mut job| {
-        cfg.policy.apply(&mut job, &cfg.node)?;
+        crate::jobs::policy::apply(&cfg.policy, &mut job, &cfg.node)?;
         Ok(job)
     });
     let result = match parsed {

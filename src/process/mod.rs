@@ -27,6 +27,7 @@ pub mod container;
 pub mod docker;
 pub mod local;
 pub mod logs;
+pub mod policy;
 pub mod restart;
 pub mod run;
 // The shim's stderr is the job's own: it reports there, not through tracing.
