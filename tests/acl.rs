@@ -86,3 +86,129 @@ service "servant" {{ policy = "write" }}
     assert_eq!(code, 1);
     assert!(err.contains("permission denied"), "{err}");
 }
+
+/// The HCL block the README puts after `<!-- acl-policy: NAME -->`, for node `node`.
+fn readme_policy(name: &str, node: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let marker = format!("<!-- acl-policy: {name} -->");
+    let after = &readme[readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no {marker}"))..];
+    let start = after
+        .find("```hcl\n")
+        .expect("an hcl block after the marker")
+        + "```hcl\n".len();
+    let len = after[start..].find("```").expect("the block's end");
+    after[start..start + len].replace("\"node1\"", &format!("\"{node}\""))
+}
+
+/// Issue 16: the README's three least-privilege policies, read from the README itself, on an
+/// ACL-enabled Consul: the agent runs jobs and apps with its policy and cannot write
+/// `triggers/` or `appmgr/task/`; the operator submits jobs and apps and reads results and
+/// logs; the viewer reads and cannot submit; a log read with no token is refused by the agent
+/// API.
+#[test]
+fn the_readme_policies_give_each_party_what_it_needs() {
+    let root = ROOT.replace("root", "0002");
+    let hcl = format!(
+        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
+    );
+    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
+    let admin = c.http().with_token(&root);
+    let mut tokens = std::collections::BTreeMap::new();
+    for name in ["agent", "operator", "viewer"] {
+        let rules = readme_policy(name, &c.node);
+        let (st, body) = admin.put(
+            "/v1/acl/policy",
+            json!({"Name": format!("servant-{name}"), "Rules": rules}).to_string(),
+        );
+        assert_eq!(st, 200, "{name}: {body}");
+        let (st, body) = admin.put(
+            "/v1/acl/token",
+            json!({"Description": name, "Policies": [{"Name": format!("servant-{name}")}]})
+                .to_string(),
+        );
+        assert_eq!(st, 200, "{body}");
+        let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+        tokens.insert(name, t["SecretID"].as_str().unwrap().to_string());
+    }
+    let (agent, operator, viewer) = (&tokens["agent"], &tokens["operator"], &tokens["viewer"]);
+    let mut s = Servant::start(
+        &c.addr(),
+        &c.ip,
+        &[],
+        &[("CONSUL_HTTP_TOKEN", agent.as_str())],
+    )
+    .ready();
+    let as_op = c.http().with_token(operator);
+    let as_viewer = c.http().with_token(viewer);
+    let as_agent = c.http().with_token(agent);
+
+    // The operator submits a job and waits for it; the agent runs it.
+    let (code, out, err) = cli(
+        &c.addr(),
+        &[
+            "--token", operator, "start", "--wait", "-c", "echo op", "op1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "op1\nop\n");
+    // Its log: with a token that may read the job's key, and refused without one.
+    let (code, out, err) = cli(&c.addr(), &["--token", operator, "logs", "op1"]);
+    assert_eq!((code, out.as_str()), (0, "op\n"), "{err}");
+    let (code, _, err) = cli(&c.addr(), &["--token", viewer, "logs", "op1"]);
+    assert_eq!(code, 0, "the viewer may read jobs/: {err}");
+    let api = servant_api(&admin);
+    let (st, body) = Http::new(&api).get("/v1/logs?key=jobs/op1");
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains("ACLs are on"), "{body}");
+    let (st, body) = Http::new(&api)
+        .with_token(agent)
+        .get("/v1/logs?key=jobs/op1");
+    assert_eq!(st, 200, "the agent's own token reads jobs/: {body}");
+
+    // The viewer reads results, and cannot submit.
+    assert_eq!(as_viewer.get("/v1/kv/jdone_jid/jobs/op1").0, 200);
+    let (code, _, err) = cli(
+        &c.addr(),
+        &["--token", viewer, "start", "-c", "echo no", "v1"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(as_viewer.put("/v1/kv/jobs/v2", "{}").0, 403);
+    assert_eq!(as_viewer.put("/v1/kv/appmgr/task/v3", "{}").0, 403);
+
+    // The operator puts an app; the agent runs it and reports it.
+    let (st, body) = as_op.put(
+        "/v1/kv/appmgr/task/opapp",
+        json!({"replication": 1, "content": {"command": "exec sleep 600"}}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    wait_for(
+        "the operator's app running",
+        Duration::from_secs(60),
+        || {
+            let v: serde_json::Value = serde_json::from_str(
+                &as_viewer.kv_raw(&format!("appmgr/status/{}/applications", c.node))?,
+            )
+            .ok()?;
+            (v["opapp"]["pid"].as_i64()? > 0).then_some(())
+        },
+    );
+    assert_eq!(as_op.delete("/v1/kv/appmgr/task/opapp").0, 200);
+
+    // The agent's token cannot write what makes other nodes run code.
+    for key in [
+        "triggers/web/standalone/critical",
+        "appmgr/task/evil",
+        "cluster/prod/web",
+    ] {
+        assert_eq!(
+            as_agent.put(&format!("/v1/kv/{key}"), "touch /tmp/x").0,
+            403,
+            "the agent token wrote {key}"
+        );
+    }
+    assert!(s.proc.alive(), "{}", s.proc.log_text());
+}

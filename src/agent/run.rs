@@ -338,6 +338,7 @@ async fn serve_parts(
         containers: containers.clone(),
         hub,
         peer: reqwest::Client::new(),
+        acls: Default::default(),
     };
     let api = {
         let api_stop = api_stop.clone();

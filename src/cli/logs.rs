@@ -183,17 +183,18 @@ pub async fn fetch_log(
         &agent.service_address
     };
     let url = format!("http://{host}:{}{path}", agent.service_port);
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .query(query)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the servant agent on {node} at {url}: {}",
-                crate::util::error::chain(&e.without_url())
-            )
-        })?;
+    let mut req = reqwest::Client::new().get(&url).query(query);
+    // With ACLs on, the agent lets only a token that may read the job's (or task's) key read
+    // its log.
+    if let Some(t) = ctx.client.token() {
+        req = req.header("X-Consul-Token", t);
+    }
+    let resp = req.send().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the servant agent on {node} at {url}: {}",
+            crate::util::error::chain(&e.without_url())
+        )
+    })?;
     let status = resp.status();
     let body = resp.bytes().await?;
     if status == reqwest::StatusCode::NOT_FOUND {

@@ -157,6 +157,23 @@ impl Client {
         Ok(v.unwrap_or(Value::Null))
     }
 
+    /// Whether Consul enforces ACLs, from the local agent's configuration.
+    pub async fn acls_enabled(&self) -> Result<bool, ConsulError> {
+        let v = self.agent_self().await?;
+        Ok(v["DebugConfig"]["ACLsEnabled"].as_bool().unwrap_or(false))
+    }
+
+    /// Who this client's token is: `(AccessorID, Description)` from `/v1/acl/token/self` (any
+    /// valid token may read itself). Never the secret.
+    pub async fn acl_token_self(&self) -> Result<(String, String), ConsulError> {
+        let (v, _) = self
+            .get_json::<Value>("/v1/acl/token/self", &QueryOptions::default(), &[])
+            .await?;
+        let v = v.unwrap_or(Value::Null);
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Ok((field("AccessorID"), field("Description")))
+    }
+
     /// The local agent's node name.
     pub async fn agent_node_name(&self) -> Result<String, ConsulError> {
         let v = self.agent_self().await?;

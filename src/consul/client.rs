@@ -230,6 +230,11 @@ impl Client {
         }
     }
 
+    /// The ACL token this client sends, if any (the CLI passes it on to the agent API).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The same client, its requests counted under `part` (jobs, apps, checks...): the load
     /// model of ARCHITECTURE.md is per loop.
     pub fn for_part(&self, part: &'static str) -> Client {

@@ -52,6 +52,51 @@ pub struct ApiState {
     pub hub: hub::Hub,
     /// For reading a running job's log from the agent on its node.
     pub peer: reqwest::Client,
+    /// Whether Consul enforces ACLs, once known (it does not change while Consul runs).
+    pub acls: Arc<tokio::sync::OnceCell<bool>>,
+}
+
+impl ApiState {
+    /// Whether Consul enforces ACLs: asked once, then remembered (an error is not).
+    pub async fn acls_on(&self) -> Result<bool, ConsulError> {
+        self.acls
+            .get_or_try_init(|| self.client.acls_enabled())
+            .await
+            .copied()
+    }
+
+    /// With ACLs on, whether the caller's token may read `key` (a job's or a task's), which a
+    /// log of it needs. Ok with ACLs off; else why not.
+    async fn may_read(&self, headers: &HeaderMap, key: &str) -> Result<(), ApiError> {
+        if !self.acls_on().await? {
+            return Ok(());
+        }
+        let Some(token) = caller_token(headers) else {
+            return Err(ApiError::NoToken(format!("Consul's ACLs are on: a log needs a Consul ACL token that may read {key} (X-Consul-Token; servant logs sends its -token or CONSUL_HTTP_TOKEN)")));
+        };
+        match self
+            .client
+            .with_token(Some(token))
+            .kv_get(key, &crate::consul::QueryOptions::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ConsulError::PermissionDenied { .. }) => Err(ApiError::Forbidden(format!(
+                "this token may not read {key}, so it may not read its log"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The caller's Consul token (`X-Consul-Token`), if it sent one.
+pub fn caller_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// Why a JSON API request failed; answered as `{"error": "..."}` with its status.
@@ -69,6 +114,12 @@ pub enum ApiError {
     /// The agent's watches have not heard from Consul yet.
     #[error("{0}")]
     Unavailable(String),
+    /// With ACLs on, the request needs a token and has none.
+    #[error("{0}")]
+    NoToken(String),
+    /// The caller's token may not read what this shows.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("consul: {0}")]
     Consul(#[from] ConsulError),
 }
@@ -81,6 +132,8 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             // The agent answers; what it asked could not be answered.
             ApiError::Consul(_) => StatusCode::BAD_GATEWAY,
         };
@@ -119,7 +172,14 @@ struct AppLogQuery {
     stream: Option<String>,
 }
 
-async fn logs(State(st): State<ApiState>, Query(q): Query<LogQuery>) -> Response {
+async fn logs(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    if let Err(refused) = st.may_read(&headers, &q.key).await {
+        return refused.into_response();
+    }
     let paths = LogPaths::for_key(&st.log_dir, &q.key);
     serve_log(
         paths,
@@ -130,7 +190,14 @@ async fn logs(State(st): State<ApiState>, Query(q): Query<LogQuery>) -> Response
     .await
 }
 
-async fn app_logs(State(st): State<ApiState>, Query(q): Query<AppLogQuery>) -> Response {
+async fn app_logs(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<AppLogQuery>,
+) -> Response {
+    if let Err(refused) = st.may_read(&headers, &st.layout.task(&q.name)).await {
+        return refused.into_response();
+    }
     let paths = LogPaths::for_key(&st.apps_log_dir, &q.name);
     serve_log(
         paths,

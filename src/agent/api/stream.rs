@@ -140,6 +140,10 @@ pub fn overview(s: &Snapshot, st: &ApiState) -> Overview {
 
 /// A running job's log so far, from this node's disk or from the agent on its node.
 async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> Value {
+    // The page's stream carries no token, and with ACLs on a log needs one.
+    if st.acls_on().await.unwrap_or(true) {
+        return json!({ "Error": "Consul's ACLs are on: read this job's log with `servant logs` and a token that may read its key" });
+    }
     let full = format!("{}{key}", st.layout.prefix());
     let ((stdout, cut_out), (stderr, cut_err)) = if node == st.node {
         // Read up to the cap, never the whole file: a page asks again every second.

@@ -105,23 +105,24 @@ pub fn same_site(headers: &HeaderMap, has_body: bool) -> Result<(), WriteError> 
     Ok(())
 }
 
-/// Whether Consul enforces ACLs, from the local agent's configuration.
-async fn acls_on(client: &Client) -> Result<bool, ConsulError> {
-    let v = client.agent_self().await?;
-    Ok(v["DebugConfig"]["ACLsEnabled"].as_bool().unwrap_or(false))
-}
-
-/// The client a write runs with: the caller's token when given; with ACLs on, one is required.
-async fn caller(st: &ApiState, headers: &HeaderMap) -> Result<(Client, &'static str), WriteError> {
-    let token = headers
-        .get("x-consul-token")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| t.trim().to_string());
-    match token {
-        Some(t) => Ok((st.client.with_token(Some(t)), "the caller's token")),
-        None if acls_on(&st.client).await? => Err(WriteError::NoToken),
-        None => Ok((st.client.clone(), "no token (ACLs off)")),
+/// The client a write runs with, and who the caller is for the log: the caller's token when
+/// given (named by its accessor ID and description, never its secret); with ACLs on, one is
+/// required.
+async fn caller(st: &ApiState, headers: &HeaderMap) -> Result<(Client, String), WriteError> {
+    match super::caller_token(headers) {
+        Some(t) => {
+            let client = st.client.with_token(Some(t));
+            let who = match client.acl_token_self().await {
+                Ok((accessor, description)) => {
+                    format!("token {accessor} ({description})")
+                }
+                // ACLs off, or a token Consul does not know (the write itself will say).
+                Err(_) => "a token Consul could not name".to_string(),
+            };
+            Ok((client, who))
+        }
+        None if st.acls_on().await? => Err(WriteError::NoToken),
+        None => Ok((st.client.clone(), "no token (ACLs off)".to_string())),
     }
 }
 
@@ -221,7 +222,7 @@ pub async fn submit(
             other => WriteError::Conflict(other.to_string()),
         })?;
     let keys: Vec<String> = targets.iter().map(JobKey::relative).collect();
-    info!(job = %id, keys = ?keys, with = who, "dashboard: job submitted");
+    info!(job = %id, keys = ?keys, with = %who, "dashboard: job submitted");
     Ok((StatusCode::CREATED, Json(Submitted { id, keys })))
 }
 
@@ -254,7 +255,7 @@ pub async fn stop_job(
     let (client, who) = caller(&st, &headers).await?;
     let full = format!("{}{key}", st.layout.prefix());
     client.kv_delete(&full, false, None).await?;
-    info!(job = %key, was, with = who, "dashboard: job stopped");
+    info!(job = %key, was, with = %who, "dashboard: job stopped");
     Ok(Json(serde_json::json!({ "Key": key, "Was": was })))
 }
 
@@ -271,7 +272,7 @@ pub async fn put_task(
     client
         .kv_put(&st.layout.task(&name), &body, &KvPutOptions::default())
         .await?;
-    info!(task = %name, with = who, "dashboard: task written");
+    info!(task = %name, with = %who, "dashboard: task written");
     Ok(Json(serde_json::json!({ "Task": name })))
 }
 
@@ -291,7 +292,7 @@ pub async fn remove_task(
     client
         .kv_delete(&st.layout.task(&name), false, None)
         .await?;
-    info!(task = %name, with = who, "dashboard: task removed");
+    info!(task = %name, with = %who, "dashboard: task removed");
     Ok(Json(serde_json::json!({ "Task": name, "Removed": true })))
 }
 
