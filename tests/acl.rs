@@ -117,6 +117,7 @@ fn the_readme_policies_give_each_party_what_it_needs() {
     let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
     let admin = c.http().with_token(&root);
     let mut tokens = std::collections::BTreeMap::new();
+    let mut accessors = std::collections::BTreeMap::new();
     for name in ["agent", "operator", "viewer"] {
         let rules = readme_policy(name, &c.node);
         let (st, body) = admin.put(
@@ -132,6 +133,7 @@ fn the_readme_policies_give_each_party_what_it_needs() {
         assert_eq!(st, 200, "{body}");
         let t: serde_json::Value = serde_json::from_str(&body).unwrap();
         tokens.insert(name, t["SecretID"].as_str().unwrap().to_string());
+        accessors.insert(name, t["AccessorID"].as_str().unwrap().to_string());
     }
     let (agent, operator, viewer) = (&tokens["agent"], &tokens["operator"], &tokens["viewer"]);
     let mut s = Servant::start(
@@ -167,6 +169,26 @@ fn the_readme_policies_give_each_party_what_it_needs() {
         .with_token(agent)
         .get("/v1/logs?key=jobs/op1");
     assert_eq!(st, 200, "the agent's own token reads jobs/: {body}");
+
+    // A write through the agent API runs with the caller's token, and the agent logs whose
+    // (the accessor ID, never the secret).
+    let (st, body) = Http::new(&api).with_token(operator).send(
+        "POST",
+        "/v1/jobs",
+        &json!({"ID": "op-api", "Command": "echo via api"}).to_string(),
+        &[
+            ("X-Servant-Request", "1"),
+            ("Content-Type", "application/json"),
+        ],
+    );
+    assert_eq!(st, 201, "{body}");
+    let line = format!("token {} (operator)", accessors["operator"]);
+    wait_for(
+        "the write logged with its token",
+        Duration::from_secs(10),
+        || s.proc.log_text().contains(&line).then_some(()),
+    );
+    assert!(!s.proc.log_text().contains(operator.as_str()));
 
     // The viewer reads results, and cannot submit.
     assert_eq!(as_viewer.get("/v1/kv/jdone_jid/jobs/op1").0, 200);
