@@ -90,6 +90,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Show(a) => cli::show::run(&ctx, a).await,
         Command::Jobs(a) => cli::jobs::run(&ctx, a).await,
         Command::Logs(a) => cli::logs::run(&ctx, a).await,
+        Command::Doctor(a) => cli::doctor::run(&ctx, a).await,
         Command::Kv(c) => cli::kv::run(&ctx, c).await,
         Command::Node(c) => cli::node::run(&ctx, c).await,
         Command::Task(c) => cli::apps::task(&ctx, c).await,

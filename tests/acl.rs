@@ -232,5 +232,15 @@ fn the_readme_policies_give_each_party_what_it_needs() {
             "the agent token wrote {key}"
         );
     }
+    // `servant doctor` on the hardened setup: nothing open without a token, and the agent's
+    // token writes only what an agent needs.
+    let (code, out, err) = cli(&c.addr(), &["--token", agent, "doctor"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("findings: none"), "{out}");
+    assert!(out.contains("ACLs on"), "{out}");
+    // The operator's token may write appmgr/task/: as an agent's, that is a finding.
+    let (code, out, _) = cli(&c.addr(), &["--token", operator, "doctor"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("token may write appmgr/task/"), "{out}");
     assert!(s.proc.alive(), "{}", s.proc.log_text());
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod consul_proc;
 pub mod datadir;
+pub mod doctor;
 pub mod metrics;
 pub mod run;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::api::hub::Hub;
 use super::api::{router, ApiState};
@@ -248,6 +248,15 @@ async fn serve(
     let layout = Namespace::new(&cfg.kv_prefix);
     let session_name = layout.jobs_session();
     info!(node = %node, consul = client.base_url(), "servant agent starting");
+    match super::doctor::Exposure::ask(&client, client.base_url()).await {
+        Ok(e) => {
+            if let Some(w) = super::doctor::start_warning(&e, &layout, &node) {
+                // Loud on purpose: write access to these prefixes is code execution.
+                error!("SECURITY: {w}");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot tell whether Consul's ACLs are on"),
+    }
     let (keeper, session_rx) = SessionKeeper::new(
         client.for_part("sessions"),
         SessionSettings {

@@ -28,6 +28,7 @@ macro_rules! outln {
 pub mod agent;
 pub mod apps;
 pub mod check;
+pub mod doctor;
 pub mod jobs;
 pub mod kv;
 pub mod logs;
@@ -159,6 +160,8 @@ pub enum Command {
     /// Eject a failed node (consul_visa).
     #[command(name = "node-eject")]
     NodeEject(node::EjectArgs),
+    /// What is open to whom: prefixes anyone may write, and the agent token's rights on each.
+    Doctor(doctor::DoctorArgs),
     /// Print the version.
     Version,
     /// Internal: the process-group leader that runs a job's command.
