@@ -85,6 +85,10 @@ pub struct ClaimBook {
     first_seen: HashMap<String, Instant>,
     /// A failed claim at a ModifyIndex is not retried before the instant (lock-delay, races).
     failed: HashMap<String, (u64, Instant)>,
+    /// The delay per rank position now: `params.stagger`, doubled after each lost race (the
+    /// nodes ahead take longer than that to claim, on a busy cluster) up to
+    /// `params.max_stagger`, and shrunk by an eighth after each claim won.
+    stagger: Duration,
 }
 
 /// Tunables of the planner.
@@ -94,6 +98,8 @@ pub struct PlanParams {
     pub stagger: Duration,
     /// Pause before retrying a failed claim of an unchanged key.
     pub retry_after: Duration,
+    /// The most the stagger grows to after lost races.
+    pub max_stagger: Duration,
 }
 
 impl ClaimBook {
@@ -103,7 +109,24 @@ impl ClaimBook {
             params,
             first_seen: HashMap::new(),
             failed: HashMap::new(),
+            stagger: params.stagger,
         }
+    }
+
+    /// The delay per rank position now.
+    pub fn stagger(&self) -> Duration {
+        self.stagger
+    }
+
+    /// Another node claimed a key this node tried at the same time: the nodes ahead of it
+    /// need longer than the stagger, so it waits longer.
+    pub fn lost_race(&mut self) {
+        self.stagger = (self.stagger * 2).min(self.params.max_stagger.max(self.params.stagger));
+    }
+
+    /// A claim went through: the stagger creeps back toward its base.
+    pub fn won(&mut self) {
+        self.stagger = (self.stagger - self.stagger / 8).max(self.params.stagger);
     }
 
     /// Records a claim that did not happen.
@@ -124,7 +147,8 @@ impl ClaimBook {
         busy: &HashSet<String>,
         free: usize,
     ) -> Plan {
-        let (me, p) = (self.me.as_str(), self.params);
+        let me = self.me.as_str();
+        let stagger = self.stagger;
         let present: HashSet<&str> = candidates.iter().map(|c| c.key.as_str()).collect();
         self.first_seen.retain(|k, _| present.contains(k.as_str()));
         self.failed.retain(|k, _| present.contains(k.as_str()));
@@ -162,7 +186,7 @@ impl ClaimBook {
         };
         for (r, c) in ordered {
             let seen = *self.first_seen.entry(c.key.clone()).or_insert(now);
-            let mut due = seen + p.stagger * r as u32;
+            let mut due = seen + stagger * r as u32;
             if let Some((idx, until)) = self.failed.get(&c.key) {
                 if *idx == c.modify_index {
                     due = due.max(*until);
@@ -225,7 +249,50 @@ mod tests {
         PlanParams {
             stagger: Duration::from_millis(100),
             retry_after: Duration::from_millis(500),
+            max_stagger: Duration::from_millis(1600),
         }
+    }
+
+    #[test]
+    fn the_stagger_grows_after_lost_races_and_creeps_back_after_wins() {
+        let mut b = ClaimBook::new("node0", params());
+        let base = Duration::from_millis(100);
+        assert_eq!(b.stagger(), base);
+        b.lost_race();
+        b.lost_race();
+        assert_eq!(b.stagger(), base * 4);
+        for _ in 0..10 {
+            b.lost_race();
+        }
+        assert_eq!(b.stagger(), Duration::from_millis(1600), "capped");
+        for _ in 0..200 {
+            b.won();
+        }
+        assert_eq!(b.stagger(), base, "never below the base");
+        // A grown stagger delays the lower-ranked claim by as much.
+        b.lost_race();
+        let live = nodes(2);
+        let key = (0..100)
+            .map(|j| format!("jobs/{j}"))
+            .find(|k| rank(k, "node0", &live) == 1)
+            .unwrap();
+        let t0 = Instant::now();
+        let c = vec![Candidate {
+            key: key.clone(),
+            modify_index: 1,
+            create_index: 1,
+            own_queue: false,
+        }];
+        let plan = b.plan(t0, &c, &live, &HashSet::new(), 4);
+        assert_eq!(plan.wake_at, Some(t0 + base * 2));
+        assert!(b
+            .plan(t0 + base, &c, &live, &HashSet::new(), 4)
+            .claim
+            .is_empty());
+        assert_eq!(
+            b.plan(t0 + base * 2, &c, &live, &HashSet::new(), 4).claim,
+            vec![key]
+        );
     }
 
     #[test]

@@ -37,8 +37,16 @@ pub fn consul_bin() -> PathBuf {
     .clone()
 }
 
+/// The servant binary under test; a bench may name another with `BENCH_SERVANT_BIN` (an
+/// older build, to compare two in one run on the same machine).
 pub fn servant_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_servant")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BENCH_SERVANT_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_servant").to_string())
+    })
 }
 
 /// A /24 of loopback addresses no other test uses: 127.A.B.0 with A from the process id and B
