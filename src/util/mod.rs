@@ -7,6 +7,7 @@ pub mod error;
 pub mod hash;
 pub mod json;
 pub mod output;
+pub mod redact;
 pub mod time;
 
 /// A setting that parses but cannot work; each part's configuration says which and why.
