@@ -337,6 +337,8 @@ async fn serve_parts(
         hub_tasks.clone(),
         api_stop.clone(),
     );
+    // The worker fills it, the API redacts running jobs' logs with it.
+    let secrets = crate::util::redact::SecretRegistry::default();
     let api_state = ApiState {
         log_dir,
         apps_log_dir: cfg.data_dir.join("apps"),
@@ -348,6 +350,7 @@ async fn serve_parts(
         hub,
         peer: reqwest::Client::new(),
         acls: Default::default(),
+        secrets: secrets.clone(),
     };
     let api = {
         let api_stop = api_stop.clone();
@@ -384,6 +387,7 @@ async fn serve_parts(
         session_name,
         (session_rx, deadline_rx),
         containers,
+        secrets,
         part_metrics,
         stop,
     )
@@ -412,6 +416,7 @@ async fn run_parts(
         tokio::sync::watch::Receiver<Option<u64>>,
     ),
     containers: ContainerMonitor,
+    secrets: crate::util::redact::SecretRegistry,
     metrics: PartMetrics,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
@@ -441,6 +446,7 @@ async fn run_parts(
                 .jobs
                 .compile()
                 .map_err(super::config::ConfigError::from)?,
+            secrets,
         },
         session_rx,
         deadline_rx,

@@ -48,6 +48,8 @@ struct RawJob {
     services: Option<Vec<ServiceSpec>>,
     #[serde(default)]
     env: Option<BTreeMap<String, String>>,
+    #[serde(rename = "EnvFromKV", default)]
+    env_from_kv: Option<BTreeMap<String, String>>,
     #[serde(default)]
     dir: Option<String>,
     #[serde(default)]
@@ -78,6 +80,9 @@ pub struct JobSpec {
     pub timeout: Duration,
     pub services: Vec<ServiceSpec>,
     pub env: BTreeMap<String, String>,
+    /// `EnvFromKV`: variables whose values are read from these KV keys (plain paths, not under
+    /// the kv_prefix) just before the job starts. The values are secret: redacted from its output.
+    pub env_from_kv: BTreeMap<String, String>,
     pub dir: Option<String>,
     pub user: Option<String>,
     /// Extra attempts after the first, when a node dies mid-run.
@@ -108,8 +113,21 @@ pub enum Rejection {
 
 /// The canonical top-level field names; input keys match them case-insensitively.
 const FIELDS: &[&str] = &[
-    "ID", "Name", "Command", "NoWait", "Timeout", "Type", "Services", "Env", "Dir", "User",
-    "Retries", "Args", "Image", "Docker",
+    "ID",
+    "Name",
+    "Command",
+    "NoWait",
+    "Timeout",
+    "Type",
+    "Services",
+    "Env",
+    "EnvFromKV",
+    "Dir",
+    "User",
+    "Retries",
+    "Args",
+    "Image",
+    "Docker",
 ];
 const SERVICE_FIELDS: &[&str] = &["ID", "Name", "Tags", "Port", "Address", "Check"];
 const CHECK_FIELDS: &[&str] = &["TTL", "HTTP", "TCP", "Args", "Interval", "Timeout"];
@@ -257,6 +275,28 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
             }
         }
     }
+    let env = raw.env.unwrap_or_default();
+    let env_from_kv = raw.env_from_kv.unwrap_or_default();
+    for name in env.keys() {
+        if let Some(why) = env_name_error(name) {
+            return Err(Rejection::Invalid(format!("Env: {name:?} {why}")));
+        }
+    }
+    for (name, key) in &env_from_kv {
+        if let Some(why) = env_name_error(name) {
+            return Err(Rejection::Invalid(format!("EnvFromKV: {name:?} {why}")));
+        }
+        if env.contains_key(name) {
+            return Err(Rejection::Invalid(format!(
+                "EnvFromKV: {name:?} is also in Env; a variable comes from one of them"
+            )));
+        }
+        if key.trim_matches('/').is_empty() || key.contains('\0') {
+            return Err(Rejection::Invalid(format!(
+                "EnvFromKV: {name:?}: {key:?} is not a KV key"
+            )));
+        }
+    }
     if let Some(u) = &raw.user {
         if u.is_empty() || u.contains(char::is_whitespace) {
             return Err(Rejection::Invalid(format!("User {u:?} is not a user name")));
@@ -274,12 +314,27 @@ pub fn parse_job(id: &str, body: &[u8]) -> Result<JobSpec, Rejection> {
         no_wait: raw.no_wait.unwrap_or(false),
         timeout,
         services,
-        env: raw.env.unwrap_or_default(),
+        env,
+        env_from_kv,
         dir: raw.dir.filter(|d| !d.is_empty()),
         user: raw.user,
         retries: raw.retries.unwrap_or(0),
         container,
     })
+}
+
+/// Why `name` cannot be an environment variable's name, if it cannot: `execve` takes
+/// `NAME=value` strings, so a name is non-empty without `=` or NUL.
+fn env_name_error(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is not a variable name: it is empty")
+    } else if name.contains('=') {
+        Some("is not a variable name: it contains '='")
+    } else if name.contains('\0') {
+        Some("is not a variable name: it contains a NUL")
+    } else {
+        None
+    }
 }
 
 /// Best-effort fields of a job that failed to parse, so its rejection still names it.
@@ -452,6 +507,45 @@ mod tests {
             let e = parse_job("x", body.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(says), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn env_from_kv_names_variables_and_keys() {
+        let j = parse_job(
+            "a",
+            br#"{"Command": "true", "Env": {"A": "1"}, "envfromkv": {"TOKEN": "secret/db/token"}}"#,
+        )
+        .unwrap();
+        assert_eq!(j.env_from_kv["TOKEN"], "secret/db/token");
+        assert_eq!(j.env["A"], "1");
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"Command":"true","Env":{"T":"1"},"EnvFromKV":{"T":"k"}}"#,
+                "EnvFromKV: \"T\" is also in Env",
+            ),
+            (
+                r#"{"Command":"true","EnvFromKV":{"A=B":"k"}}"#,
+                "EnvFromKV: \"A=B\" is not a variable name",
+            ),
+            (
+                r#"{"Command":"true","EnvFromKV":{"":"k"}}"#,
+                "EnvFromKV: \"\" is not a variable name",
+            ),
+            (
+                r#"{"Command":"true","EnvFromKV":{"T":"/"}}"#,
+                "EnvFromKV: \"T\": \"/\" is not a KV key",
+            ),
+            (r#"{"Command":"true","Env":{"A=B":"1"}}"#, "Env: \"A=B\""),
+        ];
+        for (body, says) in cases {
+            let e = parse_job("x", body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        }
+        let e = parse_job("x", br#"{"Command":"true","EnvFromKV":{"T":1}}"#).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::WrongType(m) if m.contains("EnvFromKV")),
+            "{e}"
+        );
     }
 
     proptest! {

@@ -30,6 +30,7 @@ use crate::process::{
 };
 use crate::util::backoff::Backoff;
 use crate::util::duration::go_format;
+use crate::util::redact::{Redactor, SecretRegistry};
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
@@ -84,6 +85,8 @@ pub struct WorkerConfig {
     pub metrics: crate::jobs::metrics::JobMetrics,
     /// What this node agrees to run (`[jobs]`).
     pub policy: crate::process::policy::CompiledPolicy,
+    /// The `EnvFromKV` values of running jobs, by log path, for the agent API to redact with.
+    pub secrets: SecretRegistry,
 }
 
 /// What is left to do once a job's result is written: its container is removed.
@@ -981,15 +984,33 @@ async fn run_job(
     let start = now_ns();
     r.start_time = start;
     r.start_time_str = rfc3339_ns(start);
+    let secret_env = match read_secrets(&ctx.client, job).await {
+        Ok(env) => env,
+        Err(why) => {
+            r.status = Some(JobStatus::Failed);
+            r.exit_errors = why;
+            stamp_end(&mut r);
+            return (Some(r), None);
+        }
+    };
+    let logs = LogPaths::for_key(&cfg.log_dir, key);
+    let secrets = (!secret_env.is_empty()).then(|| {
+        let red = Arc::new(Redactor::new(secret_env.iter()));
+        // Before it starts, so the API never serves its log unredacted.
+        cfg.secrets.insert(logs.stdout.clone(), red.clone());
+        red
+    });
     let run = Run {
         jk,
         key,
         job,
         session,
         registered: Vec::new(),
-        logs: LogPaths::for_key(&cfg.log_dir, key),
+        logs,
+        secrets,
     };
     let mut spec = launch_spec(job, &run.logs).fence(*ctx.deadline.borrow());
+    spec.env.extend(secret_env);
     spec.env.extend(fencing_token(key, attempt, session));
     match &job.container {
         Some(c) => {
@@ -1006,6 +1027,7 @@ async fn run_job(
             match ctx.docker_driver().await {
                 Ok(d) => run_on(ctx, &d, &spec, r, run, kill).await,
                 Err(e) => {
+                    seal_logs(cfg, &run).await;
                     r.status = Some(JobStatus::Failed);
                     r.exit_errors = e.to_string();
                     stamp_end(&mut r);
@@ -1029,6 +1051,76 @@ struct Run<'a> {
     /// Its services, registered once it started (a container's with its published ports).
     registered: Vec<String>,
     logs: LogPaths,
+    /// The job's `EnvFromKV` values, redacted from its logs and result.
+    secrets: Option<Arc<Redactor>>,
+}
+
+/// Reads a job's `EnvFromKV` keys with the agent's token. A key that is missing, unreadable or
+/// not text is the reason the job does not start; the reason names the variable and the key,
+/// never a value.
+async fn read_secrets(
+    client: &Client,
+    job: &JobSpec,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut env = std::collections::BTreeMap::new();
+    for (name, path) in &job.env_from_kv {
+        // A plain KV path, as `consul kv get` takes it; a leading `/` is the same key.
+        let key = path.trim_start_matches('/');
+        let why = match client.kv_get(key, &Default::default()).await {
+            Ok((Some(e), _)) => match String::from_utf8(e.value) {
+                Ok(v) => {
+                    env.insert(name.clone(), v);
+                    continue;
+                }
+                Err(_) => "its value is not UTF-8 text".to_string(),
+            },
+            Ok((None, _)) => "no such key".to_string(),
+            Err(e) => format!("cannot read it: {e}"),
+        };
+        return Err(format!(
+            "EnvFromKV: cannot set {name} from KV key {key:?}: {why}; the job did not start"
+        ));
+    }
+    Ok(env)
+}
+
+/// Once a job with secrets has ended: its log files are rewritten redacted, and only then does
+/// the agent API stop redacting them as it serves them. A file that cannot be rewritten is
+/// emptied rather than left with the values in it.
+async fn seal_logs(cfg: &WorkerConfig, run: &Run<'_>) {
+    let Some(red) = run.secrets.clone() else {
+        return;
+    };
+    let logs = run.logs.clone();
+    let key = run.key.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        for p in [&logs.stdout, &logs.stderr] {
+            if let Err(e) = red.redact_file_blocking(p) {
+                warn!(key = %key, log = %p.display(), error = %e, "cannot redact the job's log; emptying it");
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(p) {
+                    let _ = f.set_len(0);
+                }
+            }
+        }
+    })
+    .await;
+    cfg.secrets.remove(&run.logs.stdout);
+}
+
+/// Reads at most `cap` bytes of a log, redacted. Reads a little more than the cap and cuts
+/// after redacting, so a value across the cap is replaced, not shown in part.
+async fn read_redacted(
+    path: &std::path::Path,
+    cap: usize,
+    red: Option<&Redactor>,
+) -> (String, bool) {
+    let Some(red) = red else {
+        return read_capped(path, cap).await;
+    };
+    let (text, cut) = read_capped(path, cap.saturating_add(red.longest())).await;
+    let mut text = red.redact_str(&text);
+    let cut_now = cap_text(&mut text, cap);
+    (text, cut || cut_now)
 }
 
 /// Launches `spec` with `driver`, supervises it and fills in the result: the same for a process
@@ -1058,6 +1150,7 @@ where
                 r.exit_errors = e.to_string();
             }
             stamp_end(&mut r);
+            seal_logs(cfg, &run).await;
             return (Some(r), None);
         }
     };
@@ -1082,6 +1175,7 @@ where
             deregister(ctx, &run.registered).await;
             running.stop(Signal::SIGKILL, Duration::ZERO).await;
             running.release().await;
+            seal_logs(cfg, &run).await;
             r.status = Some(JobStatus::Failed);
             r.exit_errors = format!("cannot register service {:?}: {e}", s.id());
             stamp_end(&mut r);
@@ -1115,8 +1209,10 @@ where
     .await;
     deregister(ctx, &run.registered).await;
     stamp_end(&mut r);
-    let (out, out_cut) = read_capped(&run.logs.stdout, cfg.output_cap).await;
-    let (err, err_cut) = read_capped(&run.logs.stderr, cfg.output_cap).await;
+    seal_logs(cfg, &run).await;
+    let red = run.secrets.as_deref();
+    let (out, out_cut) = read_redacted(&run.logs.stdout, cfg.output_cap, red).await;
+    let (err, err_cut) = read_redacted(&run.logs.stderr, cfg.output_cap, red).await;
     r.output = out;
     r.output_errors = err;
     r.output_truncated = out_cut;

@@ -54,6 +54,8 @@ pub struct ApiState {
     pub peer: reqwest::Client,
     /// Whether Consul enforces ACLs, once known (it does not change while Consul runs).
     pub acls: Arc<tokio::sync::OnceCell<bool>>,
+    /// The secret values of this node's running jobs, redacted from their logs as served.
+    pub secrets: crate::util::redact::SecretRegistry,
 }
 
 impl ApiState {
@@ -186,6 +188,7 @@ async fn logs(
         q.stream.as_deref(),
         &format!("job {}", q.key),
         &st.node,
+        &st.secrets,
     )
     .await
 }
@@ -204,20 +207,37 @@ async fn app_logs(
         q.stream.as_deref(),
         &format!("app {}", q.name),
         &st.node,
+        &st.secrets,
     )
     .await
 }
 
-/// One stream of a log, or both (stdout, then stderr); 404 when neither exists.
-async fn serve_log(paths: LogPaths, stream: Option<&str>, what: &str, node: &str) -> Response {
+/// One stream of a log, or both (stdout, then stderr); 404 when neither exists. A running job's
+/// secrets are redacted (once it ends its files are rewritten redacted).
+async fn serve_log(
+    paths: LogPaths,
+    stream: Option<&str>,
+    what: &str,
+    node: &str,
+    secrets: &crate::util::redact::SecretRegistry,
+) -> Response {
+    // Looked up before and after reading: a job that starts or ends meanwhile is redacted.
+    let before = secrets.get(&paths.stdout);
     let read = |p: PathBuf| async move { tokio::fs::read(&p).await.ok() };
+    let redact = |b: Option<Vec<u8>>| {
+        let red = before.clone().or_else(|| secrets.get(&paths.stdout));
+        match (b, red) {
+            (Some(b), Some(r)) => Some(r.redact_growing(&b)),
+            (b, _) => b,
+        }
+    };
     let body = match stream {
-        Some("stdout") => read(paths.stdout).await,
-        Some("stderr") => read(paths.stderr).await,
+        Some("stdout") => redact(read(paths.stdout.clone()).await),
+        Some("stderr") => redact(read(paths.stderr.clone()).await),
         None | Some("") => {
-            let out = read(paths.stdout).await;
-            let err = read(paths.stderr).await;
-            match (out, err) {
+            let out = read(paths.stdout.clone()).await;
+            let err = read(paths.stderr.clone()).await;
+            match (redact(out), redact(err)) {
                 (None, None) => None,
                 (o, e) => {
                     let mut v = o.unwrap_or_default();

@@ -148,10 +148,23 @@ async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> V
     let ((stdout, cut_out), (stderr, cut_err)) = if node == st.node {
         // Read up to the cap, never the whole file: a page asks again every second.
         let p = LogPaths::for_key(&st.log_dir, &full);
-        (
-            read_capped(&p.stdout, LOG_CAP).await,
-            read_capped(&p.stderr, LOG_CAP).await,
-        )
+        // A running job's secrets are redacted; a little more than the cap is read so that a
+        // value across it is replaced whole, and the redactor is looked up before and after.
+        let before = st.secrets.get(&p.stdout);
+        let extra = before.as_ref().map_or(0, |r| r.longest());
+        let out = read_capped(&p.stdout, LOG_CAP + extra).await;
+        let err = read_capped(&p.stderr, LOG_CAP + extra).await;
+        let red = before.or_else(|| st.secrets.get(&p.stdout));
+        let redact = |(text, cut): (String, bool)| match &red {
+            Some(r) => {
+                let mut t =
+                    String::from_utf8_lossy(&r.redact_growing(text.as_bytes())).into_owned();
+                let cut_now = crate::util::redact::cap_str(&mut t, LOG_CAP);
+                (t, cut || cut_now)
+            }
+            None => (text, cut),
+        };
+        (redact(out), redact(err))
     } else {
         let Some(addr) = s.services.get("servant").and_then(|(_, list)| {
             list.iter().find(|i| i.node == node).map(|i| {
