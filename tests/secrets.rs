@@ -1,0 +1,219 @@
+//! Secrets from KV for jobs (issue 16): `EnvFromKV` sets variables from KV keys at run time, on
+//! the node that runs the job. The values reach the process and nothing else: not the result,
+//! not `servant logs` or the agent API's `/v1/logs` (during the run or after), not the job's
+//! log files, not the agent's own log. A missing key fails the job before it starts.
+//! A real `consul agent -dev` or `servant agent -dev`, and a real agent, per test.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A value with regex characters in it, unique per test process.
+fn secret(tag: &str) -> String {
+    format!("s3cr3t-{tag}-{}.*$(x|y)", std::process::id())
+}
+
+fn put_secret(h: &Http, key: &str, value: &str) {
+    let (st, _) = h.put(&format!("/v1/kv/{key}"), value.to_string());
+    assert_eq!(st, 200);
+}
+
+fn submit(h: &Http, id: &str, job: Value) {
+    let (st, _) = h.put(&format!("/v1/kv/jobs/{id}"), job.to_string());
+    assert_eq!(st, 200);
+}
+
+/// Every job log file the agent keeps, with its text.
+fn job_log_files(c: &Single) -> Vec<(String, String)> {
+    let dir = c.servant.data.path().join("logs");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            (
+                e.path().display().to_string(),
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What the agent API and `servant logs` serve of job `id`: (API body, CLI stdout + stderr).
+fn served_logs(c: &Single, api: &str, id: &str) -> (String, String) {
+    let (st, body) = Http::new(api).get(&format!("/v1/logs?key=jobs/{id}"));
+    assert_eq!(st, 200, "{body}");
+    let (code, out, err) = cli(&c.addr(), &["logs", id]);
+    assert_eq!(code, 0, "{out}{err}");
+    (body, format!("{out}{err}"))
+}
+
+/// `value` is in none of `what`, nor the agent's log, nor (once the job ended: `ended`) the job
+/// log files on disk, which hold the output as written until then.
+fn assert_nowhere(c: &Single, value: &str, ended: bool, what: &[(&str, &str)]) {
+    for (name, text) in what {
+        assert!(!text.contains(value), "the secret is in {name}: {text}");
+    }
+    let agent_log = c.servant.proc.log_text();
+    assert!(
+        !agent_log.contains(value),
+        "the secret is in the agent's log:\n{agent_log}"
+    );
+    for (path, text) in job_log_files(c).into_iter().filter(|_| ended) {
+        assert!(!text.contains(value), "the secret is in {path}: {text}");
+    }
+}
+
+fn a_secret_reaches_the_process_and_nothing_else(b: Backend) {
+    let c = Single::start(b, &[]);
+    let h = c.http();
+    let api = servant_api(&h);
+    let value = secret("done");
+    put_secret(&h, "secret/db/token", &value);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("seen");
+    submit(
+        &h,
+        "sec1",
+        json!({
+            "Command": format!(
+                "echo \"token: $SECRET.\"; printf %s \"$SECRET\" >&2; printf %s \"$SECRET\" > {}",
+                file.display()
+            ),
+            // A plain KV path; a leading slash is the same key.
+            "EnvFromKV": {"SECRET": "/secret/db/token"},
+        }),
+    );
+    let r = h.wait_result("jdone_jid/jobs/sec1", T);
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    // The process had it.
+    assert_eq!(std::fs::read_to_string(&file).expect("seen"), value);
+    // The result says where it was, never what.
+    assert_eq!(r["Output"], "token: [secret SECRET].\n", "{r}");
+    assert_eq!(r["OutputErrors"], "[secret SECRET]", "{r}");
+    let raw = h.kv_raw("jdone_jid/jobs/sec1").expect("result");
+    let (api_body, cli_out) = served_logs(&c, &api, "sec1");
+    assert!(api_body.contains("token: [secret SECRET]."), "{api_body}");
+    assert!(cli_out.contains("[secret SECRET]"), "{cli_out}");
+    assert_nowhere(
+        &c,
+        &value,
+        true,
+        &[
+            ("the result", &raw),
+            ("/v1/logs", &api_body),
+            ("servant logs", &cli_out),
+        ],
+    );
+}
+
+fn a_running_jobs_log_is_redacted_as_it_is_served(b: Backend) {
+    let c = Single::start(b, &[]);
+    let h = c.http();
+    let api = servant_api(&h);
+    let value = secret("running");
+    put_secret(&h, "app/pass", &value);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("go");
+    submit(
+        &h,
+        "sec2",
+        json!({
+            // The secret, then its first bytes only (a value being written, as far as a reader
+            // can tell), then a wait for the test.
+            "Command": format!(
+                "echo \"pass=$SECRET\"; printf 'tail=%s' \"${{SECRET%????}}\" >&2; \
+                 while [ ! -e {} ]; do sleep 0.1; done; echo end",
+                flag.display()
+            ),
+            "EnvFromKV": {"SECRET": "app/pass"},
+            "Timeout": "60s",
+        }),
+    );
+    let prefix = &value[..value.len() - 4];
+    let (api_body, cli_out) = wait_for("the running job's log", T, || {
+        let (st, body) = Http::new(&api).get("/v1/logs?key=jobs/sec2");
+        (st == 200 && body.contains("pass=") && body.contains("tail="))
+            .then(|| served_logs(&c, &api, "sec2"))
+    });
+    assert!(h.kv_raw("jdone_jid/jobs/sec2").is_none(), "still running");
+    assert!(api_body.contains("pass=[secret SECRET]\n"), "{api_body}");
+    assert!(cli_out.contains("pass=[secret SECRET]"), "{cli_out}");
+    // The tail may be the start of the value: not shown while the job runs.
+    assert!(!api_body.contains(prefix), "{api_body}");
+    assert!(!cli_out.contains(prefix), "{cli_out}");
+    assert_nowhere(
+        &c,
+        &value,
+        false,
+        &[("/v1/logs", &api_body), ("servant logs", &cli_out)],
+    );
+    std::fs::write(&flag, "").expect("flag");
+    let r = h.wait_result("jdone_jid/jobs/sec2", T);
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    assert_eq!(r["Output"], "pass=[secret SECRET]\nend\n", "{r}");
+    let raw = h.kv_raw("jdone_jid/jobs/sec2").expect("result");
+    let (api_body, cli_out) = served_logs(&c, &api, "sec2");
+    assert_nowhere(
+        &c,
+        &value,
+        true,
+        &[
+            ("the result", &raw),
+            ("/v1/logs", &api_body),
+            ("servant logs", &cli_out),
+        ],
+    );
+}
+
+fn a_missing_key_fails_the_job_before_it_starts(b: Backend) {
+    let c = Single::start(b, &[]);
+    let h = c.http();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    submit(
+        &h,
+        "sec3",
+        json!({
+            "Command": format!("touch {}", ran.display()),
+            "Env": {"PLAIN": "1"},
+            "EnvFromKV": {"DB_PASS": "secret/nope"},
+        }),
+    );
+    let r = h.wait_result("jdone_jid/jobs/sec3", T);
+    assert_eq!(r["Status"], "failed", "{r}");
+    assert_eq!(
+        r["ExitErrors"],
+        "EnvFromKV: cannot set DB_PASS from KV key \"secret/nope\": no such key; the job did not start",
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!Path::new(&ran).exists(), "the command ran");
+
+    // A name in Env and EnvFromKV is a parse error: rejected, naming the field.
+    submit(
+        &h,
+        "sec4",
+        json!({"Command": "true", "Env": {"X": "1"}, "EnvFromKV": {"X": "secret/x"}}),
+    );
+    let r = h.wait_result("jdone_jid/jobs/sec4", T);
+    assert_eq!(r["Status"], "rejected", "{r}");
+    assert!(
+        r["ExitErrors"]
+            .as_str()
+            .is_some_and(|e| e.contains("EnvFromKV: \"X\" is also in Env")),
+        "{r}"
+    );
+}
+
+on_both!(
+    a_secret_reaches_the_process_and_nothing_else,
+    a_running_jobs_log_is_redacted_as_it_is_served,
+    a_missing_key_fails_the_job_before_it_starts,
+);
