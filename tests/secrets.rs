@@ -212,6 +212,52 @@ fn a_missing_key_fails_the_job_before_it_starts(b: Backend) {
     );
 }
 
+/// An agent killed mid-job cannot redact that job's log: the next run of the agent withholds
+/// it before its API serves anything. (The dev backend: the restart keeps the data dir.)
+#[test]
+fn a_log_left_unredacted_by_a_killed_agent_is_withheld() {
+    let c = Single::start(Backend::Dev, &[]);
+    let h = c.http();
+    let api = servant_api(&h);
+    let value = secret("killed");
+    put_secret(&h, "app/key", &value);
+    submit(
+        &h,
+        "sec5",
+        json!({
+            "Command": "echo \"key=$SECRET\"; printf %s \"$SECRET\" >&2; sleep 60",
+            "EnvFromKV": {"SECRET": "app/key"},
+        }),
+    );
+    wait_for("the running job's log", T, || {
+        let (st, body) = Http::new(&api).get("/v1/logs?key=jobs/sec5");
+        (st == 200 && body.contains("key=[secret SECRET]")).then_some(())
+    });
+    let Single { servant, ip, .. } = c;
+    servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let Servant { mut proc, data } = servant;
+    proc.wait_exit(Duration::from_secs(10)).expect("killed");
+    drop(proc);
+    let on_disk = std::fs::read_to_string(data.path().join("logs/jobs%2Fsec5.out")).expect("log");
+    assert!(on_disk.contains(&value), "the job wrote it: {on_disk}");
+
+    let c = Single::dev_in(ip, data, &[]);
+    let h = c.http();
+    let api = servant_api(&h);
+    let (st, body) = Http::new(&api).get("/v1/logs?key=jobs/sec5");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("[log withheld"), "{body}");
+    let r = h.wait_result("jdone_jid/jobs/sec5", T);
+    assert_eq!(r["Status"], "lost", "{r}");
+    let raw = h.kv_raw("jdone_jid/jobs/sec5").expect("result");
+    assert_nowhere(
+        &c,
+        &value,
+        true,
+        &[("the result", &raw), ("/v1/logs", &body)],
+    );
+}
+
 on_both!(
     a_secret_reaches_the_process_and_nothing_else,
     a_running_jobs_log_is_redacted_as_it_is_served,

@@ -339,6 +339,8 @@ async fn serve_parts(
     );
     // The worker fills it, the API redacts running jobs' logs with it.
     let secrets = crate::util::redact::SecretRegistry::default();
+    // Before the API serves them: logs an earlier run could not redact (it died mid-job).
+    crate::jobs::worker::withhold_unsealed_logs(&log_dir).await;
     let api_state = ApiState {
         log_dir,
         apps_log_dir: cfg.data_dir.join("apps"),

@@ -1000,6 +1000,13 @@ async fn run_job(
         cfg.secrets.insert(logs.stdout.clone(), red.clone());
         red
     });
+    if secrets.is_some() {
+        // Says "not redacted yet" to the next run of this agent, should this one die first.
+        let names: Vec<&str> = secret_env.keys().map(String::as_str).collect();
+        if let Err(e) = tokio::fs::write(unsealed_marker(&logs), names.join("\n")).await {
+            warn!(key = %key, error = %e, "cannot mark the job's log as holding secrets");
+        }
+    }
     let run = Run {
         jk,
         key,
@@ -1104,7 +1111,40 @@ async fn seal_logs(cfg: &WorkerConfig, run: &Run<'_>) {
         }
     })
     .await;
+    let _ = tokio::fs::remove_file(unsealed_marker(&run.logs)).await;
     cfg.secrets.remove(&run.logs.stdout);
+}
+
+/// Beside the logs of a job with secrets until they are redacted: the variables' names.
+fn unsealed_marker(logs: &LogPaths) -> PathBuf {
+    PathBuf::from(format!("{}.secrets", logs.stdout.display()))
+}
+
+/// Empties the logs an earlier run of this agent left unredacted (it died while a job with
+/// `EnvFromKV` ran; its values are not known any more), leaving a line that says so.
+pub async fn withhold_unsealed_logs(log_dir: &std::path::Path) {
+    let Ok(mut dir) = tokio::fs::read_dir(log_dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = dir.next_entry().await {
+        let marker = e.path();
+        let Some(stdout) = marker
+            .to_str()
+            .and_then(|m| m.strip_suffix(".secrets"))
+            .map(PathBuf::from)
+        else {
+            continue;
+        };
+        let stderr = stdout.with_extension("err");
+        for p in [&stdout, &stderr] {
+            let note = "[log withheld: the agent stopped before it could redact this job's EnvFromKV values]\n";
+            if let Err(e) = tokio::fs::write(p, note).await {
+                warn!(log = %p.display(), error = %e, "cannot withhold a log with secrets");
+            }
+        }
+        warn!(log = %stdout.display(), "withheld a job log with secrets that an earlier run did not redact");
+        let _ = tokio::fs::remove_file(&marker).await;
+    }
 }
 
 /// Reads at most `cap` bytes of a log, redacted. Reads a little more than the cap and cuts
