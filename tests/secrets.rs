@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::docker::ImageLab;
 use common::*;
 use serde_json::{json, Value};
 
@@ -256,6 +257,50 @@ fn a_log_left_unredacted_by_a_killed_agent_is_withheld() {
         true,
         &[("the result", &raw), ("/v1/logs", &body)],
     );
+}
+
+/// A docker job gets the variable in its container, and its output is redacted like any job's.
+/// Needs the machine's Docker Engine (as tests/docker_jobs.rs).
+#[test]
+fn a_container_gets_the_secret_and_its_output_is_redacted() {
+    let c = ConsulDev::start();
+    let lab = ImageLab::new(&c.node);
+    let s = c.servant(&[]).ready();
+    let h = c.http();
+    let api = servant_api(&h);
+    let value = secret("docker");
+    put_secret(&h, "secret/ctr", &value);
+    submit(
+        &h,
+        "sec6",
+        json!({
+            "Type": "docker",
+            "Image": lab.image,
+            "Command": "echo \"ctr=$SECRET len=${#SECRET}\"; printf %s \"$SECRET\" >&2",
+            "EnvFromKV": {"SECRET": "secret/ctr"},
+        }),
+    );
+    let r = h.wait_result("jdone_jid/jobs/sec6", Duration::from_secs(60));
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    assert_eq!(
+        r["Output"],
+        format!("ctr=[secret SECRET] len={}\n", value.len()),
+        "{r}"
+    );
+    assert_eq!(r["OutputErrors"], "[secret SECRET]", "{r}");
+    let raw = h.kv_raw("jdone_jid/jobs/sec6").expect("result");
+    let (st, body) = Http::new(&api).get("/v1/logs?key=jobs/sec6");
+    assert_eq!(st, 200, "{body}");
+    let single = Single {
+        node: c.node.clone(),
+        ip: c.ip.clone(),
+        servant: s,
+        consul: None,
+    };
+    assert_nowhere(&single, &value, true, &[("the result", &raw), ("/v1/logs", &body)]);
+    drop(single);
+    drop(c);
+    drop(lab);
 }
 
 on_both!(
