@@ -71,6 +71,35 @@ fn assert_nowhere(c: &Single, value: &str, ended: bool, what: &[(&str, &str)]) {
     }
 }
 
+/// The first `Live` output of the dashboard's job view (`/v1/stream?view=job`) that shows the
+/// job's stdout, as JSON text.
+fn dashboard_live(api: &str, key: &str) -> String {
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("http://{api}/v1/stream?view=job&key={key}"))
+        .send()
+        .expect("stream");
+    assert_eq!(resp.status(), 200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            if let Some(d) = line.strip_prefix("data: ") {
+                if tx.send(d.to_string()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    loop {
+        let ev: Value = serde_json::from_str(&rx.recv_timeout(T).expect("a view event"))
+            .expect("json");
+        if ev["Live"]["Stdout"].as_str().is_some_and(|o| !o.is_empty()) {
+            return ev["Live"].to_string();
+        }
+    }
+}
+
 fn a_secret_reaches_the_process_and_nothing_else(b: Backend) {
     let c = Single::start(b, &[]);
     let h = c.http();
@@ -155,6 +184,11 @@ fn a_running_jobs_log_is_redacted_as_it_is_served(b: Backend) {
         false,
         &[("/v1/logs", &api_body), ("servant logs", &cli_out)],
     );
+    // The dashboard's job page follows the running job's log.
+    let live = dashboard_live(&api, "jobs/sec2");
+    assert!(live.contains("pass=[secret SECRET]"), "{live}");
+    assert!(!live.contains(prefix), "{live}");
+    assert_nowhere(&c, &value, false, &[("the dashboard", &live)]);
     std::fs::write(&flag, "").expect("flag");
     let r = h.wait_result("jdone_jid/jobs/sec2", T);
     assert_eq!(r["Status"], "succeeded", "{r}");
