@@ -92,8 +92,8 @@ fn dashboard_live(api: &str, key: &str) -> String {
         }
     });
     loop {
-        let ev: Value = serde_json::from_str(&rx.recv_timeout(T).expect("a view event"))
-            .expect("json");
+        let ev: Value =
+            serde_json::from_str(&rx.recv_timeout(T).expect("a view event")).expect("json");
         if ev["Live"]["Stdout"].as_str().is_some_and(|o| !o.is_empty()) {
             return ev["Live"].to_string();
         }
@@ -331,7 +331,12 @@ fn a_container_gets_the_secret_and_its_output_is_redacted() {
         servant: s,
         consul: None,
     };
-    assert_nowhere(&single, &value, true, &[("the result", &raw), ("/v1/logs", &body)]);
+    assert_nowhere(
+        &single,
+        &value,
+        true,
+        &[("the result", &raw), ("/v1/logs", &body)],
+    );
     drop(single);
     drop(c);
     drop(lab);
