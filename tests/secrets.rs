@@ -342,6 +342,80 @@ fn a_container_gets_the_secret_and_its_output_is_redacted() {
     drop(lab);
 }
 
+/// On an ACL-enabled Consul the agent reads the keys with its own token: a key its policy may
+/// read works, one it may not fails the job with Consul's permission error, naming the variable
+/// and the key. (Real Consul only: the embedded server has no ACLs.)
+#[test]
+fn a_key_the_agent_token_may_not_read_fails_the_job() {
+    let root = "b1c2d3e4-0000-4000-8000-000000005ec7";
+    let hcl = format!(
+        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
+    );
+    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(root));
+    let admin = c.http().with_token(root);
+    let rules = format!(
+        r#"
+key_prefix "jobs/" {{ policy = "write" }}
+key_prefix "queues/" {{ policy = "write" }}
+key_prefix "jdone_jid/" {{ policy = "write" }}
+key_prefix "secret/servant/" {{ policy = "read" }}
+session_prefix "" {{ policy = "read" }}
+session "{node}" {{ policy = "write" }}
+node_prefix "" {{ policy = "read" }}
+agent "{node}" {{ policy = "read" }}
+service "servant" {{ policy = "write" }}
+"#,
+        node = c.node
+    );
+    let (st, body) = admin.put(
+        "/v1/acl/policy",
+        json!({"Name": "servant", "Rules": rules}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = admin.put(
+        "/v1/acl/token",
+        json!({"Description": "servant agent", "Policies": [{"Name": "servant"}]}).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let token: Value = serde_json::from_str(&body).expect("token");
+    let agent_token = token["SecretID"].as_str().expect("SecretID").to_string();
+    let s = Servant::start(
+        &c.addr(),
+        &c.ip,
+        &[],
+        &[("CONSUL_HTTP_TOKEN", &agent_token)],
+    )
+    .ready();
+    let allowed = secret("acl");
+    put_secret(&admin, "secret/servant/ok", &allowed);
+    put_secret(&admin, "secret/other/no", &secret("acl-no"));
+
+    submit(
+        &admin,
+        "sec7",
+        json!({"Command": "echo \"v=$OK\"", "EnvFromKV": {"OK": "secret/servant/ok"}}),
+    );
+    let r = admin.wait_result("jdone_jid/jobs/sec7", T);
+    assert_eq!(r["Status"], "succeeded", "{r}");
+    assert_eq!(r["Output"], "v=[secret OK]\n", "{r}");
+
+    submit(
+        &admin,
+        "sec8",
+        json!({"Command": "true", "EnvFromKV": {"NO": "secret/other/no"}}),
+    );
+    let r = admin.wait_result("jdone_jid/jobs/sec8", T);
+    assert_eq!(r["Status"], "failed", "{r}");
+    let why = r["ExitErrors"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("EnvFromKV: cannot set NO from KV key \"secret/other/no\": cannot read it: permission denied")
+            && why.ends_with("the job did not start"),
+        "{r}"
+    );
+    let log = s.proc.log_text();
+    assert!(!log.contains(&allowed), "{log}");
+}
+
 on_both!(
     a_secret_reaches_the_process_and_nothing_else,
     a_running_jobs_log_is_redacted_as_it_is_served,
