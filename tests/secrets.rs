@@ -122,6 +122,21 @@ fn a_secret_reaches_the_process_and_nothing_else(b: Backend) {
     );
     let r = h.wait_result("jdone_jid/jobs/sec1", T);
     assert_eq!(r["Status"], "succeeded", "{r}");
+    // The CLI's flag, with `--wait` printing the output.
+    let (code, out, err) = cli(
+        &c.addr(),
+        &[
+            "start",
+            "--wait",
+            "--env-from-kv",
+            "SECRET=secret/db/token",
+            "-c",
+            "echo \"cli: $SECRET\"",
+            "sec1cli",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "sec1cli\ncli: [secret SECRET]\n", "{err}");
     // The process had it.
     assert_eq!(std::fs::read_to_string(&file).expect("seen"), value);
     // The result says where it was, never what.

@@ -57,6 +57,10 @@ pub struct StartArgs {
     /// Environment variable for the job, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Environment variable read from a KV key when the job starts, secret (redacted from its
+    /// output), KEY=path/in/kv (repeatable).
+    #[arg(long = "env-from-kv", value_name = "KEY=PATH")]
+    pub env_from_kv: Vec<String>,
     /// Working directory of the job.
     #[arg(long)]
     pub dir: Option<String>,
@@ -191,6 +195,16 @@ pub fn build_job(a: &StartArgs) -> anyhow::Result<(String, Value)> {
             env.insert(k.to_string(), v.to_string());
         }
         set("Env", json!(env));
+    }
+    if !a.env_from_kv.is_empty() {
+        let mut env = BTreeMap::new();
+        for kv in &a.env_from_kv {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--env-from-kv {kv:?}: expected KEY=PATH"))?;
+            env.insert(k.to_string(), v.to_string());
+        }
+        set("EnvFromKV", json!(env));
     }
     let id = explicit_id
         .or(file_id)
