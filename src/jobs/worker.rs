@@ -1609,6 +1609,24 @@ mod tests {
         }
     }
 
+    /// A value across the output cap is replaced whole, not cut to its first bytes (for a log
+    /// that could not be rewritten).
+    #[tokio::test]
+    async fn a_secret_across_the_output_cap_is_not_shown_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.out");
+        std::fs::write(&p, format!("{}s3cr3t-value tail", "a".repeat(10))).unwrap();
+        let red = Redactor::new([("S", "s3cr3t-value")]);
+        let (text, cut) = read_redacted(&p, 14, Some(&red)).await;
+        assert_eq!(text, "aaaaaaaaaa[sec");
+        assert!(cut);
+        let (text, cut) = read_redacted(&p, 100, Some(&red)).await;
+        assert_eq!(text, "aaaaaaaaaa[secret S] tail");
+        assert!(!cut);
+        // Without secrets, as before.
+        assert_eq!(read_redacted(&p, 14, None).await.0, "aaaaaaaaaas3cr");
+    }
+
     #[test]
     fn a_lost_result_names_the_attempts_that_ran() {
         let one = lost_reason(1, 1_795_305_695_030, 0);
