@@ -322,10 +322,20 @@ async fn sleep_or_killed(d: Duration, kill: &mut watch::Receiver<Option<KillReas
     }
 }
 
+/// Why an app is not started: its task cannot be described, or the node's policy refuses it.
+#[derive(Debug, thiserror::Error)]
+enum CannotLaunch {
+    // The message says the cause, so it is not also a `source()`.
+    #[error("{0}")]
+    Task(crate::wire::TaskError),
+    #[error("rejected: {0}")]
+    Policy(crate::process::policy::Violation),
+}
+
 /// `launch` under the node's `[jobs]` policy: a process app counts as `shell` and a container
 /// app as `docker`, a process app without `user` runs as `default_user`; the refusal names the
 /// rule as a job's does.
-fn held_to_policy(ctx: &SupervisorCtx, mut launch: AppLaunch) -> Result<AppLaunch, String> {
+fn held_to_policy(ctx: &SupervisorCtx, mut launch: AppLaunch) -> Result<AppLaunch, CannotLaunch> {
     let kind = if launch.spec.container.is_some() {
         JobKind::Docker
     } else {
@@ -339,7 +349,7 @@ fn held_to_policy(ctx: &SupervisorCtx, mut launch: AppLaunch) -> Result<AppLaunc
             launch.spec.container.as_ref(),
             &ctx.owner.node,
         )
-        .map_err(|v| format!("rejected: {v}"))?;
+        .map_err(CannotLaunch::Policy)?;
     if let Some(h) = launch.health.as_mut().filter(|_| kind == JobKind::Shell) {
         h.user = user.clone();
     }
@@ -359,7 +369,7 @@ async fn run_task(
     let logs = LogPaths::for_key(&ctx.log_dir, &task.name);
     let health_logs = LogPaths::for_key(&ctx.log_dir, &format!("{}.health", task.name));
     let launch = match app_launch(&task, &ctx.owner, &logs, &health_logs)
-        .map_err(|e| e.to_string())
+        .map_err(CannotLaunch::Task)
         .and_then(|l| held_to_policy(&ctx, l))
     {
         Ok(l) => l,

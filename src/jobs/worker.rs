@@ -988,7 +988,7 @@ async fn run_job(
         Ok(env) => env,
         Err(why) => {
             r.status = Some(JobStatus::Failed);
-            r.exit_errors = why;
+            r.exit_errors = why.to_string();
             stamp_end(&mut r);
             return (Some(r), None);
         }
@@ -1062,13 +1062,32 @@ struct Run<'a> {
     secrets: Option<Arc<Redactor>>,
 }
 
+/// Why a job's `EnvFromKV` variable could not be set: it names the variable and the key, never
+/// a value.
+#[derive(Debug, thiserror::Error)]
+#[error("EnvFromKV: cannot set {name} from KV key {key:?}: {why}; the job did not start")]
+struct SecretUnavailable {
+    name: String,
+    key: String,
+    why: SecretWhy,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SecretWhy {
+    #[error("no such key")]
+    Missing,
+    #[error("its value is not UTF-8 text")]
+    NotText,
+    #[error("cannot read it: {0}")]
+    Read(crate::consul::ConsulError),
+}
+
 /// Reads a job's `EnvFromKV` keys with the agent's token. A key that is missing, unreadable or
-/// not text is the reason the job does not start; the reason names the variable and the key,
-/// never a value.
+/// not text is the reason the job does not start.
 async fn read_secrets(
     client: &Client,
     job: &JobSpec,
-) -> Result<std::collections::BTreeMap<String, String>, String> {
+) -> Result<std::collections::BTreeMap<String, String>, SecretUnavailable> {
     let mut env = std::collections::BTreeMap::new();
     for (name, path) in &job.env_from_kv {
         // A plain KV path, as `consul kv get` takes it; a leading `/` is the same key.
@@ -1079,14 +1098,16 @@ async fn read_secrets(
                     env.insert(name.clone(), v);
                     continue;
                 }
-                Err(_) => "its value is not UTF-8 text".to_string(),
+                Err(_) => SecretWhy::NotText,
             },
-            Ok((None, _)) => "no such key".to_string(),
-            Err(e) => format!("cannot read it: {e}"),
+            Ok((None, _)) => SecretWhy::Missing,
+            Err(e) => SecretWhy::Read(e),
         };
-        return Err(format!(
-            "EnvFromKV: cannot set {name} from KV key {key:?}: {why}; the job did not start"
-        ));
+        return Err(SecretUnavailable {
+            name: name.clone(),
+            key: key.to_string(),
+            why,
+        });
     }
     Ok(env)
 }

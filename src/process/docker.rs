@@ -705,28 +705,69 @@ async fn follow_logs_since(
         since,
         ..Default::default()
     };
+    // Bytes of each stream copied so far: [stdout, stderr].
+    let mut copied = [0usize; 2];
     let mut s = docker.logs(&id, Some(opts));
     while let Some(item) = s.next().await {
-        let (sink, bytes) = match &item {
-            Ok(bollard::container::LogOutput::StdErr { message }) => (&mut err, message),
-            Ok(
-                bollard::container::LogOutput::StdOut { message }
-                | bollard::container::LogOutput::Console { message },
-            ) => (&mut out, message),
-            Ok(bollard::container::LogOutput::StdIn { .. }) => continue,
-            Err(e) => {
-                debug!(container = %id, error = %e, "log stream ended");
-                break;
-            }
+        let Some((i, bytes)) = log_chunk(&id, item) else {
+            break;
         };
-        if let Some(f) = sink.as_mut() {
-            if let Err(e) = f.write_all(bytes).await {
-                warn!(container = %id, error = %e, "cannot write the container's log");
-            }
+        copy_log(&id, [&mut out, &mut err][i], &bytes, 0).await;
+        copied[i] += bytes.len();
+    }
+    // The Engine can end a followed stream at the container's exit before its last lines were
+    // copied to the stream (a short container's final stderr, seen under load): read the
+    // whole log once more and copy what the stream missed of each stream.
+    let opts = LogsOptions {
+        follow: false,
+        stdout: true,
+        stderr: true,
+        since,
+        ..Default::default()
+    };
+    let mut seen = [0usize; 2];
+    let mut s = docker.logs(&id, Some(opts));
+    while let Some(item) = s.next().await {
+        let Some((i, bytes)) = log_chunk(&id, item) else {
+            break;
+        };
+        let skip = copied[i].saturating_sub(seen[i]).min(bytes.len());
+        seen[i] += bytes.len();
+        if skip < bytes.len() {
+            copy_log(&id, [&mut out, &mut err][i], &bytes, skip).await;
+            copied[i] += bytes.len() - skip;
         }
     }
     for f in [out.as_mut(), err.as_mut()].into_iter().flatten() {
         let _ = f.flush().await;
+    }
+}
+
+/// A log item as (0 stdout or 1 stderr, its bytes); None at an error (the stream's end).
+fn log_chunk(
+    id: &str,
+    item: Result<bollard::container::LogOutput, EngineError>,
+) -> Option<(usize, Vec<u8>)> {
+    match item {
+        Ok(bollard::container::LogOutput::StdErr { message }) => Some((1, message.into())),
+        Ok(
+            bollard::container::LogOutput::StdOut { message }
+            | bollard::container::LogOutput::Console { message },
+        ) => Some((0, message.into())),
+        Ok(bollard::container::LogOutput::StdIn { .. }) => Some((0, Vec::new())),
+        Err(e) => {
+            debug!(container = %id, error = %e, "log stream ended");
+            None
+        }
+    }
+}
+
+/// Appends `bytes[skip..]` to a log file, if the stream is kept.
+async fn copy_log(id: &str, sink: &mut Option<tokio::fs::File>, bytes: &[u8], skip: usize) {
+    if let Some(f) = sink.as_mut() {
+        if let Err(e) = f.write_all(&bytes[skip..]).await {
+            warn!(container = %id, error = %e, "cannot write the container's log");
+        }
     }
 }
 
