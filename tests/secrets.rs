@@ -188,6 +188,18 @@ fn a_running_jobs_log_is_redacted_as_it_is_served(b: Backend) {
             .then(|| served_logs(&c, &api, "sec2"))
     });
     assert!(h.kv_raw("jdone_jid/jobs/sec2").is_none(), "still running");
+    // Until the job ends its log files hold the value: the agent's user alone reads them.
+    for ext in ["out", "err"] {
+        let p = c
+            .servant
+            .data
+            .path()
+            .join(format!("logs/jobs%2Fsec2.{ext}"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&p).expect("log file").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+    }
     assert!(api_body.contains("pass=[secret SECRET]\n"), "{api_body}");
     assert!(cli_out.contains("pass=[secret SECRET]"), "{cli_out}");
     // The tail may be the start of the value: not shown while the job runs.

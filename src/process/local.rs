@@ -64,7 +64,11 @@ pub(super) struct Prepared {
 }
 
 fn open_log(path: &Path, append: bool) -> Result<File, SpawnError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut o = std::fs::OpenOptions::new();
+    // The agent's alone (it serves them through its API, to tokens that may read the job): a
+    // running job's log may hold its EnvFromKV values until they are redacted at its end.
+    o.mode(0o600);
     if append {
         o.append(true).create(true);
     } else {
