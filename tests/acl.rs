@@ -8,16 +8,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const ROOT: &str = "b1c2d3e4-0000-4000-8000-00000000root";
-
 #[test]
 fn acl_token_limited_to_servant_prefixes_works_and_no_token_is_a_clear_error() {
-    let root = ROOT.replace("root", "0001");
-    let hcl = format!(
-        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
-    );
-    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
-    let admin = c.http().with_token(&root);
+    let (c, admin) = acl_consul("0001");
     let rules = format!(
         r#"
 key_prefix "jobs/" {{ policy = "write" }}
@@ -31,18 +24,7 @@ service "servant" {{ policy = "write" }}
 "#,
         node = c.node
     );
-    let (st, body) = admin.put(
-        "/v1/acl/policy",
-        json!({"Name": "servant", "Rules": rules}).to_string(),
-    );
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = admin.put(
-        "/v1/acl/token",
-        json!({"Description": "servant agent", "Policies": [{"Name": "servant"}]}).to_string(),
-    );
-    assert_eq!(st, 200, "{body}");
-    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let secret = token["SecretID"].as_str().unwrap().to_string();
+    let (secret, _) = acl_token(&admin, "servant-agent", &rules);
 
     // Without a token: a clear error, and a non-zero exit.
     let mut bare = Servant::start(&c.addr(), &c.ip, &[], &[]);
@@ -110,30 +92,13 @@ fn readme_policy(name: &str, node: &str) -> String {
 /// API.
 #[test]
 fn the_readme_policies_give_each_party_what_it_needs() {
-    let root = ROOT.replace("root", "0002");
-    let hcl = format!(
-        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
-    );
-    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
-    let admin = c.http().with_token(&root);
+    let (c, admin) = acl_consul("0002");
     let mut tokens = std::collections::BTreeMap::new();
     let mut accessors = std::collections::BTreeMap::new();
     for name in ["agent", "operator", "viewer"] {
-        let rules = readme_policy(name, &c.node);
-        let (st, body) = admin.put(
-            "/v1/acl/policy",
-            json!({"Name": format!("servant-{name}"), "Rules": rules}).to_string(),
-        );
-        assert_eq!(st, 200, "{name}: {body}");
-        let (st, body) = admin.put(
-            "/v1/acl/token",
-            json!({"Description": name, "Policies": [{"Name": format!("servant-{name}")}]})
-                .to_string(),
-        );
-        assert_eq!(st, 200, "{body}");
-        let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-        tokens.insert(name, t["SecretID"].as_str().unwrap().to_string());
-        accessors.insert(name, t["AccessorID"].as_str().unwrap().to_string());
+        let (secret, accessor) = acl_token(&admin, name, &readme_policy(name, &c.node));
+        tokens.insert(name, secret);
+        accessors.insert(name, accessor);
     }
     let (agent, operator, viewer) = (&tokens["agent"], &tokens["operator"], &tokens["viewer"]);
     let mut s = Servant::start(

@@ -374,12 +374,7 @@ fn a_container_gets_the_secret_and_its_output_is_redacted() {
 /// and the key. (Real Consul only: the embedded server has no ACLs.)
 #[test]
 fn a_key_the_agent_token_may_not_read_fails_the_job() {
-    let root = "b1c2d3e4-0000-4000-8000-000000005ec7";
-    let hcl = format!(
-        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
-    );
-    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(root));
-    let admin = c.http().with_token(root);
+    let (c, admin) = acl_consul("5ec7");
     let rules = format!(
         r#"
 key_prefix "jobs/" {{ policy = "write" }}
@@ -394,18 +389,7 @@ service "servant" {{ policy = "write" }}
 "#,
         node = c.node
     );
-    let (st, body) = admin.put(
-        "/v1/acl/policy",
-        json!({"Name": "servant", "Rules": rules}).to_string(),
-    );
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = admin.put(
-        "/v1/acl/token",
-        json!({"Description": "servant agent", "Policies": [{"Name": "servant"}]}).to_string(),
-    );
-    assert_eq!(st, 200, "{body}");
-    let token: Value = serde_json::from_str(&body).expect("token");
-    let agent_token = token["SecretID"].as_str().expect("SecretID").to_string();
+    let (agent_token, _) = acl_token(&admin, "servant", &rules);
     let s = Servant::start(
         &c.addr(),
         &c.ip,

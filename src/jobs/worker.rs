@@ -34,9 +34,10 @@ use crate::util::redact::{Redactor, SecretRegistry};
 use crate::util::time::{now_ms, now_ns, rfc3339_ns};
 
 use super::claim::{self, Candidate, ClaimBook, PlanParams, Verdict};
-use super::result::{cap_text, JobResult, JobStatus};
+use super::result::{JobResult, JobStatus};
 use super::spec::{self, JobSpec, JobType, Rejection, ServiceSpec};
 use super::view::{Found, JobsView};
+use crate::util::cap_text;
 use crate::wire::{JobKey, Namespace};
 
 /// Largest result document written to KV. Consul limits a transaction's body to 512 KiB, and

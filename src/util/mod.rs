@@ -26,3 +26,30 @@ impl Invalid {
         }
     }
 }
+
+/// Cuts text to at most `cap` bytes on a character boundary; returns whether it cut.
+pub fn cap_text(s: &mut String, cap: usize) -> bool {
+    if s.len() <= cap {
+        return false;
+    }
+    let mut end = cap;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::cap_text;
+
+    #[test]
+    fn cap_respects_utf8() {
+        let mut s = "héllo".to_string();
+        assert!(cap_text(&mut s, 2));
+        assert_eq!(s, "h");
+        let mut t = "abc".to_string();
+        assert!(!cap_text(&mut t, 3));
+    }
+}

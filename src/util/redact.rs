@@ -169,19 +169,6 @@ impl Redactor {
     }
 }
 
-/// Cuts `s` to at most `cap` bytes on a character boundary; whether it cut.
-pub fn cap_str(s: &mut String, cap: usize) -> bool {
-    if s.len() <= cap {
-        return false;
-    }
-    let mut end = cap;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    true
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }

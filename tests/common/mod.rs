@@ -622,3 +622,32 @@ pub fn render_once(addr: &str, src: &Path, out: &Path, extra: &[&str]) -> (i32, 
     args.extend_from_slice(extra);
     cli(addr, &args)
 }
+
+/// A real Consul with ACLs on (`default_policy = "deny"`) and a client with its management
+/// token; `tag` (four hex digits) makes that token this test's own.
+pub fn acl_consul(tag: &str) -> (ConsulDev, Http) {
+    let root = format!("b1c2d3e4-0000-4000-8000-00000000{tag}");
+    let hcl = format!(
+        r#"acl {{ enabled = true, default_policy = "deny", down_policy = "extend-cache", tokens {{ master = "{root}", agent = "{root}" }} }}"#
+    );
+    let c = ConsulDev::start_with(&["-hcl", &hcl], Some(&root));
+    let admin = c.http().with_token(&root);
+    (c, admin)
+}
+
+/// A policy `name` with `rules`, and a token of it described as `name`: (SecretID, AccessorID).
+pub fn acl_token(admin: &Http, name: &str, rules: &str) -> (String, String) {
+    let (st, body) = admin.put(
+        "/v1/acl/policy",
+        serde_json::json!({"Name": name, "Rules": rules}).to_string(),
+    );
+    assert_eq!(st, 200, "policy {name}: {body}");
+    let (st, body) = admin.put(
+        "/v1/acl/token",
+        serde_json::json!({"Description": name, "Policies": [{"Name": name}]}).to_string(),
+    );
+    assert_eq!(st, 200, "token {name}: {body}");
+    let t: Value = serde_json::from_str(&body).expect("token");
+    let field = |k: &str| t[k].as_str().expect("token field").to_string();
+    (field("SecretID"), field("AccessorID"))
+}

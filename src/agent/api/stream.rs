@@ -159,7 +159,7 @@ async fn running_output(st: &ApiState, s: &Snapshot, key: &str, node: &str) -> V
             Some(r) => {
                 let mut t =
                     String::from_utf8_lossy(&r.redact_growing(text.as_bytes())).into_owned();
-                let cut_now = crate::util::redact::cap_str(&mut t, LOG_CAP);
+                let cut_now = crate::util::cap_text(&mut t, LOG_CAP);
                 (t, cut || cut_now)
             }
             None => (text, cut),
