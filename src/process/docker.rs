@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as EngineError;
@@ -329,6 +331,9 @@ pub struct DockerHandle {
     published: Published,
     /// May be left running for the agent's next run (`detach`).
     adoptable: bool,
+    /// Set when this handle sends SIGKILL: an exit 137 then is ours, not the OOM killer's,
+    /// and `wait_exit` does not wait for an OOM event.
+    sigkilled: Arc<AtomicBool>,
 }
 
 /// What a container's task adds to its result.
@@ -431,8 +436,16 @@ impl Driver for DockerDriver {
             prepared.stderr,
         ));
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(wait_exit(self.docker.clone(), id.clone(), logs, tx));
+        let sigkilled = Arc::new(AtomicBool::new(false));
+        tokio::spawn(wait_exit(
+            self.docker.clone(),
+            id.clone(),
+            logs,
+            tx,
+            sigkilled.clone(),
+        ));
         Ok(DockerHandle {
+            sigkilled,
             docker: self.docker.clone(),
             id,
             image: c.image.clone(),
@@ -587,8 +600,16 @@ impl DockerDriver {
             since,
         ));
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(wait_exit(self.docker.clone(), id.clone(), logs, tx));
+        let sigkilled = Arc::new(AtomicBool::new(false));
+        tokio::spawn(wait_exit(
+            self.docker.clone(),
+            id.clone(),
+            logs,
+            tx,
+            sigkilled.clone(),
+        ));
         Ok(DockerHandle {
+            sigkilled,
             docker: self.docker.clone(),
             image: i
                 .config
@@ -777,6 +798,7 @@ async fn wait_exit(
     id: String,
     logs: tokio::task::JoinHandle<()>,
     tx: watch::Sender<Option<Exit>>,
+    sigkilled: Arc<AtomicBool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let code = loop {
@@ -808,15 +830,17 @@ async fn wait_exit(
     // The log stream ends with the container; it is given a moment, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     // The Engine learns of an OOM kill from the kernel's event, which can come just after the
-    // exit it caused: a SIGKILLed container (137) is asked again for up to 5 s (2 s missed it
-    // once on a loaded CI machine: tests/docker_jobs.rs exit_codes_the_oom_killer_and_timeouts).
+    // exit it caused: a container SIGKILLed by someone else than this handle (137) is asked
+    // again for up to 5 s (2 s missed it once on a loaded CI machine: tests/docker_jobs.rs
+    // exit_codes_the_oom_killer_and_timeouts).
+    let unexplained_kill = code == 137 && !sigkilled.load(Ordering::SeqCst);
     let mut oom_killed = false;
-    for _ in 0..if code == 137 { 50 } else { 1 } {
+    for _ in 0..if unexplained_kill { 50 } else { 1 } {
         oom_killed = match docker.inspect_container(&id, None).await {
             Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
             Err(_) => false,
         };
-        if oom_killed || code != 137 {
+        if oom_killed || !unexplained_kill {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -839,6 +863,9 @@ impl DockerHandle {
     }
 
     async fn kill(&self, signal: Signal) {
+        if signal == Signal::SIGKILL {
+            self.sigkilled.store(true, Ordering::SeqCst);
+        }
         let opts = KillContainerOptions {
             signal: signal.as_str().to_string(),
         };
