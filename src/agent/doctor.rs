@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::consul::{Client, ConsulError, KvPutOptions, QueryOptions};
+use crate::consul::{AgentSelf, Client, ConsulError, KvPutOptions, QueryOptions};
 use crate::wire::Namespace;
 
 /// The KV prefixes whose writers run code or move work on the nodes, and what a writer can do.
@@ -46,24 +46,15 @@ pub struct Exposure {
 impl Exposure {
     /// From the local Consul agent's `/v1/agent/self`; `reached` (the address the client
     /// used) stands in when the answer names no HTTP address (the embedded server).
-    pub async fn ask(client: &Client, reached: &str) -> Result<Exposure, ConsulError> {
-        let v = client.agent_self().await?;
-        let acls_enabled = v["DebugConfig"]["ACLsEnabled"].as_bool().unwrap_or(false);
-        let mut http_addrs: Vec<String> = v["DebugConfig"]["HTTPAddrs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+    pub fn of(me: &AgentSelf, reached: &str) -> Exposure {
+        let mut http_addrs = me.http_addrs.clone();
         if http_addrs.is_empty() {
             http_addrs.push(reached.to_string());
         }
-        Ok(Exposure {
-            acls_enabled,
+        Exposure {
+            acls_enabled: me.acls_enabled,
             http_addrs,
-        })
+        }
     }
 
     /// The HTTP addresses reachable from beyond this host.

@@ -28,7 +28,7 @@ const CONTAINER_STATS_AGE: Duration = Duration::from_secs(5);
 use super::config::AgentConfig;
 use super::consul_proc::{ConsulProcess, LaunchError};
 use super::datadir::{live_peer, DataDirLock};
-use crate::consul::{AgentServiceRegistration, Client, ConsulError};
+use crate::consul::{AgentSelf, AgentServiceRegistration, Client, ConsulError};
 use crate::consul::{SessionKeeper, SessionSettings};
 use crate::devserver::DevServer;
 use crate::jobs::worker::{Worker, WorkerConfig};
@@ -221,12 +221,16 @@ async fn remove_stale_containers(cfg: &AgentConfig, node: &str) {
     }
 }
 
-async fn node_name(client: &Client) -> Result<String, ConsulError> {
+/// The local agent's `/v1/agent/self` with a node name, waiting for Consul to answer.
+async fn local_agent(client: &Client) -> Result<AgentSelf, ConsulError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     loop {
-        match client.agent_node_name().await {
-            Ok(n) => return Ok(n),
+        match client.agent_self().await.and_then(|me| {
+            me.node()?;
+            Ok(me)
+        }) {
+            Ok(me) => return Ok(me),
             Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                 warn!(error = %e, "waiting for consul");
                 tokio::time::sleep(backoff.fail()).await;
@@ -241,21 +245,18 @@ async fn serve(
     client: Client,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
-    let Some(node) = unless_stopped(stop, node_name(&client)).await else {
+    let Some(me) = unless_stopped(stop, local_agent(&client)).await else {
         return Ok(());
     };
-    let node = node?;
+    let me = me?;
+    let node = me.node_name.clone();
     let layout = Namespace::new(&cfg.kv_prefix);
     let session_name = layout.jobs_session();
     info!(node = %node, consul = client.base_url(), "servant agent starting");
-    match super::doctor::Exposure::ask(&client, client.base_url()).await {
-        Ok(e) => {
-            if let Some(w) = super::doctor::start_warning(&e, &layout, &node) {
-                // Loud on purpose: write access to these prefixes is code execution.
-                error!("SECURITY: {w}");
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot tell whether Consul's ACLs are on"),
+    let exposure = super::doctor::Exposure::of(&me, client.base_url());
+    if let Some(w) = super::doctor::start_warning(&exposure, &layout, &node) {
+        // Loud on purpose: write access to these prefixes is code execution.
+        error!("SECURITY: {w}");
     }
     let (keeper, session_rx) = SessionKeeper::new(
         client.for_part("sessions"),

@@ -279,11 +279,7 @@ pub async fn local(
         .agent_self()
         .await
         .map_err(ServiceCheckError::LocalAgent)?;
-    let node = me["Config"]["NodeName"].as_str().unwrap_or("").to_string();
-    let datacenter = me["Config"]["Datacenter"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (node, datacenter) = (me.node_name, me.datacenter);
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

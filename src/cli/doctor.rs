@@ -45,8 +45,8 @@ pub async fn run(ctx: &Ctx, a: DoctorArgs) -> anyhow::Result<i32> {
     let reached = ctx.client.base_url().to_string();
     // A token without `agent` read cannot ask the local agent; the refusal itself says that
     // ACLs are on.
-    let (e, node) = match Exposure::ask(&ctx.client, &reached).await {
-        Ok(e) => (e, ctx.client.agent_node_name().await?),
+    let (e, node) = match ctx.client.agent_self().await {
+        Ok(me) => (Exposure::of(&me, &reached), me.node()?.to_string()),
         Err(ConsulError::PermissionDenied { .. }) => {
             outln!("(this token may not read the local agent: its node's queue is not checked)");
             let e = Exposure {

@@ -148,19 +148,82 @@ pub enum CheckUpdate {
     Fail,
 }
 
+/// What servant reads of the local agent's `/v1/agent/self`, parsed once: the node name, the
+/// exposure `servant doctor` and the start warning judge, the address the registrator
+/// advertises.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentSelf {
+    /// `Config.NodeName`; empty when the answer has none.
+    pub node_name: String,
+    /// `Config.Datacenter`.
+    pub datacenter: String,
+    /// `Member.Addr`: the LAN advertise address; empty when the answer has none.
+    pub advertise_addr: String,
+    /// `DebugConfig.ACLsEnabled`: whether Consul enforces ACLs.
+    pub acls_enabled: bool,
+    /// `DebugConfig.HTTPAddrs`: where its HTTP API listens (`tcp://IP:PORT`, `unix://...`);
+    /// empty from the embedded server.
+    pub http_addrs: Vec<String>,
+}
+
+impl AgentSelf {
+    /// From the JSON answer; missing fields are left empty (Consul versions differ).
+    pub fn from_json(v: &Value) -> AgentSelf {
+        let text = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        AgentSelf {
+            node_name: text("/Config/NodeName"),
+            datacenter: text("/Config/Datacenter"),
+            advertise_addr: text("/Member/Addr"),
+            acls_enabled: v["DebugConfig"]["ACLsEnabled"].as_bool().unwrap_or(false),
+            http_addrs: v["DebugConfig"]["HTTPAddrs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The node name, or an error saying the answer had none.
+    pub fn node(&self) -> Result<&str, ConsulError> {
+        Self::required(&self.node_name, "no Config.NodeName")
+    }
+
+    /// The LAN advertise address, or an error saying the answer had none.
+    pub fn advertise(&self) -> Result<&str, ConsulError> {
+        Self::required(&self.advertise_addr, "no Member.Addr")
+    }
+
+    fn required<'a>(field: &'a str, missing: &str) -> Result<&'a str, ConsulError> {
+        if field.is_empty() {
+            return Err(ConsulError::Decode {
+                path: "/v1/agent/self".into(),
+                detail: missing.into(),
+            });
+        }
+        Ok(field)
+    }
+}
+
 impl Client {
     /// `/v1/agent/self`: the agent's configuration and member record.
-    pub async fn agent_self(&self) -> Result<Value, ConsulError> {
+    pub async fn agent_self(&self) -> Result<AgentSelf, ConsulError> {
         let (v, _) = self
             .get_json::<Value>("/v1/agent/self", &QueryOptions::default(), &[])
             .await?;
-        Ok(v.unwrap_or(Value::Null))
+        Ok(AgentSelf::from_json(&v.unwrap_or(Value::Null)))
     }
 
     /// Whether Consul enforces ACLs, from the local agent's configuration.
     pub async fn acls_enabled(&self) -> Result<bool, ConsulError> {
-        let v = self.agent_self().await?;
-        Ok(v["DebugConfig"]["ACLsEnabled"].as_bool().unwrap_or(false))
+        Ok(self.agent_self().await?.acls_enabled)
     }
 
     /// Who this client's token is: `(AccessorID, Description)` from `/v1/acl/token/self` (any
@@ -176,27 +239,12 @@ impl Client {
 
     /// The local agent's node name.
     pub async fn agent_node_name(&self) -> Result<String, ConsulError> {
-        let v = self.agent_self().await?;
-        v.pointer("/Config/NodeName")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| ConsulError::Decode {
-                path: "/v1/agent/self".into(),
-                detail: "no Config.NodeName".into(),
-            })
+        Ok(self.agent_self().await?.node()?.to_string())
     }
 
     /// The local agent's LAN advertise address (its member record's `Addr`).
     pub async fn agent_advertise_addr(&self) -> Result<String, ConsulError> {
-        let v = self.agent_self().await?;
-        v.pointer("/Member/Addr")
-            .and_then(Value::as_str)
-            .filter(|a| !a.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| ConsulError::Decode {
-                path: "/v1/agent/self".into(),
-                detail: "no Member.Addr".into(),
-            })
+        Ok(self.agent_self().await?.advertise()?.to_string())
     }
 
     /// LAN members as seen by the local agent's gossip.

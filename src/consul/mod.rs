@@ -13,7 +13,8 @@ mod session;
 mod txn;
 
 pub use agent::{
-    AgentCheckRegistration, AgentMember, AgentService, AgentServiceRegistration, CheckUpdate,
+    AgentCheckRegistration, AgentMember, AgentSelf, AgentService, AgentServiceRegistration,
+    CheckUpdate,
 };
 pub use blocking::{
     spawn_watch, watch_key, watch_key_paced, watch_loop, watch_prefix, watch_prefix_paced,
