@@ -140,7 +140,117 @@ fn session_churn_does_not_wake_the_job_worker(b: Backend) {
     );
 }
 
+/// A node's KV answer bytes for its apps (`part="apps"`: reports, its topology key, its tasks).
+fn apps_kv_bytes(api: &str) -> f64 {
+    sum(
+        &metrics(api),
+        "servant_consul_response_bytes_total",
+        &["part=\"apps\"", "endpoint=\"kv\""],
+    )
+}
+
+/// Every node followed `appmgr/task/` with values: a change to any task cost every node the
+/// whole task set. A node now follows only the tasks its topology key names, and still sees
+/// their changes.
+fn a_task_change_is_read_only_by_the_nodes_that_run_it(b: Backend) {
+    let s = Single::start(b, &[]);
+    let h = s.http();
+    let api = servant_api(&h);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    // A sleep argument no other test uses.
+    let arg = 71_000 + (std::process::id() % 1_000) * 2 + u32::from(b == Backend::Dev);
+    let own = |word: &str| {
+        json!({"replication": 1, "content": {
+            "command": format!("echo {word} > {}; exec sleep {arg}", out.display())}})
+        .to_string()
+    };
+    assert_eq!(h.put("/v1/kv/appmgr/task/mine", own("first")).0, 200);
+    wait_for("the node's own app", T, || {
+        (std::fs::read_to_string(&out).ok()?.trim() == "first").then_some(())
+    });
+    // A task no node here may run (its label matches none), rewritten 30 times, 20 KB each.
+    let pad = "x".repeat(20 * 1024);
+    let elsewhere = |i: usize| {
+        json!({"replication": 1, "labels": {"zone": "nowhere"},
+            "content": {"command": format!("true {i}"), "env": {"PAD": pad}}})
+        .to_string()
+    };
+    assert_eq!(h.put("/v1/kv/appmgr/task/other", elsewhere(0)).0, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = apps_kv_bytes(&api);
+    for i in 1..=30 {
+        assert_eq!(h.put("/v1/kv/appmgr/task/other", elsewhere(i)).0, 200);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let read = apps_kv_bytes(&api) - before;
+    // Reading the task set at each change would be at least 30 × 20 KB.
+    assert!(
+        read < 2.0 * pad.len() as f64,
+        "30 changes to a task placed elsewhere cost this node {read} bytes of KV"
+    );
+    // Its own task's change still reaches it: the app restarts with the new command.
+    assert_eq!(h.put("/v1/kv/appmgr/task/mine", own("second")).0, 200);
+    wait_for("the changed app", T, || {
+        (std::fs::read_to_string(&out).ok()?.trim() == "second").then_some(())
+    });
+    h.delete("/v1/kv/appmgr/task/mine");
+    h.delete("/v1/kv/appmgr/task/other");
+    wait_for("the app stopped", T, || {
+        sleeps(&format!("sleep {arg}")).is_empty().then_some(())
+    });
+}
+
+/// Past 32 own tasks a node follows the whole tasks prefix (each key watch holds a connection
+/// to the local Consul agent); below again, one watch per task. Changes reach it either way.
+fn a_node_with_many_apps_follows_their_changes(b: Backend) {
+    let s = Single::start(b, &[]);
+    let h = s.http();
+    let dir = tempfile::tempdir().unwrap();
+    let base = 73_000 + (std::process::id() % 1_000) * 100 + 50 * u32::from(b == Backend::Dev);
+    let task = |i: u32, word: &str| {
+        let out = dir.path().join(format!("out{i}"));
+        json!({"replication": 1, "content": {
+            "command": format!("echo {word} > {}; exec sleep {}", out.display(), base + i)}})
+        .to_string()
+    };
+    let says = |i: u32, word: &str| {
+        let out = dir.path().join(format!("out{i}"));
+        wait_for(&format!("app {i} says {word}"), T, || {
+            (std::fs::read_to_string(&out).ok()?.trim() == word).then_some(())
+        });
+    };
+    for i in 0..40 {
+        assert_eq!(
+            h.put(&format!("/v1/kv/appmgr/task/many{i}"), task(i, "a"))
+                .0,
+            200
+        );
+    }
+    for i in 0..40 {
+        says(i, "a");
+    }
+    assert_eq!(h.put("/v1/kv/appmgr/task/many7", task(7, "b")).0, 200);
+    says(7, "b");
+    for i in 20..40 {
+        h.delete(&format!("/v1/kv/appmgr/task/many{i}"));
+    }
+    assert_eq!(h.put("/v1/kv/appmgr/task/many3", task(3, "c")).0, 200);
+    says(3, "c");
+    for i in 0..20 {
+        h.delete(&format!("/v1/kv/appmgr/task/many{i}"));
+    }
+    wait_for("every app stopped", T, || {
+        (0..40)
+            .all(|i| sleeps(&format!("sleep {}", base + i)).is_empty())
+            .then_some(())
+    });
+}
+
 on_both!(
+    a_node_with_many_apps_follows_their_changes,
+    a_task_change_is_read_only_by_the_nodes_that_run_it,
     each_queued_job_document_is_read_about_once,
     unrelated_writes_do_not_wake_the_job_worker_or_the_apps_node,
     session_churn_does_not_wake_the_job_worker,

@@ -227,7 +227,8 @@ pub async fn run(client: Client, cfg: AppsNodeConfig, stop: CancellationToken) {
         stop.clone(),
     ));
     tasks.spawn(leader_loop(
-        client.clone(),
+        // Its own label in `/metrics`: the leader's reads and a node's are told apart.
+        client.for_part("apps-leader"),
         cfg.clone(),
         session_rx.clone(),
         reported,
@@ -393,6 +394,149 @@ async fn report_loop(
 /// none (see `watch_key_paced`).
 const EMPTY_WATCH_PACE: Pace = Pace(Duration::from_millis(500));
 
+/// A key watch's latest answer: None before the first, then the entry if the key exists.
+type KeyWatch = watch::Receiver<Option<Option<KvPair>>>;
+
+/// Up to this many own tasks are followed one key watch each; past it, the node follows the
+/// whole `appmgr/task/` prefix instead. Each watch holds a connection to the local Consul
+/// agent, which allows 200 per client by default (`limits.http_max_conns_per_client`), and a
+/// node with that many apps is in a cluster small enough for the prefix.
+const MAX_TASK_WATCHES: usize = 32;
+
+/// The tasks this node's topology key names, each followed by a key watch of its own (paced
+/// while the key is missing): a task change is read by the nodes that run it, not by every node
+/// (issue 15: following `appmgr/task/` with values made each change cost every node the whole
+/// task set). Past `MAX_TASK_WATCHES` own tasks, one paced watch of the prefix.
+struct OwnTasks {
+    client: Client,
+    layout: Namespace,
+    wait: Duration,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    /// Each followed task's latest answer and the token that ends its watch.
+    each: BTreeMap<String, (KeyWatch, CancellationToken)>,
+    /// The prefix watch, when there are too many tasks for one watch each.
+    prefix: Option<(watch::Receiver<Option<Vec<KvPair>>>, CancellationToken)>,
+    /// Told by every watch at each answer.
+    changed: Arc<Notify>,
+}
+
+impl OwnTasks {
+    fn new(
+        client: &Client,
+        cfg: &AppsNodeConfig,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> OwnTasks {
+        OwnTasks {
+            client: client.clone(),
+            layout: cfg.layout.clone(),
+            wait: cfg.watch_wait,
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+            each: BTreeMap::new(),
+            prefix: None,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Follows exactly `names`: new ones get a watch, the watches of the others end.
+    fn follow(&mut self, names: &BTreeSet<String>) {
+        if names.len() > MAX_TASK_WATCHES {
+            for (_, end) in std::mem::take(&mut self.each).into_values() {
+                end.cancel();
+            }
+            if self.prefix.is_none() {
+                let end = self.stop.child_token();
+                let rx = watch_prefix_paced(
+                    &self.tracker,
+                    &self.client,
+                    "tasks",
+                    self.layout.tasks(),
+                    self.wait,
+                    EMPTY_WATCH_PACE,
+                    &end,
+                );
+                self.forward(rx.clone(), end.clone());
+                self.prefix = Some((rx, end));
+            }
+            return;
+        }
+        if let Some((_, end)) = self.prefix.take() {
+            end.cancel();
+        }
+        self.each.retain(|name, (_, end)| {
+            let keep = names.contains(name);
+            if !keep {
+                end.cancel();
+            }
+            keep
+        });
+        for name in names {
+            if self.each.contains_key(name) {
+                continue;
+            }
+            let end = self.stop.child_token();
+            let rx = watch_key_paced(
+                &self.tracker,
+                &self.client,
+                format!("task {name}"),
+                self.layout.task(name),
+                self.wait,
+                EMPTY_WATCH_PACE,
+                &end,
+            );
+            self.forward(rx.clone(), end.clone());
+            self.each.insert(name.clone(), (rx, end));
+        }
+    }
+
+    /// Tells `changed` at each answer of `rx` until `end`.
+    fn forward<T: Send + Sync + 'static>(
+        &self,
+        mut rx: watch::Receiver<T>,
+        end: CancellationToken,
+    ) {
+        let changed = self.changed.clone();
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = end.cancelled() => break,
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        // A permit is kept when nobody waits: no answer is missed.
+                        changed.notify_one();
+                    }
+                }
+            }
+        });
+    }
+
+    /// The followed tasks' entries (a deleted task has none; the prefix gives others too),
+    /// once every watch has answered.
+    fn snapshot(&self) -> Option<Vec<KvPair>> {
+        if let Some((rx, _)) = &self.prefix {
+            return rx.borrow().clone();
+        }
+        let mut out = Vec::with_capacity(self.each.len());
+        for (rx, _) in self.each.values() {
+            match &*rx.borrow() {
+                None => return None,
+                Some(Some(e)) => out.push(e.clone()),
+                Some(None) => {}
+            }
+        }
+        Some(out)
+    }
+
+    /// Resolves after any followed task's watch answered since the last call.
+    async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
 /// Keeps this node's apps equal to its topology key and the tasks it names. While the apps
 /// session is lost, nothing runs here: the leader is placing these replicas elsewhere.
 async fn node_loop(
@@ -420,15 +564,7 @@ async fn node_loop(
         EMPTY_WATCH_PACE,
         &stop,
     );
-    let mut tasks_rx = watch_prefix_paced(
-        &watches,
-        &client,
-        "tasks",
-        cfg.layout.tasks(),
-        cfg.watch_wait,
-        EMPTY_WATCH_PACE,
-        &stop,
-    );
+    let mut own = OwnTasks::new(&client, &cfg, &watches, &stop);
     // After this node's apps session was lost and made again, its topology key may still name
     // apps the leader is moving away: hold off until the key changes (the leader has seen the
     // loss) or `REJOIN_HOLD` passes (it never did).
@@ -438,7 +574,6 @@ async fn node_loop(
         let st = session.borrow_and_update().clone();
         let ok = st.id.is_some() && !st.fenced;
         let topo = topo_rx.borrow_and_update().clone();
-        let tasks = tasks_rx.borrow_and_update().clone();
         let key_index = topo
             .as_ref()
             .and_then(|t| t.as_ref().map(|e| e.modify_index))
@@ -455,17 +590,22 @@ async fn node_loop(
                 hold = None;
             }
         }
-        if let (Some(topo), Some(tasks)) = (topo, tasks) {
+        if let Some(topo) = topo {
             let names: BTreeSet<String> = topo
                 .and_then(|e| parse_host(&e.value).ok())
                 .unwrap_or_default();
-            let (parsed, _) = read_tasks(&cfg.layout, kv(&tasks));
+            own.follow(&names);
             if ok && hold.is_none() {
-                let desired: BTreeMap<String, Task> = parsed
-                    .into_iter()
-                    .filter(|(n, _)| names.contains(n))
-                    .collect();
-                sup.lock().await.reconcile(&desired).await;
+                // Until each named task has been read once, a task not yet read would look
+                // removed and be stopped: wait for the rest.
+                if let Some(tasks) = own.snapshot() {
+                    let (parsed, _) = read_tasks(&cfg.layout, kv(&tasks));
+                    let desired: BTreeMap<String, Task> = parsed
+                        .into_iter()
+                        .filter(|(n, _)| names.contains(n))
+                        .collect();
+                    sup.lock().await.reconcile(&desired).await;
+                }
             } else {
                 // Fenced: no grace, the leader is already placing these elsewhere.
                 sup.lock()
@@ -479,7 +619,7 @@ async fn node_loop(
             biased;
             _ = stop.cancelled() => break,
             r = topo_rx.changed() => if r.is_err() { break },
-            r = tasks_rx.changed() => if r.is_err() { break },
+            _ = own.changed() => {}
             r = session.changed() => if r.is_err() { break },
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
         }
