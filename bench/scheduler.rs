@@ -8,11 +8,14 @@
 //! - no change: the first plan as `current`, which must keep everything (zero writes);
 //! - host leaves: the first plan as `current`, one host gone, its replicas placed elsewhere.
 //!
-//! Each pass runs BENCH_TRIALS (default 5) times, after one untimed warm-up; the median and max
-//! wall time and the median CPU time of the thread are reported, with the host keys the leader would write (`changes` against the
-//! first plan), the time `changes` itself takes, and the unplaced tasks. The targets (a pass
-//! ≤ 100 ms at the small size, ≤ 200 ms at the large one) are reported, never asserted (these
-//! machines are shared and noisy). `BENCH_SIZES=small` or `large` runs one size only.
+//! Each pass is timed two ways, alternating trial by trial (BENCH_TRIALS, default 5, each after
+//! an untimed warm-up): the plan as a map (`schedule`) then `changes` against the stored keys,
+//! which is what the leader did before, and `place` then `Placement::writes`, which is what it
+//! does now (no copy of the unchanged hosts' names). Medians of the wall time and of the
+//! thread's CPU time, their ratio, the host keys written (both ways write the same) and the
+//! unplaced tasks. The targets (a pass ≤ 100 ms at the small size, ≤ 200 ms at the large one)
+//! are reported, never asserted (these machines are shared and noisy). `BENCH_SIZES=small` or
+//! `large` runs one size only.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -20,7 +23,7 @@ use std::time::Instant;
 
 use nix::time::{clock_gettime, ClockId};
 
-use servant::apps::scheduler::{changes, schedule, HostInfo, Plan, TaskReq, Topology};
+use servant::apps::scheduler::{changes, place, schedule, HostInfo, Plan, TaskReq, Topology};
 
 /// A fixed linear congruential generator: the same cluster on every run, no extra dependency.
 struct Lcg(u64);
@@ -86,31 +89,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Median and max wall ms, median CPU ms, of `trials` timed runs of `f`, and the last plan.
-fn time(trials: usize, f: impl Fn() -> Plan) -> (f64, f64, f64, Plan) {
-    let mut plan = f();
+/// Median wall ms and median CPU ms of `trials` timed runs of `f` (after one untimed), and the
+/// last result.
+fn time<T>(trials: usize, f: impl Fn() -> T) -> (f64, f64, T) {
+    let mut last = f();
     let (mut wall, mut cpu) = (Vec::with_capacity(trials), Vec::with_capacity(trials));
     for _ in 0..trials {
-        drop(plan);
+        drop(last);
         let (t, c) = (Instant::now(), cpu_ms());
-        plan = black_box(f());
+        last = black_box(f());
         cpu.push(cpu_ms() - c);
         wall.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let max = wall.iter().copied().fold(f64::NAN, f64::max);
-    (median(wall), max, median(cpu), plan)
+    (median(wall), median(cpu), last)
 }
 
-/// Median in ms of `trials` timed runs of `changes(old, new)`, and its write count.
-fn time_changes(trials: usize, old: &Topology, new: &Topology) -> (f64, usize) {
-    let mut ms = Vec::with_capacity(trials);
-    let mut n = changes(old, new).len();
+/// One pass both ways, alternating trial by trial so both see the same machine: the plan as a
+/// map then `changes` (what the leader did before), and `place` then `writes` (what it does).
+fn pass(
+    name: &str,
+    trials: usize,
+    tasks: &[TaskReq],
+    hosts: &[HostInfo],
+    current: &Topology,
+    stored: &Topology,
+) -> Plan {
+    let map = || {
+        let plan = schedule(tasks, hosts, current);
+        let writes = changes(stored, &plan.topology);
+        (plan, writes.len())
+    };
+    let lean = || {
+        let placed = place(tasks, hosts, current);
+        (placed.writes(stored).len(), placed.unplaced.len())
+    };
+    let (mut map_ms, mut lean_ms) = (Vec::new(), Vec::new());
+    let (mut map_cpu, mut lean_cpu) = (Vec::new(), Vec::new());
+    let mut plan = None;
+    let mut counts = (0, 0);
     for _ in 0..trials {
-        let t = Instant::now();
-        n = black_box(changes(old, new)).len();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (w, c, (p, n)) = time(1, map);
+        map_ms.push(w);
+        map_cpu.push(c);
+        plan = Some(p);
+        let (w, c, (n2, unplaced)) = time(1, lean);
+        lean_ms.push(w);
+        lean_cpu.push(c);
+        assert_eq!(n, n2, "both ways write the same keys");
+        counts = (n, unplaced);
     }
-    (median(ms), n)
+    let (m, l) = (median(map_ms), median(lean_ms));
+    println!(
+        "| {name} | {m:.1} ms | {l:.1} ms | {:.2}× | {:.1} / {:.1} ms | {} | {} |",
+        m / l,
+        median(map_cpu),
+        median(lean_cpu),
+        counts.0,
+        counts.1
+    );
+    plan.expect("at least one trial")
 }
 
 fn run(trials: usize, n_hosts: usize, n_tasks: usize, target_ms: u32) {
@@ -122,42 +159,36 @@ fn run(trials: usize, n_hosts: usize, n_tasks: usize, target_ms: u32) {
         tasks.len()
     );
     println!(
-        "| pass | median | max | CPU median | changed host keys | `changes` median | unplaced |\n\
+        "| pass | plan as a map + `changes` | `place` + `writes` (the leader's) | ratio | CPU (map / leader's) | host keys written | unplaced |\n\
          |---|---|---|---|---|---|---|"
     );
-    let row = |name: &str, (med, max, cpu): (f64, f64, f64), plan: &Plan, base: &Topology| {
-        let (ch_ms, writes) = time_changes(trials, base, &plan.topology);
-        println!(
-            "| {name} | {med:.1} ms | {max:.1} ms | {cpu:.1} ms | {writes} | {ch_ms:.1} ms | {} |",
-            plan.unplaced.len()
-        );
-    };
-
-    let (med, max, cpu, first) = time(trials, || schedule(&tasks, &hosts, &empty));
-    row(
+    let first = pass(
         "first, from an empty topology",
-        (med, max, cpu),
-        &first,
+        trials,
+        &tasks,
+        &hosts,
+        &empty,
         &empty,
     );
-
-    let (med, max, cpu, same) = time(trials, || schedule(&tasks, &hosts, &first.topology));
-    row(
+    let current = &first.topology;
+    pass(
         "no change (sticky)",
-        (med, max, cpu),
-        &same,
-        &first.topology,
+        trials,
+        &tasks,
+        &hosts,
+        current,
+        current,
     );
-
     let fewer: Vec<HostInfo> = hosts.iter().skip(1).cloned().collect();
-    let (med, max, cpu, after) = time(trials, || schedule(&tasks, &fewer, &first.topology));
-    row(
+    pass(
         &format!("host `{}` leaves", hosts[0].name),
-        (med, max, cpu),
-        &after,
-        &first.topology,
+        trials,
+        &tasks,
+        &fewer,
+        current,
+        current,
     );
-    let moved = first.topology.get(&hosts[0].name).map_or(0, |s| s.len());
+    let moved = current.get(&hosts[0].name).map_or(0, |s| s.len());
     println!("\nReplicas on the host that left: {moved}. Target: a pass ≤ {target_ms} ms.\n");
 }
 

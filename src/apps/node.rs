@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::config::AppsConfig;
 use super::launch::{read_tasks, Owner};
 use super::report::ResourceSampler;
-use super::scheduler::{changes, schedule, HostInfo, TaskReq, Topology};
+use super::scheduler::{place, HostInfo, TaskReq, Topology};
 use super::supervisor::{Supervisor, SupervisorCtx};
 use crate::consul::{
     spawn_watch, watch_key, watch_key_paced, watch_prefix_paced, Client, ConsulError, KvPair,
@@ -878,8 +878,9 @@ async fn reconcile(
         stored.insert(h.clone(), ["\u{0}unreadable".to_string()].into());
     }
     let reqs: Vec<_> = tasks.values().map(task_req).collect();
-    let plan = schedule(&reqs, &hosts, &current);
-    let mut ops: Vec<TxnKvOp> = changes(&stored, &plan.topology)
+    let plan = place(&reqs, &hosts, &current);
+    let mut ops: Vec<TxnKvOp> = plan
+        .writes(&stored)
         .into_iter()
         .map(|(host, names)| match names {
             Some(n) => TxnKvOp::Set {

@@ -123,9 +123,71 @@ const MAX_GROUPS: usize = 8;
 
 static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// A plan whose names borrow the tasks and hosts it was made from: the leader compares it with
+/// the stored keys (`writes`) without copying the 300,000 names of a large plan, most of which
+/// are unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement<'a> {
+    /// Each host with at least one task, by name, with its task names sorted.
+    pub hosts: Vec<(&'a str, Vec<&'a str>)>,
+    /// Tasks short of replicas, sorted by task name.
+    pub unplaced: Vec<Unplaced>,
+}
+
+impl Placement<'_> {
+    /// The plan as a topology map.
+    pub fn topology(&self) -> Topology {
+        self.hosts
+            .iter()
+            .map(|(host, names)| {
+                let set: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+                (host.to_string(), set)
+            })
+            .collect()
+    }
+
+    /// `changes(old, &self.topology())`, without building the topology: one merge walk of the
+    /// two sorted host lists, comparing each host's names in place.
+    pub fn writes(&self, old: &Topology) -> Vec<(String, Option<BTreeSet<String>>)> {
+        let mut out = Vec::new();
+        let mut new = self.hosts.iter().peekable();
+        let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        for (host, before) in old {
+            while let Some((h, names)) = new.next_if(|(h, _)| *h < host.as_str()) {
+                out.push((h.to_string(), Some(owned(names))));
+            }
+            match new.next_if(|(h, _)| *h == host.as_str()) {
+                Some((_, names)) => {
+                    let same = before.len() == names.len()
+                        && before.iter().zip(names).all(|(a, b)| a == b);
+                    if !same {
+                        out.push((host.clone(), Some(owned(names))));
+                    }
+                }
+                None if !before.is_empty() => out.push((host.clone(), None)),
+                None => {}
+            }
+        }
+        out.extend(new.map(|(h, names)| (h.to_string(), Some(owned(names)))));
+        out
+    }
+
+    fn into_plan(self) -> Plan {
+        Plan {
+            topology: self.topology(),
+            unplaced: self.unplaced,
+        }
+    }
+}
+
 /// Places the replicas of `tasks` on `hosts` (the live ones), keeping every valid placement of
 /// `current`, and reports every task left short of replicas.
 pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Plan {
+    place(tasks, hosts, current).into_plan()
+}
+
+/// `schedule`, with the plan borrowing the names of `tasks` and `hosts`.
+pub fn place<'a>(tasks: &'a [TaskReq], hosts: &'a [HostInfo], current: &Topology) -> Placement<'a> {
     let tasks = unique_by_name(tasks, |t| &t.name);
     let hosts = unique_by_name(hosts, |h| &h.name);
     // Name -> (index, replication > 0, has label constraints): what the sticky walk needs
@@ -308,23 +370,20 @@ pub fn schedule(tasks: &[TaskReq], hosts: &[HostInfo], current: &Topology) -> Pl
         });
     }
 
-    // Tasks are visited in name order, so each host's list is already sorted.
+    // Tasks are visited in name order, so each host's list is already sorted (and hosts are).
     let mut per_host: Vec<Vec<&str>> = vec![Vec::new(); hosts.len()];
     for (ti, on) in held.iter().enumerate() {
         for &hi in on {
             per_host[hi].push(&tasks[ti].name);
         }
     }
-    let topology = per_host
+    let hosts = per_host
         .into_iter()
         .enumerate()
         .filter(|(_, names)| !names.is_empty())
-        .map(|(hi, names)| {
-            let set: BTreeSet<String> = names.into_iter().map(str::to_owned).collect();
-            (hosts[hi].name.clone(), set)
-        })
+        .map(|(hi, names)| (hosts[hi].name.as_str(), names))
         .collect();
-    Plan { topology, unplaced }
+    Placement { hosts, unplaced }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -1229,6 +1288,20 @@ mod tests {
                 prop_assert!(v.is_some() || had, "needless delete of {}", h);
             }
             prop_assert!(changes(&new, &new).is_empty());
+        }
+
+        /// The leader's writes from the borrowed plan are exactly `changes` against the plan as a
+        /// map, whatever the stored keys hold (empty sets, hosts the plan dropped or adds).
+        #[test]
+        fn placement_writes_are_the_changes_to_its_topology(
+            tasks in arb_tasks(), hosts in arb_hosts(), current in arb_topology(),
+            stored in arb_topology()
+        ) {
+            let placed = place(&tasks, &hosts, &current);
+            let topology = placed.topology();
+            prop_assert_eq!(placed.writes(&stored), changes(&stored, &topology));
+            prop_assert_eq!(placed.writes(&current), changes(&current, &topology));
+            prop_assert!(placed.writes(&topology).is_empty());
         }
     }
 }
