@@ -314,18 +314,7 @@ fn triggers_and_the_event_stream_have_their_shapes() {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .starts_with("text/event-stream"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(resp).lines() {
-            let Ok(line) = line else { return };
-            if let Some(d) = line.strip_prefix("data: ") {
-                if tx.send(d.to_string()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let rx = sse_events(resp);
     let first: Value = json(&rx.recv_timeout(T).expect("a first event"));
     assert_eq!(first["Jobs"][0]["Key"], "jobs/s1", "{first}");
     assert_eq!(first["Counts"]["succeeded"], 1, "{first}");

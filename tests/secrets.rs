@@ -79,18 +79,7 @@ fn dashboard_live(api: &str, key: &str) -> String {
         .send()
         .expect("stream");
     assert_eq!(resp.status(), 200);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(resp).lines() {
-            let Ok(line) = line else { return };
-            if let Some(d) = line.strip_prefix("data: ") {
-                if tx.send(d.to_string()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let rx = sse_events(resp);
     loop {
         let ev: Value =
             serde_json::from_str(&rx.recv_timeout(T).expect("a view event")).expect("json");

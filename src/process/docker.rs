@@ -717,50 +717,52 @@ async fn follow_logs_since(
     err: Option<File>,
     since: i32,
 ) {
-    let mut out = out.map(tokio::fs::File::from_std);
-    let mut err = err.map(tokio::fs::File::from_std);
-    let opts = LogsOptions {
-        follow: true,
-        stdout: true,
-        stderr: true,
-        since,
-        ..Default::default()
-    };
+    let mut sinks = [
+        out.map(tokio::fs::File::from_std),
+        err.map(tokio::fs::File::from_std),
+    ];
     // Bytes of each stream copied so far: [stdout, stderr].
     let mut copied = [0usize; 2];
-    let mut s = docker.logs(&id, Some(opts));
-    while let Some(item) = s.next().await {
-        let Some((i, bytes)) = log_chunk(&id, item) else {
-            break;
-        };
-        copy_log(&id, [&mut out, &mut err][i], &bytes, 0).await;
-        copied[i] += bytes.len();
-    }
+    copy_logs(&docker, &id, true, since, &mut sinks, &mut copied).await;
     // The Engine can end a followed stream at the container's exit before its last lines were
     // copied to the stream (a short container's final stderr, seen under load): read the
     // whole log once more and copy what the stream missed of each stream.
+    copy_logs(&docker, &id, false, since, &mut sinks, &mut copied).await;
+    for f in sinks.iter_mut().flatten() {
+        let _ = f.flush().await;
+    }
+}
+
+/// Copies the container's log from `since` into `sinks` (stdout, stderr), past the first
+/// `copied` bytes of each stream, which a read from the start skips; `copied` grows by what is
+/// copied.
+async fn copy_logs(
+    docker: &Docker,
+    id: &str,
+    follow: bool,
+    since: i32,
+    sinks: &mut [Option<tokio::fs::File>; 2],
+    copied: &mut [usize; 2],
+) {
     let opts = LogsOptions {
-        follow: false,
+        follow,
         stdout: true,
         stderr: true,
         since,
         ..Default::default()
     };
     let mut seen = [0usize; 2];
-    let mut s = docker.logs(&id, Some(opts));
+    let mut s = docker.logs(id, Some(opts));
     while let Some(item) = s.next().await {
-        let Some((i, bytes)) = log_chunk(&id, item) else {
+        let Some((i, bytes)) = log_chunk(id, item) else {
             break;
         };
         let skip = copied[i].saturating_sub(seen[i]).min(bytes.len());
         seen[i] += bytes.len();
         if skip < bytes.len() {
-            copy_log(&id, [&mut out, &mut err][i], &bytes, skip).await;
+            copy_log(id, &mut sinks[i], &bytes, skip).await;
             copied[i] += bytes.len() - skip;
         }
-    }
-    for f in [out.as_mut(), err.as_mut()].into_iter().flatten() {
-        let _ = f.flush().await;
     }
 }
 

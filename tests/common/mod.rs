@@ -651,3 +651,21 @@ pub fn acl_token(admin: &Http, name: &str, rules: &str) -> (String, String) {
     let field = |k: &str| t[k].as_str().expect("token field").to_string();
     (field("SecretID"), field("AccessorID"))
 }
+
+/// The `data:` lines of a server-sent event stream, read on a thread of its own; the thread
+/// ends when the receiver is dropped or the stream ends.
+pub fn sse_events(resp: reqwest::blocking::Response) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            if let Some(d) = line.strip_prefix("data: ") {
+                if tx.send(d.to_string()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
