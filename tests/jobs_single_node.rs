@@ -748,3 +748,62 @@ on_both!(
     oversized_job_is_rejected_without_a_claim,
     key_held_by_our_session_without_a_task_is_released,
 );
+
+/// Two agents on one node serving two namespaces (`kv_prefix`) registered the same service ID,
+/// `servant-<node>`: the second replaced the first's registration, and when it stopped it
+/// deregistered the only one left, so the first agent vanished from the live set and from
+/// `servant logs` while it ran.
+#[test]
+fn regression_two_namespaces_on_one_node_keep_their_own_service() {
+    let c = ConsulDev::start();
+    let h = c.http();
+    let plain = c.servant(&[]).ready();
+    let team = c.servant(&["--kv-prefix", "team-b"]).ready();
+    let ids = |h: &Http| -> Vec<(String, String)> {
+        let v = h.get_json("/v1/agent/services").unwrap_or_default();
+        let mut out: Vec<(String, String)> = v
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, s)| s["Service"] == "servant")
+                    .map(|(id, s)| {
+                        (
+                            id.clone(),
+                            s["Meta"]["kv_prefix"].as_str().unwrap_or("").into(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    let both = wait_for("both registrations", T, || {
+        let v = ids(&h);
+        (v.len() == 2).then_some(v)
+    });
+    assert_eq!(
+        both,
+        vec![
+            (format!("servant-{}", c.node), String::new()),
+            (format!("servant-{}:team-b", c.node), "team-b".to_string()),
+        ]
+    );
+    h.put("/v1/kv/team-b/jobs/t1", r#"{"Command": "echo team"}"#);
+    assert_eq!(
+        h.wait_result("team-b/jdone_jid/jobs/t1", T)["Output"],
+        "team\n"
+    );
+    // A clean stop deregisters the agent's own service, and only it.
+    team.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    wait_for("the team agent's registration gone", T, || {
+        (ids(&h).len() == 1).then_some(())
+    });
+    assert_eq!(
+        ids(&h),
+        vec![(format!("servant-{}", c.node), String::new())]
+    );
+    h.put("/v1/kv/jobs/p1", r#"{"Command": "echo plain"}"#);
+    assert_eq!(h.wait_result("jdone_jid/jobs/p1", T)["Output"], "plain\n");
+    drop(plain);
+}

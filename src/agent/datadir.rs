@@ -67,7 +67,7 @@ impl DataDirLock {
 /// does not answer.
 pub async fn live_peer(client: &Client, node: &str, kv_prefix: &str) -> Option<(String, String)> {
     let services = client.agent_services().await.ok()?;
-    let svc = services.get(&format!("servant-{node}"))?;
+    let svc = services.get(&crate::wire::Namespace::new(kv_prefix).servant_service_id(node))?;
     if svc
         .pointer("/Meta/kv_prefix")
         .and_then(|v| v.as_str())

@@ -364,7 +364,7 @@ async fn serve_parts(
                 .await;
         })
     };
-    let service_id = format!("servant-{node}");
+    let service_id = layout.servant_service_id(node);
     let reg = AgentServiceRegistration {
         id: Some(service_id.clone()),
         name: "servant".into(),

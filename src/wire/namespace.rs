@@ -107,6 +107,18 @@ impl Namespace {
         self.session_name("servant-apps")
     }
 
+    /// The ID of the agent's `servant` service on `node`: `servant-<node>`, and for a prefix
+    /// `servant-<node>:<prefix>` (its `/` as `:`, for the deregistration URL), so two namespaces
+    /// served on one node do not replace each other's registration.
+    pub fn servant_service_id(&self, node: &str) -> String {
+        let p = self.prefix.trim_end_matches('/');
+        if p.is_empty() {
+            format!("servant-{node}")
+        } else {
+            format!("servant-{node}:{}", p.replace('/', ":"))
+        }
+    }
+
     fn session_name(&self, base: &str) -> String {
         if self.prefix.is_empty() {
             base.to_string()
@@ -201,6 +213,19 @@ mod tests {
         assert_eq!(l.result_key(&q), "jdone_jid/queues/node1/j");
         assert_eq!(l.parse_job_key("queues/node1/j"), Some(q.clone()));
         assert_eq!(l.parse_result_key("jdone_jid/queues/node1/j"), Some(q));
+    }
+
+    #[test]
+    fn each_namespace_has_its_own_servant_service_id() {
+        assert_eq!(Namespace::new("").servant_service_id("n1"), "servant-n1");
+        assert_eq!(
+            Namespace::new("/team-a/").servant_service_id("n1"),
+            "servant-n1:team-a"
+        );
+        assert_eq!(
+            Namespace::new("org/team-b").servant_service_id("n1"),
+            "servant-n1:org:team-b"
+        );
     }
 
     #[test]
