@@ -757,7 +757,14 @@ on_both!(
 fn regression_two_namespaces_on_one_node_keep_their_own_service() {
     let c = ConsulDev::start();
     let h = c.http();
-    let plain = c.servant(&[]).ready();
+    // What an agent of the team's namespace from before left when it was killed: the new one
+    // removes it.
+    let legacy = json!({"ID": format!("servant-{}", c.node), "Name": "servant", "Port": 1,
+        "Meta": {"kv_prefix": "team-b"}});
+    assert_eq!(
+        h.put("/v1/agent/service/register", legacy.to_string()).0,
+        200
+    );
     let team = c.servant(&["--kv-prefix", "team-b"]).ready();
     let ids = |h: &Http| -> Vec<(String, String)> {
         let v = h.get_json("/v1/agent/services").unwrap_or_default();
@@ -778,6 +785,11 @@ fn regression_two_namespaces_on_one_node_keep_their_own_service() {
         out.sort();
         out
     };
+    wait_for("the legacy registration replaced", T, || {
+        (ids(&h) == vec![(format!("servant-{}:team-b", c.node), "team-b".to_string())])
+            .then_some(())
+    });
+    let plain = c.servant(&[]).ready();
     let both = wait_for("both registrations", T, || {
         let v = ids(&h);
         (v.len() == 2).then_some(v)

@@ -221,6 +221,28 @@ async fn remove_stale_containers(cfg: &AgentConfig, node: &str) {
     }
 }
 
+/// Agents before the service ID carried the KV prefix registered `servant-<node>` for every
+/// namespace: one of ours left by a killed agent would point `servant logs` at a dead address.
+async fn forget_legacy_registration(client: &Client, node: &str, ours: &str, kv_prefix: &str) {
+    let legacy = format!("servant-{node}");
+    if ours == legacy {
+        return;
+    }
+    let Ok(services) = client.agent_services().await else {
+        return;
+    };
+    let mine = services
+        .get(&legacy)
+        .and_then(|s| s.pointer("/Meta/kv_prefix"))
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| Namespace::new(p) == Namespace::new(kv_prefix));
+    if mine {
+        if let Err(e) = client.agent_service_deregister(&legacy).await {
+            debug!(error = %e, "cannot deregister a legacy servant service");
+        }
+    }
+}
+
 /// The local agent's `/v1/agent/self` with a node name, waiting for Consul to answer.
 async fn local_agent(client: &Client) -> Result<AgentSelf, ConsulError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -365,6 +387,7 @@ async fn serve_parts(
         })
     };
     let service_id = layout.servant_service_id(node);
+    forget_legacy_registration(client, node, &service_id, &cfg.kv_prefix).await;
     let reg = AgentServiceRegistration {
         id: Some(service_id.clone()),
         name: "servant".into(),
