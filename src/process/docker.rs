@@ -429,21 +429,7 @@ impl Driver for DockerDriver {
             Err(_) => (0, Published::new()),
         };
         debug!(container = %id, image = %c.image, "container started");
-        let logs = tokio::spawn(follow_logs(
-            self.docker.clone(),
-            id.clone(),
-            prepared.stdout,
-            prepared.stderr,
-        ));
-        let (tx, rx) = watch::channel(None);
-        let sigkilled = Arc::new(AtomicBool::new(false));
-        tokio::spawn(wait_exit(
-            self.docker.clone(),
-            id.clone(),
-            logs,
-            tx,
-            sigkilled.clone(),
-        ));
+        let (rx, sigkilled) = follow(&self.docker, &id, prepared.stdout, prepared.stderr, 0);
         Ok(DockerHandle {
             sigkilled,
             docker: self.docker.clone(),
@@ -592,22 +578,7 @@ impl DockerDriver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i32)
             .unwrap_or(0);
-        let logs = tokio::spawn(follow_logs_since(
-            self.docker.clone(),
-            id.clone(),
-            prepared.stdout,
-            prepared.stderr,
-            since,
-        ));
-        let (tx, rx) = watch::channel(None);
-        let sigkilled = Arc::new(AtomicBool::new(false));
-        tokio::spawn(wait_exit(
-            self.docker.clone(),
-            id.clone(),
-            logs,
-            tx,
-            sigkilled.clone(),
-        ));
+        let (rx, sigkilled) = follow(&self.docker, &id, prepared.stdout, prepared.stderr, since);
         Ok(DockerHandle {
             sigkilled,
             docker: self.docker.clone(),
@@ -704,19 +675,32 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerErr
     }
 }
 
-/// Copies the container's stdout and stderr, apart, into `out` and `err` until it ends.
-async fn follow_logs(docker: Docker, id: String, out: Option<File>, err: Option<File>) {
-    follow_logs_since(docker, id, out, err, 0).await
-}
-
-/// `follow_logs` from `since` (unix seconds; 0: from its start).
-async fn follow_logs_since(
-    docker: Docker,
-    id: String,
+/// Starts copying a started (or adopted) container's log from `since` and waiting for its end:
+/// its exit comes on the receiver once the log is copied; the flag is set by the handle when
+/// it SIGKILLs the container itself.
+fn follow(
+    docker: &Docker,
+    id: &str,
     out: Option<File>,
     err: Option<File>,
     since: i32,
-) {
+) -> (watch::Receiver<Option<Exit>>, Arc<AtomicBool>) {
+    let logs = tokio::spawn(follow_logs(docker.clone(), id.to_string(), out, err, since));
+    let (tx, rx) = watch::channel(None);
+    let sigkilled = Arc::new(AtomicBool::new(false));
+    tokio::spawn(wait_exit(
+        docker.clone(),
+        id.to_string(),
+        logs,
+        tx,
+        sigkilled.clone(),
+    ));
+    (rx, sigkilled)
+}
+
+/// Copies the container's stdout and stderr, apart, into `out` and `err` from `since` (unix
+/// seconds; 0: from its start) until it ends.
+async fn follow_logs(docker: Docker, id: String, out: Option<File>, err: Option<File>, since: i32) {
     let mut sinks = [
         out.map(tokio::fs::File::from_std),
         err.map(tokio::fs::File::from_std),
@@ -833,8 +817,9 @@ async fn wait_exit(
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     // The Engine learns of an OOM kill from the kernel's event, which can come just after the
     // exit it caused: a container SIGKILLed by someone else than this handle (137) is asked
-    // again for up to 5 s (2 s missed it once on a loaded CI machine: tests/docker_jobs.rs
-    // exit_codes_the_oom_killer_and_timeouts).
+    // again for up to 5 s. No wait helps when containerd 1.6 (cgroup v1) drops the event
+    // because the container's cgroup was gone before it read it (its first process was the
+    // victim): the Engine then never sets `OOMKilled`, and neither can this report it.
     let unexplained_kill = code == 137 && !sigkilled.load(Ordering::SeqCst);
     let mut oom_killed = false;
     for _ in 0..if unexplained_kill { 50 } else { 1 } {
