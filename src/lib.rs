@@ -1,5 +1,7 @@
 //! consul-servant: a cluster manager and orchestrator on HashiCorp Consul.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `process::spawner` alone allows it (a fork in a single-threaded
+// process, and the descriptors it receives).
+#![deny(unsafe_code)]
 // stdout is written only through `util::output`, which tells a closed stdout apart; `print!`
 // would panic on it (clippy.toml also refuses `std::io::stdout`).
 #![cfg_attr(not(test), deny(clippy::print_stdout))]

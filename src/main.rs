@@ -10,6 +10,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__job-shim") {
         std::process::exit(servant::process::shim::run(&args[2..]));
     }
+    // The shims' spawner: single-threaded, so it must start before any runtime or logging.
+    if args.get(1).map(String::as_str) == Some("__spawner") {
+        std::process::exit(servant::process::spawner::run());
+    }
     // A container's lease holder: its own small runtime, no logging setup.
     if args.get(1).map(String::as_str) == Some("__container-watchdog") {
         std::process::exit(servant::process::watchdog::run(&args[2..]));

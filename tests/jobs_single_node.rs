@@ -731,6 +731,90 @@ fn key_held_by_our_session_without_a_task_is_released(b: Backend) {
     assert_eq!(r["Attempt"], 2);
 }
 
+/// A process's parent and short name, from /proc.
+fn parent_and_name(pid: i32) -> Option<(i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    Some((rest.split_whitespace().nth(1)?.parse().ok()?, name))
+}
+
+/// Issue 15: each job's shim used to be an exec of the whole servant binary, a third of a
+/// trivial job's CPU. It is now forked by the agent's one spawner. A spawner killed while a job
+/// runs costs nothing but itself: the job still gets its own exit code (its shim reports it)
+/// and the next job starts another. The spawner ends with its agent.
+fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
+    let c = Single::start(b, &[]);
+    let h = c.http();
+    let agent = c.servant.proc.pid();
+    let dir = tempfile::tempdir().unwrap();
+    let (ppid, flag) = (dir.path().join("ppid"), dir.path().join("go"));
+    let cmd = format!(
+        "echo $PPID > {}; while [ ! -e {} ]; do sleep 0.05; done; exit 7",
+        ppid.display(),
+        flag.display()
+    );
+    h.put(
+        "/v1/kv/jobs/forked",
+        json!({"Command": cmd, "Timeout": 120}).to_string(),
+    );
+    let shim: i32 = wait_for("the job's shim", T, || {
+        std::fs::read_to_string(&ppid).ok()?.trim().parse().ok()
+    });
+    let (spawner, name) = parent_and_name(shim).expect("the shim runs");
+    assert_eq!(name, "servant-shim");
+    let (spawner_parent, _) = parent_and_name(spawner).expect("the spawner runs");
+    assert_eq!(spawner_parent, agent, "the spawner is the agent's child");
+    let cmdline = std::fs::read(format!("/proc/{spawner}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("__spawner"),
+        "{cmdline:?}"
+    );
+    // The shim's parent, seen from a job: the same spawner serves every job.
+    let parent_of_shim = r#"awk '{print $4}' /proc/$PPID/stat"#;
+    h.put(
+        "/v1/kv/jobs/second",
+        json!({ "Command": parent_of_shim }).to_string(),
+    );
+    let r = h.wait_result("jdone_jid/jobs/second", T);
+    assert_eq!(r["Output"], format!("{spawner}\n"), "{r}");
+
+    // The spawner dies while the first job runs: the job ends with its own code all the same.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let r = h.wait_result("jdone_jid/jobs/forked", T);
+    assert_eq!(
+        (&r["Status"], &r["ExitCode"]),
+        (&json!("failed"), &json!(7)),
+        "{r}"
+    );
+    // The next job starts another spawner.
+    h.put(
+        "/v1/kv/jobs/third",
+        json!({ "Command": parent_of_shim }).to_string(),
+    );
+    let r = h.wait_result("jdone_jid/jobs/third", T);
+    let second: i32 = r["Output"].as_str().unwrap().trim().parse().unwrap();
+    assert_ne!(second, spawner);
+    assert_eq!(parent_and_name(second).map(|p| p.0), Some(agent));
+
+    // The spawner goes with its agent, even a SIGKILLed one.
+    c.servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    // (A zombie: nobody here may reap it once its agent is gone.)
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+    };
+    wait_for("the spawner gone", T, || (!running(second)).then_some(()));
+    drop(c);
+}
+
 on_both!(
     readme_curl_put_jobs_and_get_result_raw,
     readme_curl_node_queue,
@@ -747,6 +831,7 @@ on_both!(
     timeout_gives_the_command_its_sigterm_grace,
     oversized_job_is_rejected_without_a_claim,
     key_held_by_our_session_without_a_task_is_released,
+    jobs_are_forked_by_one_spawner_that_ends_with_the_agent,
 );
 
 /// Two agents on one node serving two namespaces (`kv_prefix`) registered the same service ID,

@@ -900,7 +900,9 @@ impl TaskHandle for DockerHandle {
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        send_fence(&mut self.lease, until).await;
+        if let Some(lease) = self.lease.as_mut() {
+            send_fence(lease, until).await;
+        }
     }
 
     async fn container(&mut self) -> Option<ContainerReport> {

@@ -10,8 +10,11 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Child;
 
+use tokio::net::unix::OwnedWriteHalf;
+
+use super::forked::{spawner, ForkedShim};
 use super::logs::read_capped_file;
-use super::shim::{lookup_user, run_as, LeaseLine};
+use super::shim::{lookup_user, run_as, LeaseLine, ShimArgs};
 use super::spec::{LaunchSpec, Lifetime, Output};
 use super::{exit_code, Captured, Driver, SpawnError, TaskHandle};
 
@@ -44,15 +47,40 @@ impl ProcessDriver {
 /// A started process group.
 #[derive(Debug)]
 pub struct ProcessHandle {
-    child: Child,
+    leader: Leader,
     /// The process group (= the leader's pid).
     pgid: u32,
     pid_file: Option<PathBuf>,
     lifetime: Lifetime,
     /// `Output::Capture`'s files: stdout (or both), and stderr when apart.
     capture: Option<(File, Option<File>)>,
-    /// The shim's lease pipe: fence deadlines go down it, and it closes when the agent dies.
-    lease: Option<tokio::process::ChildStdin>,
+    /// The shim's lease: fence deadlines go down it, and it closes when the agent dies.
+    lease: Option<Lease>,
+}
+
+/// The group's leader, as the agent waits for it.
+#[derive(Debug)]
+enum Leader {
+    /// The agent's child: the command itself, or an executed shim.
+    Child(Child),
+    /// A shim the spawner forked, which reports its end.
+    Forked(ForkedShim),
+}
+
+/// A shim's lease: the pipe of an executed shim, the socket of a forked one.
+#[derive(Debug)]
+enum Lease {
+    Pipe(tokio::process::ChildStdin),
+    Socket(OwnedWriteHalf),
+}
+
+impl Leader {
+    async fn wait(&mut self) -> i32 {
+        match self {
+            Leader::Child(c) => c.wait().await.map(exit_code).unwrap_or(-1),
+            Leader::Forked(f) => f.wait().await,
+        }
+    }
 }
 
 /// The files and user a launch needs, prepared on a blocking thread.
@@ -172,6 +200,32 @@ impl Driver for ProcessDriver {
         .await
         .map_err(|e| SpawnError::Spawn(std::io::Error::other(e)))??;
 
+        if let Some(exe) = &shim {
+            let args = ShimArgs {
+                fence_until: spec.fence,
+                user: spec.user.clone(),
+                pid_file: spec.pid_file.as_ref().map(|p| p.display().to_string()),
+                argv: spec.argv.clone(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                dir: spec.dir.clone(),
+            };
+            let (forked, lease) = spawner(exe)
+                .start(&args, prepared.stdout, prepared.stderr)
+                .await
+                .map_err(SpawnError::Spawn)?;
+            return Ok(ProcessHandle {
+                pgid: forked.pid,
+                leader: Leader::Forked(forked),
+                pid_file: spec.pid_file.clone(),
+                lifetime: spec.lifetime,
+                capture: prepared.capture,
+                lease: Some(Lease::Socket(lease)),
+            });
+        }
         let mut cmd = match &shim {
             Some(exe) => {
                 let mut c = std::process::Command::new(exe);
@@ -215,13 +269,13 @@ impl Driver for ProcessDriver {
         cmd.kill_on_drop(false);
         let mut child = cmd.spawn().map_err(SpawnError::Spawn)?;
         let pgid = child.id().unwrap_or(0);
-        let lease = child.stdin.take();
+        let lease = child.stdin.take().map(Lease::Pipe);
         if let (None, Some(p)) = (&shim, &spec.pid_file) {
             // No shim to write it: the command itself is the real process.
             let _ = tokio::fs::write(p, format!("{pgid}\n")).await;
         }
         Ok(ProcessHandle {
-            child,
+            leader: Leader::Child(child),
             pgid,
             pid_file: spec.pid_file.clone(),
             lifetime: spec.lifetime,
@@ -262,17 +316,17 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn wait(&mut self) -> i32 {
-        self.child.wait().await.map(exit_code).unwrap_or(-1)
+        self.leader.wait().await
     }
 
     async fn stop(&mut self, signal: Signal, grace: Duration) {
         self.signal_first(signal).await;
-        if tokio::time::timeout(grace, self.child.wait())
+        if tokio::time::timeout(grace, self.leader.wait())
             .await
             .is_err()
         {
             signal_group(self.pgid, Signal::SIGKILL);
-            let _ = self.child.wait().await;
+            let _ = self.leader.wait().await;
         }
         // Grandchildren may outlive the leader's exit on SIGTERM: make sure the group is gone.
         signal_group(self.pgid, Signal::SIGKILL);
@@ -286,7 +340,11 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        send_fence(&mut self.lease, until).await;
+        match &mut self.lease {
+            Some(Lease::Pipe(p)) => send_fence(p, until).await,
+            Some(Lease::Socket(s)) => send_fence(s, until).await,
+            None => {}
+        }
     }
 
     async fn captured(&mut self, cap: usize) -> Captured {
@@ -363,17 +421,18 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Sends a fence deadline (or its end) down a task's lease pipe. A watcher that is gone cannot
-/// read it; what it watched is gone with it.
-pub(super) async fn send_fence(lease: &mut Option<tokio::process::ChildStdin>, until: Option<u64>) {
+/// Sends a fence deadline (or its end) down a task's lease. A watcher that is gone cannot read
+/// it; what it watched is gone with it.
+pub(super) async fn send_fence<W: tokio::io::AsyncWrite + Unpin>(
+    lease: &mut W,
+    until: Option<u64>,
+) {
     use tokio::io::AsyncWriteExt;
     let line = match until {
         Some(ms) => LeaseLine::Fence(ms),
         None => LeaseLine::NoFence,
     };
-    if let Some(pipe) = lease.as_mut() {
-        let _ = pipe.write_all(line.to_line().as_bytes()).await;
-    }
+    let _ = lease.write_all(line.to_line().as_bytes()).await;
 }
 
 /// The captured stdout and stderr (when kept apart) of a task, each up to `cap` bytes.

@@ -10,7 +10,9 @@
 //!
 //! - `spec`: what to start (argv, environment, directory, user, output, pid file, lifetime).
 //! - `local`: the process driver and its handle; process groups and their signals.
-//! - `shim`: `servant __job-shim`, the group leader between the agent and the command.
+//! - `shim`: the job shim, the group leader between the agent and the command.
+//! - `spawner`: `servant __spawner`, the single-threaded process that forks the shims, so that
+//!   a task costs a `fork`, not an `exec` of the servant binary; `forked`: the agent's side.
 //! - `logs`: log file names, capped reads, copy-truncate rotation (off the async workers).
 //! - `run`: `supervise` (wait, timeout, kill requests) and `run_with_timeout`.
 //! - `restart`: the restart policy of apps and the launched Consul.
@@ -25,6 +27,7 @@ pub use nix::sys::signal::Signal;
 
 pub mod container;
 pub mod docker;
+mod forked;
 pub mod local;
 pub mod logs;
 pub mod policy;
@@ -33,6 +36,10 @@ pub mod run;
 // The shim's stderr is the job's own: it reports there, not through tracing.
 #[allow(clippy::print_stderr)]
 pub mod shim;
+// Reports on its stderr too. Its two functions that fork and own received descriptors are the
+// crate's only unsafe code.
+#[allow(clippy::print_stderr)]
+pub mod spawner;
 pub mod spec;
 pub mod stats;
 // Like the shim, it reports on its own stderr.

@@ -21,7 +21,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,8 +38,10 @@ const FENCE_CHECK: Duration = Duration::from_millis(20);
 /// "No deadline" in the shared cell.
 pub(super) const NO_FENCE: u64 = u64::MAX;
 
-/// Shim arguments: `[--fence-until MS] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// Shim arguments: `[--fence-until MS] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`
+/// when the shim is executed; one JSON line on its stdin when the spawner forks it (which also
+/// carries the environment and directory an executed shim gets as its own).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShimArgs {
     /// The first fence deadline (CLOCK_BOOTTIME ms), given before the agent could be paused;
     /// none when absent.
@@ -46,6 +49,12 @@ pub struct ShimArgs {
     pub user: Option<String>,
     pub pid_file: Option<String>,
     pub argv: Vec<String>,
+    /// Added to the command's environment (forked shims only).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// The command's working directory (forked shims only).
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// One line the agent writes on the lease pipe.
@@ -147,15 +156,58 @@ pub fn run_as(cmd: &mut Command, u: &User) {
         .env("LOGNAME", &u.name);
 }
 
-/// Runs the shim and returns its exit code. 127 means the command could not start.
+/// Runs the executed shim (`servant __job-shim ARGS`) and returns its exit code. 127 means
+/// the command could not start.
 pub fn run(args: &[String]) -> i32 {
-    let a = match parse_args(args) {
-        Ok(a) => a,
+    match parse_args(args) {
+        Ok(a) => run_args(a),
         Err(e) => {
             eprintln!("servant job-shim: {e}");
-            return 127;
+            127
+        }
+    }
+}
+
+/// Runs a shim the spawner forked: its arguments are the first line of the lease (stdin). Its
+/// exit code also goes back up the lease (`code N`), for the agent to know it should the
+/// spawner die before it could report the shim's end.
+pub fn run_forked() -> i32 {
+    let code = match forked_args() {
+        Ok(a) => run_args(a),
+        Err(e) => {
+            eprintln!("servant job-shim: {e}");
+            127
         }
     };
+    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+        let _ = std::fs::File::from(fd).write_all(format!("code {code}\n").as_bytes());
+    }
+    code
+}
+
+/// Why a forked shim has nothing to run.
+#[derive(Debug, thiserror::Error)]
+enum ForkedArgError {
+    #[error("cannot read the job: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("a bad job line from the agent: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error(transparent)]
+    Args(#[from] ShimArgError),
+}
+
+/// The first line of a forked shim's lease, parsed.
+fn forked_args() -> Result<ShimArgs, ForkedArgError> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let a: ShimArgs = serde_json::from_str(&line)?;
+    if a.argv.is_empty() {
+        return Err(ShimArgError::NoCommand.into());
+    }
+    Ok(a)
+}
+
+fn run_args(a: ShimArgs) -> i32 {
     let fence = Arc::new(AtomicU64::new(a.fence_until.unwrap_or(NO_FENCE)));
     if fence_passed(&fence) {
         // The agent's hold ended before the command could start: run nothing.
@@ -163,6 +215,10 @@ pub fn run(args: &[String]) -> i32 {
     }
     let mut cmd = Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
+    cmd.envs(a.env.iter().map(|(k, v)| (k, v)));
+    if let Some(d) = &a.dir {
+        cmd.current_dir(d);
+    }
     // The lease pipe is the shim's alone.
     cmd.stdin(std::process::Stdio::null());
     if let Some(name) = &a.user {
