@@ -539,6 +539,8 @@ struct Trial {
     jobs_per_s: f64,
     /// CPU ms per job of each measured process.
     cpu_ms: Vec<f64>,
+    /// CPU ms per job of the whole machine: the shims, the commands and the submitter too.
+    machine_ms: f64,
 }
 
 fn one_node(b: Backend, jobs: usize, trial: usize) -> Trial {
@@ -550,12 +552,15 @@ fn one_node(b: Backend, jobs: usize, trial: usize) -> Trial {
         pids.push(c.proc.pid());
     }
     let t0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let m0 = machine_busy_ticks();
     let tag = format!("tp{trial}-");
     let secs = burst(&h, &tag, jobs);
     let t1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let m1 = machine_busy_ticks();
     let hz = 100.0;
     Trial {
         jobs_per_s: jobs as f64 / secs,
+        machine_ms: m1.saturating_sub(m0) as f64 / hz * 1000.0 / jobs as f64,
         cpu_ms: t0
             .iter()
             .zip(&t1)
@@ -566,7 +571,7 @@ fn one_node(b: Backend, jobs: usize, trial: usize) -> Trial {
 
 fn dev_part(jobs: usize, trials: usize) {
     println!("\n## One node: {jobs} `true` jobs by 4 threads, median of {trials} fresh agents\n");
-    println!("| server | jobs/s | servant agent CPU ms/job | consul CPU ms/job | both, ms/job |\n|---|---|---|---|---|");
+    println!("| server | jobs/s | servant agent CPU ms/job | consul CPU ms/job | both, ms/job | whole machine, ms/job |\n|---|---|---|---|---|---|");
     for (b, name) in [
         (Backend::Dev, "`servant agent -dev` (embedded)"),
         (Backend::Consul, "`consul agent -dev` + servant"),
@@ -575,6 +580,7 @@ fn dev_part(jobs: usize, trials: usize) {
         let mut tput: Vec<f64> = runs.iter().map(|r| r.jobs_per_s).collect();
         let mut agent: Vec<f64> = runs.iter().map(|r| r.cpu_ms[0]).collect();
         let mut all: Vec<f64> = runs.iter().map(|r| r.cpu_ms.iter().sum()).collect();
+        let mut machine: Vec<f64> = runs.iter().map(|r| r.machine_ms).collect();
         let consul = if b == Backend::Consul {
             let mut c: Vec<f64> = runs.iter().map(|r| r.cpu_ms[1]).collect();
             format!("{:.3}", pct(&mut c, 0.5))
@@ -582,10 +588,11 @@ fn dev_part(jobs: usize, trials: usize) {
             "(inside the agent)".into()
         };
         println!(
-            "| {name} | {:.0} | {:.3} | {consul} | {:.3} |",
+            "| {name} | {:.0} | {:.3} | {consul} | {:.3} | {:.3} |",
             pct(&mut tput, 0.5),
             pct(&mut agent, 0.5),
-            pct(&mut all, 0.5)
+            pct(&mut all, 0.5),
+            pct(&mut machine, 0.5)
         );
     }
 }

@@ -6,11 +6,8 @@ use servant::cli::{self, Cli, Command};
 
 fn main() {
     let args = cli::normalize_args(std::env::args().collect());
-    // The job shim runs before anything else: no runtime, no logging setup.
-    if args.get(1).map(String::as_str) == Some("__job-shim") {
-        std::process::exit(servant::process::shim::run(&args[2..]));
-    }
-    // The shims' spawner: single-threaded, so it must start before any runtime or logging.
+    // The job shims' spawner: single-threaded (it forks), so it starts before any runtime or
+    // logging.
     if args.get(1).map(String::as_str) == Some("__spawner") {
         std::process::exit(servant::process::spawner::run());
     }
@@ -87,7 +84,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     let ctx = cli.ctx()?;
     match cli.command {
-        Command::Agent(_) | Command::JobShim { .. } | Command::Version => {
+        Command::Agent(_) | Command::Version => {
             unreachable!("handled above")
         }
         Command::Start(a) => cli::start::run(&ctx, *a).await,

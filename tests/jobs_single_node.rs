@@ -815,6 +815,48 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     drop(c);
 }
 
+/// Voluntary context switches of every thread of `pid`: how often it went to sleep.
+fn wakeups(pid: i32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The shim looked at its fence deadline every 20 ms, 50 wake-ups a second for each running
+/// job and app. It now sleeps on a CLOCK_BOOTTIME timer set to the deadline and on its lease,
+/// and wakes for nothing else (the kill at the deadline is tested by the fencing tests).
+#[test]
+fn regression_a_shim_does_not_wake_while_its_job_runs() {
+    let c = Single::start(Backend::Dev, &[]);
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    let ppid = dir.path().join("ppid");
+    let cmd = format!("echo $PPID > {}; sleep 120", ppid.display());
+    h.put(
+        "/v1/kv/jobs/idle",
+        json!({"Command": cmd, "Timeout": 300}).to_string(),
+    );
+    let shim: i32 = wait_for("the job's shim", T, || {
+        std::fs::read_to_string(&ppid).ok()?.trim().parse().ok()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let before = wakeups(shim);
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = wakeups(shim) - before;
+    // A fence line now and then from the agent's session confirmations; 100 with the old poll.
+    assert!(woke <= 10, "the shim woke {woke} times in 2 s");
+    assert_eq!(h.delete("/v1/kv/jobs/idle").0, 200);
+    let r = h.wait_result("jdone_jid/jobs/idle", T);
+    assert_ne!(r["Status"], "succeeded", "{r}");
+}
+
 on_both!(
     readme_curl_put_jobs_and_get_result_raw,
     readme_curl_node_queue,

@@ -240,7 +240,7 @@ impl From<crate::util::Invalid> for ConfigError {
 }
 
 /// What the jobs' fence keeps free under the lock-delay: a slow reply, a scheduling delay, and
-/// the shim watchdog's tick.
+/// the container watchdog's tick (a shim's timer fires at the deadline itself).
 const FENCE_MARGIN: Duration = Duration::from_secs(2);
 
 impl AgentConfig {

@@ -51,7 +51,7 @@ pub use crate::wire::{AppHealth, AppState, AppStatus};
 pub struct SupervisorCtx {
     /// Registers and deregisters the apps' services on the local agent.
     pub client: Client,
-    /// The servant binary, run as `__job-shim` in front of every app.
+    /// The servant binary, whose spawner forks the shim in front of every app.
     pub shim: PathBuf,
     /// `<data_dir>/apps`: the apps' log files.
     pub log_dir: PathBuf,

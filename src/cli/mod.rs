@@ -164,12 +164,6 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print the version.
     Version,
-    /// Internal: the process-group leader that runs a job's command.
-    #[command(name = "__job-shim", hide = true)]
-    JobShim {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 /// What every client command needs.
@@ -232,7 +226,7 @@ fn scan(args: Vec<String>) -> (Vec<String>, Vec<String>) {
     let mut cmd = &root;
     let mut path = Vec::new();
     let mut out = Vec::with_capacity(args.len());
-    // After `--`, and in the job shim: every argument as given.
+    // After `--`: every argument as given.
     let mut verbatim = false;
     let mut value_next = false;
     for (i, a) in args.into_iter().enumerate() {
@@ -268,7 +262,6 @@ fn scan(args: Vec<String>) -> (Vec<String>, Vec<String>) {
         } else if let Some(sub) = cmd.find_subcommand(&a) {
             cmd = sub;
             path.push(sub.get_name().to_string());
-            verbatim = sub.get_name() == "__job-shim";
         }
         out.push(a);
     }
@@ -402,11 +395,6 @@ mod tests {
         assert_eq!(
             normalize_args(v(&["servant", "kv", "put", "k", "-server"])),
             v(&["servant", "kv", "put", "k", "-server"])
-        );
-        // The job shim's arguments are the job's.
-        assert_eq!(
-            normalize_args(v(&["servant", "__job-shim", "-all", "--", "x"])),
-            v(&["servant", "__job-shim", "-all", "--", "x"])
         );
     }
 

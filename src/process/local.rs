@@ -18,9 +18,9 @@ use super::shim::{lookup_user, run_as, LeaseLine, ShimArgs};
 use super::spec::{LaunchSpec, Lifetime, Output};
 use super::{exit_code, Captured, Driver, SpawnError, TaskHandle};
 
-/// Starts process groups. `shim` is the servant executable, run as `__job-shim` in front of
-/// `Owned` tasks; without one they still get a group of their own, but do not die with the
-/// agent.
+/// Starts process groups. `shim` is the servant executable, whose spawner (`servant
+/// __spawner`) forks the shim in front of `Owned` tasks; without one they still get a group of
+/// their own, but do not die with the agent.
 #[derive(Debug, Clone)]
 pub struct ProcessDriver {
     shim: Option<PathBuf>,
@@ -55,23 +55,16 @@ pub struct ProcessHandle {
     /// `Output::Capture`'s files: stdout (or both), and stderr when apart.
     capture: Option<(File, Option<File>)>,
     /// The shim's lease: fence deadlines go down it, and it closes when the agent dies.
-    lease: Option<Lease>,
+    lease: Option<OwnedWriteHalf>,
 }
 
 /// The group's leader, as the agent waits for it.
 #[derive(Debug)]
 enum Leader {
-    /// The agent's child: the command itself, or an executed shim.
+    /// The agent's child: the command itself (no shim).
     Child(Child),
-    /// A shim the spawner forked, which reports its end.
+    /// The shim the spawner forked, which reports its end.
     Forked(ForkedShim),
-}
-
-/// A shim's lease: the pipe of an executed shim, the socket of a forked one.
-#[derive(Debug)]
-enum Lease {
-    Pipe(tokio::process::ChildStdin),
-    Socket(OwnedWriteHalf),
 }
 
 impl Leader {
@@ -223,54 +216,29 @@ impl Driver for ProcessDriver {
                 pid_file: spec.pid_file.clone(),
                 lifetime: spec.lifetime,
                 capture: prepared.capture,
-                lease: Some(Lease::Socket(lease)),
+                lease: Some(lease),
             });
         }
-        let mut cmd = match &shim {
-            Some(exe) => {
-                let mut c = std::process::Command::new(exe);
-                c.arg("__job-shim");
-                if let Some(ms) = spec.fence {
-                    c.arg("--fence-until").arg(ms.to_string());
-                }
-                if let Some(u) = &spec.user {
-                    c.arg("--user").arg(u);
-                }
-                if let Some(p) = &spec.pid_file {
-                    c.arg("--pid-file").arg(p);
-                }
-                c.arg("--").args(&spec.argv);
-                c
-            }
-            None => {
-                let mut c = std::process::Command::new(&spec.argv[0]);
-                c.args(&spec.argv[1..]);
-                if let Some(u) = &prepared.user {
-                    run_as(&mut c, u);
-                }
-                c
-            }
-        };
+        // No shim: the command itself leads its group.
+        let mut cmd = std::process::Command::new(&spec.argv[0]);
+        cmd.args(&spec.argv[1..]);
+        if let Some(u) = &prepared.user {
+            run_as(&mut cmd, u);
+        }
         cmd.envs(&spec.env);
         if let Some(d) = &spec.dir {
             cmd.current_dir(d);
         }
         let stdio = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-        // A shim's stdin is the lease pipe; the command itself gets /dev/null.
-        cmd.stdin(if shim.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(stdio(prepared.stdout))
-        .stderr(stdio(prepared.stderr));
+        cmd.stdin(Stdio::null())
+            .stdout(stdio(prepared.stdout))
+            .stderr(stdio(prepared.stderr));
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(SpawnError::Spawn)?;
+        let child = cmd.spawn().map_err(SpawnError::Spawn)?;
         let pgid = child.id().unwrap_or(0);
-        let lease = child.stdin.take().map(Lease::Pipe);
-        if let (None, Some(p)) = (&shim, &spec.pid_file) {
+        if let Some(p) = &spec.pid_file {
             // No shim to write it: the command itself is the real process.
             let _ = tokio::fs::write(p, format!("{pgid}\n")).await;
         }
@@ -280,7 +248,7 @@ impl Driver for ProcessDriver {
             pid_file: spec.pid_file.clone(),
             lifetime: spec.lifetime,
             capture: prepared.capture,
-            lease,
+            lease: None,
         })
     }
 }
@@ -340,10 +308,8 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        match &mut self.lease {
-            Some(Lease::Pipe(p)) => send_fence(p, until).await,
-            Some(Lease::Socket(s)) => send_fence(s, until).await,
-            None => {}
+        if let Some(lease) = self.lease.as_mut() {
+            send_fence(lease, until).await;
         }
     }
 

@@ -1,27 +1,29 @@
-//! `servant __job-shim`: the process-group leader between the agent and the command of every
-//! `Owned` task (jobs, apps, the launched Consul, short commands).
+//! The job shim: the process-group leader between the agent and the command of every `Owned`
+//! task (jobs, apps, the launched Consul, short commands). The agent's spawner forks it
+//! (`spawner`); `run_forked` is its life.
 //!
 //! Why it exists: a job must die with its agent, and must not outlive the agent's hold on it.
 //! If the agent is SIGKILLed, its jobs are retried elsewhere; if it is paused (SIGSTOP, a VM
 //! freeze), Consul lets its session go and its jobs are retried elsewhere too. Either way the
 //! old process must not run on beside the retry, and a dead or paused agent cannot kill it.
 //!
-//! The shim is spawned as a new process group and runs the command as its child. Its stdin is
-//! the agent's lease pipe:
-//! - the pipe closes when the agent dies, however it dies: the shim kills the whole group at
+//! The shim is a new process group and runs the command as its child. Its stdin is the agent's
+//! lease, a socket whose other end only the agent holds:
+//! - the lease ends when the agent dies, however it dies: the shim kills the whole group at
 //!   once (no polling: a command that ended meanwhile could otherwise finish with nobody to
 //!   write its result);
 //! - the agent writes `fence <ms>` lines, the moment (CLOCK_BOOTTIME milliseconds) after which
 //!   the work is no longer surely the agent's; `fence none` for work without one. A paused
-//!   agent stops moving the deadline, and the shim kills the group when it passes.
+//!   agent stops moving the deadline, and the shim kills the group when it passes (a
+//!   CLOCK_BOOTTIME timer wakes it then; it wakes for nothing else).
 //!
-//! It also switches to `User`. It uses no async runtime. The binary's `main` calls `run` before
-//! anything else.
+//! It also switches to `User`. It uses no async runtime: it is a fork of the single-threaded
+//! spawner, which the binary's `main` starts before anything else.
 
 use std::process::Command;
-use std::time::Duration;
 
-use std::io::{BufRead, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,15 +34,10 @@ use nix::unistd::{getpgrp, User};
 use super::exit_code;
 use crate::util::time::boot_ms;
 
-/// How often the shim looks at its fence deadline.
-const FENCE_CHECK: Duration = Duration::from_millis(20);
-
 /// "No deadline" in the shared cell.
 pub(super) const NO_FENCE: u64 = u64::MAX;
 
-/// Shim arguments: `[--fence-until MS] [--user NAME] [--pid-file PATH] -- PROGRAM ARGS...`
-/// when the shim is executed; one JSON line on its stdin when the spawner forks it (which also
-/// carries the environment and directory an executed shim gets as its own).
+/// What a shim runs: one JSON line, the first on its lease.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShimArgs {
     /// The first fence deadline (CLOCK_BOOTTIME ms), given before the agent could be paused;
@@ -49,10 +46,10 @@ pub struct ShimArgs {
     pub user: Option<String>,
     pub pid_file: Option<String>,
     pub argv: Vec<String>,
-    /// Added to the command's environment (forked shims only).
+    /// Added to the command's environment.
     #[serde(default)]
     pub env: Vec<(String, String)>,
-    /// The command's working directory (forked shims only).
+    /// The command's working directory; the agent's when None.
     #[serde(default)]
     pub dir: Option<String>,
 }
@@ -81,49 +78,6 @@ impl LeaseLine {
             ms => ms.parse().ok().map(LeaseLine::Fence),
         }
     }
-}
-
-/// A bad shim argument list (only the agent writes one).
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ShimArgError {
-    #[error("--fence-until needs a CLOCK_BOOTTIME millisecond")]
-    Fence,
-    #[error("{0} needs a value")]
-    Value(&'static str),
-    #[error("unexpected shim argument {0:?}")]
-    Unexpected(String),
-    #[error("no command after --")]
-    NoCommand,
-}
-
-/// Parses the shim's own small argument list.
-pub fn parse_args(args: &[String]) -> Result<ShimArgs, ShimArgError> {
-    let mut out = ShimArgs::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--fence-until" => {
-                out.fence_until = Some(
-                    it.next()
-                        .and_then(|p| p.parse().ok())
-                        .ok_or(ShimArgError::Fence)?,
-                )
-            }
-            "--user" => out.user = Some(it.next().ok_or(ShimArgError::Value("--user"))?.clone()),
-            "--pid-file" => {
-                out.pid_file = Some(it.next().ok_or(ShimArgError::Value("--pid-file"))?.clone())
-            }
-            "--" => {
-                out.argv = it.cloned().collect();
-                break;
-            }
-            other => return Err(ShimArgError::Unexpected(other.to_string())),
-        }
-    }
-    if out.argv.is_empty() {
-        return Err(ShimArgError::NoCommand);
-    }
-    Ok(out)
 }
 
 /// A `User` that cannot be switched to.
@@ -156,24 +110,12 @@ pub fn run_as(cmd: &mut Command, u: &User) {
         .env("LOGNAME", &u.name);
 }
 
-/// Runs the executed shim (`servant __job-shim ARGS`) and returns its exit code. 127 means
-/// the command could not start.
-pub fn run(args: &[String]) -> i32 {
-    match parse_args(args) {
-        Ok(a) => run_args(a),
-        Err(e) => {
-            eprintln!("servant job-shim: {e}");
-            127
-        }
-    }
-}
-
 /// Runs a shim the spawner forked: its arguments are the first line of the lease (stdin). Its
 /// exit code also goes back up the lease (`code N`), for the agent to know it should the
 /// spawner die before it could report the shim's end.
 pub fn run_forked() -> i32 {
-    let code = match forked_args() {
-        Ok(a) => run_args(a),
+    let code = match lease().and_then(|mut l| Ok((forked_args(&mut l)?, l))) {
+        Ok((a, l)) => run_args(a, l),
         Err(e) => {
             eprintln!("servant job-shim: {e}");
             127
@@ -187,27 +129,37 @@ pub fn run_forked() -> i32 {
 
 /// Why a forked shim has nothing to run.
 #[derive(Debug, thiserror::Error)]
-enum ForkedArgError {
+pub enum ShimArgError {
     #[error("cannot read the job: {0}")]
     Read(#[from] std::io::Error),
     #[error("a bad job line from the agent: {0}")]
     Parse(#[from] serde_json::Error),
-    #[error(transparent)]
-    Args(#[from] ShimArgError),
+    #[error("no command to run")]
+    NoCommand,
 }
 
+/// The lease (stdin), read through a buffer of our own: what is buffered past a line must be
+/// seen before waiting for more.
+fn lease() -> Result<Lease, ShimArgError> {
+    Ok(BufReader::new(File::from(
+        std::io::stdin().as_fd().try_clone_to_owned()?,
+    )))
+}
+
+type Lease = BufReader<File>;
+
 /// The first line of a forked shim's lease, parsed.
-fn forked_args() -> Result<ShimArgs, ForkedArgError> {
+fn forked_args(lease: &mut impl BufRead) -> Result<ShimArgs, ShimArgError> {
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
+    lease.read_line(&mut line)?;
     let a: ShimArgs = serde_json::from_str(&line)?;
     if a.argv.is_empty() {
-        return Err(ShimArgError::NoCommand.into());
+        return Err(ShimArgError::NoCommand);
     }
     Ok(a)
 }
 
-fn run_args(a: ShimArgs) -> i32 {
+fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
     let fence = Arc::new(AtomicU64::new(a.fence_until.unwrap_or(NO_FENCE)));
     if fence_passed(&fence) {
         // The agent's hold ended before the command could start: run nothing.
@@ -219,7 +171,7 @@ fn run_args(a: ShimArgs) -> i32 {
     if let Some(d) = &a.dir {
         cmd.current_dir(d);
     }
-    // The lease pipe is the shim's alone.
+    // The lease is the shim's alone.
     cmd.stdin(std::process::Stdio::null());
     if let Some(name) = &a.user {
         match lookup_user(name) {
@@ -253,25 +205,90 @@ fn run_args(a: ShimArgs) -> i32 {
     ] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
-    // The lease pipe: the agent's fence deadlines, and its death (end of file). Read on a
-    // thread of its own; another enforces the deadline; this one waits for the command.
-    let cell = fence.clone();
+    // The lease: the agent's fence deadlines, and its death (end of file). Watched on a
+    // thread of its own; this one waits for the command.
     std::thread::spawn(move || {
-        read_lease(&cell);
-        // End of file (or a read error): the agent is gone. Nothing may outlive it.
-        let _ = killpg(getpgrp(), Signal::SIGKILL);
-    });
-    std::thread::spawn(move || loop {
-        if fence_passed(&fence) {
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
+        if let Err(e) = watch_lease(&mut lease, &fence) {
+            eprintln!("servant: the lease cannot be watched: {e}");
         }
-        std::thread::sleep(FENCE_CHECK);
+        // The lease ended, its deadline passed, or it cannot be watched: nothing may outlive
+        // the agent's hold.
+        let _ = killpg(getpgrp(), Signal::SIGKILL);
     });
     match child.wait() {
         Ok(status) => exit_code(status),
         Err(e) => {
             eprintln!("servant: cannot wait for the command: {e}");
             127
+        }
+    }
+}
+
+/// Follows the lease until the agent is gone (end of file) or the fence deadline passes, and
+/// returns then. The deadline is a CLOCK_BOOTTIME timer: it fires on time across a suspend
+/// (a sleep would not count the suspended time), and nothing wakes in between.
+fn watch_lease(lease: &mut Lease, cell: &AtomicU64) -> nix::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::time::TimeSpec;
+    use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
+    let timer = TimerFd::new(
+        ClockId::CLOCK_BOOTTIME,
+        TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+    )?;
+    let arm = |until: u64| {
+        if until == NO_FENCE {
+            return timer.unset();
+        }
+        let at = TimeSpec::new((until / 1000) as i64, ((until % 1000) * 1_000_000) as i64);
+        // An absolute moment already past fires at once.
+        timer.set(
+            Expiration::OneShot(at),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        )
+    };
+    arm(cell.load(Ordering::SeqCst))?;
+    let mut line = String::new();
+    loop {
+        // Lines already buffered are read before waiting for more.
+        if lease.buffer().is_empty() {
+            let mut fds = [
+                PollFd::new(lease.get_ref().as_fd(), PollFlags::POLLIN),
+                PollFd::new(timer.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            let readable = fds[0].revents().is_some_and(|r| !r.is_empty());
+            let fired = fds[1].revents().is_some_and(|r| !r.is_empty());
+            if fired {
+                if fence_passed(cell) {
+                    return Ok(());
+                }
+                // Woken within the millisecond before it: wait again.
+                arm(cell.load(Ordering::SeqCst))?;
+            }
+            if !readable {
+                continue;
+            }
+        }
+        line.clear();
+        match lease.read_line(&mut line) {
+            // The agent is gone.
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => match LeaseLine::parse(&line) {
+                Some(LeaseLine::Fence(ms)) => {
+                    cell.store(ms, Ordering::SeqCst);
+                    arm(ms)?;
+                }
+                Some(LeaseLine::NoFence) => {
+                    cell.store(NO_FENCE, Ordering::SeqCst);
+                    arm(NO_FENCE)?;
+                }
+                None => {}
+            },
         }
     }
 }
@@ -301,28 +318,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_shim_args() {
-        let v: Vec<String> = ["--user", "nobody", "--", "sh", "-c", "echo --"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let a = parse_args(&v).unwrap();
-        assert_eq!(a.user.as_deref(), Some("nobody"));
-        assert_eq!(a.argv, vec!["sh", "-c", "echo --"]);
-        assert_eq!(parse_args(&[]), Err(ShimArgError::NoCommand));
-        assert_eq!(
-            parse_args(&["--".to_string()]),
+    fn the_job_line_round_trips_and_leaves_the_fence_lines() {
+        let args = ShimArgs {
+            fence_until: Some(1234),
+            user: Some("nobody".into()),
+            pid_file: None,
+            argv: vec!["sh".into(), "-c".into(), "echo \"--\"\n".into()],
+            env: vec![("K".into(), "v=1".into())],
+            dir: Some("/tmp".into()),
+        };
+        let mut text = serde_json::to_vec(&args).unwrap();
+        text.extend_from_slice(b"\nfence 99\n");
+        let mut r = std::io::Cursor::new(text);
+        assert_eq!(forked_args(&mut r).unwrap(), args);
+        let mut rest = String::new();
+        r.read_line(&mut rest).unwrap();
+        assert_eq!(LeaseLine::parse(&rest), Some(LeaseLine::Fence(99)));
+
+        let parse = |t: &str| forked_args(&mut std::io::Cursor::new(t.as_bytes().to_vec()));
+        assert!(matches!(
+            parse("{\"argv\":[]}\n"),
             Err(ShimArgError::NoCommand)
-        );
-        assert_eq!(
-            parse_args(&["--user".to_string()]),
-            Err(ShimArgError::Value("--user"))
-        );
-        let v: Vec<String> = ["--fence-until", "1234", "--", "true"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(parse_args(&v).unwrap().fence_until, Some(1234));
+        ));
+        assert!(matches!(parse("fence 1\n"), Err(ShimArgError::Parse(_))));
+        // The agent went away before it wrote the job.
+        assert!(matches!(parse(""), Err(ShimArgError::Parse(_))));
     }
 
     #[test]

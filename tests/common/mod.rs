@@ -540,6 +540,22 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
 }
 
+/// Busy CPU clock ticks of the whole machine (user, nice, system, irq, softirq), from
+/// /proc/stat: what every process of a run cost, children included.
+pub fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let cpu = stat.lines().next().unwrap_or("");
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    [0, 1, 2, 5, 6]
+        .iter()
+        .map(|i| f.get(*i).copied().unwrap_or(0))
+        .sum()
+}
+
 /// Resident memory of a process in KiB, from /proc.
 pub fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
