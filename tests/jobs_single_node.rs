@@ -778,6 +778,29 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     );
     let r = h.wait_result("jdone_jid/jobs/second", T);
     assert_eq!(r["Output"], format!("{spawner}\n"), "{r}");
+    // A SIGTERM (a service manager stopping the agent's whole cgroup) does not end it: it must
+    // report the ends of the tasks the agent then stops. Nor does it reach the jobs it forks
+    // held: their commands keep the default disposition.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawner),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    h.put(
+        "/v1/kv/jobs/termed",
+        json!({ "Command": format!("{parent_of_shim}; grep -E '^Sig(Blk|Ign)' /proc/self/status") })
+            .to_string(),
+    );
+    let r = h.wait_result("jdone_jid/jobs/termed", T);
+    let out = r["Output"].as_str().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{r}");
+    assert_eq!(lines[0], spawner.to_string(), "the same spawner: {r}");
+    let mask = |l: &str| u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    // SIGHUP, SIGINT and SIGTERM: bits 0, 1 and 14.
+    let stop_signals = 1 | 2 | (1 << 14);
+    assert_eq!(mask(lines[1]), 0, "nothing blocked: {r}");
+    assert_eq!(mask(lines[2]) & stop_signals, 0, "nothing ignored: {r}");
 
     // The spawner dies while the first job runs: the job ends with its own code all the same.
     nix::sys::signal::kill(

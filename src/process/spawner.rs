@@ -47,14 +47,22 @@ struct Request {
 
 /// Runs the spawner until its control socket ends; the exit code.
 pub fn run() -> i32 {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    // SIGCHLD is read from a signalfd, so it must not be delivered; forked shims unblock it.
+    let mut children = SigSet::empty();
+    children.add(Signal::SIGCHLD);
+    // SIGCHLD is read from a signalfd, so it must not be delivered. The signals that stop a
+    // service are held too: the spawner ends when its agent does, and must outlive a SIGTERM
+    // sent to the agent's whole cgroup to report the ends of the tasks the agent then stops.
+    // Forked shims unblock them all.
+    let mut mask = children;
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
     if let Err(e) = mask.thread_block() {
-        eprintln!("servant spawner: cannot block SIGCHLD: {e}");
+        eprintln!("servant spawner: cannot block signals: {e}");
         return 1;
     }
-    let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+    let sfd = match SignalFd::with_flags(&children, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("servant spawner: cannot read SIGCHLD: {e}");
@@ -77,8 +85,8 @@ pub fn run() -> i32 {
             }
         }
         let control = fds[0].revents().unwrap_or(PollFlags::empty());
-        let children = fds[1].revents().unwrap_or(PollFlags::empty());
-        if !children.is_empty() {
+        let ended = fds[1].revents().unwrap_or(PollFlags::empty());
+        if !ended.is_empty() {
             while let Ok(Some(_)) = sfd.read_signal() {}
             reap(&mut shims);
         }
