@@ -56,14 +56,13 @@ pub(super) fn spawner(exe: &Path) -> Arc<Spawner> {
 }
 
 impl Spawner {
-    /// Forks a shim for `args` with these output files; returns once it runs (its pid known),
-    /// with its lease.
+    /// Forks a shim for `args` with these output files; returns once it runs (its pid known).
     pub(super) async fn start(
         &self,
         args: &ShimArgs,
         stdout: Option<File>,
         stderr: Option<File>,
-    ) -> std::io::Result<(ForkedShim, OwnedWriteHalf)> {
+    ) -> std::io::Result<ForkedShim> {
         let (mine, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -91,6 +90,7 @@ impl Spawner {
         lease.write_all(&line).await?;
         let mut shim = ForkedShim {
             read,
+            lease,
             buf: Vec::new(),
             pid: 0,
             told: None,
@@ -104,7 +104,7 @@ impl Spawner {
             Ok(None) => return Err(std::io::Error::other("the spawner closed the task")),
             Err(_) => return Err(std::io::Error::other("the spawner did not answer")),
         }
-        Ok((shim, lease))
+        Ok(shim)
     }
 
     /// Sends one request, starting the spawner first if it is not running (once again if the
@@ -112,17 +112,18 @@ impl Spawner {
     async fn send(&self, flags: u8, fds: &[i32]) -> std::io::Result<()> {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
-            let alive = match conn.as_mut() {
-                Some(c) => matches!(c.process.try_wait(), Ok(None)),
-                None => false,
-            };
-            if !alive {
-                if conn.is_some() {
-                    tracing::warn!("the task spawner ended; starting another");
+            let c = match conn.take() {
+                None => self.launch()?,
+                Some(mut c) => {
+                    if matches!(c.process.try_wait(), Ok(None)) {
+                        c
+                    } else {
+                        tracing::warn!("the task spawner ended; starting another");
+                        self.launch()?
+                    }
                 }
-                *conn = Some(self.launch()?);
-            }
-            let Some(c) = conn.as_ref() else { continue };
+            };
+            let c = conn.insert(c);
             match send_on(&c.control, flags, fds).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt == 0 => {
@@ -184,10 +185,12 @@ async fn send_on(
         .map(|_| ())
 }
 
-/// A shim the spawner forked: the spawner's report of its start and end.
+/// A shim the spawner forked: its lease (fence deadlines go down it; it ends when the agent
+/// dies), and the spawner's report of its start and end.
 #[derive(Debug)]
 pub(super) struct ForkedShim {
     read: OwnedReadHalf,
+    pub(super) lease: OwnedWriteHalf,
     buf: Vec<u8>,
     pub(super) pid: u32,
     /// The code the shim reported itself.

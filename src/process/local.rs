@@ -10,8 +10,6 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Child;
 
-use tokio::net::unix::OwnedWriteHalf;
-
 use super::forked::{spawner, ForkedShim};
 use super::logs::read_capped_file;
 use super::shim::{lookup_user, run_as, LeaseLine, ShimArgs};
@@ -54,8 +52,6 @@ pub struct ProcessHandle {
     lifetime: Lifetime,
     /// `Output::Capture`'s files: stdout (or both), and stderr when apart.
     capture: Option<(File, Option<File>)>,
-    /// The shim's lease: fence deadlines go down it, and it closes when the agent dies.
-    lease: Option<OwnedWriteHalf>,
 }
 
 /// The group's leader, as the agent waits for it.
@@ -206,7 +202,7 @@ impl Driver for ProcessDriver {
                     .collect(),
                 dir: spec.dir.clone(),
             };
-            let (forked, lease) = spawner(exe)
+            let forked = spawner(exe)
                 .start(&args, prepared.stdout, prepared.stderr)
                 .await
                 .map_err(SpawnError::Spawn)?;
@@ -216,7 +212,6 @@ impl Driver for ProcessDriver {
                 pid_file: spec.pid_file.clone(),
                 lifetime: spec.lifetime,
                 capture: prepared.capture,
-                lease: Some(lease),
             });
         }
         // No shim: the command itself leads its group.
@@ -248,7 +243,6 @@ impl Driver for ProcessDriver {
             pid_file: spec.pid_file.clone(),
             lifetime: spec.lifetime,
             capture: prepared.capture,
-            lease: None,
         })
     }
 }
@@ -308,8 +302,9 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn fence(&mut self, until: Option<u64>) {
-        if let Some(lease) = self.lease.as_mut() {
-            send_fence(lease, until).await;
+        // Only a shim has a lease; a command without one has no fence.
+        if let Leader::Forked(f) = &mut self.leader {
+            send_fence(&mut f.lease, until).await;
         }
     }
 

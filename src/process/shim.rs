@@ -26,7 +26,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgrp, User};
@@ -160,8 +159,8 @@ fn forked_args(lease: &mut impl BufRead) -> Result<ShimArgs, ShimArgError> {
 }
 
 fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
-    let fence = Arc::new(AtomicU64::new(a.fence_until.unwrap_or(NO_FENCE)));
-    if fence_passed(&fence) {
+    let fence = a.fence_until;
+    if passed(fence) {
         // The agent's hold ended before the command could start: run nothing.
         return 137;
     }
@@ -208,7 +207,7 @@ fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
     // The lease: the agent's fence deadlines, and its death (end of file). Watched on a
     // thread of its own; this one waits for the command.
     std::thread::spawn(move || {
-        if let Err(e) = watch_lease(&mut lease, &fence) {
+        if let Err(e) = watch_lease(&mut lease, fence) {
             eprintln!("servant: the lease cannot be watched: {e}");
         }
         // The lease ended, its deadline passed, or it cannot be watched: nothing may outlive
@@ -227,7 +226,7 @@ fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
 /// Follows the lease until the agent is gone (end of file) or the fence deadline passes, and
 /// returns then. The deadline is a CLOCK_BOOTTIME timer: it fires on time across a suspend
 /// (a sleep would not count the suspended time), and nothing wakes in between.
-fn watch_lease(lease: &mut Lease, cell: &AtomicU64) -> nix::Result<()> {
+fn watch_lease(lease: &mut Lease, mut until: Option<u64>) -> nix::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::time::TimeSpec;
     use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
@@ -236,18 +235,18 @@ fn watch_lease(lease: &mut Lease, cell: &AtomicU64) -> nix::Result<()> {
         ClockId::CLOCK_BOOTTIME,
         TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
     )?;
-    let arm = |until: u64| {
-        if until == NO_FENCE {
+    let arm = |until: Option<u64>| {
+        let Some(ms) = until else {
             return timer.unset();
-        }
-        let at = TimeSpec::new((until / 1000) as i64, ((until % 1000) * 1_000_000) as i64);
+        };
+        let at = TimeSpec::new((ms / 1000) as i64, ((ms % 1000) * 1_000_000) as i64);
         // An absolute moment already past fires at once.
         timer.set(
             Expiration::OneShot(at),
             TimerSetTimeFlags::TFD_TIMER_ABSTIME,
         )
     };
-    arm(cell.load(Ordering::SeqCst))?;
+    arm(until)?;
     let mut line = String::new();
     loop {
         // Lines already buffered are read before waiting for more.
@@ -264,11 +263,11 @@ fn watch_lease(lease: &mut Lease, cell: &AtomicU64) -> nix::Result<()> {
             let readable = fds[0].revents().is_some_and(|r| !r.is_empty());
             let fired = fds[1].revents().is_some_and(|r| !r.is_empty());
             if fired {
-                if fence_passed(cell) {
+                if passed(until) {
                     return Ok(());
                 }
                 // Woken within the millisecond before it: wait again.
-                arm(cell.load(Ordering::SeqCst))?;
+                arm(until)?;
             }
             if !readable {
                 continue;
@@ -278,25 +277,21 @@ fn watch_lease(lease: &mut Lease, cell: &AtomicU64) -> nix::Result<()> {
         match lease.read_line(&mut line) {
             // The agent is gone.
             Ok(0) | Err(_) => return Ok(()),
-            Ok(_) => match LeaseLine::parse(&line) {
-                Some(LeaseLine::Fence(ms)) => {
-                    cell.store(ms, Ordering::SeqCst);
-                    arm(ms)?;
-                }
-                Some(LeaseLine::NoFence) => {
-                    cell.store(NO_FENCE, Ordering::SeqCst);
-                    arm(NO_FENCE)?;
-                }
-                None => {}
-            },
+            Ok(_) => {
+                until = match LeaseLine::parse(&line) {
+                    Some(LeaseLine::Fence(ms)) => Some(ms),
+                    Some(LeaseLine::NoFence) => None,
+                    None => continue,
+                };
+                arm(until)?;
+            }
         }
     }
 }
 
-/// Whether the deadline in `cell` has passed.
-fn fence_passed(cell: &AtomicU64) -> bool {
-    let until = cell.load(Ordering::SeqCst);
-    until != NO_FENCE && boot_ms() >= until
+/// Whether the deadline (CLOCK_BOOTTIME ms) has passed; never without one.
+fn passed(until: Option<u64>) -> bool {
+    until.is_some_and(|ms| boot_ms() >= ms)
 }
 
 /// Reads the lease pipe (stdin) until it ends (the agent is gone) or fails: each `fence` line

@@ -38,6 +38,17 @@ pub(super) const HAS_STDERR: u8 = 2;
 /// The control socket: the spawner's stdin.
 const CONTROL: RawFd = 0;
 
+/// What the control socket said.
+enum Message {
+    /// Fork a shim for this task.
+    Fork(Request),
+    /// A message without the descriptors its byte names: they are closed, so the agent sees
+    /// the lease end.
+    Malformed,
+    /// The agent is gone.
+    End,
+}
+
 /// One task to fork for.
 struct Request {
     lease: OwnedFd,
@@ -94,24 +105,22 @@ pub fn run() -> i32 {
             continue;
         }
         match receive() {
-            Ok(Some(req)) => {
-                let Some(req) = req else { continue };
-                match unsafe_fork() {
-                    Ok(ForkResult::Child) => {
-                        // Only the task's own descriptors stay open in the shim.
-                        drop(sfd);
-                        drop(shims);
-                        std::process::exit(child(req, &mask));
-                    }
-                    Ok(ForkResult::Parent { child }) => {
-                        tell(&req.lease, &format!("pid {child}\n"));
-                        shims.insert(child.as_raw(), req.lease);
-                    }
-                    Err(e) => tell(&req.lease, &format!("error cannot fork: {e}\n")),
+            Ok(Message::Fork(req)) => match unsafe_fork() {
+                Ok(ForkResult::Child) => {
+                    // Only the task's own descriptors stay open in the shim.
+                    drop(sfd);
+                    drop(shims);
+                    std::process::exit(child(req, &mask));
                 }
-            }
+                Ok(ForkResult::Parent { child }) => {
+                    tell(&req.lease, &format!("pid {child}\n"));
+                    shims.insert(child.as_raw(), req.lease);
+                }
+                Err(e) => tell(&req.lease, &format!("error cannot fork: {e}\n")),
+            },
+            Ok(Message::Malformed) => {}
             // The agent is gone; the shims see their leases end and stop their tasks.
-            Ok(None) => return 0,
+            Ok(Message::End) => return 0,
             Err(Errno::EAGAIN | Errno::EINTR) => {}
             Err(e) => {
                 eprintln!("servant spawner: cannot read the control socket: {e}");
@@ -130,9 +139,8 @@ fn unsafe_fork() -> nix::Result<ForkResult> {
     unsafe { fork() }
 }
 
-/// One message from the control socket: Some(None) for a malformed one (its descriptors are
-/// closed, so the agent sees its lease end), None at the end of the socket.
-fn receive() -> nix::Result<Option<Option<Request>>> {
+/// One message from the control socket.
+fn receive() -> nix::Result<Message> {
     let mut byte = [0u8; 1];
     let mut space = nix::cmsg_space!([RawFd; 3]);
     let (bytes, raw) = {
@@ -153,7 +161,7 @@ fn receive() -> nix::Result<Option<Option<Request>>> {
     };
     let mut fds = raw.into_iter().map(own).collect::<Vec<_>>().into_iter();
     if bytes == 0 && fds.len() == 0 {
-        return Ok(None);
+        return Ok(Message::End);
     }
     let want = 1 + usize::from(byte[0] & HAS_STDOUT != 0) + usize::from(byte[0] & HAS_STDERR != 0);
     if fds.len() != want {
@@ -161,18 +169,18 @@ fn receive() -> nix::Result<Option<Option<Request>>> {
             "servant spawner: a request with {} descriptors, not {want}",
             fds.len()
         );
-        return Ok(Some(None));
+        return Ok(Message::Malformed);
     }
     let Some(lease) = fds.next() else {
-        return Ok(Some(None));
+        return Ok(Message::Malformed);
     };
     let stdout = (byte[0] & HAS_STDOUT != 0).then(|| fds.next()).flatten();
     let stderr = (byte[0] & HAS_STDERR != 0).then(|| fds.next()).flatten();
-    Ok(Some(Some(Request {
+    Ok(Message::Fork(Request {
         lease,
         stdout,
         stderr,
-    })))
+    }))
 }
 
 /// Takes ownership of a descriptor the kernel just installed for us.
