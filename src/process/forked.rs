@@ -84,27 +84,14 @@ impl Spawner {
         drop((theirs, stdout, stderr));
         let mine = std::os::unix::net::UnixStream::from(mine);
         mine.set_nonblocking(true)?;
-        let (read, mut lease) = tokio::net::UnixStream::from_std(mine)?.into_split();
+        let mut shim = ForkedShim::on(tokio::net::UnixStream::from_std(mine)?);
         let mut line = serde_json::to_vec(args).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        lease.write_all(&line).await?;
-        let mut shim = ForkedShim {
-            read,
-            lease,
-            buf: Vec::new(),
-            pid: 0,
-            told: None,
-            code: None,
-        };
-        match tokio::time::timeout(FORK_REPLY, shim.next_line()).await {
-            Ok(Some(l)) => match l.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
-                Some(pid) => shim.pid = pid,
-                None => return Err(std::io::Error::other(format!("spawner: {l}"))),
-            },
-            Ok(None) => return Err(std::io::Error::other("the spawner closed the task")),
-            Err(_) => return Err(std::io::Error::other("the spawner did not answer")),
+        shim.lease.write_all(&line).await?;
+        match tokio::time::timeout(FORK_REPLY, shim.started()).await {
+            Ok(r) => r.map(|()| shim),
+            Err(_) => Err(std::io::Error::other("the spawner did not answer")),
         }
-        Ok(shim)
     }
 
     /// Sends one request, starting the spawner first if it is not running (once again if the
@@ -200,6 +187,19 @@ pub(super) struct ForkedShim {
 }
 
 impl ForkedShim {
+    /// The agent's end of a lease, before the spawner answered.
+    fn on(stream: tokio::net::UnixStream) -> Self {
+        let (read, lease) = stream.into_split();
+        ForkedShim {
+            read,
+            lease,
+            buf: Vec::new(),
+            pid: 0,
+            told: None,
+            code: None,
+        }
+    }
+
     /// The next line from the spawner; None at the end. Cancel-safe: what was read stays in
     /// `buf`.
     async fn next_line(&mut self) -> Option<String> {
@@ -211,6 +211,24 @@ impl ForkedShim {
             match self.read.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads up to the spawner's `pid` line. A shim whose command ends at once may write its
+    /// own `code` line before the spawner, back from `fork`, writes the pid: it is kept.
+    async fn started(&mut self) -> std::io::Result<()> {
+        loop {
+            let Some(l) = self.next_line().await else {
+                return Err(std::io::Error::other("the spawner closed the task"));
+            };
+            if let Some(pid) = l.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+                self.pid = pid;
+                return Ok(());
+            }
+            match l.strip_prefix("code ").and_then(|c| c.parse().ok()) {
+                Some(c) => self.told = Some(c),
+                None => return Err(std::io::Error::other(format!("spawner: {l}"))),
             }
         }
     }
@@ -237,5 +255,45 @@ impl ForkedShim {
         };
         self.code = Some(code);
         code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spawner's side of a lease, written by the test.
+    async fn lease(lines: &str) -> ForkedShim {
+        let (mine, mut theirs) = tokio::net::UnixStream::pair().expect("socketpair");
+        theirs.write_all(lines.as_bytes()).await.expect("write");
+        drop(theirs);
+        ForkedShim::on(mine)
+    }
+
+    /// CI failed `servant start` with "cannot start the job: spawner: code 0": a trivial
+    /// command ended and its shim wrote `code 0` before the spawner, back from fork, wrote
+    /// the pid.
+    #[tokio::test]
+    async fn regression_a_shim_that_ends_before_its_pid_is_told_still_started() {
+        let mut shim = lease("code 0\npid 42\nexit 0\n").await;
+        shim.started().await.expect("started");
+        assert_eq!(shim.pid, 42);
+        assert_eq!(shim.wait().await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_shims_own_code_counts_when_the_spawner_died_before_the_pid() {
+        let mut shim = lease("code 3\npid 7\n").await;
+        shim.started().await.expect("started");
+        assert_eq!(shim.wait().await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_spawner_error_or_silence_is_not_a_start() {
+        let mut shim = lease("error cannot fork: EAGAIN\n").await;
+        let e = shim.started().await.expect_err("an error line");
+        assert!(e.to_string().contains("cannot fork"), "{e}");
+        let mut shim = lease("").await;
+        assert!(shim.started().await.is_err());
     }
 }
