@@ -13,7 +13,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::claim::Candidate;
+use std::time::Instant;
+
+use super::claim::{Candidate, ClaimBook};
 use crate::consul::KvPair;
 use crate::wire::Namespace;
 
@@ -32,10 +34,13 @@ pub enum Found {
     Gone,
 }
 
-/// The view: what is known of each listed key, and the order keys were first seen in.
+/// The view: what is known of each listed key, and the order keys were first seen in. It
+/// keeps the claim planner's shared candidates up to date change by change: a listing is
+/// compared with the last one (both sorted), and only the keys that came, went or were
+/// learned about are looked at again (`sync`), so a pass costs what changed.
 #[derive(Debug, Default)]
 pub struct JobsView {
-    /// Entries as last read, by key.
+    /// Entries as last read, by key; listed keys only.
     known: HashMap<String, KvPair>,
     /// Keys this node finished, with the count of listings seen when it did: a listing no newer
     /// than that may still show them.
@@ -45,12 +50,59 @@ pub struct JobsView {
     next_order: u64,
     /// Listings of `jobs/` seen so far.
     listings: u64,
+    /// The last listing's key names, sorted.
+    listed: Vec<String>,
+    /// Keys whose candidacy may have changed since the last `sync`.
+    dirty: HashSet<String>,
 }
 
 impl JobsView {
-    /// A new keys-only listing arrived.
-    pub fn listing(&mut self) {
+    /// A new keys-only listing arrived: the keys that came are candidates (unknown, read
+    /// before a claim), the keys that went are forgotten.
+    pub fn listing(&mut self, keys: &[String]) {
         self.listings += 1;
+        // Consul lists keys sorted; should a listing not be, it is sorted here.
+        let mut names: Vec<&String> = keys.iter().collect();
+        if !names.is_sorted() {
+            names.sort();
+            names.dedup();
+        }
+        let mut old = std::mem::take(&mut self.listed).into_iter().peekable();
+        let mut listed = Vec::with_capacity(names.len());
+        for key in names {
+            while let Some(gone) = old.next_if(|o| o < key) {
+                self.forget(gone);
+            }
+            match old.next_if(|o| o == key) {
+                Some(kept) => listed.push(kept),
+                None => {
+                    self.next_order += 1;
+                    self.order.insert(key.clone(), self.next_order);
+                    self.dirty.insert(key.clone());
+                    listed.push(key.clone());
+                }
+            }
+        }
+        for gone in old {
+            self.forget(gone);
+        }
+        // A key finished here that a newer listing still shows was submitted again.
+        self.dirty.extend(self.finished.keys().cloned());
+        self.listed = listed;
+    }
+
+    fn forget(&mut self, key: String) {
+        self.known.remove(&key);
+        self.finished.remove(&key);
+        self.order.remove(&key);
+        self.dirty.insert(key);
+    }
+
+    /// Whether the last listing showed `key`.
+    pub fn is_listed(&self, key: &str) -> bool {
+        self.listed
+            .binary_search_by(|k| k.as_str().cmp(key))
+            .is_ok()
     }
 
     /// How many listings have arrived: a higher count is a newer view.
@@ -63,25 +115,31 @@ impl JobsView {
     /// frees, a listing's free entry is likely taken, and a claim made from it fails, which
     /// costs Consul a Raft entry (a read costs none).
     pub fn resynced(&mut self, entries: Vec<KvPair>) {
-        self.known.clear();
-        for e in entries.into_iter().filter(|e| e.holder().is_some()) {
-            self.remember(e);
+        self.dirty.extend(self.known.drain().map(|(k, _)| k));
+        for e in entries {
+            if e.holder().is_some() && self.is_listed(&e.key) {
+                self.dirty.insert(e.key.clone());
+                self.known.insert(e.key.clone(), e);
+            }
         }
     }
 
-    /// Values are kept even for held entries: an orphan is given back with its value.
-    fn remember(&mut self, e: KvPair) {
-        self.known.insert(e.key.clone(), e);
-    }
-
-    /// What a claim task found.
+    /// What a claim task found. Values are kept even for held entries: an orphan is given
+    /// back with its value.
     pub fn learn(&mut self, key: &str, found: Found) {
+        self.dirty.insert(key.to_string());
+        if !self.is_listed(key) {
+            // Gone from the listing meanwhile: nothing to remember.
+            return;
+        }
         match found {
             Found::Claimed => {
                 self.known.remove(key);
                 self.finished.insert(key.to_string(), self.listings);
             }
-            Found::NotClaimed(Some(e)) | Found::Held(e) => self.remember(e),
+            Found::NotClaimed(Some(e)) | Found::Held(e) => {
+                self.known.insert(key.to_string(), e);
+            }
             Found::NotClaimed(None) | Found::Gone => {
                 self.known.remove(key);
             }
@@ -104,63 +162,57 @@ impl JobsView {
             .cloned()
     }
 
-    /// Walks the current key names: forgets keys no longer listed and returns the candidates
-    /// to plan with, and the entries this `session` holds that `busy` does not explain (orphans).
-    pub fn candidates(
-        &mut self,
+    /// Tells the planner about every key whose candidacy may have changed: a listed job key
+    /// that no session holds and this node has not just finished is a candidate.
+    pub fn sync(&mut self, layout: &Namespace, book: &mut ClaimBook, now: Instant) {
+        for key in std::mem::take(&mut self.dirty) {
+            let known = self.known.get(&key);
+            let candidate = self.is_listed(&key)
+                && layout.parse_job_key(&key).is_some()
+                && known.and_then(KvPair::holder).is_none()
+                // A listing no newer than the finish may still show the key; a read would say
+                // it is gone, but there is no need to ask.
+                && self.finished.get(&key).is_none_or(|at| self.listings > *at);
+            match (candidate, self.order.get(&key)) {
+                (true, Some(order)) => book.upsert(
+                    Candidate {
+                        modify_index: known.map_or(0, |e| e.modify_index),
+                        create_index: *order,
+                        own_queue: false,
+                        key,
+                    },
+                    now,
+                ),
+                _ => book.remove(&key),
+            }
+        }
+    }
+
+    /// The listed entries this `session` holds that `busy` does not explain: orphans.
+    pub fn orphans(
+        &self,
         layout: &Namespace,
-        keys: &[String],
         session: &str,
         busy: &HashSet<String>,
-    ) -> (Vec<Candidate>, Vec<KvPair>) {
-        let present: HashSet<&str> = keys.iter().map(String::as_str).collect();
-        self.known.retain(|k, _| present.contains(k.as_str()));
-        self.finished.retain(|k, _| present.contains(k.as_str()));
-        self.order.retain(|k, _| present.contains(k.as_str()));
-        let mut out = Vec::new();
-        let mut orphans = Vec::new();
-        for key in keys {
-            if layout.parse_job_key(key).is_none() {
-                continue;
-            }
-            let order = *self.order.entry(key.clone()).or_insert_with(|| {
-                self.next_order += 1;
-                self.next_order
-            });
-            let known = self.known.get(key);
-            match known.and_then(KvPair::holder) {
-                Some(h) if h == session && !busy.contains(key) => {
-                    if let Some(e) = known {
-                        orphans.push(e.clone());
-                    }
-                    continue;
-                }
-                Some(_) => continue,
-                None => {}
-            }
-            // A listing no newer than the finish may still show the key; a read would say it
-            // is gone, but there is no need to ask.
-            if self
-                .finished
-                .get(key)
-                .is_some_and(|at| self.listings <= *at)
-            {
-                continue;
-            }
-            out.push(Candidate {
-                key: key.clone(),
-                modify_index: known.map_or(0, |e| e.modify_index),
-                create_index: order,
-                own_queue: false,
-            });
-        }
-        (out, orphans)
+    ) -> Vec<KvPair> {
+        self.known
+            .values()
+            .filter(|e| {
+                e.holder() == Some(session)
+                    && !busy.contains(&e.key)
+                    && layout.parse_job_key(&e.key).is_some()
+            })
+            .cloned()
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::jobs::claim::PlanParams;
 
     fn entry(key: &str, index: u64, session: Option<&str>) -> KvPair {
         KvPair {
@@ -178,79 +230,111 @@ mod tests {
         k.iter().map(|s| s.to_string()).collect()
     }
 
-    fn names(c: &[Candidate]) -> Vec<&str> {
-        c.iter().map(|c| c.key.as_str()).collect()
+    fn book() -> ClaimBook {
+        ClaimBook::new(
+            "me",
+            PlanParams {
+                stagger: Duration::from_millis(25),
+                retry_after: Duration::from_millis(500),
+                max_stagger: Duration::from_millis(400),
+            },
+        )
+    }
+
+    /// The shared candidates after a sync, in the plan's order.
+    fn candidates(v: &mut JobsView, b: &mut ClaimBook) -> Vec<String> {
+        let now = Instant::now();
+        v.sync(&Namespace::new(""), b, now);
+        b.plan(
+            now + Duration::from_secs(60),
+            &[],
+            &HashSet::new(),
+            usize::MAX,
+        )
+        .claim
     }
 
     #[test]
     fn unknown_keys_are_candidates_in_the_order_first_seen_and_the_folder_key_is_not() {
-        let l = Namespace::new("");
-        let mut v = JobsView::default();
-        let (c, _) = v.candidates(&l, &keys(&["jobs/", "jobs/b"]), "s1", &HashSet::new());
-        assert_eq!(names(&c), ["jobs/b"]);
-        let (c, _) = v.candidates(&l, &keys(&["jobs/a", "jobs/b"]), "s1", &HashSet::new());
-        assert_eq!(names(&c), ["jobs/a", "jobs/b"]);
-        assert!(c[1].create_index < c[0].create_index, "b was seen first");
-        assert_eq!(c[0].modify_index, 0, "unknown: read before the claim");
-        assert_eq!(v.entry("jobs/a"), None);
+        let (mut v, mut b) = (JobsView::default(), book());
+        v.listing(&keys(&["jobs/", "jobs/b"]));
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/b"]);
+        v.listing(&keys(&["jobs/a", "jobs/b"]));
+        assert_eq!(
+            candidates(&mut v, &mut b),
+            ["jobs/b", "jobs/a"],
+            "b was seen first"
+        );
+        assert_eq!(v.entry("jobs/a"), None, "unknown: read before the claim");
+        assert!(v.is_listed("jobs/a") && !v.is_listed("jobs/"));
+    }
+
+    #[test]
+    fn an_unsorted_listing_is_diffed_as_a_sorted_one() {
+        let (mut v, mut b) = (JobsView::default(), book());
+        v.listing(&keys(&["jobs/c", "jobs/a", "jobs/c"]));
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a", "jobs/c"]);
+        v.listing(&keys(&["jobs/d", "jobs/a"]));
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a", "jobs/d"]);
+        assert!(!v.is_listed("jobs/c") && v.order.len() == 2);
     }
 
     #[test]
     fn held_keys_are_skipped_until_a_resync_frees_them() {
-        let l = Namespace::new("");
-        let mut v = JobsView::default();
+        let (mut v, mut b) = (JobsView::default(), book());
+        v.listing(&keys(&["jobs/a", "jobs/b"]));
         v.learn("jobs/a", Found::Held(entry("jobs/a", 7, Some("other"))));
-        let ks = keys(&["jobs/a"]);
-        assert!(v.candidates(&l, &ks, "s1", &HashSet::new()).0.is_empty());
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/b"]);
         assert!(v.held_by_others("s1"));
         v.resynced(vec![
             entry("jobs/a", 9, None),
             entry("jobs/b", 10, Some("x")),
         ]);
-        let (c, _) = v.candidates(&l, &keys(&["jobs/a", "jobs/b"]), "s1", &HashSet::new());
         // Free in the listing: a candidate again, read before its claim (not claimed from the
         // listing's entry, which a slow pass would find taken).
-        assert_eq!(names(&c), ["jobs/a"]);
-        assert_eq!(c[0].modify_index, 0);
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a"]);
         assert_eq!(v.entry("jobs/a"), None);
         assert!(v.held_by_others("s1"), "b is held by x");
         v.resynced(vec![]);
         assert!(!v.held_by_others("s1"));
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a", "jobs/b"]);
     }
 
     #[test]
     fn a_key_held_by_this_session_without_a_task_is_an_orphan() {
+        let (mut v, mut b) = (JobsView::default(), book());
         let l = Namespace::new("");
-        let mut v = JobsView::default();
+        v.listing(&keys(&["jobs/a"]));
         v.learn("jobs/a", Found::Held(entry("jobs/a", 7, Some("s1"))));
-        let ks = keys(&["jobs/a"]);
-        let (c, o) = v.candidates(&l, &ks, "s1", &HashSet::new());
-        assert!(c.is_empty());
-        assert_eq!(o.len(), 1);
+        assert!(candidates(&mut v, &mut b).is_empty());
+        assert_eq!(v.orphans(&l, "s1", &HashSet::new()).len(), 1);
         let busy: HashSet<String> = ["jobs/a".to_string()].into();
-        let (c, o) = v.candidates(&l, &ks, "s1", &busy);
-        assert!(c.is_empty() && o.is_empty());
+        assert!(v.orphans(&l, "s1", &busy).is_empty());
+        assert!(v.orphans(&l, "s2", &HashSet::new()).is_empty());
     }
 
     #[test]
     fn a_finished_key_is_skipped_until_a_newer_listing_and_forgotten_when_gone() {
-        let l = Namespace::new("");
-        let mut v = JobsView::default();
+        let (mut v, mut b) = (JobsView::default(), book());
         let ks = keys(&["jobs/a"]);
-        v.listing();
+        v.listing(&ks);
+        assert_eq!(candidates(&mut v, &mut b).len(), 1);
         v.learn("jobs/a", Found::Claimed);
-        assert!(v.candidates(&l, &ks, "s1", &HashSet::new()).0.is_empty());
+        assert!(candidates(&mut v, &mut b).is_empty());
         // Submitted again under the same ID: a newer listing shows it, and it is a candidate.
-        v.listing();
-        assert_eq!(v.candidates(&l, &ks, "s1", &HashSet::new()).0.len(), 1);
+        v.listing(&ks);
+        assert_eq!(candidates(&mut v, &mut b).len(), 1);
         v.learn("jobs/a", Found::Claimed);
-        v.candidates(&l, &[], "s1", &HashSet::new());
+        v.listing(&[]);
+        assert!(candidates(&mut v, &mut b).is_empty());
         assert!(v.finished.is_empty() && v.order.is_empty() && v.known.is_empty());
+        assert_eq!(b.shared_len(), 0);
     }
 
     #[test]
     fn a_lost_race_forgets_the_entry_and_a_lock_delay_keeps_it() {
         let mut v = JobsView::default();
+        v.listing(&keys(&["jobs/a"]));
         v.learn("jobs/a", Found::NotClaimed(Some(entry("jobs/a", 5, None))));
         assert_eq!(v.entry("jobs/a").map(|e| e.modify_index), Some(5));
         v.learn("jobs/a", Found::NotClaimed(None));
@@ -263,5 +347,17 @@ mod tests {
         );
         v.learn("jobs/a", Found::Gone);
         assert!(v.known.is_empty());
+    }
+
+    #[test]
+    fn what_is_learned_of_a_key_no_longer_listed_is_not_kept() {
+        let mut v = JobsView::default();
+        v.listing(&keys(&["jobs/a"]));
+        v.listing(&[]);
+        v.learn("jobs/a", Found::Held(entry("jobs/a", 6, Some("x"))));
+        v.learn("jobs/a", Found::Claimed);
+        v.resynced(vec![entry("jobs/a", 6, Some("x"))]);
+        assert!(v.known.is_empty() && v.finished.is_empty());
+        assert!(!v.held_by_others("s1"));
     }
 }

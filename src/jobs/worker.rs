@@ -341,8 +341,6 @@ impl Worker {
         // Keys held by this node's session with no task of ours behind them (a claim whose
         // answer was lost, a result that could not be written), and since when.
         let mut orphans: HashMap<String, std::time::Instant> = HashMap::new();
-        // When this agent first saw each queued key, for the claim-time histogram.
-        let mut first_seen: HashMap<String, std::time::Instant> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         // Whole listings of jobs/ (resyncs): one at a time, due at start.
         let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Vec<KvPair>>();
@@ -365,7 +363,10 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                r = jobs_rx.changed() => { if r.is_err() { break; } view.listing() }
+                r = jobs_rx.changed() => {
+                    if r.is_err() { break; }
+                    view.listing(jobs_rx.borrow_and_update().as_deref().unwrap_or_default());
+                }
                 r = queue_rx.changed() => if r.is_err() { break },
                 r = live_rx.changed() => {
                     if r.is_err() { break; }
@@ -448,8 +449,10 @@ impl Worker {
                 tasks.spawn(resync(ctx.clone(), resync_tx.clone()));
             }
             let mut entries: HashMap<String, KvPair> = HashMap::new();
-            let mut present: HashSet<String> = HashSet::new();
-            let mut candidates = Vec::new();
+            // The own queue comes whole with its values (it is this node's alone); the
+            // shared queue's candidates are kept by the view and the planner between passes.
+            let mut own_listed: HashSet<String> = HashSet::new();
+            let mut own_candidates = Vec::new();
             let own_queue = cfg.layout.queue_prefix(&cfg.node);
             if hold.is_some_and(|(seen, until)| view.listings() > seen || Instant::now() >= until) {
                 hold = None;
@@ -458,17 +461,11 @@ impl Worker {
                 wake = Some(wake.map_or(until, |w| w.min(until)));
             }
             let busy: HashSet<String> = handles.keys().cloned().collect();
-            let mut held_by_us: Vec<KvPair> = Vec::new();
-            {
-                let keys = jobs_rx.borrow();
-                let keys = keys.as_deref().unwrap_or_default();
-                present.extend(keys.iter().cloned());
-                let (shared, orphaned) = view.candidates(&cfg.layout, keys, &session, &busy);
-                candidates.extend(shared);
-                held_by_us.extend(orphaned);
-            }
+            book.set_live(live_rx.borrow().as_deref().unwrap_or_default());
+            view.sync(&cfg.layout, &mut book, std::time::Instant::now());
+            let mut held_by_us = view.orphans(&cfg.layout, &session, &busy);
             for e in queue_rx.borrow().iter().flatten() {
-                present.insert(e.key.clone());
+                own_listed.insert(e.key.clone());
                 if e.holder() == Some(session.as_str()) && !handles.contains_key(&e.key) {
                     held_by_us.push(e.clone());
                 }
@@ -478,7 +475,7 @@ impl Worker {
                 if finished.get(&e.key) == Some(&e.modify_index) {
                     continue;
                 }
-                candidates.push(Candidate {
+                own_candidates.push(Candidate {
                     key: e.key.clone(),
                     modify_index: e.modify_index,
                     create_index: e.create_index,
@@ -502,21 +499,16 @@ impl Worker {
                     });
                 }
             }
-            for c in &candidates {
-                first_seen
-                    .entry(c.key.clone())
-                    .or_insert_with(std::time::Instant::now);
-            }
+            let listed = |k: &str| own_listed.contains(k) || view.is_listed(k);
             // Forget a finished key only once the watch no longer lists it at all (deleted).
-            finished.retain(|k, _| present.contains(k));
-            orphans.retain(|k, _| present.contains(k) && !handles.contains_key(k));
-            first_seen.retain(|k, _| present.contains(k));
+            finished.retain(|k, _| own_listed.contains(k));
+            orphans.retain(|k, _| listed(k) && !handles.contains_key(k));
             // A job whose key was deleted while this session held it was stopped by an
             // operator (`consul kv delete`, the dashboard): it gets SIGTERM, then SIGKILL after
             // `kill_grace`, and a result that says so. Only while the session is ours and not
             // fenced: then no other node can have held the key meanwhile.
             for (key, h) in &handles {
-                if !present.contains(key) && h.session == session && h.kill.borrow().is_none() {
+                if !listed(key) && h.session == session && h.kill.borrow().is_none() {
                     info!(key = %key, "the job's key was deleted while it ran: stopping the job");
                     let _ = h.kill.send(Some(KillReason::Removed));
                 }
@@ -533,8 +525,7 @@ impl Worker {
             if let Some(t) = resync_at {
                 wake = Some(wake.map_or(t, |x| x.min(t)));
             }
-            let live = live_rx.borrow().clone().unwrap_or_default();
-            let plan = book.plan(std::time::Instant::now(), &candidates, &live, &busy, free);
+            let plan = book.plan(std::time::Instant::now(), &own_candidates, &busy, free);
             if let Some(w) = plan.wake_at {
                 let w = Instant::from_std(w);
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -565,9 +556,8 @@ impl Worker {
                 let ctx = ctx.clone();
                 let done = done_tx.clone();
                 let session = session.clone();
-                let seen = first_seen
-                    .get(&key)
-                    .copied()
+                let seen = book
+                    .first_seen(&key)
                     .unwrap_or_else(std::time::Instant::now);
                 tasks.spawn(async move {
                     // Reports on drop, so even a panicking task frees its slot.
