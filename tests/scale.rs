@@ -77,6 +77,45 @@ fn each_queued_job_document_is_read_about_once(b: Backend) {
     );
 }
 
+/// The worker's KV requests: the key-name listings of `jobs/` and the reads before claims.
+fn jobs_kv_requests(api: &str) -> f64 {
+    sum(
+        &metrics(api),
+        "servant_consul_requests_total",
+        &["part=\"jobs\"", "endpoint=\"kv\""],
+    )
+}
+
+/// Under a backlog, a node read every key name in `jobs/` about 2.6 times a job (the submit,
+/// the claim and the result each change the names or the index), so its bytes per job grew with
+/// the queue. A node whose every slot is taken by keys it knows now lists at most every 100 ms.
+fn a_saturated_node_lists_the_queue_less_than_once_a_job(b: Backend) {
+    let c = Single::start(b, &["--max-parallel", "1"]);
+    let h = c.http();
+    let api = servant_api(&h);
+    // Start-up reads settle first (the folder keys, the first resync).
+    std::thread::sleep(Duration::from_secs(2));
+    let req0 = jobs_kv_requests(&api);
+    let n = 80;
+    for i in 0..n {
+        assert_eq!(
+            h.put(&format!("/v1/kv/jobs/sat{i}"), r#"{"Command": "true"}"#)
+                .0,
+            200
+        );
+    }
+    for i in 0..n {
+        let r = h.wait_result(&format!("jdone_jid/jobs/sat{i}"), T);
+        assert_eq!(r["Status"], "succeeded", "{r}");
+    }
+    let kv = jobs_kv_requests(&api) - req0;
+    // One read before each claim, and listings: about 3.6 requests a job before.
+    assert!(
+        kv < 2.0 * n as f64,
+        "{n} queued jobs cost the worker {kv} KV requests"
+    );
+}
+
 /// A watch of an empty prefix (or a missing key) is answered with the whole KV table's index,
 /// so it woke at every write anywhere: an idle worker made a request per unrelated write, and so
 /// did an apps node with nothing placed on it.
@@ -250,6 +289,7 @@ fn a_node_with_many_apps_follows_their_changes(b: Backend) {
 
 on_both!(
     a_node_with_many_apps_follows_their_changes,
+    a_saturated_node_lists_the_queue_less_than_once_a_job,
     a_task_change_is_read_only_by_the_nodes_that_run_it,
     each_queued_job_document_is_read_about_once,
     unrelated_writes_do_not_wake_the_job_worker_or_the_apps_node,

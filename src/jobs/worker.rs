@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,10 +127,24 @@ const STALE_HOLD: Duration = Duration::from_millis(200);
 /// the node count; with it they are bounded, and a job waits at most one interval longer.
 const LISTINGS_PER_SECOND: u32 = 20_000;
 
-/// The pause between two reads of `jobs/` by one node when `nodes` servants are live.
-fn listing_interval(nodes: usize) -> Duration {
-    Duration::from_secs(1) * u32::try_from(nodes).unwrap_or(u32::MAX) / LISTINGS_PER_SECOND
+/// The pause between two reads of `jobs/` by one node when `nodes` servants are live, and
+/// whether the node is `saturated`: every slot taken or about to be, by keys it already knows.
+/// A saturated node cannot run a job it would hear of sooner, so it reads the key names at most
+/// every `SATURATED_LISTING_INTERVAL`: under a backlog each listing holds every queued name, and
+/// one per job made a node's reads per job grow with the queue.
+fn listing_interval(nodes: usize, saturated: bool) -> Duration {
+    let paced =
+        Duration::from_secs(1) * u32::try_from(nodes).unwrap_or(u32::MAX) / LISTINGS_PER_SECOND;
+    if saturated {
+        paced.max(SATURATED_LISTING_INTERVAL)
+    } else {
+        paced
+    }
 }
+
+/// See `listing_interval`. A job deleted by an operator while it runs is stopped this much later
+/// at most; a job whose preferred node is saturated is taken by another after the stagger.
+const SATURATED_LISTING_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often a node with room re-reads the whole `jobs/` queue while keys it saw held by other
 /// sessions are queued (a holder that restarted frees them without changing their names).
@@ -288,6 +302,8 @@ impl Worker {
         let prefix = cfg.layout.jobs_prefix();
         let live_count = Arc::new(AtomicUsize::new(1));
         let pace = live_count.clone();
+        let saturated = Arc::new(AtomicBool::new(false));
+        let busy_pace = saturated.clone();
         let mut next_read = std::time::Instant::now();
         let mut jobs_rx = spawn_watch(
             &tasks,
@@ -298,7 +314,12 @@ impl Worker {
                 let p = prefix.clone();
                 let now = std::time::Instant::now();
                 let delay = next_read.saturating_duration_since(now);
-                next_read = now + delay + listing_interval(pace.load(Ordering::Relaxed));
+                next_read = now
+                    + delay
+                    + listing_interval(
+                        pace.load(Ordering::Relaxed),
+                        busy_pace.load(Ordering::Relaxed),
+                    );
                 async move {
                     tokio::time::sleep(delay).await;
                     c.kv_keys(&p, None, &q).await
@@ -526,6 +547,11 @@ impl Worker {
                 wake = Some(wake.map_or(t, |x| x.min(t)));
             }
             let plan = book.plan(std::time::Instant::now(), &own_candidates, &busy, free);
+            // While held after a lost race, the node waits for a newer listing: not saturated.
+            saturated.store(
+                hold.is_none() && plan.claim.len() >= free,
+                Ordering::Relaxed,
+            );
             if let Some(w) = plan.wake_at {
                 let w = Instant::from_std(w);
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -588,20 +614,11 @@ impl Worker {
                     let end = claim_and_run(&ctx, entry.clone(), &session, kill_rx, seen).await;
                     if let Some(r) = guard.report.as_mut() {
                         r.claimed_at = at;
-                        r.claim_failed = end != ClaimEnd::Claimed;
+                        r.claim_failed = !matches!(end, ClaimEnd::Claimed | ClaimEnd::Fenced);
                         if !own {
                             r.claim_end = Some(end);
                             let fenced = *kill_seen.borrow() == Some(KillReason::Fenced);
-                            r.found = Some(match end {
-                                // Killed because the session was lost: its result may not be
-                                // written and the key is free again, or another node's.
-                                ClaimEnd::Claimed if fenced => Found::NotClaimed(None),
-                                ClaimEnd::Claimed => Found::Claimed,
-                                // Free at `at` but refused: tried again with the same entry
-                                // after `claim_retry`.
-                                ClaimEnd::Refused => Found::NotClaimed(Some(entry)),
-                                ClaimEnd::Changed => Found::NotClaimed(None),
-                            });
+                            r.found = Some(found_after(end, fenced, entry));
                         }
                     }
                 });
@@ -769,6 +786,11 @@ async fn claim_and_run(
             }
         }
     };
+    let end = if result.is_some() {
+        ClaimEnd::Claimed
+    } else {
+        ClaimEnd::Fenced
+    };
     if let Some(r) = result {
         info!(key = %entry.key, status = r.status_str(), attempt = r.attempt, "job finished");
         if *kill.borrow() == Some(KillReason::Removed) {
@@ -789,7 +811,24 @@ async fn claim_and_run(
     if let Some(rel) = release {
         rel.await;
     }
-    ClaimEnd::Claimed
+    end
+}
+
+/// What a claim task learned of a `jobs/` key from how its claim ended; `fenced`: the worker
+/// killed the job because Consul did not confirm its session.
+fn found_after(end: ClaimEnd, fenced: bool, entry: KvPair) -> Found {
+    match end {
+        // Ran but fenced, by the worker or by its own shim at the deadline (a fence that lifted
+        // within milliseconds may never reach the worker): no result was written. The key may
+        // still be this session's (an orphan, given back after the grace), free again, or
+        // another node's: it is read again.
+        ClaimEnd::Fenced => Found::NotClaimed(None),
+        ClaimEnd::Claimed if fenced => Found::NotClaimed(None),
+        ClaimEnd::Claimed => Found::Claimed,
+        // Free at its index but refused: tried again with the same entry after `claim_retry`.
+        ClaimEnd::Refused => Found::NotClaimed(Some(entry)),
+        ClaimEnd::Changed => Found::NotClaimed(None),
+    }
 }
 
 /// How a claim ended.
@@ -802,6 +841,8 @@ enum ClaimEnd {
     Changed,
     /// The lock was refused at an unchanged index: the lock-delay of a holder that died.
     Refused,
+    /// Ours, but the job was fenced (or left running at shutdown): no result was written.
+    Fenced,
 }
 
 /// Reads a `jobs/` key just before claiming it: the entry when it is free, else what was found.
@@ -1612,13 +1653,51 @@ mod tests {
 
     #[test]
     fn the_cluster_reads_jobs_at_most_listings_per_second() {
-        assert_eq!(listing_interval(1), Duration::from_micros(50));
-        assert_eq!(listing_interval(5), Duration::from_micros(250));
-        assert_eq!(listing_interval(1000), Duration::from_millis(50));
+        assert_eq!(listing_interval(1, false), Duration::from_micros(50));
+        assert_eq!(listing_interval(5, false), Duration::from_micros(250));
+        assert_eq!(listing_interval(1000, false), Duration::from_millis(50));
         for n in [1usize, 20, 1000, 10_000] {
-            let per_second = n as f64 / listing_interval(n).as_secs_f64();
+            let per_second = n as f64 / listing_interval(n, false).as_secs_f64();
             assert!((per_second - f64::from(LISTINGS_PER_SECOND)).abs() < 1.0);
         }
+    }
+
+    /// CI: a job killed by its own shim at the fence deadline, with a fence that lifted 31 ms
+    /// later (before the worker saw it), counted as claimed and done; its key stayed locked by
+    /// the session with no result, and nothing looked at it again.
+    #[test]
+    fn regression_a_job_its_shim_fenced_is_read_again_not_done() {
+        let e = KvPair {
+            key: "jobs/a".into(),
+            create_index: 1,
+            modify_index: 1,
+            lock_index: 0,
+            flags: 0,
+            value: Vec::new(),
+            session: None,
+        };
+        assert_eq!(
+            found_after(ClaimEnd::Fenced, false, e.clone()),
+            Found::NotClaimed(None)
+        );
+        assert_eq!(
+            found_after(ClaimEnd::Claimed, true, e.clone()),
+            Found::NotClaimed(None)
+        );
+        assert_eq!(
+            found_after(ClaimEnd::Claimed, false, e.clone()),
+            Found::Claimed
+        );
+        assert_eq!(
+            found_after(ClaimEnd::Refused, false, e.clone()),
+            Found::NotClaimed(Some(e))
+        );
+    }
+
+    #[test]
+    fn a_saturated_node_lists_at_most_every_saturated_interval() {
+        assert_eq!(listing_interval(1, true), SATURATED_LISTING_INTERVAL);
+        assert_eq!(listing_interval(10_000, true), Duration::from_millis(500));
     }
 
     /// A value across the output cap is replaced whole, not cut to its first bytes (for a log
