@@ -838,6 +838,45 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     drop(c);
 }
 
+/// A process a job leaves behind outside its process group (a `setsid` child, a daemon) was
+/// adopted by PID 1 when the job's shell ended, and under a PID 1 that reaps nothing (a
+/// container's, this sandbox's) it stayed a zombie once it ended. The spawner is now a child
+/// subreaper: it adopts such a process and reaps it.
+#[test]
+fn regression_a_process_a_job_leaves_behind_is_adopted_and_reaped_by_the_spawner() {
+    let c = Single::start(Backend::Dev, &[]);
+    let h = c.http();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("go");
+    // The spawner (the shim's parent), then a child in a session of its own that waits for the
+    // flag (30 s at most, so a failed test leaves nothing behind for long).
+    let cmd = format!(
+        "awk '{{print $4}}' /proc/$PPID/stat; \
+         setsid sh -c 'for i in $(seq 600); do [ -e {} ] && exit 0; sleep 0.05; done' \
+         >/dev/null 2>&1 & echo $!",
+        flag.display()
+    );
+    h.put("/v1/kv/jobs/leaver", json!({ "Command": cmd }).to_string());
+    let r = h.wait_result("jdone_jid/jobs/leaver", T);
+    let pids: Vec<i32> = r["Output"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{r}");
+    let (spawner, left) = (pids[0], pids[1]);
+    assert_eq!(
+        parent_and_name(left).map(|p| p.0),
+        Some(spawner),
+        "the process the job left is the spawner's now"
+    );
+    std::fs::write(&flag, "").unwrap();
+    wait_for("the left process reaped, not a zombie", T, || {
+        (!std::path::Path::new(&format!("/proc/{left}")).exists()).then_some(())
+    });
+}
+
 /// Voluntary context switches of every thread of `pid`: how often it went to sleep.
 fn wakeups(pid: i32) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();

@@ -80,6 +80,12 @@ pub fn run() -> i32 {
             return 1;
         }
     };
+    // A process a job leaves behind outside its group (a daemon, a `setsid` child) is adopted
+    // here when its parent ends, not by PID 1, and reaped below like a shim: a container's or
+    // a sandbox's PID 1 may reap nothing, and it would stay a zombie.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("servant spawner: cannot adopt orphaned processes: {e}");
+    }
     // The lease copies of the shims alive, by pid.
     let mut shims: HashMap<i32, OwnedFd> = HashMap::new();
     let stdin = std::io::stdin();
@@ -195,7 +201,7 @@ fn tell(lease: &OwnedFd, line: &str) {
     let _ = send(lease.as_raw_fd(), line.as_bytes(), MsgFlags::MSG_NOSIGNAL);
 }
 
-/// Reaps every ended shim and tells its agent how it ended.
+/// Reaps every ended child, shims and adopted orphans, and tells a shim's agent how it ended.
 fn reap(shims: &mut HashMap<i32, OwnedFd>) {
     loop {
         let (pid, code) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
