@@ -111,6 +111,13 @@ struct Slot {
     seen: Seen,
 }
 
+impl Slot {
+    /// The slot's place in `ClaimBook::order`.
+    fn place(&self, key: String) -> (usize, i128, String) {
+        (self.rank, age(self.rank, self.create_index), key)
+    }
+}
+
 /// When a candidate was first seen (the stagger counts from here), and a failed claim at a
 /// ModifyIndex, not retried before the instant (lock-delay, races).
 #[derive(Debug, Clone, Copy)]
@@ -210,8 +217,7 @@ impl ClaimBook {
         self.order.clear();
         for (key, s) in &mut self.shared {
             s.rank = rank(key, &self.me, &self.live);
-            self.order
-                .insert((s.rank, age(s.rank, s.create_index), key.clone()));
+            self.order.insert(s.place(key.clone()));
         }
     }
 
@@ -221,33 +227,26 @@ impl ClaimBook {
         if let Some(s) = self.shared.get_mut(&c.key) {
             s.modify_index = c.modify_index;
             if s.create_index != c.create_index {
-                self.order
-                    .remove(&(s.rank, age(s.rank, s.create_index), c.key.clone()));
+                self.order.remove(&s.place(c.key.clone()));
                 s.create_index = c.create_index;
-                self.order
-                    .insert((s.rank, age(s.rank, s.create_index), c.key));
+                self.order.insert(s.place(c.key));
             }
             return;
         }
-        let r = rank(&c.key, &self.me, &self.live);
-        self.order
-            .insert((r, age(r, c.create_index), c.key.clone()));
-        self.shared.insert(
-            c.key,
-            Slot {
-                modify_index: c.modify_index,
-                create_index: c.create_index,
-                rank: r,
-                seen: Seen::new(now),
-            },
-        );
+        let slot = Slot {
+            modify_index: c.modify_index,
+            create_index: c.create_index,
+            rank: rank(&c.key, &self.me, &self.live),
+            seen: Seen::new(now),
+        };
+        self.order.insert(slot.place(c.key.clone()));
+        self.shared.insert(c.key, slot);
     }
 
     /// A shared key is no longer a candidate: its memory goes too.
     pub fn remove(&mut self, key: &str) {
         if let Some(s) = self.shared.remove(key) {
-            self.order
-                .remove(&(s.rank, age(s.rank, s.create_index), key.to_string()));
+            self.order.remove(&s.place(key.to_string()));
         }
     }
 
@@ -260,6 +259,7 @@ impl ClaimBook {
     }
 
     /// How many shared candidates there are.
+    #[cfg(test)]
     pub fn shared_len(&self) -> usize {
         self.shared.len()
     }
@@ -277,47 +277,38 @@ impl ClaimBook {
         let stagger = self.stagger;
         let listed: HashSet<&str> = own.iter().map(|c| c.key.as_str()).collect();
         self.own.retain(|k, _| listed.contains(k.as_str()));
+        for c in own {
+            if !self.own.contains_key(&c.key) {
+                self.own.insert(c.key.clone(), Seen::new(now));
+            }
+        }
         let mut plan = Plan::default();
         if free == 0 {
             return plan;
         }
-        let wake = |t: Instant, plan: &mut Plan| {
-            plan.wake_at = Some(plan.wake_at.map_or(t, |w| w.min(t)));
-        };
-        let mut mine: Vec<&Candidate> = own.iter().filter(|c| !busy.contains(&c.key)).collect();
+        let mut mine: Vec<&Candidate> = own.iter().collect();
         mine.sort_by(|a, b| (a.create_index, &a.key).cmp(&(b.create_index, &b.key)));
-        for c in mine {
-            let seen = self
-                .own
-                .entry(c.key.clone())
-                .or_insert_with(|| Seen::new(now));
-            let due = seen.due(0, stagger, c.modify_index);
-            if due > now {
-                wake(due, &mut plan);
-                continue;
-            }
-            plan.claim.push(c.key.clone());
-            if plan.claim.len() == free {
-                plan.wake_at = None;
-                return plan;
-            }
-        }
-        for (r, _, key) in &self.order {
+        // Own-queue keys (rank 0, oldest first), then the shared ones in their kept order.
+        let own_due = mine.into_iter().filter_map(|c| {
+            let seen = self.own.get(&c.key)?;
+            Some((&c.key, seen.due(0, stagger, c.modify_index)))
+        });
+        let shared_due = self.order.iter().filter_map(|(r, _, key)| {
+            let s = self.shared.get(key)?;
+            Some((key, s.seen.due(*r, stagger, s.modify_index)))
+        });
+        for (key, due) in own_due.chain(shared_due) {
             if busy.contains(key) {
                 continue;
             }
-            let Some(s) = self.shared.get(key) else {
-                continue;
-            };
-            let due = s.seen.due(*r, stagger, s.modify_index);
             if due > now {
-                wake(due, &mut plan);
+                plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
                 continue;
             }
             plan.claim.push(key.clone());
             if plan.claim.len() == free {
                 plan.wake_at = None;
-                return plan;
+                break;
             }
         }
         plan

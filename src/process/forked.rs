@@ -222,11 +222,11 @@ impl ForkedShim {
             let Some(l) = self.next_line().await else {
                 return Err(std::io::Error::other("the spawner closed the task"));
             };
-            if let Some(pid) = l.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+            if let Some(pid) = number(&l, "pid ") {
                 self.pid = pid;
                 return Ok(());
             }
-            match l.strip_prefix("code ").and_then(|c| c.parse().ok()) {
+            match number(&l, "code ") {
                 Some(c) => self.told = Some(c),
                 None => return Err(std::io::Error::other(format!("spawner: {l}"))),
             }
@@ -245,17 +245,21 @@ impl ForkedShim {
                 tracing::warn!(pid = self.pid, "the spawner did not report a task's end");
                 break self.told.unwrap_or(-1);
             };
-            let number = |p: &str| l.strip_prefix(p).and_then(|c| c.parse().ok());
-            if let Some(c) = number("exit ") {
+            if let Some(c) = number(&l, "exit ") {
                 break c;
             }
-            if let Some(c) = number("code ") {
+            if let Some(c) = number(&l, "code ") {
                 self.told = Some(c);
             }
         };
         self.code = Some(code);
         code
     }
+}
+
+/// The number of a `<prefix>N` line from the spawner or the shim.
+fn number<T: std::str::FromStr>(line: &str, prefix: &str) -> Option<T> {
+    line.strip_prefix(prefix)?.parse().ok()
 }
 
 #[cfg(test)]
