@@ -179,6 +179,66 @@ fn session_churn_does_not_wake_the_job_worker(b: Backend) {
     );
 }
 
+/// The job worker's reads of the live servant set.
+fn live_set_reads(api: &str) -> f64 {
+    sum(
+        &metrics(api),
+        "servant_consul_requests_total",
+        &["part=\"jobs\"", "endpoint=\"health/service\""],
+    )
+}
+
+/// Every servant that came, went or failed answered every node's blocking read of the live set,
+/// which holds every live servant: N² entries per event, and as many reads as events under
+/// churn. A node now waits `nodes / 10` seconds between two reads, so the changes in between
+/// come in one answer. Consul only: the embedded server is one node and has no catalog writes.
+#[test]
+fn servant_churn_reads_the_live_set_at_a_paced_rate() {
+    let c = Single::start(Backend::Consul, &[]);
+    let h = c.http();
+    let api = servant_api(&h);
+    let own = h.get_json("/v1/catalog/service/servant").unwrap();
+    let meta = own[0]["ServiceMeta"].clone();
+    let register = |i: usize| {
+        let body = json!({
+            "Node": format!("other{i}"),
+            "Address": "127.0.0.1",
+            "Service": {"ID": "servant-other", "Service": "servant", "Port": 1, "Meta": meta},
+        });
+        assert_eq!(h.put("/v1/catalog/register", body.to_string()).0, 200);
+    };
+    // Twenty servants: two seconds between reads.
+    for i in 0..19 {
+        register(i);
+    }
+    wait_for("twenty live servants", T, || {
+        let n = h.get_json("/v1/health/service/servant?passing")?;
+        (n.as_array()?.len() == 20).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let before = live_set_reads(&api);
+    let t = std::time::Instant::now();
+    for _ in 0..30 {
+        let gone = json!({"Node": "other0", "ServiceID": "servant-other"});
+        assert_eq!(h.put("/v1/catalog/deregister", gone.to_string()).0, 200);
+        std::thread::sleep(Duration::from_millis(20));
+        register(0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let reads = live_set_reads(&api) - before;
+    let paced = t.elapsed().as_secs_f64() / 2.0;
+    eprintln!(
+        "60 servant changes over {:.1} s: {reads} reads of the live set",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        reads <= paced + 2.0,
+        "60 servant changes over {:.1} s cost {reads} reads of the live set (paced: {paced:.1})",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// A node's KV answer bytes for its apps (`part="apps"`: reports, its topology key, its tasks).
 fn apps_kv_bytes(api: &str) -> f64 {
     sum(

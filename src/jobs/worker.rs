@@ -146,6 +146,21 @@ fn listing_interval(nodes: usize, saturated: bool) -> Duration {
 /// at most; a job whose preferred node is saturated is taken by another after the stagger.
 const SATURATED_LISTING_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Cluster-wide reads of the live servant set per second: each node waits
+/// `nodes / LIVE_READS_PER_SECOND` between two of its reads (100 ms alone, 2 s with 20 nodes,
+/// 100 s with 1,000). Each read holds every live servant (about 2 KB each), and a servant that
+/// comes, goes or fails answers every node's blocking read: unpaced, one event cost the cluster
+/// N² entries (2 GB at 1,000 nodes), and steady churn that much again per event. A stale set
+/// costs little: it only ranks nodes (for claims, and for clearing a gone node's old results), so
+/// a job ranked to a gone node waits for the next rank's stagger, and a new node's jobs may draw
+/// one lost race.
+const LIVE_READS_PER_SECOND: u32 = 10;
+
+/// The pause before a node's next blocking read of the live set, when it last saw `nodes`.
+fn live_interval(nodes: usize) -> Duration {
+    Duration::from_secs(1) * u32::try_from(nodes.max(1)).unwrap_or(u32::MAX) / LIVE_READS_PER_SECOND
+}
+
 /// How often a node with room re-reads the whole `jobs/` queue while keys it saw held by other
 /// sessions are queued (a holder that restarted frees them without changing their names).
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -898,6 +913,7 @@ async fn ensure_folder(client: &Client, prefix: &str) {
 /// The live servants of this namespace: nodes whose `servant` service (the agent API each agent
 /// registers) passes, node checks included. A blocking read of one service: it changes only when
 /// a servant comes, goes or fails, unlike the session list, which every session anywhere moves.
+/// Paced by the node count (`live_interval`): the changes within one pause come in one answer.
 fn watch_live(
     tasks: &TaskTracker,
     client: &Client,
@@ -906,6 +922,7 @@ fn watch_live(
 ) -> watch::Receiver<Option<Vec<String>>> {
     let c = client.clone();
     let prefix = cfg.layout.prefix().to_string();
+    let seen = Arc::new(AtomicUsize::new(1));
     spawn_watch(
         tasks,
         "servants",
@@ -913,7 +930,13 @@ fn watch_live(
         move |q| {
             let c = c.clone();
             let prefix = prefix.clone();
+            let seen = seen.clone();
+            // Only blocking reads wait: the first read, and the first after an error, go at once.
+            let pause = (q.index > 0).then(|| live_interval(seen.load(Ordering::Relaxed)));
             async move {
+                if let Some(p) = pause {
+                    tokio::time::sleep(p).await;
+                }
                 let (entries, meta) = c.health_service("servant", true, &q).await?;
                 let mut nodes: Vec<String> = entries
                     .into_iter()
@@ -925,6 +948,7 @@ fn watch_live(
                     .collect();
                 nodes.sort();
                 nodes.dedup();
+                seen.store(nodes.len(), Ordering::Relaxed);
                 Ok((nodes, meta))
             }
         },
@@ -1692,6 +1716,18 @@ mod tests {
             found_after(ClaimEnd::Refused, false, e.clone()),
             Found::NotClaimed(Some(e))
         );
+    }
+
+    #[test]
+    fn the_cluster_reads_the_live_set_at_most_live_reads_per_second() {
+        assert_eq!(live_interval(0), Duration::from_millis(100));
+        assert_eq!(live_interval(1), Duration::from_millis(100));
+        assert_eq!(live_interval(20), Duration::from_secs(2));
+        assert_eq!(live_interval(1000), Duration::from_secs(100));
+        for n in [1usize, 20, 1000, 10_000] {
+            let per_second = n as f64 / live_interval(n).as_secs_f64();
+            assert!((per_second - f64::from(LIVE_READS_PER_SECOND)).abs() < 0.01);
+        }
     }
 
     #[test]
