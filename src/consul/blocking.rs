@@ -163,6 +163,17 @@ pub fn watch_key(
 #[derive(Debug, Clone, Copy)]
 pub struct Pace(pub Duration);
 
+impl Pace {
+    /// The pause before the next blocking read: the pace while `waiting`, else none.
+    fn pause_if(self, waiting: bool) -> Duration {
+        if waiting {
+            self.0
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
 /// Like `watch_key` and `watch_prefix`, but while the key is missing (the prefix empty) each
 /// blocking read waits `pace` first. Consul answers such a read with the whole KV table's index,
 /// so unpaced it returns at every write anywhere in the cluster: one request per node per write.
@@ -177,7 +188,8 @@ pub fn watch_key_paced(
     stop: &CancellationToken,
 ) -> watch::Receiver<Option<Option<super::KvPair>>> {
     let c = client.clone();
-    spawn_paced(tracker, what, wait, pace, stop, Option::is_none, move |q| {
+    let pause = move |v: &Option<super::KvPair>| pace.pause_if(v.is_none());
+    spawn_paced(tracker, what, wait, stop, pause, move |q| {
         let (c, k) = (c.clone(), key.clone());
         async move { c.kv_get(&k, &q).await }
     })
@@ -194,20 +206,22 @@ pub fn watch_prefix_paced(
     stop: &CancellationToken,
 ) -> watch::Receiver<Option<Vec<super::KvPair>>> {
     let c = client.clone();
-    spawn_paced(tracker, what, wait, pace, stop, Vec::is_empty, move |q| {
+    let pause = move |v: &Vec<super::KvPair>| pace.pause_if(v.is_empty());
+    spawn_paced(tracker, what, wait, stop, pause, move |q| {
         let (c, p) = (c.clone(), prefix.clone());
         async move { c.kv_list(&p, &q).await }
     })
 }
 
-/// `spawn_watch` whose blocking reads wait `pace` first while the last answer was `empty`.
-fn spawn_paced<T, F, Fut>(
+/// `spawn_watch` whose blocking reads first wait `pause(last answer)`: while a key is missing
+/// (`watch_key_paced`), or for as long as the answer says (the job worker's live set, whose
+/// pause grows with its size). The first read, and the first after an error, go at once.
+pub fn spawn_paced<T, F, Fut>(
     tracker: &TaskTracker,
     what: impl Into<String>,
     wait: Duration,
-    pace: Pace,
     stop: &CancellationToken,
-    empty: fn(&T) -> bool,
+    pause: impl Fn(&T) -> Duration + Send + Sync + 'static,
     mut fetch: F,
 ) -> watch::Receiver<Option<T>>
 where
@@ -215,24 +229,28 @@ where
     F: FnMut(QueryOptions) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(T, QueryMeta), ConsulError>> + Send + 'static,
 {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let last_empty = std::sync::Arc::new(AtomicBool::new(false));
+    use std::sync::{Arc, Mutex};
+    let next = Arc::new(Mutex::new(Duration::ZERO));
+    let pause = Arc::new(pause);
     spawn_watch(
         tracker,
         what,
         wait,
         move |q| {
-            let last_empty = last_empty.clone();
-            // Only blocking reads: the first read, and the first after an error, go at once.
-            let delay = q.index > 0 && last_empty.load(Ordering::Relaxed);
+            let (next, pause) = (next.clone(), pause.clone());
+            let delay = if q.index > 0 {
+                *next.lock().unwrap_or_else(|p| p.into_inner())
+            } else {
+                Duration::ZERO
+            };
             let read = fetch(q);
             async move {
-                if delay {
-                    tokio::time::sleep(pace.0).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
                 let r = read.await;
                 if let Ok((v, _)) = &r {
-                    last_empty.store(empty(v), Ordering::Relaxed);
+                    *next.lock().unwrap_or_else(|p| p.into_inner()) = pause(v);
                 }
                 r
             }

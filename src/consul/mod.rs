@@ -17,8 +17,8 @@ pub use agent::{
     CheckUpdate,
 };
 pub use blocking::{
-    spawn_watch, watch_key, watch_key_paced, watch_loop, watch_prefix, watch_prefix_paced,
-    BlockingIndex, Pace,
+    spawn_paced, spawn_watch, watch_key, watch_key_paced, watch_loop, watch_prefix,
+    watch_prefix_paced, BlockingIndex, Pace,
 };
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
 pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};

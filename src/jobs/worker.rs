@@ -17,7 +17,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::consul::SessionState;
 use crate::consul::{
-    spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp, TxnOp, TxnOutcome,
+    spawn_paced, spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp,
+    TxnOp, TxnOutcome,
 };
 use crate::process::container::published_service;
 use crate::process::docker::{
@@ -133,8 +134,7 @@ const LISTINGS_PER_SECOND: u32 = 20_000;
 /// every `SATURATED_LISTING_INTERVAL`: under a backlog each listing holds every queued name, and
 /// one per job made a node's reads per job grow with the queue.
 fn listing_interval(nodes: usize, saturated: bool) -> Duration {
-    let paced =
-        Duration::from_secs(1) * u32::try_from(nodes).unwrap_or(u32::MAX) / LISTINGS_PER_SECOND;
+    let paced = node_share(nodes, LISTINGS_PER_SECOND);
     if saturated {
         paced.max(SATURATED_LISTING_INTERVAL)
     } else {
@@ -158,7 +158,12 @@ const LIVE_READS_PER_SECOND: u32 = 10;
 
 /// The pause before a node's next blocking read of the live set, when it last saw `nodes`.
 fn live_interval(nodes: usize) -> Duration {
-    Duration::from_secs(1) * u32::try_from(nodes.max(1)).unwrap_or(u32::MAX) / LIVE_READS_PER_SECOND
+    node_share(nodes.max(1), LIVE_READS_PER_SECOND)
+}
+
+/// The pause between one node's reads when `nodes` of them share `per_second` reads.
+fn node_share(nodes: usize, per_second: u32) -> Duration {
+    Duration::from_secs(1) * u32::try_from(nodes).unwrap_or(u32::MAX) / per_second
 }
 
 /// How often a node with room re-reads the whole `jobs/` queue while keys it saw held by other
@@ -922,38 +927,25 @@ fn watch_live(
 ) -> watch::Receiver<Option<Vec<String>>> {
     let c = client.clone();
     let prefix = cfg.layout.prefix().to_string();
-    let seen = Arc::new(AtomicUsize::new(1));
-    spawn_watch(
-        tasks,
-        "servants",
-        cfg.watch_wait,
-        move |q| {
-            let c = c.clone();
-            let prefix = prefix.clone();
-            let seen = seen.clone();
-            // Only blocking reads wait: the first read, and the first after an error, go at once.
-            let pause = (q.index > 0).then(|| live_interval(seen.load(Ordering::Relaxed)));
-            async move {
-                if let Some(p) = pause {
-                    tokio::time::sleep(p).await;
-                }
-                let (entries, meta) = c.health_service("servant", true, &q).await?;
-                let mut nodes: Vec<String> = entries
-                    .into_iter()
-                    .filter(|e| {
-                        let p = e.service["Meta"]["kv_prefix"].as_str().unwrap_or("");
-                        Namespace::new(p).prefix() == prefix
-                    })
-                    .map(|e| e.node.node)
-                    .collect();
-                nodes.sort();
-                nodes.dedup();
-                seen.store(nodes.len(), Ordering::Relaxed);
-                Ok((nodes, meta))
-            }
-        },
-        stop,
-    )
+    let pause = |nodes: &Vec<String>| live_interval(nodes.len());
+    spawn_paced(tasks, "servants", cfg.watch_wait, stop, pause, move |q| {
+        let c = c.clone();
+        let prefix = prefix.clone();
+        async move {
+            let (entries, meta) = c.health_service("servant", true, &q).await?;
+            let mut nodes: Vec<String> = entries
+                .into_iter()
+                .filter(|e| {
+                    let p = e.service["Meta"]["kv_prefix"].as_str().unwrap_or("");
+                    Namespace::new(p).prefix() == prefix
+                })
+                .map(|e| e.node.node)
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            Ok((nodes, meta))
+        }
+    })
 }
 
 /// After a claim error: the key's LockIndex if our session holds it, else None. Retries the read
