@@ -855,14 +855,18 @@ fn regression_a_process_a_job_leaves_behind_is_adopted_and_reaped_by_the_spawner
     let c = Single::start(Backend::Dev, &[]);
     let h = c.http();
     let dir = tempfile::tempdir().unwrap();
-    let flag = dir.path().join("go");
+    let (flag, ready) = (dir.path().join("go"), dir.path().join("ready"));
     // The spawner (the shim's parent), then a child in a session of its own that waits for the
-    // flag (30 s at most, so a failed test leaves nothing behind for long).
+    // flag (30 s at most, so a failed test leaves nothing behind for long). The job ends only
+    // once the child is in its session (it wrote `ready` after setsid): until then it is in
+    // the job's group, and what is left there when the job ends is stopped, as it should be.
     let cmd = format!(
         "awk '{{print $4}}' /proc/$PPID/stat; \
-         setsid sh -c 'for i in $(seq 600); do [ -e {} ] && exit 0; sleep 0.05; done' \
-         >/dev/null 2>&1 & echo $!",
-        flag.display()
+         setsid sh -c 'touch {r}; for i in $(seq 600); do [ -e {f} ] && exit 0; sleep 0.05; done' \
+         >/dev/null 2>&1 & echo $!; \
+         for i in $(seq 600); do [ -e {r} ] && exit 0; sleep 0.05; done; exit 1",
+        r = ready.display(),
+        f = flag.display()
     );
     h.put("/v1/kv/jobs/leaver", json!({ "Command": cmd }).to_string());
     let r = h.wait_result("jdone_jid/jobs/leaver", T);
@@ -873,6 +877,10 @@ fn regression_a_process_a_job_leaves_behind_is_adopted_and_reaped_by_the_spawner
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     assert_eq!(pids.len(), 2, "{r}");
+    assert_eq!(
+        r["ExitCode"], 0,
+        "the left process reached its session: {r}"
+    );
     let (spawner, left) = (pids[0], pids[1]);
     assert_eq!(
         parent_and_name(left).map(|p| p.0),
