@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 
 use super::forked::{spawner, ForkedShim};
-use super::logs::read_capped_file;
+use super::logs::read_capped_blocking;
 use super::shim::{lookup_user, run_as, LeaseLine, ShimArgs};
 use super::spec::{LaunchSpec, Lifetime, Output};
 use super::{exit_code, Captured, Driver, SpawnError, TaskHandle};
@@ -396,30 +396,31 @@ pub(super) async fn send_fence<W: tokio::io::AsyncWrite + Unpin>(
     let _ = lease.write_all(line.to_line().as_bytes()).await;
 }
 
-/// The captured stdout and stderr (when kept apart) of a task, each up to `cap` bytes.
+/// The captured stdout and stderr (when kept apart) of a task, each up to `cap` bytes, read in
+/// one hand-off to a blocking thread.
 pub(super) async fn read_captured(capture: &Option<(File, Option<File>)>, cap: usize) -> Captured {
     let Some((out, err)) = capture else {
         return Captured::default();
     };
-    let read = |f: &File| {
-        let f = f.try_clone().ok().map(tokio::fs::File::from_std);
-        async move {
-            match f {
-                Some(f) => read_capped_file(f, cap).await,
-                None => (String::new(), false),
-            }
+    // Owned copies for the blocking thread (a copy shares its file's offset: each read seeks to
+    // the start first, and the task appends).
+    let out = out.try_clone().ok();
+    let err = err.as_ref().and_then(|e| e.try_clone().ok());
+    tokio::task::spawn_blocking(move || {
+        let read = |f: Option<File>| match f {
+            Some(mut f) => read_capped_blocking(&mut f, cap),
+            None => (String::new(), false),
+        };
+        let (stdout, out_cut) = read(out);
+        let (stderr, err_cut) = read(err);
+        Captured {
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
         }
-    };
-    let (stdout, out_cut) = read(out).await;
-    let (stderr, err_cut) = match err {
-        Some(e) => read(e).await,
-        None => (String::new(), false),
-    };
-    Captured {
-        stdout,
-        stderr,
-        truncated: out_cut || err_cut,
-    }
+    })
+    .await
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::warn;
 
 /// Rotated copies kept beside a log file (`.1` newest to `.3`).
@@ -42,20 +41,25 @@ impl LogPaths {
 
 /// Reads at most `cap` bytes of a log file, lossily as UTF-8; returns whether more was there.
 pub async fn read_capped(path: &Path, cap: usize) -> (String, bool) {
-    match tokio::fs::File::open(path).await {
-        Ok(f) => read_capped_file(f, cap).await,
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+        Ok(mut f) => read_capped_blocking(&mut f, cap),
         Err(_) => (String::new(), false),
-    }
+    })
+    .await
+    .unwrap_or_default()
 }
 
-/// `read_capped` of an open file, from its start.
-pub(super) async fn read_capped_file(mut f: tokio::fs::File, cap: usize) -> (String, bool) {
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    if f.seek(std::io::SeekFrom::Start(0)).await.is_err() {
+/// `read_capped` of an open file, from its start, on a blocking thread: one hand-off for the
+/// whole read, where an async file costs one for each of its metadata, seek and reads.
+pub(super) fn read_capped_blocking(f: &mut std::fs::File, cap: usize) -> (String, bool) {
+    use std::io::{Read, Seek};
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(std::io::SeekFrom::Start(0)).is_err() {
         return (String::new(), len > 0);
     }
     let mut buf = Vec::with_capacity(cap.min(len as usize));
-    let _ = (&mut f).take(cap as u64).read_to_end(&mut buf).await;
+    let _ = f.take(cap as u64).read_to_end(&mut buf);
     let mut text = String::from_utf8_lossy(&buf).into_owned();
     let truncated = len > cap as u64;
     if truncated {
