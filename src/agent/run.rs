@@ -162,6 +162,11 @@ async fn run_until(mut cfg: AgentConfig, stop: &CancellationToken) -> Result<(),
         None
     };
     let client = Client::new(&cfg.client_config())?;
+    // The agent's own requests to its embedded server stay in this process (others use TCP).
+    let client = match &dev {
+        Some(d) => client.in_process(d.router.clone()),
+        None => client,
+    };
     let consul = if cfg.consul.wanted() {
         let launched = unless_stopped(
             stop,
@@ -565,4 +570,71 @@ async fn run_parts(
     info!("no new jobs; waiting for running jobs and the other parts");
     parts.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::consul::{Client, ClientConfig, KvPutOptions, QueryOptions};
+
+    /// The agent calls its embedded server in process: answers, indexes, a missing key, a
+    /// refused write, an error and a blocking read are what the same server gives over TCP.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_in_process_client_gets_what_a_tcp_client_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::devserver::DevServer::start(dir.path(), "127.0.0.1:0", "n1", None)
+            .await
+            .unwrap();
+        let tcp = Client::new(&ClientConfig {
+            address: Some(d.addr.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let local = tcp.clone().in_process(d.router.clone());
+        let put = KvPutOptions::default();
+        let now = QueryOptions::default();
+
+        assert!(local.kv_put("a/b", b"one", &put).await.unwrap());
+        let (over_tcp, tcp_meta) = tcp.kv_get("a/b", &now).await.unwrap();
+        let (in_process, meta) = local.kv_get("a/b", &now).await.unwrap();
+        assert_eq!(in_process.unwrap().value, b"one");
+        assert_eq!(over_tcp.unwrap().value, b"one");
+        assert!(meta.index > 0 && meta.known_leader, "{meta:?}");
+        assert_eq!(meta.index, tcp_meta.index);
+        assert_eq!(local.kv_get_raw("a/none").await.unwrap(), None);
+        let stale = KvPutOptions {
+            cas: Some(meta.index + 1000),
+            ..Default::default()
+        };
+        assert!(!local.kv_put("a/b", b"two", &stale).await.unwrap());
+
+        let no_session = KvPutOptions {
+            acquire: Some("00000000-0000-0000-0000-000000000000".into()),
+            ..Default::default()
+        };
+        let e_tcp = tcp.kv_put("a/c", b"", &no_session).await.unwrap_err();
+        let e_local = local.kv_put("a/c", b"", &no_session).await.unwrap_err();
+        assert_eq!(e_local.to_string(), e_tcp.to_string());
+
+        // A blocking read held in process is answered by a write over TCP.
+        let wait = QueryOptions {
+            index: meta.index,
+            wait: Some(Duration::from_secs(20)),
+            ..Default::default()
+        };
+        let reader = local.clone();
+        let held = tokio::spawn(async move { reader.kv_get("a/b", &wait).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "the read waits for a change");
+        assert!(tcp.kv_put("a/b", b"three", &put).await.unwrap());
+        let (pair, after) = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(pair.unwrap().value, b"three");
+        assert!(after.index > meta.index);
+        d.stop();
+    }
 }

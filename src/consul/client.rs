@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 /// Where and how to reach the local Consul agent. Defaults and environment follow Consul's CLI.
@@ -62,6 +62,10 @@ pub enum ConsulError {
         /// Without its URL, which the message already names.
         cause: reqwest::Error,
     },
+    /// A call to the embedded server in this process that did not complete (its timeout passed,
+    /// or the request could not be built).
+    #[error("the embedded server did not answer {url}: {detail}")]
+    InProcess { url: String, detail: String },
     #[error("permission denied by consul for {method} {path}: {body} (set CONSUL_HTTP_TOKEN or -token to a token whose policy allows it)")]
     PermissionDenied {
         method: String,
@@ -88,7 +92,7 @@ impl ConsulError {
     /// embedded `-dev` server's answer to an API it does not have, which no retry changes.
     pub fn is_transient(&self) -> bool {
         match self {
-            ConsulError::Unreachable { .. } => true,
+            ConsulError::Unreachable { .. } | ConsulError::InProcess { .. } => true,
             ConsulError::Status { status, .. } => {
                 (*status >= 500 && *status != 501) || *status == 429
             }
@@ -141,6 +145,9 @@ pub struct Client {
     metrics: super::metrics::ConsulMetrics,
     /// Which part of the agent asks, for the metrics' `part` label.
     part: &'static str,
+    /// `servant agent -dev`'s embedded server, called in this process: the same handlers
+    /// without a socket, HTTP's encoding or a connection task between them.
+    local: Option<axum::Router>,
 }
 
 /// Consul's answer, its body read: status, query metadata and bytes.
@@ -215,6 +222,7 @@ impl Client {
             token: cfg.token.clone(),
             metrics: Default::default(),
             part: "agent",
+            local: None,
         })
     }
 
@@ -227,6 +235,16 @@ impl Client {
             token,
             metrics: self.metrics.clone(),
             part: self.part,
+            local: self.local.clone(),
+        }
+    }
+
+    /// The same client calling the embedded server `router` in this process instead of over
+    /// TCP (`servant agent -dev`: the server it would reach at its base URL is that router).
+    pub fn in_process(self, router: axum::Router) -> Client {
+        Client {
+            local: Some(router),
+            ..self
         }
     }
 
@@ -295,27 +313,18 @@ impl Client {
         path: &str,
         r: RequestBuilder,
     ) -> Result<Answer, ConsulError> {
-        let resp = match r.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.record(self.part, path, "unreachable", 0);
-                return Err(ConsulError::Unreachable {
-                    url: format!("{}{}", self.base, path),
-                    cause: e.without_url(),
-                });
-            }
-        };
-        let status = resp.status();
-        let meta = meta_of(&resp);
-        let body = match resp.bytes().await {
-            Ok(b) => b.to_vec(),
-            Err(e) => {
-                self.metrics.record(self.part, path, "unreachable", 0);
-                return Err(ConsulError::Decode {
-                    path: path.to_string(),
-                    detail: e.to_string(),
-                });
-            }
+        let (status, meta, body) = match &self.local {
+            Some(router) => match call_in_process(router, r).await {
+                Ok(answer) => answer,
+                Err(detail) => {
+                    self.metrics.record(self.part, path, "unreachable", 0);
+                    return Err(ConsulError::InProcess {
+                        url: format!("{}{}", self.base, path),
+                        detail,
+                    });
+                }
+            },
+            None => self.call_over_http(path, r).await?,
         };
         self.metrics.record(
             self.part,
@@ -332,6 +341,36 @@ impl Client {
             path,
             String::from_utf8_lossy(&body).into_owned(),
         ))
+    }
+
+    /// Sends `r` over HTTP and reads the whole answer.
+    async fn call_over_http(
+        &self,
+        path: &str,
+        r: RequestBuilder,
+    ) -> Result<(StatusCode, QueryMeta, Vec<u8>), ConsulError> {
+        let resp = match r.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.record(self.part, path, "unreachable", 0);
+                return Err(ConsulError::Unreachable {
+                    url: format!("{}{}", self.base, path),
+                    cause: e.without_url(),
+                });
+            }
+        };
+        let status = resp.status();
+        let meta = meta_of(resp.headers());
+        match resp.bytes().await {
+            Ok(b) => Ok((status, meta, b.to_vec())),
+            Err(e) => {
+                self.metrics.record(self.part, path, "unreachable", 0);
+                Err(ConsulError::Decode {
+                    path: path.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+        }
     }
 
     pub(crate) fn json<T: DeserializeOwned>(path: &str, a: &Answer) -> Result<T, ConsulError> {
@@ -423,8 +462,44 @@ pub(crate) fn classify(status: StatusCode, method: &str, path: &str, body: Strin
     }
 }
 
-fn meta_of(resp: &Response) -> QueryMeta {
-    let h = resp.headers();
+/// Calls the embedded server's `router` with `r` in this process, within `r`'s timeout, and
+/// reads the whole answer; why not, if it could not.
+async fn call_in_process(
+    router: &axum::Router,
+    r: RequestBuilder,
+) -> Result<(StatusCode, QueryMeta, Vec<u8>), String> {
+    use tower::ServiceExt;
+    let req = r.build().map_err(|e| e.to_string())?;
+    let timeout = req.timeout().copied().unwrap_or(PLAIN_TIMEOUT);
+    let req = axum::http::Request::<reqwest::Body>::try_from(req).map_err(|e| e.to_string())?;
+    let read_only = req.method() == Method::GET;
+    let call = router.clone().oneshot(req);
+    let call = async move {
+        let resp = match call.await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((parts.status, meta_of(&parts.headers), body.to_vec()))
+    };
+    let answer = async move {
+        if read_only {
+            call.await
+        } else {
+            // A write runs to its end, as one sent over a socket does, should its caller give
+            // up on the answer (a timeout, a stop): the server's handler is not cut midway.
+            tokio::spawn(call).await.map_err(|e| e.to_string())?
+        }
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+fn meta_of(h: &reqwest::header::HeaderMap) -> QueryMeta {
     let num = |k: &str| {
         h.get(k)
             .and_then(|v| v.to_str().ok())

@@ -43,6 +43,8 @@ pub struct DevServer {
     pub addr: std::net::SocketAddr,
     /// Where it answers DNS, if it does.
     pub dns: Option<std::net::SocketAddr>,
+    /// Its HTTP API, for this process's own clients to call without a socket.
+    pub router: axum::Router,
     task: tokio::task::JoinHandle<()>,
     /// The DNS sockets' tasks; they hold the core too.
     dns_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -85,12 +87,14 @@ impl DevServer {
         let expiry = tokio::spawn(core.clone().run_expiry());
         let probes = tokio::spawn(core.clone().run_probes());
         let app = http::router(core);
+        let router = app.clone();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok(DevServer {
             addr,
             dns: dns_addr,
+            router,
             task,
             dns_tasks,
             expiry,
