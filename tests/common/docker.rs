@@ -58,11 +58,18 @@ impl ImageLab {
         )
         .expect("Dockerfile");
         // The Engine is shared with every other test building at the same moment; a build it
-        // fails once (seen: the legacy builder's answer cut short) is tried again.
+        // fails once (seen: the legacy builder's answer cut short) is tried again. `--force-rm`:
+        // a failed try must not leave its intermediate container behind (seen after a CI run).
         let mut errors = Vec::new();
         for _ in 0..3 {
-            let (ok, _, err) =
-                docker(&["build", "-q", "-t", &image, &dir.path().to_string_lossy()]);
+            let (ok, _, err) = docker(&[
+                "build",
+                "-q",
+                "--force-rm",
+                "-t",
+                &image,
+                &dir.path().to_string_lossy(),
+            ]);
             if ok {
                 break;
             }
