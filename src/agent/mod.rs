@@ -17,7 +17,7 @@ mod error_chains {
     use crate::agent::config::{AgentConfig, ConfigError};
     use crate::agent::consul_proc::LaunchError;
     use crate::agent::run::AgentError;
-    use crate::consul::{Client, ClientConfig, ConsulError};
+    use crate::consul::{Client, ClientConfig, ConsulError, InProcessError};
     use crate::templates::runner::RunError;
 
     fn once(e: &(dyn Error + 'static)) {
@@ -81,6 +81,10 @@ mod error_chains {
         once(&RunError::Read {
             path: "t".into(),
             error: io(),
+        });
+        once(&ConsulError::InProcess {
+            url: "u".into(),
+            cause: InProcessError::TimedOut(std::time::Duration::from_secs(1)),
         });
     }
 }

@@ -62,10 +62,10 @@ pub enum ConsulError {
         /// Without its URL, which the message already names.
         cause: reqwest::Error,
     },
-    /// A call to the embedded server in this process that did not complete (its timeout passed,
-    /// or the request could not be built).
-    #[error("the embedded server did not answer {url}: {detail}")]
-    InProcess { url: String, detail: String },
+    /// A call to the embedded server in this process that did not complete. The cause is in
+    /// the message, not `source()`, as for `Unreachable`.
+    #[error("the embedded server did not answer {url}: {cause}")]
+    InProcess { url: String, cause: InProcessError },
     #[error("permission denied by consul for {method} {path}: {body} (set CONSUL_HTTP_TOKEN or -token to a token whose policy allows it)")]
     PermissionDenied {
         method: String,
@@ -99,6 +99,19 @@ impl ConsulError {
             _ => false,
         }
     }
+}
+
+/// Why a call to the embedded server in this process did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum InProcessError {
+    #[error("cannot build the request: {0}")]
+    Request(reqwest::Error),
+    #[error("cannot read the answer: {0}")]
+    Body(axum::Error),
+    #[error("the call's task ended early: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// Options of a read; `index` > 0 makes it a blocking query.
@@ -314,16 +327,7 @@ impl Client {
         r: RequestBuilder,
     ) -> Result<Answer, ConsulError> {
         let (status, meta, body) = match &self.local {
-            Some(router) => match call_in_process(router, r).await {
-                Ok(answer) => answer,
-                Err(detail) => {
-                    self.metrics.record(self.part, path, "unreachable", 0);
-                    return Err(ConsulError::InProcess {
-                        url: format!("{}{}", self.base, path),
-                        detail,
-                    });
-                }
-            },
+            Some(router) => self.call_in_process(router, path, r).await?,
             None => self.call_over_http(path, r).await?,
         };
         self.metrics.record(
@@ -371,6 +375,23 @@ impl Client {
                 })
             }
         }
+    }
+
+    /// Calls the embedded server's `router` with `r` in this process, within `r`'s timeout, and
+    /// reads the whole answer.
+    async fn call_in_process(
+        &self,
+        router: &axum::Router,
+        path: &str,
+        r: RequestBuilder,
+    ) -> Result<(StatusCode, QueryMeta, Vec<u8>), ConsulError> {
+        call_in_process(router, r).await.map_err(|cause| {
+            self.metrics.record(self.part, path, "unreachable", 0);
+            ConsulError::InProcess {
+                url: format!("{}{}", self.base, path),
+                cause,
+            }
+        })
     }
 
     pub(crate) fn json<T: DeserializeOwned>(path: &str, a: &Answer) -> Result<T, ConsulError> {
@@ -462,16 +483,16 @@ pub(crate) fn classify(status: StatusCode, method: &str, path: &str, body: Strin
     }
 }
 
-/// Calls the embedded server's `router` with `r` in this process, within `r`'s timeout, and
-/// reads the whole answer; why not, if it could not.
+/// The in-process call itself: the same handlers a socket would reach, without the socket.
 async fn call_in_process(
     router: &axum::Router,
     r: RequestBuilder,
-) -> Result<(StatusCode, QueryMeta, Vec<u8>), String> {
+) -> Result<(StatusCode, QueryMeta, Vec<u8>), InProcessError> {
     use tower::ServiceExt;
-    let req = r.build().map_err(|e| e.to_string())?;
+    let req = r.build().map_err(InProcessError::Request)?;
     let timeout = req.timeout().copied().unwrap_or(PLAIN_TIMEOUT);
-    let req = axum::http::Request::<reqwest::Body>::try_from(req).map_err(|e| e.to_string())?;
+    let req =
+        axum::http::Request::<reqwest::Body>::try_from(req).map_err(InProcessError::Request)?;
     let read_only = req.method() == Method::GET;
     let call = router.clone().oneshot(req);
     let call = async move {
@@ -482,7 +503,7 @@ async fn call_in_process(
         let (parts, body) = resp.into_parts();
         let body = axum::body::to_bytes(body, usize::MAX)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(InProcessError::Body)?;
         Ok((parts.status, meta_of(&parts.headers), body.to_vec()))
     };
     let answer = async move {
@@ -491,12 +512,12 @@ async fn call_in_process(
         } else {
             // A write runs to its end, as one sent over a socket does, should its caller give
             // up on the answer (a timeout, a stop): the server's handler is not cut midway.
-            tokio::spawn(call).await.map_err(|e| e.to_string())?
+            tokio::spawn(call).await.map_err(InProcessError::Task)?
         }
     };
     tokio::time::timeout(timeout, answer)
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|_| InProcessError::TimedOut(timeout))?
 }
 
 fn meta_of(h: &reqwest::header::HeaderMap) -> QueryMeta {

@@ -21,7 +21,7 @@ pub use blocking::{
     watch_prefix_paced, BlockingIndex, Pace,
 };
 pub use catalog::{CatalogNode, CatalogService, HealthCheck, ServiceEntry};
-pub use client::{Client, ClientConfig, ConsulError, QueryMeta, QueryOptions};
+pub use client::{Client, ClientConfig, ConsulError, InProcessError, QueryMeta, QueryOptions};
 pub use event::UserEvent;
 pub use keeper::{SessionKeeper, SessionSettings, SessionState};
 pub use kv::{KvPair, KvPutOptions};
