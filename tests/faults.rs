@@ -212,13 +212,52 @@ fn a_client_cut_off_kills_its_work_before_it_runs_elsewhere() {
     std::thread::sleep(Duration::from_secs(60));
     lab.net.heal(c1);
     let results = assert_once_each(&h, dir.path(), &keys);
-    for r in &results {
-        assert_eq!(r["Status"], "succeeded", "{r}");
-        assert_ne!(
-            r["ExecutionNode"],
-            lab.hosts[c1].node.as_str(),
-            "retried elsewhere: {r}"
+    for (k, r) in keys.iter().zip(&results) {
+        let log = job_log(dir.path(), k.rsplit('/').next().unwrap());
+        let story = || {
+            format!(
+                "{r}\n--- its log:\n{log}--- servants on it:\n{}",
+                lab.lines_about(k)
+            )
+        };
+        assert_eq!(r["Status"], "succeeded", "{}", story());
+        // Where each run started: (time, network namespace).
+        let starts: Vec<(u128, &str)> = log
+            .lines()
+            .filter(|l| l.starts_with("start"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.get(1)?.parse().ok()?, *f.get(4)?))
+            })
+            .collect();
+        assert_eq!(
+            starts.first().map(|s| s.1),
+            Some(c1_net.as_str()),
+            "{}",
+            story()
         );
+        // The retry ran elsewhere.
+        let retry = starts.iter().find(|(t, _)| *t > cut_at);
+        assert!(
+            retry.is_some_and(|(_, net)| *net != c1_net),
+            "retried elsewhere: {}",
+            story()
+        );
+        // It ran there to its end, unless that node lost its own session. Seen once in eight
+        // runs: at the heal, c1 gossiped the death of c5 it had concluded while alone, the
+        // servers marked c5 failed for 0.2 s before c5 refuted it, and c5's session (tied to
+        // serfHealth) was gone; c5 stopped the retry, and after the lock-delay c1 ran a third
+        // attempt, as it ranks first for these jobs. Not a double run, and not c1's doing.
+        if r["ExecutionNode"] == lab.hosts[c1].node.as_str() {
+            let lost_hold = (0..lab.hosts.len()).filter(|i| *i != c1).any(|i| {
+                lab.servant_logs(i).lines().any(|l| {
+                    l.contains(k.as_str())
+                        && (l.contains("session lost: killing the job")
+                            || l.contains("cannot confirm this node's session"))
+                })
+            });
+            assert!(lost_hold, "the retry ended early: {}", story());
+        }
     }
     // The replica: c1's heartbeats stop by the bound after the cut; the replacement's begin
     // after Consul's failure detection; they overlap by at most 25 s (+1 s for the beat).

@@ -233,6 +233,23 @@ impl Lab {
         out
     }
 
+    /// Every servant log line, on every host, that names `needle` (a job key, say), each
+    /// prefixed with its host's node name: what a failure message needs about one job.
+    pub fn lines_about(&self, needle: &str) -> String {
+        let mut out = String::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            for l in self
+                .servant_logs(i)
+                .lines()
+                .filter(|l| l.contains(needle))
+                .take(60)
+            {
+                out.push_str(&format!("{}: {l}\n", h.node));
+            }
+        }
+        out
+    }
+
     /// What a failure message needs about `node`: its servants' warnings and errors, and what
     /// every Consul agent logged about it (membership, serf health, sessions).
     pub fn diagnosis(&self, node: &str) -> String {
@@ -307,6 +324,16 @@ impl Lab {
     }
 }
 
+impl Drop for Lab {
+    /// A failed test's logs go with its temporary directories, unless `SERVANT_KEEP_LOGS=DIR`
+    /// asks to keep them (copied by `diagnosis`).
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SERVANT_KEEP_LOGS").is_some() {
+            let _ = self.diagnosis("");
+        }
+    }
+}
+
 /// A name part that orders logs by start.
 fn now_tag() -> String {
     format!(
@@ -319,13 +346,14 @@ fn now_tag() -> String {
 }
 
 /// A job that proves it never ran twice at once: it holds a per-job `flock` while it runs and
-/// writes `start`/`end` lines (with the session and attempt it ran under) to `<dir>/<id>.log`;
+/// writes `start`/`end` lines (with the session and attempt it ran under, and on `start` its
+/// host's network namespace) to `<dir>/<id>.log`;
 /// when the lock is already held, it writes `OVERLAP` instead.
 pub fn guarded_job(dir: &std::path::Path, id: &str, secs: u64, retries: u32) -> Value {
     let lock = dir.join(format!("{id}.lock"));
     let log = dir.join(format!("{id}.log"));
     let body = format!(
-        "echo \"start $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT\" >> {log}; sleep {secs}; echo \"end $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT\" >> {log}",
+        "echo \"start $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT $(readlink /proc/self/ns/net)\" >> {log}; sleep {secs}; echo \"end $(date +%s%N) $SERVANT_SESSION $SERVANT_ATTEMPT\" >> {log}",
         log = log.display()
     );
     let cmd = format!(
