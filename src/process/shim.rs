@@ -27,7 +27,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{getpgrp, User};
 
 use super::exit_code;
@@ -188,45 +189,63 @@ fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
             return 127;
         }
     };
+    // The shim has one thread: it waits for the command's end (SIGCHLD, read from a signalfd)
+    // and for the lease at once (a second thread for the lease cost a thread's start and end
+    // per task). SIGTERM/SIGINT/SIGHUP sent to the group reach the command only: the shim
+    // blocks them, and outlives them so the command gets its grace period (the agent SIGKILLs
+    // the group after it). Blocked only after the spawn: the command inherits the mask
+    // (`Command` does not clear it), and it must start with none blocked.
+    let ended = match block_and_read_sigchld() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("servant: cannot wait for the command: {e}");
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            return 137;
+        }
+    };
     if let Some(p) = &a.pid_file {
         if let Err(e) = std::fs::write(p, format!("{}\n", child.id())) {
             eprintln!("servant: cannot write pid file {p}: {e}");
         }
     }
-    // SIGTERM/SIGINT/SIGHUP sent to the group reach the command directly; the shim must outlive
-    // them so the command gets its grace period (the agent SIGKILLs the group after it).
-    // Handlers are installed after the spawn, so the command keeps default dispositions.
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ] {
-        let _ = signal_hook::flag::register(sig, flag.clone());
-    }
-    // The lease: the agent's fence deadlines, and its death (end of file). Watched on a
-    // thread of its own; this one waits for the command.
-    std::thread::spawn(move || {
-        if let Err(e) = watch_lease(&mut lease, fence) {
-            eprintln!("servant: the lease cannot be watched: {e}");
+    match watch(&mut lease, fence, &ended, &mut child) {
+        Ok(Some(status)) => exit_code(status),
+        Ok(None) => {
+            // The lease ended (the agent is gone) or its deadline passed: nothing may outlive
+            // the agent's hold.
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            137
         }
-        // The lease ended, its deadline passed, or it cannot be watched: nothing may outlive
-        // the agent's hold.
-        let _ = killpg(getpgrp(), Signal::SIGKILL);
-    });
-    match child.wait() {
-        Ok(status) => exit_code(status),
         Err(e) => {
-            eprintln!("servant: cannot wait for the command: {e}");
-            127
+            eprintln!("servant: cannot watch the command and the lease: {e}");
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            137
         }
     }
 }
 
-/// Follows the lease until the agent is gone (end of file) or the fence deadline passes, and
-/// returns then. The deadline is a CLOCK_BOOTTIME timer: it fires on time across a suspend
-/// (a sleep would not count the suspended time), and nothing wakes in between.
-fn watch_lease(lease: &mut Lease, mut until: Option<u64>) -> nix::Result<()> {
+/// Blocks the signals the shim outlives, and SIGCHLD, which the returned descriptor then reads.
+fn block_and_read_sigchld() -> nix::Result<SignalFd> {
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let mut mask = chld;
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block()?;
+    SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Waits until the command ends (its status), or the lease ends (the agent is gone, end of
+/// file) or its fence deadline passes (None). The deadline is a CLOCK_BOOTTIME timer: it fires
+/// on time across a suspend (a sleep would not count the suspended time), and nothing wakes
+/// in between.
+fn watch(
+    lease: &mut Lease,
+    mut until: Option<u64>,
+    ended: &SignalFd,
+    child: &mut std::process::Child,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::time::TimeSpec;
     use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
@@ -247,24 +266,37 @@ fn watch_lease(lease: &mut Lease, mut until: Option<u64>) -> nix::Result<()> {
         )
     };
     arm(until)?;
+    // A command that ended before SIGCHLD was blocked left no signal to read.
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
     let mut line = String::new();
     loop {
         // Lines already buffered are read before waiting for more.
         if lease.buffer().is_empty() {
             let mut fds = [
+                PollFd::new(ended.as_fd(), PollFlags::POLLIN),
                 PollFd::new(lease.get_ref().as_fd(), PollFlags::POLLIN),
                 PollFd::new(timer.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
-            let readable = fds[0].revents().is_some_and(|r| !r.is_empty());
-            let fired = fds[1].revents().is_some_and(|r| !r.is_empty());
+            let has = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            let (exited, readable, fired) = (has(0), has(1), has(2));
+            // The command's end first: a command that ended as the lease did still has its
+            // status reported.
+            if exited {
+                while let Ok(Some(_)) = ended.read_signal() {}
+                if let Some(status) = child.try_wait()? {
+                    return Ok(Some(status));
+                }
+            }
             if fired {
                 if passed(until) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 // Woken within the millisecond before it: wait again.
                 arm(until)?;
@@ -276,7 +308,7 @@ fn watch_lease(lease: &mut Lease, mut until: Option<u64>) -> nix::Result<()> {
         line.clear();
         match lease.read_line(&mut line) {
             // The agent is gone.
-            Ok(0) | Err(_) => return Ok(()),
+            Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {
                 until = match LeaseLine::parse(&line) {
                     Some(LeaseLine::Fence(ms)) => Some(ms),
