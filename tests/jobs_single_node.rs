@@ -510,6 +510,48 @@ fn regression_busy_loop_after_first_job(b: Backend) {
     assert!(used < 60, "idle agent used {used} clock ticks in 3 s");
 }
 
+/// A finished key is kept out of the claims while a listing from before its deletion may still
+/// show it; a job queued again under the same ID at once must still run each time. Here a long
+/// job holds one of two slots, so while the other runs the node is saturated and its next
+/// listing waits 100 ms: the job is queued again within that wait, and the listing that shows
+/// it again is the first after its deletion. A view that took that listing for a stale one
+/// would leave the job queued for good.
+fn a_job_queued_again_under_its_id_as_it_ends_runs_each_time(b: Backend) {
+    let c = Single::start(b, &["--max-parallel", "2"]);
+    let h = c.http();
+    h.put(
+        "/v1/kv/jobs/long",
+        r#"{"Command": "sleep 120", "Timeout": 300}"#,
+    );
+    wait_for("the long job running", T, || {
+        h.get_json("/v1/kv/jobs/long")?[0]["Session"]
+            .as_str()
+            .map(drop)
+    });
+    for i in 0..10 {
+        let cmd = format!("echo run-{i}");
+        h.put("/v1/kv/jobs/again", json!({ "Command": cmd }).to_string());
+        let want = format!("run-{i}\n");
+        let end = std::time::Instant::now() + T;
+        // Polled every millisecond, so the next run is queued well within the 100 ms.
+        loop {
+            let out = h
+                .kv_raw("jdone_jid/jobs/again")
+                .and_then(|r| serde_json::from_str::<Value>(&r).ok())
+                .map(|v| v["Output"].clone());
+            if out.as_ref().and_then(Value::as_str) == Some(want.as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "run {i} never ran: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(h.delete("/v1/kv/jobs/long").0, 200);
+}
+
 #[test]
 fn bad_config_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -952,6 +994,7 @@ on_both!(
     oversized_job_is_rejected_without_a_claim,
     key_held_by_our_session_without_a_task_is_released,
     jobs_are_forked_by_one_spawner_that_ends_with_the_agent,
+    a_job_queued_again_under_its_id_as_it_ends_runs_each_time,
 );
 
 /// Two agents on one node serving two namespaces (`kv_prefix`) registered the same service ID,

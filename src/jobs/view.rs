@@ -22,8 +22,10 @@ use crate::wire::Namespace;
 /// What a claim task learned about a `jobs/` key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
-    /// Claimed, then run or rejected: the key is done for this node.
-    Claimed,
+    /// Claimed, then run or rejected: the key is done for this node. With the Raft index of
+    /// the transaction that deleted the key, when known: a listing older than that may still
+    /// show it.
+    Claimed(Option<u64>),
     /// Not claimed. With the entry when the key was free at that index (a lock-delay, or an
     /// answer lost to a Consul error): the same entry is tried again later. Without it the key
     /// changed under us (a lost race): it is read again before the next try.
@@ -42,9 +44,8 @@ pub enum Found {
 pub struct JobsView {
     /// Entries as last read, by key; listed keys only.
     known: HashMap<String, KvPair>,
-    /// Keys this node finished, with the count of listings seen when it did: a listing no newer
-    /// than that may still show them.
-    finished: HashMap<String, u64>,
+    /// Keys this node finished, and how to tell a listing that may still show them.
+    finished: HashMap<String, Finished>,
     /// Queue order: the order keys were first seen in (a keys-only listing has no CreateIndex).
     order: HashMap<String, u64>,
     next_order: u64,
@@ -52,15 +53,42 @@ pub struct JobsView {
     listings: u64,
     /// The last listing's key names, sorted.
     listed: Vec<String>,
+    /// The last listing's Raft index (`X-Consul-Index`).
+    listed_at: u64,
     /// Keys whose candidacy may have changed since the last `sync`.
     dirty: HashSet<String>,
 }
 
+/// A key this node finished. A listing answered before the result's transaction deleted it
+/// still shows it (it was in flight, or sent by a change from before the deletion); a read
+/// would then find it gone, one wasted request for about half the jobs under load.
+#[derive(Debug, Clone, Copy)]
+struct Finished {
+    /// Listings seen when it finished.
+    listings: u64,
+    /// The Raft index of the deletion, when known.
+    gone_at: Option<u64>,
+}
+
+impl Finished {
+    /// Whether a listing (the `listings`-th, at Raft index `index`) that shows the key says it
+    /// was queued again. A listing's index is at least every listed key's ModifyIndex, so one
+    /// older than the deletion cannot show a key queued after it, and one at or past it no
+    /// longer holds the deleted key. Without the index, any later listing counts.
+    fn queued_again(&self, listings: u64, index: u64) -> bool {
+        match self.gone_at {
+            Some(at) => index >= at,
+            None => listings > self.listings,
+        }
+    }
+}
+
 impl JobsView {
-    /// A new keys-only listing arrived: the keys that came are candidates (unknown, read
-    /// before a claim), the keys that went are forgotten.
-    pub fn listing(&mut self, keys: &[String]) {
+    /// A new keys-only listing arrived, answered at Raft index `index`: the keys that came are
+    /// candidates (unknown, read before a claim), the keys that went are forgotten.
+    pub fn listing(&mut self, index: u64, keys: &[String]) {
         self.listings += 1;
+        self.listed_at = index;
         // Consul lists keys sorted; should a listing not be, it is sorted here.
         let mut names: Vec<&String> = keys.iter().collect();
         if !names.is_sorted() {
@@ -133,9 +161,13 @@ impl JobsView {
             return;
         }
         match found {
-            Found::Claimed => {
+            Found::Claimed(gone_at) => {
                 self.known.remove(key);
-                self.finished.insert(key.to_string(), self.listings);
+                let f = Finished {
+                    listings: self.listings,
+                    gone_at,
+                };
+                self.finished.insert(key.to_string(), f);
             }
             Found::NotClaimed(Some(e)) | Found::Held(e) => {
                 self.known.insert(key.to_string(), e);
@@ -170,9 +202,12 @@ impl JobsView {
             let candidate = self.is_listed(&key)
                 && layout.parse_job_key(&key).is_some()
                 && known.and_then(KvPair::holder).is_none()
-                // A listing no newer than the finish may still show the key; a read would say
-                // it is gone, but there is no need to ask.
-                && self.finished.get(&key).is_none_or(|at| self.listings > *at);
+                // A listing older than the finish may still show the key; a read would say it
+                // is gone, but there is no need to ask.
+                && self
+                    .finished
+                    .get(&key)
+                    .is_none_or(|f| f.queued_again(self.listings, self.listed_at));
             match (candidate, self.order.get(&key)) {
                 (true, Some(order)) => book.upsert(
                     Candidate {
@@ -257,9 +292,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_candidates_in_the_order_first_seen_and_the_folder_key_is_not() {
         let (mut v, mut b) = (JobsView::default(), book());
-        v.listing(&keys(&["jobs/", "jobs/b"]));
+        v.listing(0, &keys(&["jobs/", "jobs/b"]));
         assert_eq!(candidates(&mut v, &mut b), ["jobs/b"]);
-        v.listing(&keys(&["jobs/a", "jobs/b"]));
+        v.listing(0, &keys(&["jobs/a", "jobs/b"]));
         assert_eq!(
             candidates(&mut v, &mut b),
             ["jobs/b", "jobs/a"],
@@ -272,9 +307,9 @@ mod tests {
     #[test]
     fn an_unsorted_listing_is_diffed_as_a_sorted_one() {
         let (mut v, mut b) = (JobsView::default(), book());
-        v.listing(&keys(&["jobs/c", "jobs/a", "jobs/c"]));
+        v.listing(0, &keys(&["jobs/c", "jobs/a", "jobs/c"]));
         assert_eq!(candidates(&mut v, &mut b), ["jobs/a", "jobs/c"]);
-        v.listing(&keys(&["jobs/d", "jobs/a"]));
+        v.listing(0, &keys(&["jobs/d", "jobs/a"]));
         assert_eq!(candidates(&mut v, &mut b), ["jobs/a", "jobs/d"]);
         assert!(!v.is_listed("jobs/c") && v.order.len() == 2);
     }
@@ -282,7 +317,7 @@ mod tests {
     #[test]
     fn held_keys_are_skipped_until_a_resync_frees_them() {
         let (mut v, mut b) = (JobsView::default(), book());
-        v.listing(&keys(&["jobs/a", "jobs/b"]));
+        v.listing(0, &keys(&["jobs/a", "jobs/b"]));
         v.learn("jobs/a", Found::Held(entry("jobs/a", 7, Some("other"))));
         assert_eq!(candidates(&mut v, &mut b), ["jobs/b"]);
         assert!(v.held_by_others("s1"));
@@ -304,7 +339,7 @@ mod tests {
     fn a_key_held_by_this_session_without_a_task_is_an_orphan() {
         let (mut v, mut b) = (JobsView::default(), book());
         let l = Namespace::new("");
-        v.listing(&keys(&["jobs/a"]));
+        v.listing(0, &keys(&["jobs/a"]));
         v.learn("jobs/a", Found::Held(entry("jobs/a", 7, Some("s1"))));
         assert!(candidates(&mut v, &mut b).is_empty());
         assert_eq!(v.orphans(&l, "s1", &HashSet::new()).len(), 1);
@@ -317,24 +352,44 @@ mod tests {
     fn a_finished_key_is_skipped_until_a_newer_listing_and_forgotten_when_gone() {
         let (mut v, mut b) = (JobsView::default(), book());
         let ks = keys(&["jobs/a"]);
-        v.listing(&ks);
+        v.listing(0, &ks);
         assert_eq!(candidates(&mut v, &mut b).len(), 1);
-        v.learn("jobs/a", Found::Claimed);
+        v.learn("jobs/a", Found::Claimed(None));
         assert!(candidates(&mut v, &mut b).is_empty());
         // Submitted again under the same ID: a newer listing shows it, and it is a candidate.
-        v.listing(&ks);
+        v.listing(0, &ks);
         assert_eq!(candidates(&mut v, &mut b).len(), 1);
-        v.learn("jobs/a", Found::Claimed);
-        v.listing(&[]);
+        v.learn("jobs/a", Found::Claimed(None));
+        v.listing(0, &[]);
         assert!(candidates(&mut v, &mut b).is_empty());
         assert!(v.finished.is_empty() && v.order.is_empty() && v.known.is_empty());
         assert_eq!(b.shared_len(), 0);
     }
 
+    /// Under load about half the finished jobs were read once more, and found gone: a listing
+    /// answered before the result's transaction deleted the key arrived after the finish, and
+    /// counted as newer.
+    #[test]
+    fn regression_a_listing_from_before_the_deletion_does_not_bring_a_finished_key_back() {
+        let (mut v, mut b) = (JobsView::default(), book());
+        let ks = keys(&["jobs/a"]);
+        v.listing(10, &ks);
+        assert_eq!(candidates(&mut v, &mut b).len(), 1);
+        // The result's transaction deleted it at index 15.
+        v.learn("jobs/a", Found::Claimed(Some(15)));
+        assert!(candidates(&mut v, &mut b).is_empty());
+        // Answered at 12 (another job's claim), it arrives after the finish and still shows it.
+        v.listing(12, &ks);
+        assert!(candidates(&mut v, &mut b).is_empty());
+        // Queued again under the same ID: shown by a listing at or past the deletion.
+        v.listing(17, &ks);
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a"]);
+    }
+
     #[test]
     fn a_lost_race_forgets_the_entry_and_a_lock_delay_keeps_it() {
         let mut v = JobsView::default();
-        v.listing(&keys(&["jobs/a"]));
+        v.listing(0, &keys(&["jobs/a"]));
         v.learn("jobs/a", Found::NotClaimed(Some(entry("jobs/a", 5, None))));
         assert_eq!(v.entry("jobs/a").map(|e| e.modify_index), Some(5));
         v.learn("jobs/a", Found::NotClaimed(None));
@@ -352,10 +407,10 @@ mod tests {
     #[test]
     fn what_is_learned_of_a_key_no_longer_listed_is_not_kept() {
         let mut v = JobsView::default();
-        v.listing(&keys(&["jobs/a"]));
-        v.listing(&[]);
+        v.listing(0, &keys(&["jobs/a"]));
+        v.listing(0, &[]);
         v.learn("jobs/a", Found::Held(entry("jobs/a", 6, Some("x"))));
-        v.learn("jobs/a", Found::Claimed);
+        v.learn("jobs/a", Found::Claimed(None));
         v.resynced(vec![entry("jobs/a", 6, Some("x"))]);
         assert!(v.known.is_empty() && v.finished.is_empty());
         assert!(!v.held_by_others("s1"));

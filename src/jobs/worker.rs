@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::consul::SessionState;
 use crate::consul::{
     spawn_paced, spawn_watch, watch_prefix, AgentServiceRegistration, Client, KvPair, TxnKvOp,
-    TxnOp, TxnOutcome,
+    TxnOp, TxnOutcome, TxnResult,
 };
 use crate::process::container::published_service;
 use crate::process::docker::{
@@ -342,7 +342,10 @@ impl Worker {
                     );
                 async move {
                     tokio::time::sleep(delay).await;
-                    c.kv_keys(&p, None, &q).await
+                    // The index goes with the names: the view tells a listing from before a
+                    // finished job's deletion by it.
+                    let (keys, meta) = c.kv_keys(&p, None, &q).await?;
+                    Ok(((meta.index, keys), meta))
                 }
             },
             &stop,
@@ -406,7 +409,9 @@ impl Worker {
                 _ = stop.cancelled() => break,
                 r = jobs_rx.changed() => {
                     if r.is_err() { break; }
-                    view.listing(jobs_rx.borrow_and_update().as_deref().unwrap_or_default());
+                    if let Some((index, keys)) = jobs_rx.borrow_and_update().as_ref() {
+                        view.listing(*index, keys);
+                    }
                 }
                 r = queue_rx.changed() => if r.is_err() { break },
                 r = live_rx.changed() => {
@@ -631,14 +636,15 @@ impl Worker {
                     };
                     let at = entry.modify_index;
                     let kill_seen = kill_rx.clone();
-                    let end = claim_and_run(&ctx, entry.clone(), &session, kill_rx, seen).await;
+                    let (end, gone_at) =
+                        claim_and_run(&ctx, entry.clone(), &session, kill_rx, seen).await;
                     if let Some(r) = guard.report.as_mut() {
                         r.claimed_at = at;
                         r.claim_failed = !matches!(end, ClaimEnd::Claimed | ClaimEnd::Fenced);
                         if !own {
                             r.claim_end = Some(end);
                             let fenced = *kill_seen.borrow() == Some(KillReason::Fenced);
-                            r.found = Some(found_after(end, fenced, entry));
+                            r.found = Some(found_after(end, fenced, entry, gone_at));
                         }
                     }
                 });
@@ -692,18 +698,18 @@ async fn drain(
     }
 }
 
-/// Claims `entry` and, if the claim holds, runs it and writes its result. Returns false when the
-/// claim did not happen.
+/// Claims `entry` and, if the claim holds, runs it and writes its result. Returns how the claim
+/// ended and, when a result deleted the key, the Raft index it did so at.
 async fn claim_and_run(
     ctx: &Ctx,
     entry: KvPair,
     session: &str,
     kill: watch::Receiver<Option<KillReason>>,
     seen: std::time::Instant,
-) -> ClaimEnd {
+) -> (ClaimEnd, Option<u64>) {
     let cfg = &ctx.cfg;
     let Some(jk) = cfg.layout.parse_job_key(&entry.key) else {
-        return ClaimEnd::Changed;
+        return (ClaimEnd::Changed, None);
     };
     if entry.value.len() > MAX_JOB_BYTES {
         // Too large to travel in a claim transaction (base64 in a 512 KiB body): reject it
@@ -728,12 +734,11 @@ async fn claim_and_run(
                 key: entry.key.clone(),
             }),
         ];
-        let written = matches!(ctx.client.txn(&ops).await, Ok(TxnOutcome::Committed(_)));
-        if !written {
-            return ClaimEnd::Changed;
-        }
+        let Ok(TxnOutcome::Committed(results)) = ctx.client.txn(&ops).await else {
+            return (ClaimEnd::Changed, None);
+        };
         cfg.metrics.result(Some(JobStatus::Rejected));
-        return ClaimEnd::Claimed;
+        return (ClaimEnd::Claimed, commit_index(&results, 1));
     }
     let ops = [
         TxnOp::Kv(TxnKvOp::CheckIndex {
@@ -762,11 +767,12 @@ async fn claim_and_run(
             cfg.metrics.claim_conflict();
             debug!(key = %entry.key, errors = ?errs, "claim not taken");
             // Only the lock refused (op 1) at an unchanged index: a lock-delay.
-            return if errs.iter().all(|e| e.op_index == 1) {
+            let end = if errs.iter().all(|e| e.op_index == 1) {
                 ClaimEnd::Refused
             } else {
                 ClaimEnd::Changed
             };
+            return (end, None);
         }
         Err(e) => {
             // The claim may have committed even though the answer was lost: look before
@@ -774,7 +780,7 @@ async fn claim_and_run(
             warn!(key = %entry.key, error = %e, "claim outcome unknown; reading the key back");
             match claimed_after_error(ctx, &entry.key, session).await {
                 Some(lock_index) => lock_index,
-                None => return ClaimEnd::Changed,
+                None => return (ClaimEnd::Changed, None),
             }
         }
     };
@@ -811,12 +817,13 @@ async fn claim_and_run(
     } else {
         ClaimEnd::Fenced
     };
+    let mut gone_at = None;
     if let Some(r) = result {
         info!(key = %entry.key, status = r.status_str(), attempt = r.attempt, "job finished");
         if *kill.borrow() == Some(KillReason::Removed) {
             write_stopped_result(ctx, &entry.key, &cfg.layout.result_key(&jk), r).await;
         } else {
-            write_result(
+            gone_at = write_result(
                 ctx,
                 &entry.key,
                 &cfg.layout.result_key(&jk),
@@ -831,12 +838,18 @@ async fn claim_and_run(
     if let Some(rel) = release {
         rel.await;
     }
-    end
+    (end, gone_at)
+}
+
+/// The Raft index a committed transaction was applied at: the ModifyIndex of the entry its
+/// `set_op`-th op (a set) wrote.
+fn commit_index(results: &[TxnResult], set_op: usize) -> Option<u64> {
+    results.get(set_op)?.kv.as_ref().map(|kv| kv.modify_index)
 }
 
 /// What a claim task learned of a `jobs/` key from how its claim ended; `fenced`: the worker
 /// killed the job because Consul did not confirm its session.
-fn found_after(end: ClaimEnd, fenced: bool, entry: KvPair) -> Found {
+fn found_after(end: ClaimEnd, fenced: bool, entry: KvPair, gone_at: Option<u64>) -> Found {
     match end {
         // Ran but fenced, by the worker or by its own shim at the deadline (a fence that lifted
         // within milliseconds may never reach the worker): no result was written. The key may
@@ -844,7 +857,7 @@ fn found_after(end: ClaimEnd, fenced: bool, entry: KvPair) -> Found {
         // another node's: it is read again.
         ClaimEnd::Fenced => Found::NotClaimed(None),
         ClaimEnd::Claimed if fenced => Found::NotClaimed(None),
-        ClaimEnd::Claimed => Found::Claimed,
+        ClaimEnd::Claimed => Found::Claimed(gone_at),
         // Free at its index but refused: tried again with the same entry after `claim_retry`.
         ClaimEnd::Refused => Found::NotClaimed(Some(entry)),
         ClaimEnd::Changed => Found::NotClaimed(None),
@@ -868,7 +881,10 @@ enum ClaimEnd {
 /// Reads a `jobs/` key just before claiming it: the entry when it is free, else what was found.
 async fn read_for_claim(ctx: &Ctx, key: &str, session: &str) -> Result<KvPair, Found> {
     match ctx.client.kv_get(key, &Default::default()).await {
-        Ok((None, _)) => Err(Found::Gone),
+        Ok((None, _)) => {
+            debug!(key, "gone before the claim");
+            Err(Found::Gone)
+        }
         Ok((Some(e), _)) if e.holder().is_some() => {
             if e.holder() != Some(session) {
                 debug!(key, "held by another session");
@@ -1486,7 +1502,7 @@ fn encode_result(mut r: JobResult) -> Vec<u8> {
 }
 
 /// Writes a result while this node's session still holds the job's lock; `finish` also deletes
-/// the job key in the same transaction.
+/// the job key in the same transaction. The Raft index it was written at, when it was.
 async fn write_result(
     ctx: &Ctx,
     job_key: &str,
@@ -1494,7 +1510,7 @@ async fn write_result(
     session: &str,
     r: JobResult,
     finish: bool,
-) {
+) -> Option<u64> {
     let ops = |r: &JobResult| {
         let mut ops = vec![
             TxnOp::Kv(TxnKvOp::CheckSession {
@@ -1521,13 +1537,14 @@ async fn write_result(
     // job must not stay locked without a result. Only losing the lock ends the attempts.
     loop {
         match ctx.client.txn(&ops(&current)).await {
-            Ok(TxnOutcome::Committed(_)) => {
+            // Results come in op order: [check-session, set, delete].
+            Ok(TxnOutcome::Committed(results)) => {
                 ctx.cfg.metrics.result(current.status);
-                return;
+                return commit_index(&results, 1);
             }
             Ok(TxnOutcome::RolledBack(errs)) => {
                 warn!(key = %job_key, errors = ?errs, "result not written: this node no longer holds the job");
-                return;
+                return None;
             }
             Err(e) if e.is_transient() => {
                 warn!(key = %job_key, error = %e, "cannot write the result yet; retrying");
@@ -1553,7 +1570,7 @@ async fn write_result(
                 // Nothing more this node can do (permissions, most likely); say so loudly. The
                 // job stays held by this node, so `servant show` points here.
                 error!(key = %job_key, error = %e, "cannot write the result");
-                return;
+                return None;
             }
         }
     }
@@ -1693,19 +1710,19 @@ mod tests {
             session: None,
         };
         assert_eq!(
-            found_after(ClaimEnd::Fenced, false, e.clone()),
+            found_after(ClaimEnd::Fenced, false, e.clone(), None),
             Found::NotClaimed(None)
         );
         assert_eq!(
-            found_after(ClaimEnd::Claimed, true, e.clone()),
+            found_after(ClaimEnd::Claimed, true, e.clone(), Some(9)),
             Found::NotClaimed(None)
         );
         assert_eq!(
-            found_after(ClaimEnd::Claimed, false, e.clone()),
-            Found::Claimed
+            found_after(ClaimEnd::Claimed, false, e.clone(), Some(9)),
+            Found::Claimed(Some(9))
         );
         assert_eq!(
-            found_after(ClaimEnd::Refused, false, e.clone()),
+            found_after(ClaimEnd::Refused, false, e.clone(), None),
             Found::NotClaimed(Some(e))
         );
     }
