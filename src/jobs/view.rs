@@ -88,6 +88,13 @@ impl JobsView {
     /// candidates (unknown, read before a claim), the keys that went are forgotten.
     pub fn listing(&mut self, index: u64, keys: &[String]) {
         self.listings += 1;
+        if index < self.listed_at {
+            // Consul's indexes went back (its data was reset): a deletion's index says nothing
+            // about the new ones, so finished keys fall back to counting listings.
+            for f in self.finished.values_mut() {
+                f.gone_at = None;
+            }
+        }
         self.listed_at = index;
         // Consul lists keys sorted; should a listing not be, it is sorted here.
         let mut names: Vec<&String> = keys.iter().collect();
@@ -383,6 +390,12 @@ mod tests {
         assert!(candidates(&mut v, &mut b).is_empty());
         // Queued again under the same ID: shown by a listing at or past the deletion.
         v.listing(17, &ks);
+        assert_eq!(candidates(&mut v, &mut b), ["jobs/a"]);
+        // Consul's indexes reset: a key queued again at a low index is not kept out for good
+        // (any later listing counts, as without an index).
+        v.learn("jobs/a", Found::Claimed(Some(20)));
+        assert!(candidates(&mut v, &mut b).is_empty());
+        v.listing(3, &ks);
         assert_eq!(candidates(&mut v, &mut b), ["jobs/a"]);
     }
 
