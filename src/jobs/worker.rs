@@ -757,9 +757,7 @@ async fn claim_and_run(
         // Results come in op order: [check-index, lock]. The lock's entry has the new LockIndex.
         Ok(TxnOutcome::Committed(results)) => {
             cfg.metrics.claimed_after(seen.elapsed());
-            results
-                .get(1)
-                .and_then(|r| r.kv.as_ref())
+            txn_entry(&results, 1)
                 .map(|kv| kv.lock_index)
                 .unwrap_or(entry.lock_index + 1)
         }
@@ -841,10 +839,15 @@ async fn claim_and_run(
     (end, gone_at)
 }
 
+/// The entry a committed transaction's `op`-th op returned (results come in op order).
+fn txn_entry(results: &[TxnResult], op: usize) -> Option<&KvPair> {
+    results.get(op)?.kv.as_ref()
+}
+
 /// The Raft index a committed transaction was applied at: the ModifyIndex of the entry its
 /// `set_op`-th op (a set) wrote.
 fn commit_index(results: &[TxnResult], set_op: usize) -> Option<u64> {
-    results.get(set_op)?.kv.as_ref().map(|kv| kv.modify_index)
+    txn_entry(results, set_op).map(|kv| kv.modify_index)
 }
 
 /// What a claim task learned of a `jobs/` key from how its claim ended; `fenced`: the worker

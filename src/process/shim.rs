@@ -189,39 +189,20 @@ fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
             return 127;
         }
     };
-    // The shim has one thread: it waits for the command's end (SIGCHLD, read from a signalfd)
-    // and for the lease at once (a second thread for the lease cost a thread's start and end
-    // per task). SIGTERM/SIGINT/SIGHUP sent to the group reach the command only: the shim
-    // blocks them, and outlives them so the command gets its grace period (the agent SIGKILLs
-    // the group after it). Blocked only after the spawn: the command inherits the mask
-    // (`Command` does not clear it), and it must start with none blocked.
-    let ended = match block_and_read_sigchld() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("servant: cannot wait for the command: {e}");
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
-            return 137;
-        }
-    };
     if let Some(p) = &a.pid_file {
         if let Err(e) = std::fs::write(p, format!("{}\n", child.id())) {
             eprintln!("servant: cannot write pid file {p}: {e}");
         }
     }
-    match watch(&mut lease, fence, &ended, &mut child) {
-        Ok(Some(status)) => exit_code(status),
-        Ok(None) => {
-            // The lease ended (the agent is gone) or its deadline passed: nothing may outlive
-            // the agent's hold.
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
-            137
-        }
-        Err(e) => {
-            eprintln!("servant: cannot watch the command and the lease: {e}");
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
-            137
-        }
+    match watch(&mut lease, fence, &mut child) {
+        Ok(Some(status)) => return exit_code(status),
+        Ok(None) => {}
+        Err(e) => eprintln!("servant: cannot watch the command and the lease: {e}"),
     }
+    // The lease ended (the agent is gone), its deadline passed, or they cannot be watched:
+    // nothing may outlive the agent's hold.
+    let _ = killpg(getpgrp(), Signal::SIGKILL);
+    137
 }
 
 /// Blocks the signals the shim outlives, and SIGCHLD, which the returned descriptor then reads.
@@ -240,10 +221,16 @@ fn block_and_read_sigchld() -> nix::Result<SignalFd> {
 /// file) or its fence deadline passes (None). The deadline is a CLOCK_BOOTTIME timer: it fires
 /// on time across a suspend (a sleep would not count the suspended time), and nothing wakes
 /// in between.
+///
+/// The shim has one thread: it waits for the command's end (SIGCHLD, read from a signalfd) and
+/// for the lease at once (a second thread for the lease cost a thread's start and end per
+/// task). SIGTERM/SIGINT/SIGHUP sent to the group reach the command only: the shim blocks
+/// them, and outlives them so the command gets its grace period (the agent SIGKILLs the group
+/// after it). Blocked only once the command runs: it inherits the mask (`Command` does not
+/// clear it), and it must start with none blocked.
 fn watch(
     lease: &mut Lease,
     mut until: Option<u64>,
-    ended: &SignalFd,
     child: &mut std::process::Child,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -266,6 +253,7 @@ fn watch(
         )
     };
     arm(until)?;
+    let ended = block_and_read_sigchld()?;
     // A command that ended before SIGCHLD was blocked left no signal to read.
     if let Some(status) = child.try_wait()? {
         return Ok(Some(status));

@@ -250,23 +250,27 @@ impl Lab {
         out
     }
 
-    /// What a failure message needs about `node`: its servants' warnings and errors, and what
-    /// every Consul agent logged about it (membership, serf health, sessions).
-    pub fn diagnosis(&self, node: &str) -> String {
-        // SERVANT_KEEP_LOGS=DIR keeps every log of the lab there, for a closer look.
-        if let Some(keep) = std::env::var_os("SERVANT_KEEP_LOGS") {
-            for h in &self.hosts {
-                let to = PathBuf::from(&keep).join(&h.node);
-                let _ = std::fs::create_dir_all(&to);
-                for d in [h.consul_dir.path(), h.servant_dir.path()] {
-                    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-                        if e.path().extension().is_some_and(|x| x == "log") {
-                            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
-                        }
+    /// With `SERVANT_KEEP_LOGS=DIR`, copies every log of the lab there, for a closer look.
+    fn keep_logs(&self) {
+        let Some(keep) = std::env::var_os("SERVANT_KEEP_LOGS") else {
+            return;
+        };
+        for h in &self.hosts {
+            let to = PathBuf::from(&keep).join(&h.node);
+            let _ = std::fs::create_dir_all(&to);
+            for d in [h.consul_dir.path(), h.servant_dir.path()] {
+                for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "log") {
+                        let _ = std::fs::copy(e.path(), to.join(e.file_name()));
                     }
                 }
             }
         }
+    }
+
+    /// What a failure message needs about `node`: its servants' warnings and errors, and what
+    /// every Consul agent logged about it (membership, serf health, sessions).
+    pub fn diagnosis(&self, node: &str) -> String {
         let mut out = format!("--- servant errors on {node}:\n");
         if let Some(i) = self.hosts.iter().position(|h| h.node == node) {
             for l in self
@@ -326,10 +330,10 @@ impl Lab {
 
 impl Drop for Lab {
     /// A failed test's logs go with its temporary directories, unless `SERVANT_KEEP_LOGS=DIR`
-    /// asks to keep them (copied by `diagnosis`).
+    /// asks to keep them.
     fn drop(&mut self) {
-        if std::thread::panicking() && std::env::var_os("SERVANT_KEEP_LOGS").is_some() {
-            let _ = self.diagnosis("");
+        if std::thread::panicking() {
+            self.keep_logs();
         }
     }
 }
