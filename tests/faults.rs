@@ -158,17 +158,8 @@ fn a_client_cut_off_kills_its_work_before_it_runs_elsewhere() {
         .filter(|k| servant::jobs::claim::preferred(k, &names) == Some(lab.hosts[c1].node.as_str()))
         .take(10)
         .collect();
-    // Every agent sees every other's session before the jobs come.
-    wait_for("five live servants", Duration::from_secs(30), || {
-        let v = h.get_json("/v1/session/list")?;
-        let n = v
-            .as_array()?
-            .iter()
-            .filter(|s| s["Name"] == "servant")
-            .count();
-        (n == 5).then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    // Every agent ranks among all five before the jobs come.
+    common::metrics::wait_every_node_sees(&h, &names, 5);
     for k in &keys {
         let id = k.rsplit('/').next().unwrap();
         h.put(

@@ -16,6 +16,7 @@ type Labels = Vec<(String, String)>;
 pub struct JobMetrics {
     results: Family<Labels, Counter>,
     running: Gauge,
+    live_servants: Gauge,
     claim_seconds: Histogram,
     duration_seconds: Histogram,
     claim_conflicts: Counter,
@@ -27,6 +28,7 @@ impl Default for JobMetrics {
         JobMetrics {
             results: Family::default(),
             running: Gauge::default(),
+            live_servants: Gauge::default(),
             // 1 ms to about 65 s.
             claim_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 10 ms to about 11 h.
@@ -48,6 +50,11 @@ impl JobMetrics {
             "servant_jobs_running",
             "Jobs running on this node now",
             self.running.clone(),
+        );
+        r.register(
+            "servant_live_servants",
+            "Servant agents this node sees live, itself included: the nodes it ranks jobs among",
+            self.live_servants.clone(),
         );
         r.register(
             "servant_job_claim_seconds",
@@ -88,6 +95,11 @@ impl JobMetrics {
             duration: self.duration_seconds.clone(),
             since: std::time::Instant::now(),
         }
+    }
+
+    /// The live set this node ranks jobs among changed to `n` servants.
+    pub fn live_servants(&self, n: usize) {
+        self.live_servants.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn claimed_after(&self, waited: std::time::Duration) {
@@ -132,6 +144,7 @@ mod tests {
         m.result(Some(JobStatus::Started));
         m.result(None);
         let g = m.started();
+        m.live_servants(3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(
@@ -144,6 +157,7 @@ mod tests {
         );
         assert!(!text.contains("status=\"started\""), "{text}");
         assert!(text.contains("servant_jobs_running 1"), "{text}");
+        assert!(text.contains("servant_live_servants 3"), "{text}");
         drop(g);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();

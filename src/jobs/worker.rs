@@ -418,6 +418,7 @@ impl Worker {
                     if r.is_err() { break; }
                     let n = live_rx.borrow().as_ref().map_or(1, Vec::len);
                     live_count.store(n.max(1), Ordering::Relaxed);
+                    cfg.metrics.live_servants(n);
                     // A node that left freed its keys without changing their names.
                     resync_at = Some(Instant::now());
                 }

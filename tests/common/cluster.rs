@@ -69,6 +69,7 @@ impl Cluster {
                 == n)
                 .then_some(())
         });
+        super::metrics::wait_every_node_sees(&h, &c.names(), n);
         c
     }
 

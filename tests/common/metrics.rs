@@ -46,6 +46,24 @@ pub fn servant_api_of(h: &super::Http, node: &str) -> String {
     )
 }
 
+/// Waits until the servant of each of `nodes` sees `n` servants live
+/// (`servant_live_servants`). Each ranks jobs among the servants it sees, a set it reads paced
+/// and only once their service passes, so a test that counts on a job's preferred node claiming
+/// it waits for this first: a session in Consul is not yet a servant every node ranks.
+pub fn wait_every_node_sees(h: &super::Http, nodes: &[String], n: usize) {
+    for node in nodes {
+        let url = format!("http://{}/metrics", servant_api_of(h, node));
+        super::wait_for(
+            "each node sees every servant live",
+            std::time::Duration::from_secs(60),
+            || {
+                let (_, text) = get_metrics(&url, None);
+                (plain(&text, "servant_live_servants")? == n as f64).then_some(())
+            },
+        );
+    }
+}
+
 /// GET `url` with an optional `Accept`: (content type, body).
 pub fn get_metrics(url: &str, accept: Option<&str>) -> (String, String) {
     let mut r = reqwest::blocking::Client::new().get(url);
