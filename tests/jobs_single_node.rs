@@ -782,9 +782,11 @@ fn parent_and_name(pid: i32) -> Option<(i32, String)> {
 }
 
 /// Issue 15: each job's shim used to be an exec of the whole servant binary, a third of a
-/// trivial job's CPU. It is now forked by the agent's one spawner. A spawner killed while a job
-/// runs costs nothing but itself: the job still gets its own exit code (its shim reports it)
-/// and the next job starts another. The spawner ends with its agent.
+/// trivial job's CPU. It is now forked by the agent's one spawner, and kept for the next job
+/// once its own ended (a fork and an exit per job were a fifth of the machine's CPU). A
+/// spawner killed while a job runs costs nothing but itself: the job still gets its own exit
+/// code (its shim reports it), the idle shims end, and the next job starts another spawner. The
+/// spawner ends with its agent.
 fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     let c = Single::start(b, &[]);
     let h = c.http();
@@ -803,6 +805,13 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     let shim: i32 = wait_for("the job's shim", T, || {
         std::fs::read_to_string(&ppid).ok()?.trim().parse().ok()
     });
+    // (A zombie is not running: nobody may reap it once its parent is gone.)
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+    };
     let (spawner, name) = parent_and_name(shim).expect("the shim runs");
     assert_eq!(name, "servant-shim");
     let (spawner_parent, _) = parent_and_name(spawner).expect("the spawner runs");
@@ -814,26 +823,44 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     );
     // The shim's parent, seen from a job: the same spawner serves every job.
     let parent_of_shim = r#"awk '{print $4}' /proc/$PPID/stat"#;
+    let shim_and_parent = r#"echo $PPID $(awk '{print $4}' /proc/$PPID/stat)"#;
     h.put(
         "/v1/kv/jobs/second",
-        json!({ "Command": parent_of_shim }).to_string(),
+        json!({ "Command": shim_and_parent }).to_string(),
     );
     let r = h.wait_result("jdone_jid/jobs/second", T);
-    assert_eq!(r["Output"], format!("{spawner}\n"), "{r}");
+    let pids = |r: &Value| -> Vec<i32> {
+        r["Output"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let idle_shim = pids(&r)[0];
+    assert_ne!(idle_shim, shim, "the first job's shim is busy: {r}");
+    assert_eq!(pids(&r)[1], spawner, "{r}");
     // A SIGTERM (a service manager stopping the agent's whole cgroup) does not end it: it must
     // report the ends of the tasks the agent then stops. Nor does it reach the jobs it forks
     // held: their commands keep the default disposition.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(spawner),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    // The same holds for an idle shim, which then takes the next job.
+    for pid in [spawner, idle_shim] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
     h.put(
         "/v1/kv/jobs/termed",
-        json!({ "Command": parent_of_shim }).to_string(),
+        json!({ "Command": shim_and_parent }).to_string(),
     );
     let r = h.wait_result("jdone_jid/jobs/termed", T);
-    assert_eq!(r["Output"], format!("{spawner}\n"), "the same spawner: {r}");
+    assert_eq!(
+        pids(&r),
+        [idle_shim, spawner],
+        "the idle shim took the job, under the same spawner: {r}"
+    );
     // The masks a command starts with, read by the command itself (an exec job: a shell clears
     // the mask of what it forks, so a `grep` under `sh` showed none blocked while the shell
     // itself kept SIGTERM blocked and never ran its TERM trap).
@@ -852,7 +879,8 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     assert_eq!(mask(lines[0]), 0, "nothing blocked: {r}");
     assert_eq!(mask(lines[1]) & stop_signals, 0, "nothing ignored: {r}");
 
-    // The spawner dies while the first job runs: the job ends with its own code all the same.
+    // The spawner dies while the first job runs: the job ends with its own code all the same,
+    // and the idle shim ends.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(spawner),
         nix::sys::signal::Signal::SIGKILL,
@@ -865,6 +893,9 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
         (&json!("failed"), &json!(7)),
         "{r}"
     );
+    wait_for("the idle shim gone with its spawner", T, || {
+        (!running(idle_shim)).then_some(())
+    });
     // The next job starts another spawner.
     h.put(
         "/v1/kv/jobs/third",
@@ -877,13 +908,6 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
 
     // The spawner goes with its agent, even a SIGKILLed one.
     c.servant.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    // (A zombie: nobody here may reap it once its agent is gone.)
-    let running = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
-    };
     wait_for("the spawner gone", T, || (!running(second)).then_some(()));
     drop(c);
 }

@@ -19,7 +19,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use super::shim::ShimArgs;
 use super::spawner::{HAS_STDERR, HAS_STDOUT};
 
-/// How long a started spawner may take to say it forked.
+/// How long a task may take to start: the spawner hands it to a shim (forking one if none is
+/// idle), which reads its arguments and starts the command.
 const FORK_REPLY: Duration = Duration::from_secs(10);
 
 /// The spawner of one shim executable.
@@ -56,7 +57,8 @@ pub(super) fn spawner(exe: &Path) -> Arc<Spawner> {
 }
 
 impl Spawner {
-    /// Forks a shim for `args` with these output files; returns once it runs (its pid known).
+    /// Runs `args` in a shim with these output files; returns once the command runs (its
+    /// process group known).
     pub(super) async fn start(
         &self,
         args: &ShimArgs,
@@ -90,7 +92,7 @@ impl Spawner {
         shim.lease.write_all(&line).await?;
         match tokio::time::timeout(FORK_REPLY, shim.started()).await {
             Ok(r) => r.map(|()| shim),
-            Err(_) => Err(std::io::Error::other("the spawner did not answer")),
+            Err(_) => Err(std::io::Error::other("the task did not start in time")),
         }
     }
 
@@ -172,22 +174,21 @@ async fn send_on(
         .map(|_| ())
 }
 
-/// A shim the spawner forked: its lease (fence deadlines go down it; it ends when the agent
-/// dies), and the spawner's report of its start and end.
+/// A task in a shim of the spawner: its lease (fence deadlines go down it; it ends when the
+/// agent dies), and the shim's report of the command's start and end.
 #[derive(Debug)]
 pub(super) struct ForkedShim {
     read: OwnedReadHalf,
     pub(super) lease: OwnedWriteHalf,
     buf: Vec<u8>,
+    /// The command's process group; 0 when it could not start (its `exit` follows).
     pub(super) pid: u32,
-    /// The code the shim reported itself.
-    told: Option<i32>,
     /// The end, once known.
     code: Option<i32>,
 }
 
 impl ForkedShim {
-    /// The agent's end of a lease, before the spawner answered.
+    /// The agent's end of a lease, before the shim answered.
     fn on(stream: tokio::net::UnixStream) -> Self {
         let (read, lease) = stream.into_split();
         ForkedShim {
@@ -195,12 +196,11 @@ impl ForkedShim {
             lease,
             buf: Vec::new(),
             pid: 0,
-            told: None,
             code: None,
         }
     }
 
-    /// The next line from the spawner; None at the end. Cancel-safe: what was read stays in
+    /// The next line from the spawner or the shim; None at the end. Cancel-safe: what was read stays in
     /// `buf`.
     async fn next_line(&mut self) -> Option<String> {
         loop {
@@ -215,41 +215,36 @@ impl ForkedShim {
         }
     }
 
-    /// Reads up to the spawner's `pid` line. A shim whose command ends at once may write its
-    /// own `code` line before the spawner, back from `fork`, writes the pid: it is kept.
+    /// Reads up to the shim's `pid` line; a spawner's `error` line is not a start.
     async fn started(&mut self) -> std::io::Result<()> {
-        loop {
-            let Some(l) = self.next_line().await else {
-                return Err(std::io::Error::other("the spawner closed the task"));
-            };
-            if let Some(pid) = number(&l, "pid ") {
+        let Some(l) = self.next_line().await else {
+            return Err(std::io::Error::other("the spawner closed the task"));
+        };
+        match number(&l, "pid ") {
+            Some(pid) => {
                 self.pid = pid;
-                return Ok(());
+                Ok(())
             }
-            match number(&l, "code ") {
-                Some(c) => self.told = Some(c),
-                None => return Err(std::io::Error::other(format!("spawner: {l}"))),
-            }
+            None => Err(std::io::Error::other(format!("spawner: {l}"))),
         }
     }
 
-    /// The shim's exit code once the spawner reaped it. Should the spawner die first: the
-    /// code the shim itself reported as it ended, else -1 (a shim killed by a signal).
-    /// Cancel-safe.
+    /// The command's exit code, as its shim reported it; -1 when the shim died first (killed
+    /// by a signal). Cancel-safe.
     pub(super) async fn wait(&mut self) -> i32 {
         if let Some(c) = self.code {
             return c;
         }
         let code = loop {
             let Some(l) = self.next_line().await else {
-                tracing::warn!(pid = self.pid, "the spawner did not report a task's end");
-                break self.told.unwrap_or(-1);
+                tracing::warn!(
+                    pgid = self.pid,
+                    "the task's shim ended without reporting its end"
+                );
+                break -1;
             };
             if let Some(c) = number(&l, "exit ") {
                 break c;
-            }
-            if let Some(c) = number(&l, "code ") {
-                self.told = Some(c);
             }
         };
         self.code = Some(code);
@@ -274,22 +269,29 @@ mod tests {
         ForkedShim::on(mine)
     }
 
-    /// CI failed `servant start` with "cannot start the job: spawner: code 0": a trivial
-    /// command ended and its shim wrote `code 0` before the spawner, back from fork, wrote
-    /// the pid.
     #[tokio::test]
-    async fn regression_a_shim_that_ends_before_its_pid_is_told_still_started() {
-        let mut shim = lease("code 0\npid 42\nexit 0\n").await;
+    async fn the_shim_reports_the_group_then_the_code() {
+        let mut shim = lease("pid 42\nexit 7\n").await;
         shim.started().await.expect("started");
         assert_eq!(shim.pid, 42);
-        assert_eq!(shim.wait().await, 0);
+        assert_eq!(shim.wait().await, 7);
+        // Asked again, the same answer (a stop after the end).
+        assert_eq!(shim.wait().await, 7);
     }
 
     #[tokio::test]
-    async fn the_shims_own_code_counts_when_the_spawner_died_before_the_pid() {
-        let mut shim = lease("code 3\npid 7\n").await;
+    async fn a_command_that_could_not_start_has_no_group_and_its_code() {
+        let mut shim = lease("pid 0\nexit 127\n").await;
         shim.started().await.expect("started");
-        assert_eq!(shim.wait().await, 3);
+        assert_eq!(shim.pid, 0);
+        assert_eq!(shim.wait().await, 127);
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_died_without_an_exit_line_ended_by_a_signal() {
+        let mut shim = lease("pid 9\n").await;
+        shim.started().await.expect("started");
+        assert_eq!(shim.wait().await, -1);
     }
 
     #[tokio::test]

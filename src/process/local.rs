@@ -1,5 +1,5 @@
-//! The process driver: each task is a process group of its own, led by the shim (`Owned`) or
-//! by the command itself (`Detached`). Signals go to the whole group.
+//! The process driver: each task is a process group of its own, led by the command, under a
+//! shim that watches it (`Owned`) or alone (`Detached`). Signals go to the whole group.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

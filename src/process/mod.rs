@@ -10,9 +10,10 @@
 //!
 //! - `spec`: what to start (argv, environment, directory, user, output, pid file, lifetime).
 //! - `local`: the process driver and its handle; process groups and their signals.
-//! - `shim`: the job shim, the group leader between the agent and the command.
-//! - `spawner`: `servant __spawner`, the single-threaded process that forks the shims, so that
-//!   a task costs a `fork`, not an `exec` of the servant binary; `forked`: the agent's side.
+//! - `shim`: the job shim, the watcher between the agent and the command's process group.
+//! - `spawner`: `servant __spawner`, the single-threaded process that forks the shims and keeps
+//!   them for the next tasks, so that a task costs neither an `exec` of the servant binary nor
+//!   a `fork`; `forked`: the agent's side.
 //! - `logs`: log file names, capped reads, copy-truncate rotation (off the async workers).
 //! - `run`: `supervise` (wait, timeout, kill requests) and `run_with_timeout`.
 //! - `restart`: the restart policy of apps and the launched Consul.
@@ -36,8 +37,8 @@ pub mod run;
 // The shim's stderr is the job's own: it reports there, not through tracing.
 #[allow(clippy::print_stderr)]
 pub mod shim;
-// Reports on its stderr too. Its two functions that fork and own received descriptors are the
-// crate's only unsafe code.
+// Reports on its stderr too. Its three functions that fork, own received descriptors and catch
+// the stop signals are the crate's only unsafe code.
 #[allow(clippy::print_stderr)]
 pub mod spawner;
 pub mod spec;

@@ -1,14 +1,14 @@
-//! The job shim: the process-group leader between the agent and the command of every `Owned`
-//! task (jobs, apps, the launched Consul, short commands). The agent's spawner forks it
-//! (`spawner`); `run_forked` is its life.
+//! The job shim: the watcher between the agent and the command of every `Owned` task (jobs,
+//! apps, the launched Consul, short commands). The agent's spawner forks it and hands it one
+//! task after another (`spawner`); `run_task` is one task's life in it.
 //!
 //! Why it exists: a job must die with its agent, and must not outlive the agent's hold on it.
 //! If the agent is SIGKILLed, its jobs are retried elsewhere; if it is paused (SIGSTOP, a VM
 //! freeze), Consul lets its session go and its jobs are retried elsewhere too. Either way the
 //! old process must not run on beside the retry, and a dead or paused agent cannot kill it.
 //!
-//! The shim is a new process group and runs the command as its child. Its stdin is the agent's
-//! lease, a socket whose other end only the agent holds:
+//! The shim runs the command as its child, in a process group of its own. The task's lease is a
+//! socket whose other end only the agent holds:
 //! - the lease ends when the agent dies, however it dies: the shim kills the whole group at
 //!   once (no polling: a command that ended meanwhile could otherwise finish with nobody to
 //!   write its result);
@@ -28,8 +28,8 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::signal::{killpg, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::{getpgrp, User};
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::{Pid, User};
 
 use super::exit_code;
 use crate::util::time::boot_ms;
@@ -110,21 +110,30 @@ pub fn run_as(cmd: &mut Command, u: &User) {
         .env("LOGNAME", &u.name);
 }
 
-/// Runs a shim the spawner forked: its arguments are the first line of the lease (stdin). Its
-/// exit code also goes back up the lease (`code N`), for the agent to know it should the
-/// spawner die before it could report the shim's end.
-pub fn run_forked() -> i32 {
-    let code = match lease().and_then(|mut l| Ok((forked_args(&mut l)?, l))) {
-        Ok((a, l)) => run_args(a, l),
+/// Runs one task in a shim the spawner forked, its stdout and stderr already the task's: reads
+/// its arguments (the first line of `lease`), starts the command in a process group of its own,
+/// tells the agent `pid N` (the group; 0 when nothing started), watches it, and tells `exit N`.
+/// `ready` is called before the `exit` line, told whether the shim may take another task (not
+/// once it killed one: the agent is gone, or its hold on the task ended; nor when it could not
+/// watch it); it says whether the shim will, which it returns.
+pub fn run_task(lease: File, ended: &SignalFd, ready: impl FnOnce(bool) -> bool) -> bool {
+    let mut lease = BufReader::new(lease);
+    let (code, again) = match forked_args(&mut lease) {
+        Ok(a) => run_args(a, &mut lease, ended),
         Err(e) => {
             eprintln!("servant job-shim: {e}");
-            127
+            tell(&lease, "pid 0\n");
+            (127, true)
         }
     };
-    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
-        let _ = std::fs::File::from(fd).write_all(format!("code {code}\n").as_bytes());
-    }
-    code
+    let again = ready(again);
+    tell(&lease, &format!("exit {code}\n"));
+    again
+}
+
+/// Writes a line to the agent's end of the lease; a gone agent cannot read it.
+fn tell(lease: &Lease, line: &str) {
+    let _ = lease.get_ref().write_all(line.as_bytes());
 }
 
 /// Why a forked shim has nothing to run.
@@ -138,14 +147,8 @@ pub enum ShimArgError {
     NoCommand,
 }
 
-/// The lease (stdin), read through a buffer of our own: what is buffered past a line must be
-/// seen before waiting for more.
-fn lease() -> Result<Lease, ShimArgError> {
-    Ok(BufReader::new(File::from(
-        std::io::stdin().as_fd().try_clone_to_owned()?,
-    )))
-}
-
+/// The lease, read through a buffer of our own: what is buffered past a line must be seen
+/// before waiting for more.
 type Lease = BufReader<File>;
 
 /// The first line of a forked shim's lease, parsed.
@@ -159,11 +162,13 @@ fn forked_args(lease: &mut impl BufRead) -> Result<ShimArgs, ShimArgError> {
     Ok(a)
 }
 
-fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
+/// Runs the command: its exit code, and whether the shim may take another task.
+fn run_args(a: ShimArgs, lease: &mut Lease, ended: &SignalFd) -> (i32, bool) {
     let fence = a.fence_until;
     if passed(fence) {
         // The agent's hold ended before the command could start: run nothing.
-        return 137;
+        tell(lease, "pid 0\n");
+        return (137, true);
     }
     let mut cmd = Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
@@ -173,65 +178,67 @@ fn run_args(a: ShimArgs, mut lease: Lease) -> i32 {
     }
     // The lease is the shim's alone.
     cmd.stdin(std::process::Stdio::null());
+    // A group of its own, which the agent signals and the shim kills; the shim outlives it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Some(name) = &a.user {
         match lookup_user(name) {
             Ok(u) => run_as(&mut cmd, &u),
             Err(e) => {
                 eprintln!("servant: {e}");
-                return 127;
+                tell(lease, "pid 0\n");
+                return (127, true);
             }
         }
     }
-    let mut child = match cmd.spawn() {
+    // The command inherits the mask (`Command` does not clear it) and must start with nothing
+    // blocked: SIGCHLD, which the shim reads from `ended`, is unblocked while it starts. A
+    // command that ended in between left no signal to read; `watch` looks first.
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let _ = chld.thread_unblock();
+    let spawned = cmd.spawn();
+    let _ = chld.thread_block();
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("servant: cannot start {:?}: {e}", a.argv[0]);
-            return 127;
+            tell(lease, "pid 0\n");
+            return (127, true);
         }
     };
+    let pgid = child.id();
+    tell(lease, &format!("pid {pgid}\n"));
     if let Some(p) = &a.pid_file {
-        if let Err(e) = std::fs::write(p, format!("{}\n", child.id())) {
+        if let Err(e) = std::fs::write(p, format!("{pgid}\n")) {
             eprintln!("servant: cannot write pid file {p}: {e}");
         }
     }
-    match watch(&mut lease, fence, &mut child) {
-        Ok(Some(status)) => return exit_code(status),
+    match watch(lease, fence, &mut child, ended) {
+        Ok(Some(status)) => return (exit_code(status), true),
         Ok(None) => {}
         Err(e) => eprintln!("servant: cannot watch the command and the lease: {e}"),
     }
     // The lease ended (the agent is gone), its deadline passed, or they cannot be watched:
     // nothing may outlive the agent's hold.
-    let _ = killpg(getpgrp(), Signal::SIGKILL);
-    137
-}
-
-/// Blocks the signals the shim outlives, and SIGCHLD, which the returned descriptor then reads.
-fn block_and_read_sigchld() -> nix::Result<SignalFd> {
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    let mut mask = chld;
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        mask.add(s);
-    }
-    mask.thread_block()?;
-    SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+    let code = child.wait().map(exit_code).unwrap_or(137);
+    (code, false)
 }
 
 /// Waits until the command ends (its status), or the lease ends (the agent is gone, end of
-/// file) or its fence deadline passes (None). The deadline is a CLOCK_BOOTTIME timer: it fires
+/// file) or its fence deadline passes (None). `ended` reads the shim's SIGCHLD. The deadline is a CLOCK_BOOTTIME timer: it fires
 /// on time across a suspend (a sleep would not count the suspended time), and nothing wakes
 /// in between.
 ///
 /// The shim has one thread: it waits for the command's end (SIGCHLD, read from a signalfd) and
 /// for the lease at once (a second thread for the lease cost a thread's start and end per
-/// task). SIGTERM/SIGINT/SIGHUP sent to the group reach the command only: the shim blocks
-/// them, and outlives them so the command gets its grace period (the agent SIGKILLs the group
-/// after it). Blocked only once the command runs: it inherits the mask (`Command` does not
-/// clear it), and it must start with none blocked.
+/// task). SIGTERM/SIGINT/SIGHUP sent to the group reach the command only: the shim is not in
+/// it, and catches them (the spawner's handlers) should they come its way.
 fn watch(
     lease: &mut Lease,
     mut until: Option<u64>,
     child: &mut std::process::Child,
+    ended: &SignalFd,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::time::TimeSpec;
@@ -253,7 +260,6 @@ fn watch(
         )
     };
     arm(until)?;
-    let ended = block_and_read_sigchld()?;
     // A command that ended before SIGCHLD was blocked left no signal to read.
     if let Some(status) = child.try_wait()? {
         return Ok(Some(status));
