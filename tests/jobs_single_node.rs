@@ -840,6 +840,24 @@ fn jobs_are_forked_by_one_spawner_that_ends_with_the_agent(b: Backend) {
     let idle_shim = pids(&r)[0];
     assert_ne!(idle_shim, shim, "the first job's shim is busy: {r}");
     assert_eq!(pids(&r)[1], spawner, "{r}");
+    // Regression: an idle shim kept the last job's log files open (a removed log's space is
+    // not freed while a descriptor holds it).
+    let data = c.servant.data.path().canonicalize().unwrap();
+    let held = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(format!("/proc/{idle_shim}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .filter(|p| p.starts_with(&data))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the idle shim holds no job file",
+        Duration::from_secs(5),
+        || held().is_empty().then_some(()),
+    );
     // A SIGTERM (a service manager stopping the agent's whole cgroup) does not end it: it must
     // report the ends of the tasks the agent then stops. Nor does it reach the jobs it forks
     // held: their commands keep the default disposition.

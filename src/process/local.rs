@@ -46,7 +46,8 @@ impl ProcessDriver {
 #[derive(Debug)]
 pub struct ProcessHandle {
     leader: Leader,
-    /// The process group (= the leader's pid).
+    /// The process group (= the command's pid); 0 when the shim could not start the command
+    /// (its exit code, 127 or 137, follows).
     pgid: u32,
     pid_file: Option<PathBuf>,
     lifetime: Lifetime,
@@ -54,12 +55,12 @@ pub struct ProcessHandle {
     capture: Option<(File, Option<File>)>,
 }
 
-/// The group's leader, as the agent waits for it.
+/// What the agent waits on for the task's end.
 #[derive(Debug)]
 enum Leader {
     /// The agent's child: the command itself (no shim).
     Child(Child),
-    /// The shim the spawner forked, which reports its end.
+    /// The task's shim, which reports the command's end.
     Forked(ForkedShim),
 }
 

@@ -386,7 +386,14 @@ fn child(first: Request, chan: OwnedFd) -> i32 {
                 return 127;
             }
         }
-        let Request { lease, .. } = req;
+        // Fds 1 and 2 hold the copies the command inherits; the received ones would keep the
+        // files open while the shim waits idle (a removed log's space, a capture's temp file).
+        let Request {
+            lease,
+            stdout,
+            stderr,
+        } = req;
+        drop((stdout, stderr));
         // Idle before the task's end is told: the agent's next task, which may follow at once,
         // finds this shim waiting rather than costing a fork.
         let idle = |again: bool| {
