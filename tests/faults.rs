@@ -186,6 +186,14 @@ fn a_client_cut_off_kills_its_work_before_it_runs_elsewhere() {
         "c1 holds the ten jobs: {holders:?}\n{}",
         lab.servant_logs(c1)
     );
+    // Held is not yet started: the cut must find every job's command running on c1 (CI once
+    // cut c1 between a claim and its command's start, and that first start, after the cut,
+    // passed for the retry).
+    wait_for("c1 runs the ten jobs", Duration::from_secs(60), || {
+        keys.iter()
+            .all(|k| job_log(dir.path(), k.rsplit('/').next().unwrap()).starts_with("start"))
+            .then_some(())
+    });
     let c1_net = std::fs::read_to_string(&beats)
         .unwrap()
         .lines()
